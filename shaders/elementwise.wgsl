@@ -1,0 +1,82 @@
+// Elementwise ops: broadcasting binary (add, sub, mul, div), unary maps, scalar ops, fill.
+// One invocation per output element; grids wider than 65,535 workgroups fold into 2-D.
+
+const WG: u32 = 256u;
+
+struct Binary {
+    n: u32,      // output elements
+    rank: u32,   // dims used in shape/sa/sb (general mode)
+    mode: u32,   // 0 general strided, 1 same shape, 2 b repeats (ib = i % nb), 3 a repeats
+    nb: u32,     // elements of the repeating operand in modes 2/3
+    shape: array<vec4<u32>, 2>, // output shape, up to rank 8
+    sa: array<vec4<u32>, 2>,    // strides of a per output dim (0 where broadcast)
+    sb: array<vec4<u32>, 2>,    // strides of b per output dim (0 where broadcast)
+}
+
+@group(0) @binding(0) var<uniform> bp: Binary;
+@group(0) @binding(1) var<storage, read> ba: array<f32>;       // a, broadcastable to out
+@group(0) @binding(2) var<storage, read> bb: array<f32>;       // b, broadcastable to out
+@group(0) @binding(3) var<storage, read_write> bo: array<f32>; // out (broadcast shape)
+
+fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.y * nwg.x + wid.x) * WG + lid;
+}
+
+fn dim(v: array<vec4<u32>, 2>, d: u32) -> u32 {
+    return v[d / 4u][d % 4u];
+}
+
+// Indices of a and b that feed output element i.
+fn operands(i: u32) -> vec2<u32> {
+    switch bp.mode {
+        case 1u: { return vec2<u32>(i, i); }
+        case 2u: { return vec2<u32>(i, i % bp.nb); }
+        case 3u: { return vec2<u32>(i % bp.nb, i); }
+        default: {
+            var rem = i;
+            var ia = 0u;
+            var ib = 0u;
+            for (var k = 0u; k < bp.rank; k++) {
+                let d = bp.rank - 1u - k;
+                let s = dim(bp.shape, d);
+                let c = rem % s;
+                rem = rem / s;
+                ia += c * dim(bp.sa, d);
+                ib += c * dim(bp.sb, d);
+            }
+            return vec2<u32>(ia, ib);
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = flat(wid, nwg, lid);
+    if i >= bp.n { return; }
+    let j = operands(i);
+    bo[i] = ba[j.x] + bb[j.y];
+}
+
+@compute @workgroup_size(WG)
+fn sub(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = flat(wid, nwg, lid);
+    if i >= bp.n { return; }
+    let j = operands(i);
+    bo[i] = ba[j.x] - bb[j.y];
+}
+
+@compute @workgroup_size(WG)
+fn mul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = flat(wid, nwg, lid);
+    if i >= bp.n { return; }
+    let j = operands(i);
+    bo[i] = ba[j.x] * bb[j.y];
+}
+
+@compute @workgroup_size(WG)
+fn div(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = flat(wid, nwg, lid);
+    if i >= bp.n { return; }
+    let j = operands(i);
+    bo[i] = ba[j.x] / bb[j.y];
+}

@@ -1,0 +1,61 @@
+// Reductions over the last axis of a (rows, cols) view: sum (scaled, so mean is sum * 1/cols)
+// and max. One workgroup per row, strided loads, a tree in workgroup memory. Reducing over
+// all elements runs this twice: rows of a chunked view first, then the partials.
+
+const WG: u32 = 256u;
+
+struct Reduce {
+    rows: u32,
+    cols: u32,
+    n: u32,      // valid elements of x (the last chunk of a chunked view may be short)
+    scale: f32,  // multiplies the result (1/cols for mean)
+}
+
+@group(0) @binding(0) var<uniform> p: Reduce;
+@group(0) @binding(1) var<storage, read> x: array<f32>;       // (rows, cols)
+@group(0) @binding(2) var<storage, read_write> y: array<f32>; // (rows)
+
+var<workgroup> sh: array<f32, WG>;
+
+fn row_of(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wid.y * nwg.x + wid.x;
+}
+
+@compute @workgroup_size(WG)
+fn sum_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = row_of(wid, nwg);
+    if r >= p.rows { return; }
+    let base = r * p.cols;
+    var acc = 0.0;
+    for (var c = lid; c < p.cols; c += WG) {
+        let i = base + c;
+        if i < p.n { acc += x[i]; }
+    }
+    sh[lid] = acc;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if lid < s { sh[lid] += sh[lid + s]; }
+        workgroupBarrier();
+    }
+    if lid == 0u { y[r] = sh[0] * p.scale; }
+}
+
+@compute @workgroup_size(WG)
+fn max_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = row_of(wid, nwg);
+    if r >= p.rows { return; }
+    let base = r * p.cols;
+    // Start from an element of this row (max is idempotent), so -inf rows stay -inf.
+    var acc = x[min(base + min(lid, p.cols - 1u), p.n - 1u)];
+    for (var c = lid; c < p.cols; c += WG) {
+        let i = base + c;
+        if i < p.n { acc = max(acc, x[i]); }
+    }
+    sh[lid] = acc;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if lid < s { sh[lid] = max(sh[lid], sh[lid + s]); }
+        workgroupBarrier();
+    }
+    if lid == 0u { y[r] = sh[0]; }
+}

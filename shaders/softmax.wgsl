@@ -1,0 +1,71 @@
+// Softmax and log-softmax over the last axis of (rows, cols): one workgroup per row,
+// max-subtracted so large logits never overflow.
+
+const WG: u32 = 256u;
+
+struct Softmax {
+    rows: u32,
+    cols: u32,
+    _pad: vec2<u32>,
+}
+
+@group(0) @binding(0) var<uniform> p: Softmax;
+@group(0) @binding(1) var<storage, read> x: array<f32>;       // (rows, cols)
+@group(0) @binding(2) var<storage, read_write> y: array<f32>; // (rows, cols)
+
+var<workgroup> sh: array<f32, WG>;
+
+fn reduce_max(v: f32, lid: u32) -> f32 {
+    sh[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if lid < s { sh[lid] = max(sh[lid], sh[lid + s]); }
+        workgroupBarrier();
+    }
+    let r = sh[0];
+    workgroupBarrier();
+    return r;
+}
+
+fn reduce_sum(v: f32, lid: u32) -> f32 {
+    sh[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if lid < s { sh[lid] += sh[lid + s]; }
+        workgroupBarrier();
+    }
+    let r = sh[0];
+    workgroupBarrier();
+    return r;
+}
+
+// Row max and sum of exp(x - max).
+fn stats(base: u32, lid: u32) -> vec2<f32> {
+    var m = x[base + min(lid, p.cols - 1u)];
+    for (var c = lid; c < p.cols; c += WG) { m = max(m, x[base + c]); }
+    m = reduce_max(m, lid);
+    var s = 0.0;
+    for (var c = lid; c < p.cols; c += WG) { s += exp(x[base + c] - m); }
+    s = reduce_sum(s, lid);
+    return vec2<f32>(m, s);
+}
+
+@compute @workgroup_size(WG)
+fn softmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = wid.y * nwg.x + wid.x;
+    if r >= p.rows { return; }
+    let base = r * p.cols;
+    let st = stats(base, lid);
+    let inv = 1.0 / st.y;
+    for (var c = lid; c < p.cols; c += WG) { y[base + c] = exp(x[base + c] - st.x) * inv; }
+}
+
+@compute @workgroup_size(WG)
+fn log_softmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = wid.y * nwg.x + wid.x;
+    if r >= p.rows { return; }
+    let base = r * p.cols;
+    let st = stats(base, lid);
+    let lse = st.x + log(st.y);
+    for (var c = lid; c < p.cols; c += WG) { y[base + c] = x[base + c] - lse; }
+}

@@ -1,0 +1,83 @@
+// Unary maps and scalar ops, one invocation per element, plus fill.
+
+const WG: u32 = 256u;
+
+struct Unary {
+    n: u32,     // elements
+    _pad: u32,
+    s: f32,     // scalar operand (add_scalar, mul_scalar, pow, fill)
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Unary;
+@group(0) @binding(1) var<storage, read> x: array<f32>;       // (n)
+@group(0) @binding(2) var<storage, read_write> y: array<f32>; // (n)
+
+fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.y * nwg.x + wid.x) * WG + lid;
+}
+
+// GPT-2's tanh approximation. tanh is written via exp of a non-positive argument so large
+// inputs saturate instead of overflowing (some backends expand tanh to (e^2x-1)/(e^2x+1)).
+fn tanh_stable(v: f32) -> f32 {
+    let e = exp(-2.0 * abs(v));
+    return sign(v) * (1.0 - e) / (1.0 + e);
+}
+
+fn gelu_f(v: f32) -> f32 {
+    let k = 0.7978845608028654; // sqrt(2 / pi)
+    return 0.5 * v * (1.0 + tanh_stable(k * (v + 0.044715 * v * v * v)));
+}
+
+fn sigmoid_f(v: f32) -> f32 {
+    // Branch on sign so exp never overflows.
+    if v >= 0.0 {
+        return 1.0 / (1.0 + exp(-v));
+    }
+    let e = exp(v);
+    return e / (1.0 + e);
+}
+
+fn apply(op: u32, v: f32) -> f32 {
+    switch op {
+        case 0u: { return v + p.s; }          // add_scalar
+        case 1u: { return v * p.s; }          // mul_scalar
+        case 2u: { return -v; }               // neg
+        case 3u: { return exp(v); }           // exp
+        case 4u: { return log(v); }           // log
+        case 5u: { return sqrt(v); }          // sqrt
+        case 6u: {                            // pow by scalar; integer exponents keep negative bases
+            if p.s == round(p.s) {
+                let r = pow(abs(v), p.s);
+                if v < 0.0 && (i32(p.s) & 1) == 1 { return -r; }
+                if v == 0.0 && p.s == 0.0 { return 1.0; }
+                return r;
+            }
+            return pow(v, p.s);
+        }
+        case 7u: { return max(v, 0.0); }      // relu
+        case 8u: { return gelu_f(v); }        // gelu
+        case 9u: { return sigmoid_f(v); }     // sigmoid
+        case 10u: { return tanh_stable(v); }  // tanh
+        default: { return v; }
+    }
+}
+
+fn run(op: u32, wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
+    let i = flat(wid, nwg, lid);
+    if i < p.n {
+        y[i] = apply(op, x[i]);
+    }
+}
+
+@compute @workgroup_size(WG) fn add_scalar(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(0u, w, n, l); }
+@compute @workgroup_size(WG) fn mul_scalar(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(1u, w, n, l); }
+@compute @workgroup_size(WG) fn neg(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(2u, w, n, l); }
+@compute @workgroup_size(WG) fn exp_(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(3u, w, n, l); }
+@compute @workgroup_size(WG) fn log_(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(4u, w, n, l); }
+@compute @workgroup_size(WG) fn sqrt_(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(5u, w, n, l); }
+@compute @workgroup_size(WG) fn pow_scalar(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(6u, w, n, l); }
+@compute @workgroup_size(WG) fn relu(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(7u, w, n, l); }
+@compute @workgroup_size(WG) fn gelu(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(8u, w, n, l); }
+@compute @workgroup_size(WG) fn sigmoid(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(9u, w, n, l); }
+@compute @workgroup_size(WG) fn tanh_(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(10u, w, n, l); }

@@ -1,0 +1,137 @@
+//! Launcher for `shaders/elementwise.wgsl`: broadcasting binary ops.
+
+use super::{elems_grid, shader};
+use crate::error::{Error, Result};
+use crate::runtime::{Access, Shader};
+use crate::tensor::{DType, Tensor, numel};
+
+pub(crate) const SHADER: Shader = shader("elementwise", include_str!("../../shaders/elementwise.wgsl"));
+
+/// Highest rank the strided kernel indexes (`array<vec4<u32>, 2>` in WGSL).
+pub(crate) const MAX_RANK: usize = 8;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    rank: u32,
+    mode: u32,
+    nb: u32,
+    shape: [u32; MAX_RANK],
+    sa: [u32; MAX_RANK],
+    sb: [u32; MAX_RANK],
+}
+const _: () = assert!(std::mem::size_of::<Params>() == 112);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Op {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+impl Op {
+    pub(crate) fn entry(self) -> &'static str {
+        match self {
+            Op::Add => "add",
+            Op::Sub => "sub",
+            Op::Mul => "mul",
+            Op::Div => "div",
+        }
+    }
+}
+
+/// NumPy broadcasting: align trailing dims; each pair must match or one must be 1.
+pub(crate) fn broadcast_shape(op: &'static str, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
+    let rank = a.len().max(b.len());
+    let mut out = vec![0; rank];
+    for i in 0..rank {
+        let da = if i < rank - a.len() { 1 } else { a[i - (rank - a.len())] };
+        let db = if i < rank - b.len() { 1 } else { b[i - (rank - b.len())] };
+        out[i] = match (da, db) {
+            (x, y) if x == y => x,
+            (1, y) => y,
+            (x, 1) => x,
+            _ => {
+                return Err(Error::Shape {
+                    op,
+                    message: format!("shapes {a:?} and {b:?} do not broadcast (dim {i}: {da} vs {db})"),
+                });
+            }
+        };
+    }
+    Ok(out)
+}
+
+/// Strides of `shape` (row-major) seen from the broadcast `out` shape: 0 on broadcast dims.
+fn strides_in(shape: &[usize], out: &[usize]) -> [u32; MAX_RANK] {
+    let mut s = [0u32; MAX_RANK];
+    let off = out.len() - shape.len();
+    let mut stride = 1usize;
+    for d in (0..shape.len()).rev() {
+        if shape[d] != 1 {
+            s[d + off] = stride as u32;
+        }
+        stride *= shape[d];
+    }
+    s
+}
+
+/// True when `small` repeats whole over `out`: `out == lead ++ small` after dropping leading 1s.
+fn is_suffix(small: &[usize], out: &[usize]) -> bool {
+    let s: Vec<usize> = small.iter().copied().skip_while(|&d| d == 1).collect();
+    s.len() <= out.len() && out[out.len() - s.len()..] == s[..]
+}
+
+pub(crate) fn binary(a: &Tensor, b: &Tensor, op: Op) -> Result<Tensor> {
+    let name = op.entry();
+    a.expect_dtype(name, DType::F32)?;
+    b.expect_dtype(name, DType::F32)?;
+    a.same_device(name, b)?;
+    let out_shape = broadcast_shape(name, &a.shape, &b.shape)?;
+    if out_shape.len() > MAX_RANK {
+        return Err(Error::Shape {
+            op: name,
+            message: format!("rank {} exceeds the maximum of {MAX_RANK}", out_shape.len()),
+        });
+    }
+    let out = Tensor::empty(&a.dev, name, &out_shape, DType::F32)?;
+    let n = numel(&out_shape);
+    let mut p = Params {
+        n: n as u32,
+        rank: out_shape.len() as u32,
+        mode: 0,
+        nb: 0,
+        shape: [1; MAX_RANK],
+        sa: strides_in(&a.shape, &out_shape),
+        sb: strides_in(&b.shape, &out_shape),
+    };
+    for (i, &d) in out_shape.iter().enumerate() {
+        p.shape[i] = d as u32;
+    }
+    // Cheaper index math for the common layouts.
+    if a.numel() == n && b.numel() == n {
+        p.mode = 1;
+    } else if a.numel() == n && is_suffix(&b.shape, &out_shape) {
+        p.mode = 2;
+        p.nb = b.numel() as u32;
+    } else if b.numel() == n && is_suffix(&a.shape, &out_shape) {
+        p.mode = 3;
+        p.nb = a.numel() as u32;
+    }
+    // a, b: broadcastable to out -> out: (out_shape)
+    a.dev.dispatch(
+        &SHADER,
+        name,
+        &[],
+        &p,
+        &[
+            (&a.storage, Access::Read),
+            (&b.storage, Access::Read),
+            (&out.storage, Access::ReadWrite),
+        ],
+        elems_grid(n)?,
+    )?;
+    Ok(out)
+}

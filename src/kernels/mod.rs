@@ -1,0 +1,34 @@
+//! Launchers: one file per WGSL file under `shaders/`, each owning its params struct,
+//! entry points and dispatch sizes.
+
+pub(crate) mod elementwise;
+pub(crate) mod init;
+pub(crate) mod layout;
+pub(crate) mod reduce;
+pub(crate) mod softmax;
+pub(crate) mod unary;
+
+use crate::runtime::{Shader, grid_1d};
+use crate::error::Result;
+
+/// Every shader of the crate, for the naga validation test.
+pub const SHADERS: &[(&str, &str)] = &[
+    ("elementwise", elementwise::SHADER.source),
+    ("unary", unary::SHADER.source),
+    ("init", init::SHADER.source),
+    ("reduce", reduce::SHADER.source),
+    ("softmax", softmax::SHADER.source),
+    ("layout", layout::SHADER.source),
+];
+
+/// Invocations per workgroup of the 1-D elementwise kernels (`WG` in their WGSL).
+pub(crate) const WG: u64 = 256;
+
+/// Grid for one invocation per element.
+pub(crate) fn elems_grid(n: usize) -> Result<[u32; 3]> {
+    grid_1d((n as u64).div_ceil(WG))
+}
+
+pub(crate) const fn shader(name: &'static str, source: &'static str) -> Shader {
+    Shader { name, source }
+}

@@ -1,0 +1,108 @@
+//! Launcher for `shaders/reduce.wgsl`: sum / mean / max over the last axis or all elements.
+
+use super::shader;
+use crate::error::{Error, Result};
+use crate::runtime::{Access, Shader, grid_1d};
+use crate::tensor::{DType, Tensor};
+
+pub(crate) const SHADER: Shader = shader("reduce", include_str!("../../shaders/reduce.wgsl"));
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    cols: u32,
+    n: u32,
+    scale: f32,
+}
+const _: () = assert!(std::mem::size_of::<Params>() == 16);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Op {
+    Sum,
+    Mean,
+    Max,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Sum => "sum",
+            Op::Mean => "mean",
+            Op::Max => "max",
+        }
+    }
+    fn entry(self) -> &'static str {
+        match self {
+            Op::Max => "max_rows",
+            _ => "sum_rows",
+        }
+    }
+}
+
+/// Chunk count for the first pass of a full reduction: enough workgroups to fill a GPU.
+const ALL_CHUNKS: usize = 1024;
+
+fn rows_pass(x: &Tensor, out: &Tensor, rows: usize, cols: usize, op: Op, scale: f32) -> Result<()> {
+    let p = Params {
+        rows: rows as u32,
+        cols: cols as u32,
+        n: x.numel() as u32,
+        scale,
+    };
+    // x: (rows, cols) -> out: (rows)
+    x.dev.dispatch(
+        &SHADER,
+        op.entry(),
+        &[],
+        &p,
+        &[(&x.storage, Access::Read), (&out.storage, Access::ReadWrite)],
+        grid_1d(rows as u64)?,
+    )
+}
+
+fn check(x: &Tensor, op: Op) -> Result<()> {
+    x.expect_dtype(op.name(), DType::F32)?;
+    if x.numel() == 0 {
+        return Err(Error::Shape {
+            op: op.name(),
+            message: format!("cannot reduce an empty tensor of shape {:?}", x.shape),
+        });
+    }
+    Ok(())
+}
+
+/// Reduce over the last axis: (..., C) -> (...).
+pub(crate) fn last_axis(x: &Tensor, op: Op) -> Result<Tensor> {
+    check(x, op)?;
+    let Some(&cols) = x.shape.last() else {
+        return Err(Error::Shape {
+            op: op.name(),
+            message: "a scalar has no last axis to reduce".into(),
+        });
+    };
+    let rows = x.numel() / cols;
+    let out_shape = &x.shape[..x.shape.len() - 1];
+    let out = Tensor::empty(&x.dev, op.name(), out_shape, DType::F32)?;
+    let scale = if op == Op::Mean { 1.0 / cols as f32 } else { 1.0 };
+    rows_pass(x, &out, rows, cols, op, scale)?;
+    Ok(out)
+}
+
+/// Reduce over every element: (...) -> () in two deterministic passes.
+pub(crate) fn all(x: &Tensor, op: Op) -> Result<Tensor> {
+    check(x, op)?;
+    let n = x.numel();
+    let scale = if op == Op::Mean { 1.0 / n as f32 } else { 1.0 };
+    let out = Tensor::empty(&x.dev, op.name(), &[], DType::F32)?;
+    if n <= 4096 {
+        rows_pass(x, &out, 1, n, op, scale)?;
+        return Ok(out);
+    }
+    let cols = n.div_ceil(ALL_CHUNKS);
+    let rows = n.div_ceil(cols);
+    let partial = Tensor::empty(&x.dev, op.name(), &[rows], DType::F32)?;
+    rows_pass(x, &partial, rows, cols, op, 1.0)?;
+    rows_pass(&partial, &out, 1, rows, op, scale)?;
+    Ok(out)
+}

@@ -1,0 +1,48 @@
+//! Launcher for `shaders/softmax.wgsl`: softmax and log-softmax over the last axis.
+
+use super::shader;
+use crate::error::{Error, Result};
+use crate::runtime::{Access, Shader, grid_1d};
+use crate::tensor::{DType, Tensor};
+
+pub(crate) const SHADER: Shader = shader("softmax", include_str!("../../shaders/softmax.wgsl"));
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    cols: u32,
+    _pad: [u32; 2],
+}
+const _: () = assert!(std::mem::size_of::<Params>() == 16);
+
+pub(crate) fn softmax(x: &Tensor, log: bool) -> Result<Tensor> {
+    let name = if log { "log_softmax" } else { "softmax" };
+    x.expect_dtype(name, DType::F32)?;
+    let cols = match x.shape.last() {
+        Some(&c) if c > 0 => c,
+        _ => {
+            return Err(Error::Shape {
+                op: name,
+                message: format!("needs a non-empty last axis, got shape {:?}", x.shape),
+            });
+        }
+    };
+    let out = Tensor::empty(&x.dev, name, &x.shape, DType::F32)?;
+    let rows = x.numel() / cols;
+    let p = Params {
+        rows: rows as u32,
+        cols: cols as u32,
+        _pad: [0; 2],
+    };
+    // x: (rows, cols) -> out: (rows, cols)
+    x.dev.dispatch(
+        &SHADER,
+        name,
+        &[],
+        &p,
+        &[(&x.storage, Access::Read), (&out.storage, Access::ReadWrite)],
+        grid_1d(rows as u64)?,
+    )?;
+    Ok(out)
+}

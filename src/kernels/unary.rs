@@ -1,0 +1,74 @@
+//! Launcher for `shaders/unary.wgsl`: elementwise maps and scalar ops.
+
+use super::{elems_grid, shader};
+use crate::error::Result;
+use crate::runtime::{Access, Shader};
+use crate::tensor::{DType, Tensor};
+
+pub(crate) const SHADER: Shader = shader("unary", include_str!("../../shaders/unary.wgsl"));
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    _pad: u32,
+    s: f32,
+    _pad2: u32,
+}
+const _: () = assert!(std::mem::size_of::<Params>() == 16);
+
+/// The unary ops; each is its own entry point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Op {
+    AddScalar,
+    MulScalar,
+    Neg,
+    Exp,
+    Log,
+    Sqrt,
+    PowScalar,
+    Relu,
+    Gelu,
+    Sigmoid,
+    Tanh,
+}
+
+impl Op {
+    pub(crate) fn entry(self) -> &'static str {
+        match self {
+            Op::AddScalar => "add_scalar",
+            Op::MulScalar => "mul_scalar",
+            Op::Neg => "neg",
+            Op::Exp => "exp_",
+            Op::Log => "log_",
+            Op::Sqrt => "sqrt_",
+            Op::PowScalar => "pow_scalar",
+            Op::Relu => "relu",
+            Op::Gelu => "gelu",
+            Op::Sigmoid => "sigmoid",
+            Op::Tanh => "tanh_",
+        }
+    }
+}
+
+pub(crate) fn unary(x: &Tensor, op: Op, s: f32) -> Result<Tensor> {
+    x.expect_dtype(op.entry(), DType::F32)?;
+    let out = Tensor::empty(&x.dev, op.entry(), &x.shape, DType::F32)?;
+    let n = x.numel();
+    let p = Params {
+        n: n as u32,
+        _pad: 0,
+        s,
+        _pad2: 0,
+    };
+    // x: (n) -> out: (n)
+    x.dev.dispatch(
+        &SHADER,
+        op.entry(),
+        &[],
+        &p,
+        &[(&x.storage, Access::Read), (&out.storage, Access::ReadWrite)],
+        elems_grid(n)?,
+    )?;
+    Ok(out)
+}

@@ -1,0 +1,254 @@
+//! `Tensor`: a shape, an element type and a handle on device memory.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::kernels;
+use crate::runtime::{Device, Storage};
+
+/// Element type of a tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    /// 32-bit float: all arithmetic.
+    F32,
+    /// 32-bit unsigned integer: token and class ids.
+    U32,
+}
+
+impl DType {
+    /// Name used in error messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::U32 => "u32",
+        }
+    }
+}
+
+/// A dense, row-major tensor on a [`Device`]. Cloning is cheap (shares the buffer); ops record
+/// GPU work and return new tensors without waiting for it.
+#[derive(Clone)]
+pub struct Tensor {
+    pub(crate) dev: Device,
+    pub(crate) storage: Arc<Storage>,
+    pub(crate) shape: Vec<usize>,
+    pub(crate) dtype: DType,
+    /// For u32 tensors whose data came from the host: one past the largest id, so gathers can
+    /// range-check without a readback.
+    pub(crate) id_bound: Option<u32>,
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor({:?}, {})", self.shape, self.dtype.name())
+    }
+}
+
+pub(crate) fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+fn bytes_of(op: &'static str, shape: &[usize]) -> Result<u64> {
+    shape
+        .iter()
+        .try_fold(4u64, |acc, &d| acc.checked_mul(d as u64))
+        .ok_or_else(|| Error::Shape {
+            op,
+            message: format!("shape {shape:?} overflows"),
+        })
+}
+
+impl Tensor {
+    /// An uninitialised tensor (contents are whatever the pooled buffer held).
+    pub(crate) fn empty(dev: &Device, op: &'static str, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let bytes = bytes_of(op, shape)?;
+        dev.check_size(op, shape, bytes)?;
+        Ok(Tensor {
+            dev: dev.clone(),
+            storage: dev.alloc(bytes, false)?,
+            shape: shape.to_vec(),
+            dtype,
+            id_bound: None,
+        })
+    }
+
+    fn check_len(op: &'static str, shape: &[usize], len: usize) -> Result<u64> {
+        if numel(shape) != len {
+            return Err(Error::Shape {
+                op,
+                message: format!("{len} values do not fill shape {shape:?} ({} elements)", numel(shape)),
+            });
+        }
+        bytes_of(op, shape)
+    }
+
+    /// A tensor holding `data` in row-major order.
+    pub fn from_slice(dev: &Device, data: &[f32], shape: &[usize]) -> Result<Tensor> {
+        let bytes = Self::check_len("from_slice", shape, data.len())?;
+        dev.check_size("from_slice", shape, bytes)?;
+        Ok(Tensor {
+            dev: dev.clone(),
+            storage: dev.upload(bytemuck::cast_slice(data))?,
+            shape: shape.to_vec(),
+            dtype: DType::F32,
+            id_bound: None,
+        })
+    }
+
+    /// A u32 tensor (token or class ids).
+    pub fn from_u32(dev: &Device, data: &[u32], shape: &[usize]) -> Result<Tensor> {
+        let bytes = Self::check_len("from_u32", shape, data.len())?;
+        dev.check_size("from_u32", shape, bytes)?;
+        Ok(Tensor {
+            dev: dev.clone(),
+            storage: dev.upload(bytemuck::cast_slice(data))?,
+            shape: shape.to_vec(),
+            dtype: DType::U32,
+            id_bound: Some(data.iter().max().map_or(0, |m| m.saturating_add(1))),
+        })
+    }
+
+    /// A tensor filled with `value`.
+    pub fn full(dev: &Device, shape: &[usize], value: f32) -> Result<Tensor> {
+        let t = Self::empty(dev, "full", shape, DType::F32)?;
+        kernels::init::fill(&t, value)?;
+        Ok(t)
+    }
+
+    /// Zeros.
+    pub fn zeros(dev: &Device, shape: &[usize]) -> Result<Tensor> {
+        Self::full(dev, shape, 0.0)
+    }
+
+    /// Ones.
+    pub fn ones(dev: &Device, shape: &[usize]) -> Result<Tensor> {
+        Self::full(dev, shape, 1.0)
+    }
+
+    /// Uniform random values in `[low, high)`, generated on the device from `seed`.
+    pub fn rand_uniform(dev: &Device, shape: &[usize], low: f32, high: f32, seed: u64) -> Result<Tensor> {
+        if !(low.is_finite() && high.is_finite() && low <= high) {
+            return Err(Error::InvalidArgument {
+                op: "rand_uniform",
+                message: format!("bounds [{low}, {high}) are not a finite, ordered range"),
+            });
+        }
+        let t = Self::empty(dev, "rand_uniform", shape, DType::F32)?;
+        kernels::init::random(&t, kernels::init::Dist::Uniform, low, high, seed)?;
+        Ok(t)
+    }
+
+    /// Normal random values with the given mean and standard deviation, generated on the device.
+    pub fn rand_normal(dev: &Device, shape: &[usize], mean: f32, std: f32, seed: u64) -> Result<Tensor> {
+        if !(mean.is_finite() && std.is_finite() && std >= 0.0) {
+            return Err(Error::InvalidArgument {
+                op: "rand_normal",
+                message: format!("mean {mean} and std {std} must be finite with std >= 0"),
+            });
+        }
+        let t = Self::empty(dev, "rand_normal", shape, DType::F32)?;
+        kernels::init::random(&t, kernels::init::Dist::Normal, mean, std, seed)?;
+        Ok(t)
+    }
+
+    /// The device this tensor lives on.
+    pub fn device(&self) -> &Device {
+        &self.dev
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Number of dimensions.
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        numel(&self.shape)
+    }
+
+    /// Element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Copy the data to the host (submits pending work and waits for it).
+    pub fn to_vec(&self) -> Result<Vec<f32>> {
+        self.expect_dtype("to_vec", DType::F32)?;
+        let bytes = self.dev.read(&self.storage, 4 * self.numel() as u64)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// Copy a u32 tensor to the host.
+    pub fn to_vec_u32(&self) -> Result<Vec<u32>> {
+        self.expect_dtype("to_vec_u32", DType::U32)?;
+        let bytes = self.dev.read(&self.storage, 4 * self.numel() as u64)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// The single value of a one-element tensor.
+    pub fn item(&self) -> Result<f32> {
+        if self.numel() != 1 {
+            return Err(Error::Shape {
+                op: "item",
+                message: format!("tensor of shape {:?} has {} elements, not 1", self.shape, self.numel()),
+            });
+        }
+        Ok(self.to_vec()?[0])
+    }
+
+    pub(crate) fn expect_dtype(&self, op: &'static str, want: DType) -> Result<()> {
+        if self.dtype != want {
+            return Err(Error::DType {
+                op,
+                expected: want.name(),
+                got: self.dtype.name(),
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn same_device(&self, op: &'static str, other: &Tensor) -> Result<()> {
+        if !other.storage.same_device(&self.dev) {
+            return Err(Error::DeviceMismatch { op });
+        }
+        Ok(())
+    }
+
+    /// Same data, new shape (no copy). One dimension may be `usize::MAX` to be inferred.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        let mut shape = shape.to_vec();
+        let known: usize = shape.iter().filter(|&&d| d != usize::MAX).product();
+        let infer = shape.iter().filter(|&&d| d == usize::MAX).count();
+        if infer > 1 {
+            return Err(Error::Shape {
+                op: "reshape",
+                message: format!("more than one inferred dimension in {shape:?}"),
+            });
+        }
+        if infer == 1 {
+            if known == 0 || self.numel() % known != 0 {
+                return Err(Error::Shape {
+                    op: "reshape",
+                    message: format!("cannot infer a dimension reshaping {:?} to {shape:?}", self.shape),
+                });
+            }
+            let pos = shape.iter().position(|&d| d == usize::MAX).expect("counted above");
+            shape[pos] = self.numel() / known;
+        }
+        if numel(&shape) != self.numel() {
+            return Err(Error::Shape {
+                op: "reshape",
+                message: format!("cannot reshape {:?} ({} elements) to {shape:?}", self.shape, self.numel()),
+            });
+        }
+        Ok(Tensor {
+            shape,
+            ..self.clone()
+        })
+    }
+}
