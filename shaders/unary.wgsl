@@ -70,6 +70,18 @@ fn run(op: u32, wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
     }
 }
 
+// Four elements per invocation when n % 4 == 0 (16-byte loads; a quarter of the invocations).
+@group(0) @binding(1) var<storage, read> x4: array<vec4<f32>>;       // (n / 4)
+@group(0) @binding(2) var<storage, read_write> y4: array<vec4<f32>>; // (n / 4)
+
+fn run4(op: u32, wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
+    let i = flat(wid, nwg, lid);
+    if i < p.n / 4u {
+        let v = x4[i];
+        y4[i] = vec4<f32>(apply(op, v.x), apply(op, v.y), apply(op, v.z), apply(op, v.w));
+    }
+}
+
 @compute @workgroup_size(WG) fn add_scalar(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(0u, w, n, l); }
 @compute @workgroup_size(WG) fn mul_scalar(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(1u, w, n, l); }
 @compute @workgroup_size(WG) fn neg(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(2u, w, n, l); }
@@ -81,3 +93,14 @@ fn run(op: u32, wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
 @compute @workgroup_size(WG) fn gelu(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(8u, w, n, l); }
 @compute @workgroup_size(WG) fn sigmoid(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(9u, w, n, l); }
 @compute @workgroup_size(WG) fn tanh_(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(10u, w, n, l); }
+@compute @workgroup_size(WG) fn add_scalar4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run4(0u, w, n, l); }
+@compute @workgroup_size(WG) fn mul_scalar4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run4(1u, w, n, l); }
+@compute @workgroup_size(WG) fn neg4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run4(2u, w, n, l); }
+@compute @workgroup_size(WG) fn exp_4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run4(3u, w, n, l); }
+@compute @workgroup_size(WG) fn log_4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run4(4u, w, n, l); }
+@compute @workgroup_size(WG) fn sqrt_4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run4(5u, w, n, l); }
+@compute @workgroup_size(WG) fn pow_scalar4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run4(6u, w, n, l); }
+@compute @workgroup_size(WG) fn relu4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run4(7u, w, n, l); }
+@compute @workgroup_size(WG) fn gelu4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run4(8u, w, n, l); }
+@compute @workgroup_size(WG) fn sigmoid4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run4(9u, w, n, l); }
+@compute @workgroup_size(WG) fn tanh_4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run4(10u, w, n, l); }

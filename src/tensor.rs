@@ -60,7 +60,12 @@ fn bytes_of(op: &'static str, shape: &[usize]) -> Result<u64> {
 
 impl Tensor {
     /// An uninitialised tensor (contents are whatever the pooled buffer held).
-    pub(crate) fn empty(dev: &Device, op: &'static str, shape: &[usize], dtype: DType) -> Result<Tensor> {
+    pub(crate) fn empty(
+        dev: &Device,
+        op: &'static str,
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<Tensor> {
         let bytes = bytes_of(op, shape)?;
         dev.check_size(op, shape, bytes)?;
         Ok(Tensor {
@@ -76,7 +81,10 @@ impl Tensor {
         if numel(shape) != len {
             return Err(Error::Shape {
                 op,
-                message: format!("{len} values do not fill shape {shape:?} ({} elements)", numel(shape)),
+                message: format!(
+                    "{len} values do not fill shape {shape:?} ({} elements)",
+                    numel(shape)
+                ),
             });
         }
         bytes_of(op, shape)
@@ -126,7 +134,13 @@ impl Tensor {
     }
 
     /// Uniform random values in `[low, high)`, generated on the device from `seed`.
-    pub fn rand_uniform(dev: &Device, shape: &[usize], low: f32, high: f32, seed: u64) -> Result<Tensor> {
+    pub fn rand_uniform(
+        dev: &Device,
+        shape: &[usize],
+        low: f32,
+        high: f32,
+        seed: u64,
+    ) -> Result<Tensor> {
         if !(low.is_finite() && high.is_finite() && low <= high) {
             return Err(Error::InvalidArgument {
                 op: "rand_uniform",
@@ -139,7 +153,13 @@ impl Tensor {
     }
 
     /// Normal random values with the given mean and standard deviation, generated on the device.
-    pub fn rand_normal(dev: &Device, shape: &[usize], mean: f32, std: f32, seed: u64) -> Result<Tensor> {
+    pub fn rand_normal(
+        dev: &Device,
+        shape: &[usize],
+        mean: f32,
+        std: f32,
+        seed: u64,
+    ) -> Result<Tensor> {
         if !(mean.is_finite() && std.is_finite() && std >= 0.0) {
             return Err(Error::InvalidArgument {
                 op: "rand_normal",
@@ -195,7 +215,11 @@ impl Tensor {
         if self.numel() != 1 {
             return Err(Error::Shape {
                 op: "item",
-                message: format!("tensor of shape {:?} has {} elements, not 1", self.shape, self.numel()),
+                message: format!(
+                    "tensor of shape {:?} has {} elements, not 1",
+                    self.shape,
+                    self.numel()
+                ),
             });
         }
         Ok(self.to_vec()?[0])
@@ -234,16 +258,26 @@ impl Tensor {
             if known == 0 || self.numel() % known != 0 {
                 return Err(Error::Shape {
                     op: "reshape",
-                    message: format!("cannot infer a dimension reshaping {:?} to {shape:?}", self.shape),
+                    message: format!(
+                        "cannot infer a dimension reshaping {:?} to {shape:?}",
+                        self.shape
+                    ),
                 });
             }
-            let pos = shape.iter().position(|&d| d == usize::MAX).expect("counted above");
+            let pos = shape
+                .iter()
+                .position(|&d| d == usize::MAX)
+                .expect("counted above");
             shape[pos] = self.numel() / known;
         }
         if numel(&shape) != self.numel() {
             return Err(Error::Shape {
                 op: "reshape",
-                message: format!("cannot reshape {:?} ({} elements) to {shape:?}", self.shape, self.numel()),
+                message: format!(
+                    "cannot reshape {:?} ({} elements) to {shape:?}",
+                    self.shape,
+                    self.numel()
+                ),
             });
         }
         Ok(Tensor {

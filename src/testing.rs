@@ -17,7 +17,8 @@ pub fn device() -> Result<Device> {
 /// The shared device of a test binary: opened once, reused by every test in it.
 /// Panics with the install message when there is no adapter.
 pub fn shared_device() -> Device {
-    static DEV: std::sync::OnceLock<std::result::Result<Device, String>> = std::sync::OnceLock::new();
+    static DEV: std::sync::OnceLock<std::result::Result<Device, String>> =
+        std::sync::OnceLock::new();
     match DEV.get_or_init(|| device().map_err(|e| e.to_string())) {
         Ok(d) => d.clone(),
         Err(msg) => panic!("{msg}"),
@@ -43,7 +44,11 @@ pub struct Mismatch {
 /// infinities only the same infinity. Returns a report of the worst element.
 pub fn compare(got: &[f32], want: &[f64], rtol: f64, atol: f64) -> std::result::Result<(), String> {
     if got.len() != want.len() {
-        return Err(format!("length mismatch: got {} values, expected {}", got.len(), want.len()));
+        return Err(format!(
+            "length mismatch: got {} values, expected {}",
+            got.len(),
+            want.len()
+        ));
     }
     let mut m = Mismatch {
         first_bad: None,

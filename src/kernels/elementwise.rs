@@ -5,7 +5,10 @@ use crate::error::{Error, Result};
 use crate::runtime::{Access, Shader};
 use crate::tensor::{DType, Tensor, numel};
 
-pub(crate) const SHADER: Shader = shader("elementwise", include_str!("../../shaders/elementwise.wgsl"));
+pub(crate) const SHADER: Shader = shader(
+    "elementwise",
+    include_str!("../../shaders/elementwise.wgsl"),
+);
 
 /// Highest rank the strided kernel indexes (`array<vec4<u32>, 2>` in WGSL).
 pub(crate) const MAX_RANK: usize = 8;
@@ -22,6 +25,14 @@ struct Params {
     sb: [u32; MAX_RANK],
 }
 const _: () = assert!(std::mem::size_of::<Params>() == 112);
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Same4 {
+    n4: u32,
+    _pad: [u32; 3],
+}
+const _: () = assert!(std::mem::size_of::<Same4>() == 16);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Op {
@@ -47,8 +58,16 @@ pub(crate) fn broadcast_shape(op: &'static str, a: &[usize], b: &[usize]) -> Res
     let rank = a.len().max(b.len());
     let mut out = vec![0; rank];
     for i in 0..rank {
-        let da = if i < rank - a.len() { 1 } else { a[i - (rank - a.len())] };
-        let db = if i < rank - b.len() { 1 } else { b[i - (rank - b.len())] };
+        let da = if i < rank - a.len() {
+            1
+        } else {
+            a[i - (rank - a.len())]
+        };
+        let db = if i < rank - b.len() {
+            1
+        } else {
+            b[i - (rank - b.len())]
+        };
         out[i] = match (da, db) {
             (x, y) if x == y => x,
             (1, y) => y,
@@ -56,7 +75,9 @@ pub(crate) fn broadcast_shape(op: &'static str, a: &[usize], b: &[usize]) -> Res
             _ => {
                 return Err(Error::Shape {
                     op,
-                    message: format!("shapes {a:?} and {b:?} do not broadcast (dim {i}: {da} vs {db})"),
+                    message: format!(
+                        "shapes {a:?} and {b:?} do not broadcast (dim {i}: {da} vs {db})"
+                    ),
                 });
             }
         };
@@ -98,6 +119,22 @@ pub(crate) fn binary(a: &Tensor, b: &Tensor, op: Op) -> Result<Tensor> {
     }
     let out = Tensor::empty(&a.dev, name, &out_shape, DType::F32)?;
     let n = numel(&out_shape);
+    let bindings = [
+        (&*a.storage, Access::Read),
+        (&*b.storage, Access::Read),
+        (&*out.storage, Access::ReadWrite),
+    ];
+    if a.numel() == n && b.numel() == n && n % 4 == 0 {
+        let p = Same4 {
+            n4: (n / 4) as u32,
+            _pad: [0; 3],
+        };
+        // a, b, out: (n / 4) vec4
+        let entry = format!("{name}4");
+        a.dev
+            .dispatch(&SHADER, &entry, &[], &p, &bindings, elems_grid(n / 4)?)?;
+        return Ok(out);
+    }
     let mut p = Params {
         n: n as u32,
         rank: out_shape.len() as u32,
@@ -121,17 +158,7 @@ pub(crate) fn binary(a: &Tensor, b: &Tensor, op: Op) -> Result<Tensor> {
         p.nb = a.numel() as u32;
     }
     // a, b: broadcastable to out -> out: (out_shape)
-    a.dev.dispatch(
-        &SHADER,
-        name,
-        &[],
-        &p,
-        &[
-            (&a.storage, Access::Read),
-            (&b.storage, Access::Read),
-            (&out.storage, Access::ReadWrite),
-        ],
-        elems_grid(n)?,
-    )?;
+    a.dev
+        .dispatch(&SHADER, name, &[], &p, &bindings, elems_grid(n)?)?;
     Ok(out)
 }

@@ -37,8 +37,14 @@ fn run(out: &Tensor, entry: &str, a: f32, b: f32, seed: u64) -> Result<()> {
         _pad2: [0; 2],
     };
     // out: (n)
-    out.dev
-        .dispatch(&SHADER, entry, &[], &p, &[(&out.storage, Access::ReadWrite)], elems_grid(n)?)
+    out.dev.dispatch(
+        &SHADER,
+        entry,
+        &[],
+        &p,
+        &[(&out.storage, Access::ReadWrite)],
+        elems_grid(n)?,
+    )
 }
 
 pub(crate) fn fill(out: &Tensor, value: f32) -> Result<()> {

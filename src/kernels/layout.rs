@@ -54,7 +54,10 @@ pub(crate) fn transpose(x: &Tensor) -> Result<Tensor> {
         "transpose",
         &[],
         &p,
-        &[(&x.storage, Access::Read), (&out.storage, Access::ReadWrite)],
+        &[
+            (&x.storage, Access::Read),
+            (&out.storage, Access::ReadWrite),
+        ],
         elems_grid(total)?,
     )?;
     Ok(out)
@@ -77,7 +80,10 @@ pub(crate) fn gather_rows(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     {
         return Err(Error::InvalidArgument {
             op: "gather_rows",
-            message: format!("id {} is out of range for a table of {vocab} rows", bound - 1),
+            message: format!(
+                "id {} is out of range for a table of {vocab} rows",
+                bound - 1
+            ),
         });
     }
     let mut shape = ids.shape.clone();

@@ -56,7 +56,10 @@ fn rows_pass(x: &Tensor, out: &Tensor, rows: usize, cols: usize, op: Op, scale: 
         op.entry(),
         &[],
         &p,
-        &[(&x.storage, Access::Read), (&out.storage, Access::ReadWrite)],
+        &[
+            (&x.storage, Access::Read),
+            (&out.storage, Access::ReadWrite),
+        ],
         grid_1d(rows as u64)?,
     )
 }
@@ -84,7 +87,11 @@ pub(crate) fn last_axis(x: &Tensor, op: Op) -> Result<Tensor> {
     let rows = x.numel() / cols;
     let out_shape = &x.shape[..x.shape.len() - 1];
     let out = Tensor::empty(&x.dev, op.name(), out_shape, DType::F32)?;
-    let scale = if op == Op::Mean { 1.0 / cols as f32 } else { 1.0 };
+    let scale = if op == Op::Mean {
+        1.0 / cols as f32
+    } else {
+        1.0
+    };
     rows_pass(x, &out, rows, cols, op, scale)?;
     Ok(out)
 }

@@ -41,7 +41,10 @@ pub(crate) fn softmax(x: &Tensor, log: bool) -> Result<Tensor> {
         name,
         &[],
         &p,
-        &[(&x.storage, Access::Read), (&out.storage, Access::ReadWrite)],
+        &[
+            (&x.storage, Access::Read),
+            (&out.storage, Access::ReadWrite),
+        ],
         grid_1d(rows as u64)?,
     )?;
     Ok(out)

@@ -61,14 +61,19 @@ pub(crate) fn unary(x: &Tensor, op: Op, s: f32) -> Result<Tensor> {
         s,
         _pad2: 0,
     };
-    // x: (n) -> out: (n)
-    x.dev.dispatch(
-        &SHADER,
-        op.entry(),
-        &[],
-        &p,
-        &[(&x.storage, Access::Read), (&out.storage, Access::ReadWrite)],
-        elems_grid(n)?,
-    )?;
+    let bindings = [
+        (&*x.storage, Access::Read),
+        (&*out.storage, Access::ReadWrite),
+    ];
+    if n % 4 == 0 {
+        // x, out: (n / 4) vec4
+        let entry = format!("{}4", op.entry());
+        x.dev
+            .dispatch(&SHADER, &entry, &[], &p, &bindings, elems_grid(n / 4)?)?;
+    } else {
+        // x: (n) -> out: (n)
+        x.dev
+            .dispatch(&SHADER, op.entry(), &[], &p, &bindings, elems_grid(n)?)?;
+    }
     Ok(out)
 }

@@ -86,7 +86,11 @@ impl std::fmt::Display for DeviceInfo {
             self.name,
             self.backend,
             self.device_type,
-            if self.driver.is_empty() { "?" } else { &self.driver },
+            if self.driver.is_empty() {
+                "?"
+            } else {
+                &self.driver
+            },
             self.max_buffer_size >> 20,
             self.max_storage_binding >> 20,
             self.max_invocations_per_workgroup,
@@ -143,7 +147,9 @@ pub(crate) struct Storage {
 
 impl Storage {
     pub fn buffer(&self) -> &wgpu::Buffer {
-        self.buf.as_ref().expect("storage buffer present until drop")
+        self.buf
+            .as_ref()
+            .expect("storage buffer present until drop")
     }
     pub fn same_device(&self, dev: &Device) -> bool {
         Arc::ptr_eq(&self.dev, &dev.inner)
@@ -287,7 +293,9 @@ impl Device {
             .into_iter()
             .filter(|a| {
                 let name = a.get_info().name.to_lowercase();
-                opts.adapter.as_ref().is_none_or(|want| name.contains(&want.to_lowercase()))
+                opts.adapter
+                    .as_ref()
+                    .is_none_or(|want| name.contains(&want.to_lowercase()))
             })
             .collect();
         candidates.sort_by_key(|a| type_rank(a.get_info().device_type));
@@ -341,7 +349,9 @@ impl Device {
         let info = DeviceInfo {
             name: ai.name.clone(),
             backend: format!("{:?}", ai.backend),
-            driver: format!("{} {}", ai.driver, ai.driver_info).trim().to_string(),
+            driver: format!("{} {}", ai.driver, ai.driver_info)
+                .trim()
+                .to_string(),
             device_type: format!("{:?}", ai.device_type),
             is_cpu: ai.device_type == wgpu::DeviceType::Cpu,
             max_buffer_size: limits.max_buffer_size,
@@ -411,10 +421,16 @@ impl Device {
     /// Zero the counters; the peak restarts from the bytes live now.
     pub fn reset_stats(&self) {
         let i = &self.inner;
-        for c in [&i.dispatches, &i.submits, &i.readbacks, &i.pipelines_compiled] {
+        for c in [
+            &i.dispatches,
+            &i.submits,
+            &i.readbacks,
+            &i.pipelines_compiled,
+        ] {
             c.store(0, Ordering::Relaxed);
         }
-        i.peak_bytes.store(i.live_bytes.load(Ordering::Relaxed), Ordering::Relaxed);
+        i.peak_bytes
+            .store(i.live_bytes.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     /// Give the pool's cached buffers back to the driver.
@@ -626,7 +642,9 @@ impl Device {
         b.encoder.get_or_insert_with(|| {
             self.inner
                 .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("portagrad batch") })
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("portagrad batch"),
+                })
         })
     }
 
@@ -635,10 +653,13 @@ impl Device {
         if let Some(m) = modules.get(shader.name) {
             return Ok(m.clone());
         }
-        let m = self.inner.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(shader.name),
-            source: wgpu::ShaderSource::Wgsl(shader.source.into()),
-        });
+        let m = self
+            .inner
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(shader.name),
+                source: wgpu::ShaderSource::Wgsl(shader.source.into()),
+            });
         self.take_errors()?;
         modules.insert(shader.name, m.clone());
         Ok(m)
@@ -674,10 +695,12 @@ impl Device {
                 count: None,
             });
         }
-        let l = Arc::new(self.inner.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: None,
-            entries: &entries,
-        }));
+        let l = Arc::new(self.inner.device.create_bind_group_layout(
+            &wgpu::BindGroupLayoutDescriptor {
+                label: None,
+                entries: &entries,
+            },
+        ));
         layouts.insert(key, l.clone());
         l
     }
@@ -703,24 +726,32 @@ impl Device {
         }
         let module = self.module(shader)?;
         let layout = self.layout(access, params_size);
-        let pl = self.inner.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: None,
-            bind_group_layouts: &[Some(&layout)],
-            immediate_size: 0,
-        });
-        let pipeline = self.inner.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(entry),
-            layout: Some(&pl),
-            module: &module,
-            entry_point: Some(entry),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants,
-                zero_initialize_workgroup_memory: false,
-            },
-            cache: None,
-        });
+        let pl = self
+            .inner
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: None,
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+        let pipeline =
+            self.inner
+                .device
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(entry),
+                    layout: Some(&pl),
+                    module: &module,
+                    entry_point: Some(entry),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants,
+                        zero_initialize_workgroup_memory: false,
+                    },
+                    cache: None,
+                });
         self.take_errors()?;
-        self.inner.pipelines_compiled.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .pipelines_compiled
+            .fetch_add(1, Ordering::Relaxed);
         let p = Arc::new(Pipeline { pipeline, layout });
         lock(&self.inner.pipelines).insert(key, p.clone());
         Ok(p)
@@ -742,7 +773,9 @@ impl Device {
         }
         let limit = self.inner.info.max_workgroups_per_dim;
         if groups.iter().any(|&g| g > limit) {
-            return Err(Error::Gpu(format!("{entry}: grid {groups:?} exceeds {limit} workgroups per dimension")));
+            return Err(Error::Gpu(format!(
+                "{entry}: grid {groups:?} exceeds {limit} workgroups per dimension"
+            )));
         }
         let access: Vec<Access> = bindings.iter().map(|(_, a)| *a).collect();
         let psize = (std::mem::size_of::<P>() as u64).next_multiple_of(16);

@@ -40,7 +40,13 @@ pub(crate) fn size_class(bytes: u64) -> u64 {
 impl Pool {
     /// Take a buffer of `class` bytes. `need_idle` asks for one no pending command refers to
     /// (uploads through `queue.write_buffer` land before the pending batch runs).
-    pub fn take(&mut self, kind: BufKind, class: u64, need_idle: bool, epoch: u64) -> Option<FreeBuf> {
+    pub fn take(
+        &mut self,
+        kind: BufKind,
+        class: u64,
+        need_idle: bool,
+        epoch: u64,
+    ) -> Option<FreeBuf> {
         let list = self.free.get_mut(&(kind, class))?;
         let pos = if need_idle {
             list.iter().rposition(|b| b.freed_epoch < epoch)?
@@ -69,7 +75,18 @@ mod tests {
 
     #[test]
     fn classes_cover_request_with_bounded_slack() {
-        for bytes in [1u64, 255, 256, 257, 1000, 1025, 4096, 5000, 123_456, 1 << 30] {
+        for bytes in [
+            1u64,
+            255,
+            256,
+            257,
+            1000,
+            1025,
+            4096,
+            5000,
+            123_456,
+            1 << 30,
+        ] {
             let c = size_class(bytes);
             assert!(c >= bytes, "{bytes} -> {c}");
             assert!(c <= (bytes.max(256) * 5) / 4 + 256, "{bytes} -> {c}");

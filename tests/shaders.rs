@@ -1,0 +1,99 @@
+//! Needs no GPU: every WGSL file parses, validates, and translates with naga to SPIR-V
+//! (Vulkan), MSL (Metal) and HLSL (DX12), so a shader that would break on a Mac or on Windows
+//! fails here. Override constants are resolved with their defaults, as a pipeline would.
+
+use naga::back::{hlsl, msl, spv};
+use naga::valid::{Capabilities, ValidationFlags, Validator};
+
+fn check(name: &str, src: &str) -> Result<(), String> {
+    let module = naga::front::wgsl::parse_str(src).map_err(|e| e.emit_to_string(src))?;
+    let mut caps = Capabilities::default();
+    if src.contains("enable subgroups") {
+        caps |= Capabilities::SUBGROUP;
+    }
+    if src.contains("enable f16") {
+        caps |= Capabilities::SHADER_FLOAT16;
+    }
+    let info = Validator::new(ValidationFlags::all(), caps)
+        .validate(&module)
+        .map_err(|e| e.emit_to_string(src))?;
+    let (module, info) = naga::back::pipeline_constants::process_overrides(
+        &module,
+        &info,
+        None,
+        &naga::back::PipelineConstants::default(),
+    )
+    .map_err(|e| format!("overrides: {e}"))?;
+
+    spv::write_vec(&module, &info, &spv::Options::default(), None)
+        .map_err(|e| format!("SPIR-V: {e}"))?;
+
+    let msl_opts = msl::Options {
+        lang_version: (2, 4),
+        fake_missing_bindings: true,
+        ..Default::default()
+    };
+    msl::write_string(&module, &info, &msl_opts, &msl::PipelineOptions::default())
+        .map_err(|e| format!("MSL: {e}"))?;
+
+    let hlsl_opts = hlsl::Options {
+        shader_model: hlsl::ShaderModel::V6_0,
+        fake_missing_bindings: true,
+        ..Default::default()
+    };
+    let mut out = String::new();
+    hlsl::Writer::new(&mut out, &hlsl_opts, &hlsl::PipelineOptions::default())
+        .write(&module, &info, None)
+        .map_err(|e| format!("HLSL: {e}"))?;
+    let _ = name;
+    Ok(())
+}
+
+#[test]
+fn every_shader_validates_and_translates_to_all_backends() {
+    let shaders = portagrad::shader_sources();
+    assert!(
+        shaders.len() >= 6,
+        "shader list looks truncated: {}",
+        shaders.len()
+    );
+    let mut failures = Vec::new();
+    for (name, src) in shaders {
+        if let Err(e) = check(name, src) {
+            failures.push(format!("shaders/{name}.wgsl: {e}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn every_wgsl_file_is_registered() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    let names: Vec<&str> = portagrad::shader_sources()
+        .iter()
+        .map(|(n, _)| *n)
+        .collect();
+    for entry in std::fs::read_dir(&dir).expect("shaders/ exists") {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "wgsl") {
+            let stem = path.file_stem().unwrap().to_string_lossy().to_string();
+            assert!(
+                names.contains(&stem.as_str()),
+                "{} is not in kernels::SHADERS, so it is never validated",
+                path.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_broken_shader_is_caught() {
+    // The checker itself must be able to fail.
+    assert!(
+        check(
+            "bad",
+            "@compute @workgroup_size(1) fn main() { let x: f32 = 1u; }"
+        )
+        .is_err()
+    );
+}
