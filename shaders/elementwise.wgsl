@@ -118,3 +118,20 @@ fn div4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let i = flat(wid, nwg, lid);
     if i < sp.n4 { so4[i] = sa4[i] / sb4[i]; }
 }
+
+// ---- expand: out[i] = a[broadcast index] * scale (the backward of sum/mean, broadcast_to) ----
+// Uses the Binary params in general mode; `nb` carries the f32 scale's bits.
+@compute @workgroup_size(WG)
+fn expand(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = flat(wid, nwg, lid);
+    if i >= bp.n { return; }
+    var rem = i;
+    var ia = 0u;
+    for (var k = 0u; k < bp.rank; k++) {
+        let d = bp.rank - 1u - k;
+        let s = dim(bp.shape, d);
+        ia += (rem % s) * dim(bp.sa, d);
+        rem = rem / s;
+    }
+    bo[i] = ba[ia] * bitcast<f32>(bp.nb);
+}

@@ -59,3 +59,52 @@ fn max_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     }
     if lid == 0u { y[r] = sh[0]; }
 }
+
+// ---- sum_to: reduce a broadcast gradient back to an operand's shape ----
+// Output element j sums the gradient over the broadcast dims, in a fixed order (deterministic).
+
+struct SumTo {
+    n_out: u32,   // elements of the reduced shape
+    n_red: u32,   // elements summed into each output
+    n_keep: u32,  // number of kept dims
+    n_dims_red: u32, // number of reduced dims
+    keep_size: array<vec4<u32>, 2>,   // sizes of kept dims (outer to inner)
+    keep_stride: array<vec4<u32>, 2>, // their strides in the gradient
+    red_size: array<vec4<u32>, 2>,    // sizes of reduced dims
+    red_stride: array<vec4<u32>, 2>,  // their strides in the gradient
+}
+
+@group(0) @binding(0) var<uniform> sp: SumTo;
+@group(0) @binding(1) var<storage, read> sg: array<f32>;       // gradient, broadcast shape
+@group(0) @binding(2) var<storage, read_write> so: array<f32>; // (n_out), operand shape
+
+fn at(v: array<vec4<u32>, 2>, d: u32) -> u32 {
+    return v[d / 4u][d % 4u];
+}
+
+@compute @workgroup_size(WG)
+fn sum_to(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let j = (wid.y * nwg.x + wid.x) * WG + lid;
+    if j >= sp.n_out { return; }
+    var rem = j;
+    var base = 0u;
+    for (var k = 0u; k < sp.n_keep; k++) {
+        let d = sp.n_keep - 1u - k;
+        let s = at(sp.keep_size, d);
+        base += (rem % s) * at(sp.keep_stride, d);
+        rem /= s;
+    }
+    var acc = 0.0;
+    for (var r = 0u; r < sp.n_red; r++) {
+        var rr = r;
+        var off = base;
+        for (var k = 0u; k < sp.n_dims_red; k++) {
+            let d = sp.n_dims_red - 1u - k;
+            let s = at(sp.red_size, d);
+            off += (rr % s) * at(sp.red_stride, d);
+            rr /= s;
+        }
+        acc += sg[off];
+    }
+    so[j] = acc;
+}

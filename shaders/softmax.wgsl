@@ -69,3 +69,32 @@ fn log_softmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     let lse = st.x + log(st.y);
     for (var c = lid; c < p.cols; c += WG) { y[base + c] = x[base + c] - lse; }
 }
+
+// ---- backward ----
+@group(0) @binding(1) var<storage, read> by: array<f32>;        // (rows, cols) forward output
+@group(0) @binding(2) var<storage, read> bg: array<f32>;        // (rows, cols) gradient of output
+@group(0) @binding(3) var<storage, read_write> bx: array<f32>;  // (rows, cols) gradient of input
+
+// dx = y * (g - sum(g * y))
+@compute @workgroup_size(WG)
+fn softmax_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = wid.y * nwg.x + wid.x;
+    if r >= p.rows { return; }
+    let base = r * p.cols;
+    var s = 0.0;
+    for (var c = lid; c < p.cols; c += WG) { s += bg[base + c] * by[base + c]; }
+    s = reduce_sum(s, lid);
+    for (var c = lid; c < p.cols; c += WG) { bx[base + c] = by[base + c] * (bg[base + c] - s); }
+}
+
+// y = log_softmax(x): dx = g - exp(y) * sum(g)
+@compute @workgroup_size(WG)
+fn log_softmax_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = wid.y * nwg.x + wid.x;
+    if r >= p.rows { return; }
+    let base = r * p.cols;
+    var s = 0.0;
+    for (var c = lid; c < p.cols; c += WG) { s += bg[base + c]; }
+    s = reduce_sum(s, lid);
+    for (var c = lid; c < p.cols; c += WG) { bx[base + c] = bg[base + c] - exp(by[base + c]) * s; }
+}

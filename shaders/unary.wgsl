@@ -104,3 +104,57 @@ fn run4(op: u32, wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
 @compute @workgroup_size(WG) fn gelu4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run4(8u, w, n, l); }
 @compute @workgroup_size(WG) fn sigmoid4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run4(9u, w, n, l); }
 @compute @workgroup_size(WG) fn tanh_4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run4(10u, w, n, l); }
+
+// ---- backward: out = g * f'(...) where f' is read from the saved input x or output y ----
+
+@group(0) @binding(1) var<storage, read> bsaved: array<f32>;    // (n) x or y of the forward
+@group(0) @binding(2) var<storage, read> bgrad: array<f32>;     // (n) gradient of the output
+@group(0) @binding(3) var<storage, read_write> bout: array<f32>; // (n) gradient of the input
+
+fn dgelu(v: f32) -> f32 {
+    let k = 0.7978845608028654;
+    let t = tanh_stable(k * (v + 0.044715 * v * v * v));
+    return 0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * k * (1.0 + 3.0 * 0.044715 * v * v);
+}
+
+fn dapply(op: u32, s: f32, g: f32) -> f32 {
+    switch op {
+        case 3u: { return g * s; }                 // exp: saved y
+        case 4u: { return g / s; }                 // log: saved x
+        case 5u: { return g * 0.5 / s; }           // sqrt: saved y
+        case 6u: {                                 // pow: saved x
+            if p.s == 0.0 { return 0.0; }
+            let e = p.s - 1.0;
+            var r: f32;
+            if e == round(e) {
+                r = pow(abs(s), e);
+                if s < 0.0 && (i32(e) & 1) == 1 { r = -r; }
+                if s == 0.0 && e == 0.0 { r = 1.0; }
+            } else {
+                r = pow(s, e);
+            }
+            return g * p.s * r;
+        }
+        case 7u: { return select(0.0, g, s > 0.0); }      // relu: saved x
+        case 8u: { return g * dgelu(s); }                  // gelu: saved x
+        case 9u: { return g * s * (1.0 - s); }             // sigmoid: saved y
+        case 10u: { return g * (1.0 - s * s); }            // tanh: saved y
+        default: { return g; }
+    }
+}
+
+fn runb(op: u32, wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
+    let i = flat(wid, nwg, lid);
+    if i < p.n {
+        bout[i] = dapply(op, bsaved[i], bgrad[i]);
+    }
+}
+
+@compute @workgroup_size(WG) fn exp_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb(3u, w, n, l); }
+@compute @workgroup_size(WG) fn log_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb(4u, w, n, l); }
+@compute @workgroup_size(WG) fn sqrt_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb(5u, w, n, l); }
+@compute @workgroup_size(WG) fn pow_scalar_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb(6u, w, n, l); }
+@compute @workgroup_size(WG) fn relu_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb(7u, w, n, l); }
+@compute @workgroup_size(WG) fn gelu_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb(8u, w, n, l); }
+@compute @workgroup_size(WG) fn sigmoid_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb(9u, w, n, l); }
+@compute @workgroup_size(WG) fn tanh_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb(10u, w, n, l); }

@@ -21,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+mod autograd;
 mod error;
 mod kernels;
 mod ops;
@@ -28,6 +29,7 @@ mod runtime;
 mod tensor;
 pub mod testing;
 
+pub use autograd::{Gradients, NoGradGuard, inference, is_grad_enabled, no_grad};
 pub use error::{Error, Result};
 pub use runtime::{Device, DeviceInfo, DeviceOptions, Stats};
 pub use tensor::{DType, Tensor};

@@ -1,7 +1,9 @@
 //! `Tensor`: a shape, an element type and a handle on device memory.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::autograd::Node;
 use crate::error::{Error, Result};
 use crate::kernels;
 use crate::runtime::{Device, Storage};
@@ -36,6 +38,21 @@ pub struct Tensor {
     /// For u32 tensors whose data came from the host: one past the largest id, so gathers can
     /// range-check without a readback.
     pub(crate) id_bound: Option<u32>,
+    /// For u32 tensors from the host: the ids themselves (the embedding backward groups
+    /// positions by id on the host, no readback needed).
+    pub(crate) host_ids: Option<Arc<[u32]>>,
+    /// Identity for autograd; clones share it.
+    pub(crate) id: u64,
+    /// Gradients flow to (or through) this tensor.
+    pub(crate) requires_grad: bool,
+    /// The op that made this tensor, when recorded for autograd.
+    pub(crate) node: Option<Arc<Node>>,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+pub(crate) fn fresh_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
 }
 
 impl std::fmt::Debug for Tensor {
@@ -74,6 +91,10 @@ impl Tensor {
             shape: shape.to_vec(),
             dtype,
             id_bound: None,
+            host_ids: None,
+            id: fresh_id(),
+            requires_grad: false,
+            node: None,
         })
     }
 
@@ -100,6 +121,10 @@ impl Tensor {
             shape: shape.to_vec(),
             dtype: DType::F32,
             id_bound: None,
+            host_ids: None,
+            id: fresh_id(),
+            requires_grad: false,
+            node: None,
         })
     }
 
@@ -113,6 +138,10 @@ impl Tensor {
             shape: shape.to_vec(),
             dtype: DType::U32,
             id_bound: Some(data.iter().max().map_or(0, |m| m.saturating_add(1))),
+            host_ids: Some(data.into()),
+            id: fresh_id(),
+            requires_grad: false,
+            node: None,
         })
     }
 
@@ -243,8 +272,8 @@ impl Tensor {
         Ok(())
     }
 
-    /// Same data, new shape (no copy). One dimension may be `usize::MAX` to be inferred.
-    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+    /// Resolve a reshape target (one `usize::MAX` dimension is inferred) and check it.
+    pub(crate) fn reshape_shape(&self, shape: &[usize]) -> Result<Vec<usize>> {
         let mut shape = shape.to_vec();
         let known: usize = shape.iter().filter(|&&d| d != usize::MAX).product();
         let infer = shape.iter().filter(|&&d| d == usize::MAX).count();
@@ -280,9 +309,17 @@ impl Tensor {
                 ),
             });
         }
-        Ok(Tensor {
+        Ok(shape)
+    }
+
+    /// A view of the same buffer with another shape, outside autograd.
+    pub(crate) fn view_raw(&self, shape: Vec<usize>) -> Tensor {
+        Tensor {
             shape,
+            id: fresh_id(),
+            requires_grad: false,
+            node: None,
             ..self.clone()
-        })
+        }
     }
 }

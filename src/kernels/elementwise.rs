@@ -162,3 +162,48 @@ pub(crate) fn binary(a: &Tensor, b: &Tensor, op: Op) -> Result<Tensor> {
         .dispatch(&SHADER, name, &[], &p, &bindings, elems_grid(n)?)?;
     Ok(out)
 }
+
+/// Broadcast `x` to `shape` (NumPy rules), multiplying by `scale`.
+pub(crate) fn expand(x: &Tensor, shape: &[usize], scale: f32) -> Result<Tensor> {
+    let out_shape = broadcast_shape("broadcast_to", &x.shape, shape)?;
+    if out_shape != shape {
+        return Err(Error::Shape {
+            op: "broadcast_to",
+            message: format!("{:?} does not broadcast to {shape:?}", x.shape),
+        });
+    }
+    if shape.len() > MAX_RANK {
+        return Err(Error::Shape {
+            op: "broadcast_to",
+            message: format!("rank {} exceeds the maximum of {MAX_RANK}", shape.len()),
+        });
+    }
+    let out = Tensor::empty(&x.dev, "broadcast_to", shape, DType::F32)?;
+    let n = numel(shape);
+    let mut p = Params {
+        n: n as u32,
+        rank: shape.len() as u32,
+        mode: 0,
+        nb: scale.to_bits(),
+        shape: [1; MAX_RANK],
+        sa: strides_in(&x.shape, shape),
+        sb: [0; MAX_RANK],
+    };
+    for (i, &d) in shape.iter().enumerate() {
+        p.shape[i] = d as u32;
+    }
+    // x: broadcastable -> out: (shape); b is bound to x as an unused placeholder
+    x.dev.dispatch(
+        &SHADER,
+        "expand",
+        &[],
+        &p,
+        &[
+            (&x.storage, Access::Read),
+            (&x.storage, Access::Read),
+            (&out.storage, Access::ReadWrite),
+        ],
+        elems_grid(n)?,
+    )?;
+    Ok(out)
+}

@@ -113,3 +113,91 @@ pub(crate) fn all(x: &Tensor, op: Op) -> Result<Tensor> {
     rows_pass(&partial, &out, 1, rows, op, scale)?;
     Ok(out)
 }
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct SumToParams {
+    n_out: u32,
+    n_red: u32,
+    n_keep: u32,
+    n_dims_red: u32,
+    keep_size: [u32; 8],
+    keep_stride: [u32; 8],
+    red_size: [u32; 8],
+    red_stride: [u32; 8],
+}
+const _: () = assert!(std::mem::size_of::<SumToParams>() == 144);
+
+/// Sum a gradient of broadcast shape `g.shape` down to `shape` (which broadcasts to it).
+pub(crate) fn sum_to(g: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    if g.shape == shape {
+        return Ok(g.clone());
+    }
+    let rank = g.shape.len();
+    if shape.len() > rank {
+        return Err(Error::Shape {
+            op: "sum_to",
+            message: format!("cannot reduce {:?} to the larger rank {shape:?}", g.shape),
+        });
+    }
+    let padded: Vec<usize> = std::iter::repeat_n(1, rank - shape.len())
+        .chain(shape.iter().copied())
+        .collect();
+    let mut p = SumToParams {
+        n_out: 0,
+        n_red: 1,
+        n_keep: 0,
+        n_dims_red: 0,
+        keep_size: [1; 8],
+        keep_stride: [0; 8],
+        red_size: [1; 8],
+        red_stride: [0; 8],
+    };
+    let mut stride = 1usize;
+    let mut strides = vec![0usize; rank];
+    for d in (0..rank).rev() {
+        strides[d] = stride;
+        stride *= g.shape[d];
+    }
+    for d in 0..rank {
+        let (gd, sd) = (g.shape[d], padded[d]);
+        if sd == gd {
+            if gd != 1 {
+                p.keep_size[p.n_keep as usize] = gd as u32;
+                p.keep_stride[p.n_keep as usize] = strides[d] as u32;
+                p.n_keep += 1;
+            }
+        } else if sd == 1 {
+            p.red_size[p.n_dims_red as usize] = gd as u32;
+            p.red_stride[p.n_dims_red as usize] = strides[d] as u32;
+            p.n_dims_red += 1;
+            p.n_red *= gd as u32;
+        } else {
+            return Err(Error::Shape {
+                op: "sum_to",
+                message: format!("{shape:?} does not broadcast to {:?}", g.shape),
+            });
+        }
+    }
+    if p.n_keep > 8 || p.n_dims_red > 8 {
+        return Err(Error::Shape {
+            op: "sum_to",
+            message: format!("rank of {:?} exceeds 8", g.shape),
+        });
+    }
+    let out = Tensor::empty(&g.dev, "sum_to", shape, DType::F32)?;
+    p.n_out = out.numel() as u32;
+    // g: broadcast shape -> out: (shape)
+    g.dev.dispatch(
+        &SHADER,
+        "sum_to",
+        &[],
+        &p,
+        &[
+            (&g.storage, Access::Read),
+            (&out.storage, Access::ReadWrite),
+        ],
+        super::elems_grid(out.numel())?,
+    )?;
+    Ok(out)
+}

@@ -49,3 +49,34 @@ pub(crate) fn softmax(x: &Tensor, log: bool) -> Result<Tensor> {
     )?;
     Ok(out)
 }
+
+/// Gradient of softmax / log-softmax from the forward output `y` and the output gradient `g`.
+pub(crate) fn backward(y: &Tensor, g: &Tensor, log: bool) -> Result<Tensor> {
+    let cols = *y.shape.last().expect("softmax output has a last axis");
+    let rows = y.numel() / cols;
+    let out = Tensor::empty(&y.dev, "softmax_backward", &y.shape, DType::F32)?;
+    let p = Params {
+        rows: rows as u32,
+        cols: cols as u32,
+        _pad: [0; 2],
+    };
+    let entry = if log {
+        "log_softmax_backward"
+    } else {
+        "softmax_backward"
+    };
+    // y, g: (rows, cols) -> out: (rows, cols)
+    y.dev.dispatch(
+        &SHADER,
+        entry,
+        &[],
+        &p,
+        &[
+            (&y.storage, Access::Read),
+            (&g.storage, Access::Read),
+            (&out.storage, Access::ReadWrite),
+        ],
+        grid_1d(rows as u64)?,
+    )?;
+    Ok(out)
+}

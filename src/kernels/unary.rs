@@ -77,3 +77,31 @@ pub(crate) fn unary(x: &Tensor, op: Op, s: f32) -> Result<Tensor> {
     }
     Ok(out)
 }
+
+/// Gradient of a unary op: `g * f'(saved)`, where `saved` is the forward input or output
+/// (as the op's formula needs: see `dapply` in the shader).
+pub(crate) fn backward(op: Op, saved: &Tensor, g: &Tensor, s: f32) -> Result<Tensor> {
+    let out = Tensor::empty(&g.dev, "backward", &g.shape, DType::F32)?;
+    let n = g.numel();
+    let p = Params {
+        n: n as u32,
+        _pad: 0,
+        s,
+        _pad2: 0,
+    };
+    let entry = format!("{}_backward", op.entry().trim_end_matches('_'));
+    // saved, g: (n) -> out: (n)
+    g.dev.dispatch(
+        &SHADER,
+        &entry,
+        &[],
+        &p,
+        &[
+            (&saved.storage, Access::Read),
+            (&g.storage, Access::Read),
+            (&out.storage, Access::ReadWrite),
+        ],
+        elems_grid(n)?,
+    )?;
+    Ok(out)
+}
