@@ -88,6 +88,24 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Training diverged: the loss became NaN or infinite (a match arm for an application that
+    /// retries with a lower learning rate).
+    #[error(
+        "{op}: the loss became {value} at epoch {epoch}, batch {batch} (optimizer step {step}); \
+         lower the learning rate, clip gradients, or check the data for NaN/Inf"
+    )]
+    NonFiniteLoss {
+        /// Where it was noticed (`fit`).
+        op: &'static str,
+        /// Epoch, from 1.
+        epoch: usize,
+        /// Batch within the epoch, from 1.
+        batch: usize,
+        /// Optimizer steps done when that batch's loss was computed, plus one.
+        step: u64,
+        /// The loss value (NaN or infinite).
+        value: f32,
+    },
 }
 
 /// `Result` with portagrad's [`Error`].

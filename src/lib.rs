@@ -23,11 +23,15 @@
 
 mod autograd;
 mod error;
+pub mod io;
 mod kernels;
+pub mod nn;
 mod ops;
+pub mod optim;
 mod runtime;
 mod tensor;
 pub mod testing;
+pub mod train;
 
 pub use autograd::{Gradients, NoGradGuard, inference, is_grad_enabled, no_grad};
 pub use error::{Error, Result};

@@ -4,8 +4,10 @@
 pub(crate) mod elementwise;
 pub(crate) mod init;
 pub(crate) mod layout;
+pub(crate) mod optim;
 pub(crate) mod reduce;
 pub(crate) mod softmax;
+pub(crate) mod train;
 pub(crate) mod unary;
 
 use crate::runtime::{Shader, grid_1d};
@@ -19,6 +21,8 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("reduce", reduce::SHADER.source),
     ("softmax", softmax::SHADER.source),
     ("layout", layout::SHADER.source),
+    ("optim", optim::SHADER.source),
+    ("train", train::SHADER.source),
 ];
 
 /// Invocations per workgroup of the 1-D elementwise kernels (`WG` in their WGSL).

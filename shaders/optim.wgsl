@@ -1,0 +1,216 @@
+// Fused optimizer updates: SGD (momentum, Nesterov, weight decay), Adam and AdamW, plus the two
+// passes of global-norm gradient clipping.
+//
+// One dispatch covers up to SLOTS parameter tensors. Each tensor keeps its own buffer (so every
+// module that holds the tensor sees the update: the kernel writes that storage in place); the
+// optimizer state of all of them lives in flat buffers `m` and `v`, tensor `s` at `slots[s].off`.
+// The grid is the concatenation of every slot's workgroups: workgroup `w` belongs to the last
+// slot whose `wg0 <= w`, so a whole workgroup works on one tensor (the `switch` in load/store is
+// uniform across it). A model with more than SLOTS tensors takes ceil(tensors / SLOTS) dispatches.
+//
+// Arithmetic follows PyTorch's single-tensor implementations (torch.optim.SGD / Adam / AdamW and
+// torch.nn.utils.clip_grad_norm_) step for step, in f32.
+
+const WG: u32 = 256u;
+const SLOTS: u32 = 8u;
+
+struct Slot {
+    off: u32,    // offset of this tensor in the flat state buffers m, v (elements)
+    len: u32,    // elements of this tensor
+    wg0: u32,    // first workgroup of this slot in the grid
+    _pad0: u32,
+    lr: f32,         // learning rate of this step (schedule value x group scale)
+    wd: f32,         // weight decay of the tensor's group
+    step_size: f32,  // Adam: lr / (1 - beta1^t), computed on the host in f64 as PyTorch does
+    decay: f32,      // AdamW: 1 - lr * wd, computed on the host in f64
+}
+
+struct Optim {
+    nslots: u32,     // slots in use
+    total_wg: u32,   // workgroups of all slots together
+    clip: u32,       // 1: gradients are multiplied by aux[0] (the clip coefficient)
+    first: u32,      // SGD: 1 on the first step (the momentum buffer starts as the gradient)
+    beta1: f32,      // Adam beta1; SGD momentum
+    omb1: f32,       // Adam: 1 - beta1; SGD: 1 - dampening (host f64, as PyTorch's Python floats)
+    beta2: f32,      // Adam beta2
+    omb2: f32,       // Adam: 1 - beta2
+    eps: f32,        // Adam epsilon
+    bc2_sqrt: f32,   // Adam: sqrt(1 - beta2^t)
+    nesterov: u32,   // SGD: 1 for Nesterov momentum
+    decoupled: u32,  // 1: AdamW (decay the weights), 0: Adam (L2 added to the gradient)
+    chunk: u32,      // sumsq: gradient elements per workgroup (a multiple of WG)
+    part_base: u32,  // sumsq: index of this dispatch's first partial sum; finalize: partial count
+    max_norm: f32,   // clip_finalize: the norm to clip to
+    _pad: u32,
+    slots: array<Slot, 8>,
+}
+
+@group(0) @binding(0) var<uniform> u: Optim;
+@group(0) @binding(1) var<storage, read_write> p0: array<f32>; // (slots[0].len) parameter, updated in place
+@group(0) @binding(2) var<storage, read_write> p1: array<f32>; // (slots[1].len)
+@group(0) @binding(3) var<storage, read_write> p2: array<f32>; // (slots[2].len)
+@group(0) @binding(4) var<storage, read_write> p3: array<f32>; // (slots[3].len)
+@group(0) @binding(5) var<storage, read_write> p4: array<f32>; // (slots[4].len)
+@group(0) @binding(6) var<storage, read_write> p5: array<f32>; // (slots[5].len)
+@group(0) @binding(7) var<storage, read_write> p6: array<f32>; // (slots[6].len)
+@group(0) @binding(8) var<storage, read_write> p7: array<f32>; // (slots[7].len)
+@group(0) @binding(9) var<storage, read> g0: array<f32>;  // (slots[0].len) gradient of p0
+@group(0) @binding(10) var<storage, read> g1: array<f32>; // (slots[1].len)
+@group(0) @binding(11) var<storage, read> g2: array<f32>; // (slots[2].len)
+@group(0) @binding(12) var<storage, read> g3: array<f32>; // (slots[3].len)
+@group(0) @binding(13) var<storage, read> g4: array<f32>; // (slots[4].len)
+@group(0) @binding(14) var<storage, read> g5: array<f32>; // (slots[5].len)
+@group(0) @binding(15) var<storage, read> g6: array<f32>; // (slots[6].len)
+@group(0) @binding(16) var<storage, read> g7: array<f32>; // (slots[7].len)
+@group(0) @binding(17) var<storage, read_write> m: array<f32>;   // (state elements) Adam exp_avg / SGD momentum, flat
+@group(0) @binding(18) var<storage, read_write> v: array<f32>;   // (state elements) Adam exp_avg_sq, flat
+@group(0) @binding(19) var<storage, read_write> aux: array<f32>; // (2 + partials): clip coefficient, norm, partial sums
+
+var<workgroup> sh: array<f32, WG>;
+
+fn load_p(s: u32, j: u32) -> f32 {
+    switch s {
+        case 0u: { return p0[j]; }
+        case 1u: { return p1[j]; }
+        case 2u: { return p2[j]; }
+        case 3u: { return p3[j]; }
+        case 4u: { return p4[j]; }
+        case 5u: { return p5[j]; }
+        case 6u: { return p6[j]; }
+        default: { return p7[j]; }
+    }
+}
+
+fn store_p(s: u32, j: u32, x: f32) {
+    switch s {
+        case 0u: { p0[j] = x; }
+        case 1u: { p1[j] = x; }
+        case 2u: { p2[j] = x; }
+        case 3u: { p3[j] = x; }
+        case 4u: { p4[j] = x; }
+        case 5u: { p5[j] = x; }
+        case 6u: { p6[j] = x; }
+        default: { p7[j] = x; }
+    }
+}
+
+fn load_g(s: u32, j: u32) -> f32 {
+    switch s {
+        case 0u: { return g0[j]; }
+        case 1u: { return g1[j]; }
+        case 2u: { return g2[j]; }
+        case 3u: { return g3[j]; }
+        case 4u: { return g4[j]; }
+        case 5u: { return g5[j]; }
+        case 6u: { return g6[j]; }
+        default: { return g7[j]; }
+    }
+}
+
+// The slot that owns workgroup w (slots are laid out in ascending wg0).
+fn slot_of(w: u32) -> u32 {
+    var s = 0u;
+    for (var i = 1u; i < u.nslots; i++) {
+        if w >= u.slots[i].wg0 { s = i; }
+    }
+    return s;
+}
+
+fn wg_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wid.y * nwg.x + wid.x;
+}
+
+// The gradient after clipping.
+fn grad(s: u32, j: u32) -> f32 {
+    let g = load_g(s, j);
+    if u.clip != 0u { return g * aux[0]; }
+    return g;
+}
+
+@compute @workgroup_size(WG)
+fn adam(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let w = wg_index(wid, nwg);
+    if w >= u.total_wg { return; }
+    let s = slot_of(w);
+    let sl = u.slots[s];
+    let j = (w - sl.wg0) * WG + lid;
+    if j >= sl.len { return; }
+    let k = sl.off + j;
+    var g = grad(s, j);
+    var p = load_p(s, j);
+    if u.decoupled != 0u {
+        p = p * sl.decay;                  // AdamW: param.mul_(1 - lr * wd)
+    } else {
+        g = g + sl.wd * p;                 // Adam: grad.add(param, alpha=wd)
+    }
+    let m0 = m[k];
+    let mk = m0 + u.omb1 * (g - m0);       // exp_avg.lerp_(grad, 1 - beta1)
+    let vk = v[k] * u.beta2 + (u.omb2 * g) * g; // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2)
+    m[k] = mk;
+    v[k] = vk;
+    let denom = sqrt(vk) / u.bc2_sqrt + u.eps;
+    store_p(s, j, p + (-sl.step_size * mk) / denom); // param.addcdiv_(exp_avg, denom, -step_size)
+}
+
+@compute @workgroup_size(WG)
+fn sgd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let w = wg_index(wid, nwg);
+    if w >= u.total_wg { return; }
+    let s = slot_of(w);
+    let sl = u.slots[s];
+    let j = (w - sl.wg0) * WG + lid;
+    if j >= sl.len { return; }
+    let p = load_p(s, j);
+    var d = grad(s, j) + sl.wd * p;
+    if u.beta1 != 0.0 {
+        let k = sl.off + j;
+        var b = d;
+        if u.first == 0u { b = m[k] * u.beta1 + u.omb1 * d; } // buf.mul_(momentum).add_(d_p, 1 - dampening)
+        m[k] = b;
+        if u.nesterov != 0u { d = d + u.beta1 * b; } else { d = b; }
+    }
+    store_p(s, j, p + (-sl.lr) * d);       // param.add_(d_p, alpha=-lr)
+}
+
+// Clipping, pass 1: each workgroup sums the squares of `chunk` gradient elements of one slot.
+@compute @workgroup_size(WG)
+fn sumsq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let w = wg_index(wid, nwg);
+    if w >= u.total_wg { return; } // workgroup-uniform: the barriers below stay in uniform control flow
+    let s = slot_of(w);
+    let sl = u.slots[s];
+    let start = (w - sl.wg0) * u.chunk;
+    let end = min(sl.len, start + u.chunk);
+    var acc = 0.0;
+    for (var j = start + lid; j < end; j += WG) {
+        let g = load_g(s, j);
+        acc += g * g;
+    }
+    sh[lid] = acc;
+    workgroupBarrier();
+    for (var h = WG / 2u; h > 0u; h >>= 1u) {
+        if lid < h { sh[lid] += sh[lid + h]; }
+        workgroupBarrier();
+    }
+    if lid == 0u { aux[2u + u.part_base + w] = sh[0]; }
+}
+
+// Clipping, pass 2 (one workgroup): the global norm and the coefficient min(1, max / (norm + 1e-6)).
+@compute @workgroup_size(WG)
+fn clip_finalize(@builtin(local_invocation_index) lid: u32) {
+    var acc = 0.0;
+    for (var i = lid; i < u.part_base; i += WG) {
+        acc += aux[2u + i];
+    }
+    sh[lid] = acc;
+    workgroupBarrier();
+    for (var h = WG / 2u; h > 0u; h >>= 1u) {
+        if lid < h { sh[lid] += sh[lid + h]; }
+        workgroupBarrier();
+    }
+    if lid == 0u {
+        let norm = sqrt(sh[0]);
+        aux[1] = norm;
+        aux[0] = min(1.0, u.max_norm / (norm + 1e-6));
+    }
+}

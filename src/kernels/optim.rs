@@ -1,0 +1,240 @@
+//! Launcher for `shaders/optim.wgsl`: fused SGD / Adam / AdamW updates over up to [`SLOTS`]
+//! parameter tensors per dispatch, and the two passes of global-norm gradient clipping.
+
+use super::shader;
+use crate::error::{Error, Result};
+use crate::runtime::{Access, Device, Shader, Storage, grid_1d};
+
+pub(crate) const SHADER: Shader = shader("optim", include_str!("../../shaders/optim.wgsl"));
+
+/// Parameter tensors one dispatch updates (`SLOTS` in the WGSL).
+pub(crate) const SLOTS: usize = 8;
+/// Invocations per workgroup (`WG` in the WGSL).
+pub(crate) const WG: u32 = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct SlotParams {
+    off: u32,
+    len: u32,
+    wg0: u32,
+    _pad0: u32,
+    lr: f32,
+    wd: f32,
+    step_size: f32,
+    decay: f32,
+}
+const _: () = assert!(std::mem::size_of::<SlotParams>() == 32);
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    nslots: u32,
+    total_wg: u32,
+    clip: u32,
+    first: u32,
+    beta1: f32,
+    omb1: f32,
+    beta2: f32,
+    omb2: f32,
+    eps: f32,
+    bc2_sqrt: f32,
+    nesterov: u32,
+    decoupled: u32,
+    chunk: u32,
+    part_base: u32,
+    max_norm: f32,
+    _pad: u32,
+    slots: [SlotParams; SLOTS],
+}
+const _: () = assert!(std::mem::size_of::<Params>() == 64 + 32 * SLOTS);
+
+/// One parameter tensor in a dispatch.
+pub(crate) struct Slot<'a> {
+    pub param: &'a Storage,
+    pub grad: &'a Storage,
+    /// Offset of its state in the flat `m` / `v` buffers (elements).
+    pub off: u32,
+    pub len: u32,
+    pub lr: f32,
+    pub wd: f32,
+    pub step_size: f32,
+    pub decay: f32,
+}
+
+/// The update rule of one step, with every scalar already computed on the host.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Rule {
+    Sgd {
+        momentum: f32,
+        one_minus_dampening: f32,
+        nesterov: bool,
+        first: bool,
+    },
+    Adam {
+        beta1: f32,
+        one_minus_beta1: f32,
+        beta2: f32,
+        one_minus_beta2: f32,
+        eps: f32,
+        bc2_sqrt: f32,
+        decoupled: bool,
+    },
+}
+
+/// Buffers bound in place of slots a dispatch does not use (the layout has all of them).
+pub(crate) struct Fillers<'a> {
+    pub param: &'a [&'a Storage; SLOTS],
+    pub grad: &'a Storage,
+}
+
+fn bindings<'a>(
+    slots: &[Slot<'a>],
+    fill: &Fillers<'a>,
+    m: &'a Storage,
+    v: &'a Storage,
+    aux: &'a Storage,
+) -> Vec<(&'a Storage, Access)> {
+    let mut b = Vec::with_capacity(2 * SLOTS + 3);
+    for i in 0..SLOTS {
+        // p_i: (len_i) parameter, updated in place
+        b.push((
+            slots.get(i).map_or(fill.param[i], |s| s.param),
+            Access::ReadWrite,
+        ));
+    }
+    for i in 0..SLOTS {
+        // g_i: (len_i) gradient
+        b.push((slots.get(i).map_or(fill.grad, |s| s.grad), Access::Read));
+    }
+    // m, v: (state elements) flat; aux: (2 + partials)
+    b.push((m, Access::ReadWrite));
+    b.push((v, Access::ReadWrite));
+    b.push((aux, Access::ReadWrite));
+    b
+}
+
+/// Slot table with each slot's first workgroup when a workgroup covers `per_wg` elements.
+fn table(slots: &[Slot<'_>], per_wg: u32) -> Result<(Params, u32)> {
+    if slots.is_empty() || slots.len() > SLOTS {
+        return Err(Error::InvalidArgument {
+            op: "optimizer step",
+            message: format!("a dispatch takes 1..={SLOTS} tensors, got {}", slots.len()),
+        });
+    }
+    let mut p = Params {
+        nslots: slots.len() as u32,
+        ..Params::default()
+    };
+    let mut wg = 0u32;
+    for (i, s) in slots.iter().enumerate() {
+        p.slots[i] = SlotParams {
+            off: s.off,
+            len: s.len,
+            wg0: wg,
+            _pad0: 0,
+            lr: s.lr,
+            wd: s.wd,
+            step_size: s.step_size,
+            decay: s.decay,
+        };
+        wg = wg
+            .checked_add(s.len.div_ceil(per_wg).max(1))
+            .ok_or_else(|| Error::Gpu("optimizer step: grid overflows u32".into()))?;
+    }
+    p.total_wg = wg;
+    Ok((p, wg))
+}
+
+/// Record one fused update of `slots`. `clip`: multiply gradients by the coefficient in aux[0].
+pub(crate) fn update(
+    dev: &Device,
+    rule: Rule,
+    slots: &[Slot<'_>],
+    fill: &Fillers<'_>,
+    m: &Storage,
+    v: &Storage,
+    aux: &Storage,
+    clip: bool,
+) -> Result<()> {
+    let (mut p, groups) = table(slots, WG)?;
+    p.clip = u32::from(clip);
+    let entry = match rule {
+        Rule::Sgd {
+            momentum,
+            one_minus_dampening,
+            nesterov,
+            first,
+        } => {
+            p.beta1 = momentum;
+            p.omb1 = one_minus_dampening;
+            p.nesterov = u32::from(nesterov);
+            p.first = u32::from(first);
+            "sgd"
+        }
+        Rule::Adam {
+            beta1,
+            one_minus_beta1,
+            beta2,
+            one_minus_beta2,
+            eps,
+            bc2_sqrt,
+            decoupled,
+        } => {
+            p.beta1 = beta1;
+            p.omb1 = one_minus_beta1;
+            p.beta2 = beta2;
+            p.omb2 = one_minus_beta2;
+            p.eps = eps;
+            p.bc2_sqrt = bc2_sqrt;
+            p.decoupled = u32::from(decoupled);
+            "adam"
+        }
+    };
+    let b = bindings(slots, fill, m, v, aux);
+    dev.dispatch(&SHADER, entry, &[], &p, &b, grid_1d(u64::from(groups))?)
+}
+
+/// Partial sums of squares a [`sumsq`] pass over `lens` writes with `chunk` elements per workgroup.
+pub(crate) fn partials(lens: &[u32], chunk: u32) -> u32 {
+    lens.iter().map(|l| l.div_ceil(chunk).max(1)).sum()
+}
+
+/// Clipping pass 1: partial sums of squares of the slots' gradients into aux[2 + part_base ..].
+/// Returns the partials written.
+pub(crate) fn sumsq(
+    dev: &Device,
+    slots: &[Slot<'_>],
+    fill: &Fillers<'_>,
+    m: &Storage,
+    v: &Storage,
+    aux: &Storage,
+    chunk: u32,
+    part_base: u32,
+) -> Result<u32> {
+    let (mut p, groups) = table(slots, chunk)?;
+    p.chunk = chunk;
+    p.part_base = part_base;
+    let b = bindings(slots, fill, m, v, aux);
+    dev.dispatch(&SHADER, "sumsq", &[], &p, &b, grid_1d(u64::from(groups))?)?;
+    Ok(groups)
+}
+
+/// Clipping pass 2: norm of all `parts` partials into aux[1], coefficient into aux[0].
+pub(crate) fn clip_finalize(
+    dev: &Device,
+    fill: &Fillers<'_>,
+    m: &Storage,
+    v: &Storage,
+    aux: &Storage,
+    parts: u32,
+    max_norm: f32,
+) -> Result<()> {
+    let p = Params {
+        part_base: parts,
+        max_norm,
+        ..Params::default()
+    };
+    let b = bindings(&[], fill, m, v, aux);
+    dev.dispatch(&SHADER, "clip_finalize", &[], &p, &b, [1, 1, 1])
+}

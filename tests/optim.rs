@@ -1,0 +1,552 @@
+//! Optimizers against the textbook updates computed on the CPU in f64, and Adam/AdamW against
+//! numbers produced by PyTorch (`scripts/make_optim_golden.py`, output committed under
+//! `tests/golden/`).
+//!
+//! Every case minimises `L = sum_t sum(0.5 * c_t * p_t^2 + d_t * p_t)`, whose gradient
+//! `c * p + d` depends on the parameters, so each step's update feeds the next.
+
+use portagrad::optim::{LrSchedule, OptimConfig, Optimizer, ParamGroup, decay_groups};
+use portagrad::testing::{assert_close, random_vec, shared_device};
+use portagrad::{Device, Result, Tensor};
+
+/// One parameter tensor of a case with its loss constants.
+struct Param {
+    name: String,
+    shape: Vec<usize>,
+    init: Vec<f32>,
+    c: Vec<f32>,
+    d: Vec<f32>,
+    group: usize,
+}
+
+fn params(shapes: &[&[usize]], seed: u64) -> Vec<Param> {
+    shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let n: usize = s.iter().product();
+            let k = seed + 10 * i as u64;
+            Param {
+                name: format!("p{i}"),
+                shape: s.to_vec(),
+                init: random_vec(n, -1.0, 1.0, k),
+                c: random_vec(n, 0.5, 2.0, k + 1),
+                d: random_vec(n, -1.0, 1.0, k + 2),
+                group: 0,
+            }
+        })
+        .collect()
+}
+
+/// The loss on the GPU; `ts` are the parameter tensors.
+fn gpu_loss(dev: &Device, ps: &[Param], ts: &[Tensor]) -> Result<Tensor> {
+    let mut total: Option<Tensor> = None;
+    for (p, t) in ps.iter().zip(ts) {
+        let half_c: Vec<f32> = p.c.iter().map(|c| 0.5 * c).collect();
+        let hc = Tensor::from_slice(dev, &half_c, &p.shape)?;
+        let d = Tensor::from_slice(dev, &p.d, &p.shape)?;
+        let term = t.mul(t)?.mul(&hc)?.add(&t.mul(&d)?)?.sum()?;
+        total = Some(match total {
+            None => term,
+            Some(s) => s.add(&term)?,
+        });
+    }
+    Ok(total.expect("at least one parameter"))
+}
+
+/// Group settings of the CPU reference: (weight decay, lr scale) per group.
+type Groups = Vec<(f64, f64)>;
+
+/// The textbook update in f64. Returns the loss before each step and the parameters after the last.
+fn cpu_run(
+    cfg: &OptimConfig,
+    groups: &Groups,
+    ps: &[Param],
+    steps: usize,
+) -> (Vec<f64>, Vec<Vec<f64>>) {
+    use portagrad::optim::Algorithm;
+    let mut p: Vec<Vec<f64>> = ps
+        .iter()
+        .map(|p| p.init.iter().map(|&x| x as f64).collect())
+        .collect();
+    let c: Vec<Vec<f64>> = ps
+        .iter()
+        .map(|p| p.c.iter().map(|&x| x as f64).collect())
+        .collect();
+    let d: Vec<Vec<f64>> = ps
+        .iter()
+        .map(|p| p.d.iter().map(|&x| x as f64).collect())
+        .collect();
+    let mut m: Vec<Vec<f64>> = p.iter().map(|v| vec![0.0; v.len()]).collect();
+    let mut v2 = m.clone();
+    let mut losses = Vec::new();
+    for step in 0..steps {
+        let t = (step + 1) as i32;
+        let mut loss = 0.0;
+        let mut g: Vec<Vec<f64>> = Vec::new();
+        for i in 0..p.len() {
+            let mut gi = Vec::new();
+            for j in 0..p[i].len() {
+                loss += 0.5 * c[i][j] * p[i][j] * p[i][j] + d[i][j] * p[i][j];
+                gi.push(c[i][j] * p[i][j] + d[i][j]);
+            }
+            g.push(gi);
+        }
+        losses.push(loss);
+        if let Some(max) = cfg.max_grad_norm {
+            let norm = g.iter().flatten().map(|x| x * x).sum::<f64>().sqrt();
+            let coef = (max / (norm + 1e-6)).min(1.0);
+            g.iter_mut().flatten().for_each(|x| *x *= coef);
+        }
+        let lr0 = cfg.schedule.lr_at(cfg.lr, step as u64);
+        for i in 0..p.len() {
+            let (wd, scale) = groups[ps[i].group];
+            let lr = lr0 * scale;
+            for j in 0..p[i].len() {
+                let mut gj = g[i][j];
+                match cfg.algorithm {
+                    Algorithm::Sgd {
+                        momentum,
+                        dampening,
+                        nesterov,
+                    } => {
+                        gj += wd * p[i][j];
+                        if momentum != 0.0 {
+                            m[i][j] = if step == 0 {
+                                gj
+                            } else {
+                                momentum * m[i][j] + (1.0 - dampening) * gj
+                            };
+                            gj = if nesterov {
+                                gj + momentum * m[i][j]
+                            } else {
+                                m[i][j]
+                            };
+                        }
+                        p[i][j] -= lr * gj;
+                    }
+                    Algorithm::Adam { beta1, beta2, eps }
+                    | Algorithm::AdamW { beta1, beta2, eps } => {
+                        if matches!(cfg.algorithm, Algorithm::AdamW { .. }) {
+                            p[i][j] *= 1.0 - lr * wd;
+                        } else {
+                            gj += wd * p[i][j];
+                        }
+                        m[i][j] = beta1 * m[i][j] + (1.0 - beta1) * gj;
+                        v2[i][j] = beta2 * v2[i][j] + (1.0 - beta2) * gj * gj;
+                        let mhat = m[i][j] / (1.0 - beta1.powi(t));
+                        let vhat = v2[i][j] / (1.0 - beta2.powi(t));
+                        p[i][j] -= lr * mhat / (vhat.sqrt() + eps);
+                    }
+                }
+            }
+        }
+    }
+    (losses, p)
+}
+
+/// Build the GPU parameters and optimizer for a case.
+fn gpu_setup(
+    dev: &Device,
+    cfg: OptimConfig,
+    groups: &Groups,
+    ps: &[Param],
+) -> (Vec<Tensor>, Optimizer) {
+    let ts: Vec<Tensor> = ps
+        .iter()
+        .map(|p| {
+            Tensor::from_slice(dev, &p.init, &p.shape)
+                .unwrap()
+                .with_grad()
+        })
+        .collect();
+    let pg: Vec<ParamGroup> = groups
+        .iter()
+        .enumerate()
+        .map(|(gi, &(wd, scale))| {
+            ParamGroup::new(
+                ps.iter()
+                    .zip(&ts)
+                    .filter(|(p, _)| p.group == gi)
+                    .map(|(p, t)| (p.name.clone(), t.clone()))
+                    .collect(),
+            )
+            .weight_decay(wd)
+            .lr_scale(scale)
+        })
+        .collect();
+    let opt = Optimizer::with_groups(cfg, pg).unwrap();
+    (ts, opt)
+}
+
+fn check_against_cpu(
+    what: &str,
+    cfg: OptimConfig,
+    groups: Groups,
+    ps: Vec<Param>,
+    steps: usize,
+    rtol: f64,
+) {
+    let dev = shared_device();
+    let (want_losses, want_p) = cpu_run(&cfg, &groups, &ps, steps);
+    let (ts, mut opt) = gpu_setup(&dev, cfg, &groups, &ps);
+    // A second handle on each parameter, as a model would hold: it must see every update.
+    let held: Vec<Tensor> = ts.iter().map(Tensor::clone).collect();
+    let mut losses = Vec::new();
+    for _ in 0..steps {
+        let loss = gpu_loss(&dev, &ps, &ts).unwrap();
+        losses.push(loss.item().unwrap());
+        opt.step(&loss.backward().unwrap()).unwrap();
+    }
+    assert_eq!(opt.step_count(), steps as u64);
+    assert_close(
+        &format!("{what}: losses"),
+        &losses,
+        &want_losses,
+        rtol,
+        1e-5,
+    );
+    for (i, t) in held.iter().enumerate() {
+        assert_close(
+            &format!("{what}: {} after {steps} steps", ps[i].name),
+            &t.to_vec().unwrap(),
+            &want_p[i],
+            rtol,
+            1e-6,
+        );
+    }
+}
+
+const SMALL: &[&[usize]] = &[&[5, 7], &[7], &[300]];
+
+#[test]
+fn sgd_matches_textbook() {
+    check_against_cpu(
+        "sgd",
+        OptimConfig::sgd(0.1),
+        vec![(0.0, 1.0)],
+        params(SMALL, 1),
+        5,
+        1e-5,
+    );
+}
+
+#[test]
+fn sgd_momentum_dampening_weight_decay_matches_textbook() {
+    let cfg = OptimConfig::sgd(0.05).momentum(0.9).dampening(0.1);
+    check_against_cpu(
+        "sgd momentum",
+        cfg,
+        vec![(0.01, 1.0)],
+        params(SMALL, 2),
+        6,
+        1e-5,
+    );
+}
+
+#[test]
+fn sgd_nesterov_matches_textbook() {
+    let cfg = OptimConfig::sgd(0.05).momentum(0.9).nesterov(true);
+    check_against_cpu(
+        "sgd nesterov",
+        cfg,
+        vec![(0.05, 1.0)],
+        params(SMALL, 3),
+        6,
+        1e-5,
+    );
+}
+
+#[test]
+fn adam_matches_textbook() {
+    let cfg = OptimConfig::adam(0.01);
+    check_against_cpu("adam", cfg, vec![(0.02, 1.0)], params(SMALL, 4), 6, 1e-5);
+}
+
+#[test]
+fn adamw_matches_textbook() {
+    let cfg = OptimConfig::adamw(0.01).betas(0.8, 0.99);
+    check_against_cpu("adamw", cfg, vec![(0.1, 1.0)], params(SMALL, 5), 6, 1e-5);
+}
+
+/// More tensors than one dispatch takes, odd sizes, two groups with their own decay and rate,
+/// clipping and the warm-up/cosine schedule together.
+#[test]
+fn many_tensors_groups_clipping_schedule_match_textbook() {
+    let shapes: &[&[usize]] = &[
+        &[1],
+        &[3],
+        &[7, 1],
+        &[256],
+        &[257],
+        &[10, 100],
+        &[2],
+        &[5],
+        &[8, 8],
+        &[31],
+        &[9],
+        &[3, 3, 3],
+    ];
+    let mut ps = params(shapes, 6);
+    for (i, p) in ps.iter_mut().enumerate() {
+        p.group = i % 2;
+    }
+    let cfg = OptimConfig::adamw(0.05)
+        .clip_grad_norm(2.0)
+        .schedule(LrSchedule::warmup_cosine(2, 6, 0.001));
+    check_against_cpu(
+        "adamw groups",
+        cfg,
+        vec![(0.1, 1.0), (0.0, 0.5)],
+        ps,
+        7,
+        2e-5,
+    );
+    let mut ps = params(shapes, 7);
+    for (i, p) in ps.iter_mut().enumerate() {
+        p.group = i % 3 / 2;
+    }
+    let cfg = OptimConfig::sgd(0.1).momentum(0.5).clip_grad_norm(1.0);
+    check_against_cpu(
+        "sgd clip groups",
+        cfg,
+        vec![(0.0, 1.0), (0.2, 2.0)],
+        ps,
+        5,
+        1e-5,
+    );
+}
+
+#[test]
+fn clipping_leaves_small_gradients_alone_and_reports_the_norm() {
+    let dev = shared_device();
+    let ps = params(SMALL, 8);
+    let cfg = OptimConfig::sgd(0.01).clip_grad_norm(1e6);
+    let (ts, mut opt) = gpu_setup(&dev, cfg, &vec![(0.0, 1.0)], &ps);
+    let loss = gpu_loss(&dev, &ps, &ts).unwrap();
+    opt.step(&loss.backward().unwrap()).unwrap();
+    let norm: f64 = ps
+        .iter()
+        .flat_map(|p| {
+            (0..p.init.len())
+                .map(move |j| (p.c[j] as f64 * p.init[j] as f64 + p.d[j] as f64).powi(2))
+        })
+        .sum::<f64>()
+        .sqrt();
+    let got = opt.last_grad_norm().unwrap().expect("clipping is on");
+    assert_close("global gradient norm", &[got], &[norm], 1e-5, 0.0);
+    let cfg = OptimConfig::sgd(0.1).clip_grad_norm(1e6);
+    check_against_cpu(
+        "sgd, clip above the norm",
+        cfg,
+        vec![(0.0, 1.0)],
+        params(SMALL, 8),
+        3,
+        1e-5,
+    );
+}
+
+#[test]
+fn one_fused_dispatch_per_step() {
+    // Its own device: the counters of the shared one see the other tests' work.
+    let dev = portagrad::testing::device().unwrap();
+    let ps = params(SMALL, 9);
+    let (ts, mut opt) = gpu_setup(&dev, OptimConfig::adam(0.01), &vec![(0.0, 1.0)], &ps);
+    let loss = gpu_loss(&dev, &ps, &ts).unwrap();
+    let grads = loss.backward().unwrap();
+    opt.step(&grads).unwrap(); // warm-up: pipeline compile
+    dev.sync().unwrap();
+    dev.reset_stats();
+    opt.step(&grads).unwrap();
+    assert_eq!(
+        dev.stats().dispatches,
+        1,
+        "Adam over 3 tensors: one dispatch"
+    );
+    assert_eq!(dev.stats().submits, 0, "a step records, it does not submit");
+
+    let shapes: Vec<&[usize]> = vec![&[4]; 20];
+    let ps = params(&shapes, 10);
+    let cfg = OptimConfig::adamw(0.01).clip_grad_norm(1.0);
+    let (ts, mut opt) = gpu_setup(&dev, cfg, &vec![(0.0, 1.0)], &ps);
+    let grads = gpu_loss(&dev, &ps, &ts).unwrap().backward().unwrap();
+    opt.step(&grads).unwrap();
+    dev.sync().unwrap();
+    dev.reset_stats();
+    opt.step(&grads).unwrap();
+    // 20 tensors: 3 sum-of-squares passes, 1 finalize, 3 updates; no readback.
+    let st = dev.stats();
+    assert_eq!((st.dispatches, st.readbacks), (7, 0), "{st:?}");
+}
+
+#[test]
+fn parameters_without_gradient_are_left_alone() {
+    let dev = shared_device();
+    let a = Tensor::from_slice(&dev, &[1.0, 2.0], &[2])
+        .unwrap()
+        .with_grad();
+    let b = Tensor::from_slice(&dev, &[3.0, 4.0], &[2])
+        .unwrap()
+        .with_grad();
+    let mut opt =
+        Optimizer::adam(vec![("a".into(), a.clone()), ("b".into(), b.clone())], 0.1).unwrap();
+    let loss = a.mul(&a).unwrap().sum().unwrap();
+    opt.step(&loss.backward().unwrap()).unwrap();
+    assert_eq!(b.to_vec().unwrap(), vec![3.0, 4.0]);
+    let av = a.to_vec().unwrap();
+    assert_close("a after one Adam step", &av, &[0.9, 1.9], 1e-5, 1e-6);
+}
+
+#[test]
+fn bad_configurations_are_errors() {
+    let dev = shared_device();
+    let p = Tensor::zeros(&dev, &[3]).unwrap();
+    let e = Optimizer::adam(vec![("w".into(), p.clone())], 0.1).unwrap_err();
+    assert!(e.to_string().contains("with_grad"), "{e}");
+    let p = p.with_grad();
+    let e = Optimizer::new(OptimConfig::adam(f64::NAN), vec![("w".into(), p.clone())]).unwrap_err();
+    assert!(e.to_string().contains("learning rate"), "{e}");
+    let e = Optimizer::new(
+        OptimConfig::sgd(0.1).nesterov(true),
+        vec![("w".into(), p.clone())],
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("Nesterov"), "{e}");
+    assert!(Optimizer::adam(vec![], 0.1).is_err());
+    let mut opt = Optimizer::adam(vec![("w".into(), p.clone())], 0.1).unwrap();
+    let other = Tensor::zeros(&dev, &[3]).unwrap().with_grad();
+    let grads = other.sum().unwrap().backward().unwrap();
+    let e = opt.step(&grads).unwrap_err();
+    assert!(e.to_string().contains("has a gradient"), "{e}");
+}
+
+#[test]
+fn warmup_cosine_schedule() {
+    let s = LrSchedule::warmup_cosine(4, 14, 0.1);
+    let lr: Vec<f64> = (0..16).map(|t| s.lr_at(1.0, t)).collect();
+    assert_close(
+        "warm-up",
+        &lr[..4].iter().map(|&x| x as f32).collect::<Vec<_>>(),
+        &[0.25, 0.5, 0.75, 1.0],
+        1e-7,
+        0.0,
+    );
+    assert!(
+        (lr[4] - 1.0).abs() < 1e-12,
+        "cosine starts at the base rate"
+    );
+    assert!(
+        (lr[9] - 0.55).abs() < 1e-12,
+        "half way: mean of base and min"
+    );
+    assert!(
+        lr[4..14].windows(2).all(|w| w[1] < w[0]),
+        "decreasing: {lr:?}"
+    );
+    assert_eq!((lr[14], lr[15]), (0.1, 0.1));
+    assert_eq!(LrSchedule::Constant.lr_at(0.3, 1000), 0.3);
+}
+
+#[test]
+fn decay_groups_split_matrices_from_vectors() {
+    let dev = shared_device();
+    let w = Tensor::zeros(&dev, &[3, 2]).unwrap().with_grad();
+    let b = Tensor::zeros(&dev, &[2]).unwrap().with_grad();
+    let g = decay_groups(vec![("w".into(), w), ("b".into(), b)], 0.1);
+    assert_eq!(g[0].params[0].0, "w");
+    assert_eq!(g[0].weight_decay, Some(0.1));
+    assert_eq!(g[1].params[0].0, "b");
+    assert_eq!(g[1].weight_decay, Some(0.0));
+}
+
+// ---- PyTorch golden numbers ----
+
+fn golden() -> safetensors::SafeTensors<'static> {
+    let bytes = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/golden/optim_adam.safetensors"
+    ))
+    .expect("tests/golden/optim_adam.safetensors (made by scripts/make_optim_golden.py)");
+    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+    safetensors::SafeTensors::deserialize(bytes).expect("golden file parses")
+}
+
+fn get(st: &safetensors::SafeTensors<'_>, name: &str) -> (Vec<f32>, Vec<usize>) {
+    let t = st
+        .tensor(name)
+        .unwrap_or_else(|e| panic!("golden tensor {name}: {e}"));
+    let v = t
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    (v, t.shape().to_vec())
+}
+
+fn golden_case(case: &str, cfg: OptimConfig, groups: Groups, group_of: &dyn Fn(&str) -> usize) {
+    let st = golden();
+    let dev = shared_device();
+    let names = ["w1", "b1", "w2"];
+    let ps: Vec<Param> = names
+        .iter()
+        .map(|n| {
+            let (init, shape) = get(&st, &format!("init.{n}"));
+            Param {
+                name: n.to_string(),
+                shape,
+                init,
+                c: get(&st, &format!("c.{n}")).0,
+                d: get(&st, &format!("d.{n}")).0,
+                group: group_of(n),
+            }
+        })
+        .collect();
+    let (want_loss, _) = get(&st, &format!("{case}.loss"));
+    let (ts, mut opt) = gpu_setup(&dev, cfg, &groups, &ps);
+    for (s, &wl) in want_loss.iter().enumerate() {
+        let loss = gpu_loss(&dev, &ps, &ts).unwrap();
+        assert_close(
+            &format!("{case}: loss before step {}", s + 1),
+            &[loss.item().unwrap()],
+            &[wl as f64],
+            1e-5,
+            1e-6,
+        );
+        opt.step(&loss.backward().unwrap()).unwrap();
+        for (p, t) in ps.iter().zip(&ts) {
+            let (want, _) = get(&st, &format!("{case}.after.{}.{}", s + 1, p.name));
+            let want: Vec<f64> = want.iter().map(|&x| x as f64).collect();
+            assert_close(
+                &format!("{case}: {} after step {}", p.name, s + 1),
+                &t.to_vec().unwrap(),
+                &want,
+                1e-5,
+                1e-6,
+            );
+        }
+    }
+}
+
+#[test]
+fn adam_matches_pytorch() {
+    golden_case("adam", OptimConfig::adam(1e-2), vec![(0.0, 1.0)], &|_| 0);
+    golden_case(
+        "adam_l2",
+        OptimConfig::adam(1e-2).weight_decay(0.1),
+        vec![(0.1, 1.0)],
+        &|_| 0,
+    );
+}
+
+#[test]
+fn adamw_matches_pytorch() {
+    let cfg = OptimConfig::adamw(1e-2).betas(0.8, 0.99).eps(1e-6);
+    golden_case("adamw", cfg, vec![(0.1, 1.0), (0.0, 1.0)], &|n| {
+        usize::from(n == "b1")
+    });
+    let cfg = OptimConfig::adamw(3e-2)
+        .weight_decay(0.05)
+        .clip_grad_norm(0.5)
+        .schedule(LrSchedule::warmup_cosine(2, 5, 1e-3));
+    golden_case("adamw_clip", cfg, vec![(0.05, 1.0)], &|_| 0);
+}
