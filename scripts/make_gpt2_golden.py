@@ -40,13 +40,22 @@ ids = torch.randint(0, cfg.vocab_size, (B, T), generator=torch.Generator().manua
 ref = GPT2LMHeadModel(cfg)
 ref.load_state_dict(model.state_dict())
 ref = ref.double().eval()
-out = ref(ids, labels=ids)
-out.loss.backward()
+
+def lm_loss(m):
+    # transformers' own loss upcasts to float32; compute it in float64 here (labels=ids convention:
+    # logits[:, :-1] against ids[:, 1:]).
+    logits = m(ids).logits
+    return logits, torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, cfg.vocab_size), ids[:, 1:].reshape(-1))
+
+
+logits, loss = lm_loss(ref)
+loss.backward()
 
 tensors = {
     "ids": ids.to(torch.int64).contiguous(),
-    "logits": out.logits.detach().contiguous(),
-    "loss": out.loss.detach().reshape(()).contiguous(),
+    "logits": logits.detach().contiguous(),
+    "loss": loss.detach().reshape(()).contiguous(),
 }
 for name, p in ref.named_parameters():
     if p.grad is not None:
@@ -60,13 +69,13 @@ opt = torch.optim.AdamW(opt_model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps
 losses = []
 for _ in range(8):
     opt.zero_grad()
-    loss = opt_model(ids, labels=ids).loss
-    losses.append(loss.item())
-    loss.backward()
+    _, step_loss = lm_loss(opt_model)
+    losses.append(step_loss.item())
+    step_loss.backward()
     opt.step()
 tensors["adamw_losses"] = torch.tensor(losses, dtype=torch.float64)
 save_file(tensors, os.path.join(OUT, "golden.safetensors"))
 with open(os.path.join(OUT, "README.md"), "w") as f:
     f.write("Made by scripts/make_gpt2_golden.py with torch %s; do not edit by hand.\n" % torch.__version__)
-print("loss", out.loss.item(), "adamw", losses)
+print("loss", loss.item(), "adamw", losses)
 print(json.dumps({k: list(v.shape) for k, v in tensors.items() if not k.startswith("grad.")}))
