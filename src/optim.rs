@@ -363,6 +363,9 @@ fn make_slot<'a>(
     }
 }
 
+/// A state tensor on the host: (`kind.parameter`, values, shape).
+pub(crate) type StateArray = (String, Vec<f32>, Vec<usize>);
+
 /// One parameter tensor and where its state lives.
 struct Entry {
     name: String,
@@ -681,39 +684,28 @@ impl Optimizer {
         };
         let (beta1_t, beta2_t) = match self.cfg.algorithm {
             Algorithm::Adam { beta1, beta2, .. } | Algorithm::AdamW { beta1, beta2, .. } => {
-                (beta1.powi(t as i32), beta2.powi(t as i32))
+                (beta1.powf(t as f64), beta2.powf(t as f64))
             }
             Algorithm::Sgd { .. } => (0.0, 0.0),
         };
         let entries = &self.entries;
         if let Some(max_norm) = clip {
             let b0 = &self.banks[0];
+            let bufs = kernel::Buffers {
+                fill,
+                m: &b0.m.storage,
+                v: &b0.v.storage,
+                aux: &self.aux.storage,
+            };
             let mut parts = 0u32;
             for chunk in live.chunks(kernel::SLOTS) {
                 let slots: Vec<kernel::Slot<'_>> = chunk
                     .iter()
                     .map(|x| make_slot(entries, x, lr, beta1_t))
                     .collect();
-                parts += kernel::sumsq(
-                    &self.dev,
-                    &slots,
-                    &fill,
-                    &b0.m.storage,
-                    &b0.v.storage,
-                    &self.aux.storage,
-                    self.chunk,
-                    parts,
-                )?;
+                parts += kernel::sumsq(&self.dev, &slots, &bufs, self.chunk, parts)?;
             }
-            kernel::clip_finalize(
-                &self.dev,
-                &fill,
-                &b0.m.storage,
-                &b0.v.storage,
-                &self.aux.storage,
-                parts,
-                max_norm as f32,
-            )?;
+            kernel::clip_finalize(&self.dev, &bufs, parts, max_norm as f32)?;
         }
         let rule = match self.cfg.algorithm {
             Algorithm::Sgd {
@@ -748,16 +740,13 @@ impl Optimizer {
                     .iter()
                     .map(|x| make_slot(entries, x, lr, beta1_t))
                     .collect();
-                kernel::update(
-                    &self.dev,
-                    rule,
-                    &slots,
-                    &fill,
-                    &bank.m.storage,
-                    &bank.v.storage,
-                    &self.aux.storage,
-                    clip.is_some(),
-                )?;
+                let bufs = kernel::Buffers {
+                    fill,
+                    m: &bank.m.storage,
+                    v: &bank.v.storage,
+                    aux: &self.aux.storage,
+                };
+                kernel::update(&self.dev, rule, &slots, &bufs, clip.is_some())?;
             }
         }
         self.step = t;
@@ -780,7 +769,7 @@ impl Optimizer {
     }
 
     /// The optimizer state as host arrays: (`kind.param_name`, values, shape). Reads back.
-    pub(crate) fn export_state(&self) -> Result<Vec<(String, Vec<f32>, Vec<usize>)>> {
+    pub(crate) fn export_state(&self) -> Result<Vec<StateArray>> {
         let mut out = Vec::new();
         for (kind, is_m) in self.state_kinds() {
             for (b, bank) in self.banks.iter().enumerate() {
@@ -807,8 +796,8 @@ impl Optimizer {
         get: &dyn Fn(&str) -> Result<Vec<f32>>,
     ) -> Result<()> {
         let kinds = self.state_kinds();
-        let mut new_banks: Vec<(Option<Vec<f32>>, Option<Vec<f32>>)> =
-            self.banks.iter().map(|_| (None, None)).collect();
+        let mut new_banks: Vec<[Option<Vec<f32>>; 2]> =
+            self.banks.iter().map(|_| [None, None]).collect();
         for (kind, is_m) in kinds {
             for (b, bank) in self.banks.iter().enumerate() {
                 let mut flat = vec![0f32; bank.len];
@@ -817,14 +806,10 @@ impl Optimizer {
                     let s = e.off as usize;
                     flat[s..s + e.len as usize].copy_from_slice(&vals);
                 }
-                if is_m {
-                    new_banks[b].0 = Some(flat);
-                } else {
-                    new_banks[b].1 = Some(flat);
-                }
+                new_banks[b][usize::from(!is_m)] = Some(flat);
             }
         }
-        for (bank, (m, v)) in self.banks.iter_mut().zip(new_banks) {
+        for (bank, [m, v]) in self.banks.iter_mut().zip(new_banks) {
             if let Some(m) = m {
                 bank.m = Tensor::from_slice(&self.dev, &m, &[m.len()])?;
             }

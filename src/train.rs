@@ -105,7 +105,7 @@ impl Dataset {
                 message,
             })
         };
-        if n_features == 0 || x.len() % n_features != 0 {
+        if n_features == 0 || !x.len().is_multiple_of(n_features) {
             return bad(format!(
                 "{} feature values are not whole rows of {n_features}",
                 x.len()
@@ -113,7 +113,7 @@ impl Dataset {
         }
         let rows = x.len() / n_features;
         if let Targets::Values { values, dim } = &targets
-            && (*dim == 0 || values.len() % dim != 0)
+            && (*dim == 0 || !values.len().is_multiple_of(*dim))
         {
             return bad(format!(
                 "{} target values are not whole rows of {dim}",
@@ -754,7 +754,7 @@ pub fn predict(
     n_features: usize,
     batch_size: usize,
 ) -> Result<Vec<f32>> {
-    if n_features == 0 || x.len() % n_features != 0 || batch_size == 0 {
+    if n_features == 0 || !x.len().is_multiple_of(n_features) || batch_size == 0 {
         return Err(Error::Shape {
             op: "predict",
             message: format!(

@@ -301,7 +301,7 @@ impl Standardizer {
     /// Statistics of row-major `features` with `n_features` columns (population std, as
     /// scikit-learn's `StandardScaler`), accumulated in f64.
     pub fn fit(features: &[f32], n_features: usize) -> Result<Standardizer> {
-        if n_features == 0 || features.is_empty() || features.len() % n_features != 0 {
+        if n_features == 0 || features.is_empty() || !features.len().is_multiple_of(n_features) {
             return Err(Error::Shape {
                 op: "Standardizer::fit",
                 message: format!(
@@ -340,7 +340,7 @@ impl Standardizer {
     /// Standardise row-major `features` in place: `(x - mean) / std` per column.
     pub fn transform(&self, features: &mut [f32]) -> Result<()> {
         let d = self.mean.len();
-        if d == 0 || features.len() % d != 0 {
+        if d == 0 || !features.len().is_multiple_of(d) {
             return Err(Error::Shape {
                 op: "Standardizer::transform",
                 message: format!("{} values are not whole rows of {d}", features.len()),

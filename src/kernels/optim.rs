@@ -83,18 +83,25 @@ pub(crate) enum Rule {
 }
 
 /// Buffers bound in place of slots a dispatch does not use (the layout has all of them).
+#[derive(Clone, Copy)]
 pub(crate) struct Fillers<'a> {
     pub param: &'a [&'a Storage; SLOTS],
     pub grad: &'a Storage,
 }
 
-fn bindings<'a>(
-    slots: &[Slot<'a>],
-    fill: &Fillers<'a>,
-    m: &'a Storage,
-    v: &'a Storage,
-    aux: &'a Storage,
-) -> Vec<(&'a Storage, Access)> {
+/// The buffers every dispatch binds besides the slots' own.
+pub(crate) struct Buffers<'a> {
+    pub fill: Fillers<'a>,
+    /// (state elements) flat first moment / momentum.
+    pub m: &'a Storage,
+    /// (state elements) flat second moment.
+    pub v: &'a Storage,
+    /// (2 + partials) clip coefficient, norm, partial sums.
+    pub aux: &'a Storage,
+}
+
+fn bindings<'a>(slots: &[Slot<'a>], b: &Buffers<'a>) -> Vec<(&'a Storage, Access)> {
+    let (fill, m, v, aux) = (&b.fill, b.m, b.v, b.aux);
     let mut b = Vec::with_capacity(2 * SLOTS + 3);
     for i in 0..SLOTS {
         // p_i: (len_i) parameter, updated in place
@@ -151,10 +158,7 @@ pub(crate) fn update(
     dev: &Device,
     rule: Rule,
     slots: &[Slot<'_>],
-    fill: &Fillers<'_>,
-    m: &Storage,
-    v: &Storage,
-    aux: &Storage,
+    bufs: &Buffers<'_>,
     clip: bool,
 ) -> Result<()> {
     let (mut p, groups) = table(slots, WG)?;
@@ -191,7 +195,7 @@ pub(crate) fn update(
             "adam"
         }
     };
-    let b = bindings(slots, fill, m, v, aux);
+    let b = bindings(slots, bufs);
     dev.dispatch(&SHADER, entry, &[], &p, &b, grid_1d(u64::from(groups))?)
 }
 
@@ -205,17 +209,14 @@ pub(crate) fn partials(lens: &[u32], chunk: u32) -> u32 {
 pub(crate) fn sumsq(
     dev: &Device,
     slots: &[Slot<'_>],
-    fill: &Fillers<'_>,
-    m: &Storage,
-    v: &Storage,
-    aux: &Storage,
+    bufs: &Buffers<'_>,
     chunk: u32,
     part_base: u32,
 ) -> Result<u32> {
     let (mut p, groups) = table(slots, chunk)?;
     p.chunk = chunk;
     p.part_base = part_base;
-    let b = bindings(slots, fill, m, v, aux);
+    let b = bindings(slots, bufs);
     dev.dispatch(&SHADER, "sumsq", &[], &p, &b, grid_1d(u64::from(groups))?)?;
     Ok(groups)
 }
@@ -223,10 +224,7 @@ pub(crate) fn sumsq(
 /// Clipping pass 2: norm of all `parts` partials into aux[1], coefficient into aux[0].
 pub(crate) fn clip_finalize(
     dev: &Device,
-    fill: &Fillers<'_>,
-    m: &Storage,
-    v: &Storage,
-    aux: &Storage,
+    bufs: &Buffers<'_>,
     parts: u32,
     max_norm: f32,
 ) -> Result<()> {
@@ -235,6 +233,6 @@ pub(crate) fn clip_finalize(
         max_norm,
         ..Params::default()
     };
-    let b = bindings(&[], fill, m, v, aux);
+    let b = bindings(&[], bufs);
     dev.dispatch(&SHADER, "clip_finalize", &[], &p, &b, [1, 1, 1])
 }

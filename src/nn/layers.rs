@@ -148,8 +148,9 @@ impl Module for Linear {
         let mut inputs = vec![x, &self.weight];
         inputs.extend(self.bias.as_ref());
         if Tensor::should_record(&inputs) && !y.requires_grad() {
-            // The fused linear does not record a backward yet: the same map from ops that do.
-            return composite_linear(x, &self.weight, self.bias.as_ref(), self.act);
+            // The fused linear does not record its backward yet (it is being added to
+            // ops_matmul); until then this layer attaches the same backward itself.
+            return attach_linear_backward(x, &self.weight, self.bias.as_ref(), self.act, y);
         }
         Ok(y)
     }
@@ -163,23 +164,49 @@ impl Module for Linear {
     }
 }
 
-/// `act(x·W + b)` from broadcasting ops with autograd: (rows, 1, in) * (out, in), summed.
-fn composite_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Activation) -> Result<Tensor> {
+/// Record the backward of `y = act(x·W + b)` (W (in, out)) on `y`, computed by the fused
+/// forward: dz = act'(z)·g, dx = dz·Wᵀ, dW = xᵀ·dz, db = column sums of dz, with the transposed
+/// matmul variants (no transpose materialised).
+fn attach_linear_backward(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    act: Activation,
+    y: Tensor,
+) -> Result<Tensor> {
+    use crate::kernels::{reduce, unary};
     let (k, n) = (w.shape()[0], w.shape()[1]);
-    let lead = &x.shape()[..x.rank() - 1];
-    let rows: usize = lead.iter().product();
-    let mut y = x.reshape(&[rows, 1, k])?.mul(&w.transpose()?)?.sum_last()?;
-    if let Some(b) = b {
-        y = y.add(b)?;
-    }
-    y = match act {
-        Activation::None => y,
-        Activation::Relu => y.relu()?,
-        Activation::Gelu => y.gelu()?,
+    let rows = x.numel() / k.max(1);
+    let x2 = x.view_raw(vec![rows, k]);
+    // What the activation's derivative is written in terms of: ReLU's mask from the output,
+    // GELU's from the pre-activation (recomputed without the epilogue).
+    let saved = match act {
+        Activation::None => None,
+        Activation::Relu => Some(y.detach()),
+        Activation::Gelu => Some(x2.linear(w, b, WeightLayout::InOut, Activation::None)?),
     };
-    let mut shape = lead.to_vec();
-    shape.push(n);
-    y.reshape(&shape)
+    let (wd, need_dx, x_shape) = (w.detach(), x.requires_grad(), x.shape().to_vec());
+    let back: crate::autograd::BackwardFn = Box::new(move |g| {
+        let g2 = g.view_raw(vec![rows, n]);
+        let dz = match (act, &saved) {
+            (Activation::Relu, Some(s)) => {
+                unary::backward(unary::Op::Relu, &s.view_raw(vec![rows, n]), &g2, 0.0)?
+            }
+            (Activation::Gelu, Some(z)) => unary::backward(unary::Op::Gelu, z, &g2, 0.0)?,
+            _ => g2,
+        };
+        let dx = if need_dx {
+            Some(dz.matmul_t(&wd, false, true)?.view_raw(x_shape.clone()))
+        } else {
+            None
+        };
+        let dw = x2.matmul_t(&dz, true, false)?;
+        let db = reduce::sum_to(&dz, &[n])?;
+        Ok(vec![dx, Some(dw), Some(db)])
+    });
+    let mut inputs = vec![x, w];
+    inputs.extend(b);
+    Ok(y.record("linear", &inputs, back))
 }
 
 /// A lookup table: u32 ids (...) -> rows (..., dim), weights `N(0, 0.02)` (GPT-2).

@@ -93,7 +93,7 @@ impl Sequential {
     }
 
     /// Append a module (builder style).
-    pub fn add(mut self, m: impl Module + 'static) -> Self {
+    pub fn layer(mut self, m: impl Module + 'static) -> Self {
         self.layers.push(Box::new(m));
         self
     }
