@@ -52,3 +52,132 @@ fn gather_rows(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) nw:
     if id < gp.vocab { v = table[id * gp.dim + o % gp.dim]; }
     gy[o] = v;
 }
+
+// ---- gather_rows backward: a deterministic scatter-add into the table's gradient ----
+// Input: the positions sorted by (id, position), and offsets (V + 1): id v's positions are
+// sorted[offsets[v] .. offsets[v + 1]]. The host builds both when it has the ids; for ids
+// computed on the GPU, embed_sort_init + embed_bitonic (a bitonic sort: no atomics, no loops)
+// and embed_offsets build them on the device. Then two passes, both in a fixed order:
+//   embed_segments: the sorted positions are cut into segments at every id change and every
+//     multiple of SEG; invocation (k, c) at a segment head sums column c over its segment;
+//   embed_rows: invocation (v, c) sums id v's segment sums in order (0 for unused rows).
+// No float atomics, and both paths add the same numbers in the same order: the same bits.
+// Segments bound every loop: lavapipe silently ends a loop after 65,535 iterations.
+
+const SEG: u32 = 1024u;
+
+struct Embed {
+    n: u32,      // positions
+    dim: u32,    // row length D
+    vocab: u32,  // rows in the table V
+    pad_n: u32,  // n rounded up to a power of two (bitonic sort)
+    j: u32,      // bitonic: compare distance
+    k: u32,      // bitonic: sequence size
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> ep: Embed;
+@group(0) @binding(1) var<storage, read> eids: array<u32>;   // (n) ids
+
+// Sort key of a position: (id, position); ids past the table sort last, padding after them.
+fn embed_key(p: u32) -> vec2<u32> {
+    if p >= ep.n { return vec2<u32>(0xffffffffu, 0xffffffffu); }
+    return vec2<u32>(min(eids[p], ep.vocab), p);
+}
+
+fn key_less(a: vec2<u32>, b: vec2<u32>) -> bool {
+    return a.x < b.x || (a.x == b.x && a.y < b.y);
+}
+
+@group(0) @binding(2) var<storage, read_write> bpos: array<u32>;  // (pad_n) positions being sorted
+
+@compute @workgroup_size(WG)
+fn embed_sort_init(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let i = flat(w, nw, l);
+    if i >= ep.pad_n { return; }
+    bpos[i] = select(0xffffffffu, i, i < ep.n);
+}
+
+// One compare-exchange step (j, k) of the bitonic network over pad_n elements.
+@compute @workgroup_size(WG)
+fn embed_bitonic(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let i = flat(w, nw, l);
+    if i >= ep.pad_n { return; }
+    let m = i ^ ep.j;
+    if m <= i { return; }
+    let a = bpos[i];
+    let b = bpos[m];
+    let ka = embed_key(a);
+    let kb = embed_key(b);
+    let ascending = (i & ep.k) == 0u;
+    if select(key_less(ka, kb), key_less(kb, ka), ascending) {
+        bpos[i] = b;
+        bpos[m] = a;
+    }
+}
+
+@group(0) @binding(2) var<storage, read> spos: array<u32>;          // (n) positions sorted by (id, position)
+@group(0) @binding(3) var<storage, read_write> boff: array<u32>;    // (V + 1) first sorted index of each id
+
+// off[v] = the first sorted index whose id is >= v (binary search: at most 32 steps).
+@compute @workgroup_size(WG)
+fn embed_offsets(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let v = flat(w, nw, l);
+    if v > ep.vocab { return; }
+    var lo = 0u;
+    var hi = ep.n;
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2u;
+        if embed_key(spos[mid]).x < v { lo = mid + 1u; } else { hi = mid; }
+    }
+    boff[v] = lo;
+}
+
+@group(0) @binding(3) var<storage, read> sg: array<f32>;            // (n, D) gradient of the gathered rows
+@group(0) @binding(4) var<storage, read_write> spart: array<f32>;   // (n, D) segment sums, at segment heads
+
+fn sorted_id(k: u32) -> u32 {
+    return embed_key(spos[k]).x;
+}
+
+@compute @workgroup_size(WG)
+fn embed_segments(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let o = flat(w, nw, l);
+    if o >= ep.n * ep.dim { return; }
+    let k = o / ep.dim;
+    let c = o % ep.dim;
+    let id = sorted_id(k);
+    if k % SEG != 0u {
+        if sorted_id(k - 1u) == id { return; } // not a segment head
+    }
+    var acc = 0.0;
+    var e = k;
+    loop {
+        acc += sg[spos[e] * ep.dim + c];
+        e++;
+        if e >= ep.n || e % SEG == 0u { break; }
+        if sorted_id(e) != id { break; }
+    }
+    spart[o] = acc;
+}
+
+@group(0) @binding(3) var<storage, read> roff: array<u32>;          // (V + 1) first sorted index of each id
+@group(0) @binding(4) var<storage, read> rpart: array<f32>;         // (n, D) segment sums, at segment heads
+@group(0) @binding(5) var<storage, read_write> rout: array<f32>;    // (V, D) gradient of the table
+
+@compute @workgroup_size(WG)
+fn embed_rows(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let o = flat(w, nw, l);
+    if o >= ep.vocab * ep.dim { return; }
+    let v = o / ep.dim;
+    let c = o % ep.dim;
+    let end = roff[v + 1u];
+    var acc = 0.0;
+    var h = roff[v];
+    while h < end {
+        acc += rpart[h * ep.dim + c];
+        h = (h / SEG + 1u) * SEG;
+    }
+    rout[o] = acc;
+}

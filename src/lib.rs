@@ -27,6 +27,7 @@ pub mod io;
 mod kernels;
 pub mod nn;
 mod ops;
+mod ops_nn;
 pub mod optim;
 mod runtime;
 mod tensor;

@@ -232,8 +232,26 @@ impl Tensor {
         Ok(out.record("broadcast_to", &[self], back))
     }
     /// Rows of `self` (a (V, D) table) picked by u32 `ids` of any shape: -> (ids..., D).
+    ///
+    /// The gradient to the table is a deterministic scatter-add: repeated ids are summed in
+    /// position order, without float atomics, so the same input gives the same bits. Ids made by
+    /// [`Tensor::from_u32`] carry a host copy, and positions are sorted by id on the host (two
+    /// small uploads, two dispatches); ids computed on the GPU are sorted on the GPU instead
+    /// (about log2(n)^2 / 2 more dispatches, the same bits). The ids get no gradient.
     pub fn gather_rows(&self, ids: &Tensor) -> Result<Tensor> {
-        layout::gather_rows(self, ids)
+        let out = layout::gather_rows(self, ids)?;
+        if !Tensor::should_record(&[self]) {
+            return Ok(out);
+        }
+        let vocab = self.shape[0];
+        let ids = ids.detach();
+        let back: crate::autograd::BackwardFn = Box::new(move |g| {
+            let host = ids.host_ids.as_deref();
+            Ok(vec![Some(layout::gather_rows_backward(
+                g, &ids, host, vocab,
+            )?)])
+        });
+        Ok(out.record("gather_rows", &[self], back))
     }
     /// Flatten to one dimension (no copy).
     pub fn flatten(&self) -> Result<Tensor> {

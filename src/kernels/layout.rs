@@ -111,3 +111,157 @@ pub(crate) fn gather_rows(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     )?;
     Ok(out)
 }
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct EmbedParams {
+    n: u32,
+    dim: u32,
+    vocab: u32,
+    pad_n: u32,
+    j: u32,
+    k: u32,
+    _pad: [u32; 2],
+}
+const _: () = assert!(std::mem::size_of::<EmbedParams>() == 32);
+
+/// Gradient of `gather_rows` for the table: `g` (ids..., D) scattered back to (V, D).
+/// Deterministic, without float atomics: positions are sorted by (id, position), cut into
+/// segments (at id changes and every `SEG` sorted positions), each segment summed in order,
+/// then each row sums its segments in order. With `host_ids` (ids made by `from_u32`) the sort
+/// and the per-id offsets are computed on the host and uploaded (two small u32 buffers); ids
+/// that exist only on the GPU are sorted there (a bitonic network, about log2(n)^2 / 2
+/// dispatches). Both paths add the same numbers in the same order, so they give the same bits.
+pub(crate) fn gather_rows_backward(
+    g: &Tensor,
+    ids: &Tensor,
+    host_ids: Option<&[u32]>,
+    vocab: usize,
+) -> Result<Tensor> {
+    const OP: &str = "gather_rows backward";
+    ids.expect_dtype(OP, DType::U32)?;
+    let dim = *g.shape.last().unwrap_or(&1);
+    let n = ids.numel();
+    if g.numel() != n * dim {
+        return Err(Error::Shape {
+            op: OP,
+            message: format!(
+                "gradient of shape {:?} does not match ids of shape {:?} and rows of {dim}",
+                g.shape, ids.shape
+            ),
+        });
+    }
+    let dev = &g.dev;
+    let pad_n = n.next_power_of_two();
+    let mut p = EmbedParams {
+        n: n as u32,
+        dim: dim as u32,
+        vocab: vocab as u32,
+        pad_n: pad_n as u32,
+        j: 0,
+        k: 0,
+        _pad: [0; 2],
+    };
+    let (sorted, offsets) = match host_ids {
+        Some(h) => {
+            // Stable sort by id: each id's positions stay ascending, i.e. sorted by (id, position).
+            let mut order: Vec<u32> = (0..n as u32).collect();
+            order.sort_by_key(|&i| h[i as usize]);
+            let mut offsets = vec![0u32; vocab + 1];
+            for &id in h {
+                if (id as usize) < vocab {
+                    offsets[id as usize + 1] += 1;
+                }
+            }
+            for v in 0..vocab {
+                offsets[v + 1] += offsets[v];
+            }
+            (
+                dev.upload(bytemuck::cast_slice(&order))?,
+                dev.upload(bytemuck::cast_slice(&offsets))?,
+            )
+        }
+        None => {
+            let sorted = Tensor::empty(dev, OP, &[pad_n], DType::U32)?;
+            let offsets = Tensor::empty(dev, OP, &[vocab + 1], DType::U32)?;
+            let sort_bindings = [
+                (&*ids.storage, Access::Read),
+                (&*sorted.storage, Access::ReadWrite),
+            ];
+            // ids: (n) -> sorted: (pad_n) = 0, 1, ..., n - 1, then padding
+            dev.dispatch(
+                &SHADER,
+                "embed_sort_init",
+                &[],
+                &p,
+                &sort_bindings,
+                elems_grid(pad_n)?,
+            )?;
+            let mut k = 2;
+            while k <= pad_n {
+                let mut j = k / 2;
+                while j > 0 {
+                    p.j = j as u32;
+                    p.k = k as u32;
+                    // ids: (n), sorted: (pad_n) -> one compare-exchange step
+                    dev.dispatch(
+                        &SHADER,
+                        "embed_bitonic",
+                        &[],
+                        &p,
+                        &sort_bindings,
+                        elems_grid(pad_n)?,
+                    )?;
+                    j /= 2;
+                }
+                k *= 2;
+            }
+            // ids: (n), sorted: (n) -> offsets: (V + 1)
+            dev.dispatch(
+                &SHADER,
+                "embed_offsets",
+                &[],
+                &p,
+                &[
+                    (&ids.storage, Access::Read),
+                    (&sorted.storage, Access::Read),
+                    (&offsets.storage, Access::ReadWrite),
+                ],
+                elems_grid(vocab + 1)?,
+            )?;
+            (sorted.storage, offsets.storage)
+        }
+    };
+    let partial = Tensor::empty(dev, OP, &[n, dim], DType::F32)?;
+    let out = Tensor::empty(dev, OP, &[vocab, dim], DType::F32)?;
+    // ids: (n), sorted: (n), g: (n, D) -> partial: (n, D) (segment sums at segment heads)
+    dev.dispatch(
+        &SHADER,
+        "embed_segments",
+        &[],
+        &p,
+        &[
+            (&ids.storage, Access::Read),
+            (&sorted, Access::Read),
+            (&g.storage, Access::Read),
+            (&partial.storage, Access::ReadWrite),
+        ],
+        elems_grid(n * dim)?,
+    )?;
+    // offsets: (V + 1), partial: (n, D) -> out: (V, D) (ids and sorted are bound, unused)
+    dev.dispatch(
+        &SHADER,
+        "embed_rows",
+        &[],
+        &p,
+        &[
+            (&ids.storage, Access::Read),
+            (&sorted, Access::Read),
+            (&offsets, Access::Read),
+            (&partial.storage, Access::Read),
+            (&out.storage, Access::ReadWrite),
+        ],
+        elems_grid(vocab * dim)?,
+    )?;
+    Ok(out)
+}

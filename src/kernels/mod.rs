@@ -4,6 +4,8 @@
 pub(crate) mod elementwise;
 pub(crate) mod init;
 pub(crate) mod layout;
+pub(crate) mod loss;
+pub(crate) mod nn;
 pub(crate) mod optim;
 pub(crate) mod reduce;
 pub(crate) mod softmax;
@@ -21,6 +23,8 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("reduce", reduce::SHADER.source),
     ("softmax", softmax::SHADER.source),
     ("layout", layout::SHADER.source),
+    ("nn", nn::SHADER.source),
+    ("loss", loss::SHADER.source),
     ("optim", optim::SHADER.source),
     ("train", train::SHADER.source),
 ];

@@ -1,0 +1,227 @@
+//! Launcher for `shaders/nn.wgsl`: fused LayerNorm (forward saving mean and rstd; backward
+//! for x and for gamma/beta) and dropout with a counter-based mask.
+
+use super::{elems_grid, reduce, shader};
+use crate::error::{Error, Result};
+use crate::runtime::{Access, Shader, grid_1d};
+use crate::tensor::{DType, Tensor};
+
+pub(crate) const SHADER: Shader = shader("nn", include_str!("../../shaders/nn.wgsl"));
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct LnParams {
+    rows: u32,
+    cols: u32,
+    eps: f32,
+    chunk: u32,
+    n: u32,
+    _pad: [u32; 3],
+}
+const _: () = assert!(std::mem::size_of::<LnParams>() == 32);
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct DropoutParams {
+    n: u32,
+    threshold: u32,
+    k0: u32,
+    k1: u32,
+    k2: u32,
+    scale: f32,
+    _pad: [u32; 2],
+}
+const _: () = assert!(std::mem::size_of::<DropoutParams>() == 32);
+
+/// Rows of the gradient summed by one invocation of the gamma/beta partial pass. The partials
+/// (ceil(rows / chunk), C) are then summed over their first axis in a fixed order.
+const LN_PARAM_CHUNK: usize = 64;
+
+fn ln_params(rows: usize, cols: usize, eps: f32) -> LnParams {
+    LnParams {
+        rows: rows as u32,
+        cols: cols as u32,
+        eps,
+        chunk: LN_PARAM_CHUNK as u32,
+        n: 0,
+        _pad: [0; 3],
+    }
+}
+
+/// LayerNorm over the last axis of `x` (..., C) with `gamma`, `beta` (C):
+/// returns (y (..., C), mean (rows), rstd (rows)).
+pub(crate) fn layer_norm(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f32,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    const OP: &str = "layer_norm";
+    x.expect_dtype(OP, DType::F32)?;
+    gamma.expect_dtype(OP, DType::F32)?;
+    beta.expect_dtype(OP, DType::F32)?;
+    x.same_device(OP, gamma)?;
+    x.same_device(OP, beta)?;
+    let cols = match x.shape.last() {
+        Some(&c) if c > 0 => c,
+        _ => {
+            return Err(Error::Shape {
+                op: OP,
+                message: format!("needs a non-empty last axis, got shape {:?}", x.shape),
+            });
+        }
+    };
+    if gamma.shape != [cols] || beta.shape != [cols] {
+        return Err(Error::Shape {
+            op: OP,
+            message: format!(
+                "gamma {:?} and beta {:?} must both be ({cols},) for input {:?}",
+                gamma.shape, beta.shape, x.shape
+            ),
+        });
+    }
+    if !(eps.is_finite() && eps >= 0.0) {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            message: format!("eps {eps} must be finite and >= 0"),
+        });
+    }
+    let rows = x.numel() / cols;
+    let y = Tensor::empty(&x.dev, OP, &x.shape, DType::F32)?;
+    let mean = Tensor::empty(&x.dev, OP, &[rows], DType::F32)?;
+    let rstd = Tensor::empty(&x.dev, OP, &[rows], DType::F32)?;
+    // x: (rows, C), gamma, beta: (C) -> y: (rows, C), mean, rstd: (rows)
+    x.dev.dispatch(
+        &SHADER,
+        "layernorm_forward",
+        &[],
+        &ln_params(rows, cols, eps),
+        &[
+            (&x.storage, Access::Read),
+            (&gamma.storage, Access::Read),
+            (&beta.storage, Access::Read),
+            (&y.storage, Access::ReadWrite),
+            (&mean.storage, Access::ReadWrite),
+            (&rstd.storage, Access::ReadWrite),
+        ],
+        grid_1d(rows as u64)?,
+    )?;
+    Ok((y, mean, rstd))
+}
+
+/// Gradient of LayerNorm for `x` from the saved `mean`, `rstd` and the output gradient `g`.
+pub(crate) fn layer_norm_dx(
+    x: &Tensor,
+    gamma: &Tensor,
+    mean: &Tensor,
+    rstd: &Tensor,
+    g: &Tensor,
+) -> Result<Tensor> {
+    let cols = gamma.numel();
+    let rows = x.numel() / cols;
+    let dx = Tensor::empty(&x.dev, "layer_norm backward", &x.shape, DType::F32)?;
+    // x: (rows, C), gamma: (C), mean, rstd: (rows), g: (rows, C) -> dx: (rows, C)
+    x.dev.dispatch(
+        &SHADER,
+        "layernorm_backward_dx",
+        &[],
+        &ln_params(rows, cols, 0.0),
+        &[
+            (&x.storage, Access::Read),
+            (&gamma.storage, Access::Read),
+            (&mean.storage, Access::Read),
+            (&rstd.storage, Access::Read),
+            (&g.storage, Access::Read),
+            (&dx.storage, Access::ReadWrite),
+        ],
+        grid_1d(rows as u64)?,
+    )?;
+    Ok(dx)
+}
+
+/// Gradients of LayerNorm for gamma and beta (both (C)): column sums of `g * xhat` and `g`,
+/// in a fixed order (deterministic, no atomics).
+pub(crate) fn layer_norm_dparams(
+    x: &Tensor,
+    mean: &Tensor,
+    rstd: &Tensor,
+    g: &Tensor,
+    cols: usize,
+) -> Result<(Tensor, Tensor)> {
+    let op = "layer_norm backward";
+    let rows = x.numel() / cols;
+    let chunks = rows.div_ceil(LN_PARAM_CHUNK).max(1);
+    let dgamma = Tensor::empty(&x.dev, op, &[chunks, cols], DType::F32)?;
+    let dbeta = Tensor::empty(&x.dev, op, &[chunks, cols], DType::F32)?;
+    let n = chunks * cols;
+    let mut p = ln_params(rows, cols, 0.0);
+    p.n = n as u32;
+    // x: (rows, C), mean, rstd: (rows), g: (rows, C) -> dgamma, dbeta partials: (chunks, C)
+    x.dev.dispatch(
+        &SHADER,
+        "layernorm_backward_params",
+        &[],
+        &p,
+        &[
+            (&x.storage, Access::Read),
+            (&mean.storage, Access::Read),
+            (&rstd.storage, Access::Read),
+            (&g.storage, Access::Read),
+            (&dgamma.storage, Access::ReadWrite),
+            (&dbeta.storage, Access::ReadWrite),
+        ],
+        elems_grid(n)?,
+    )?;
+    if chunks == 1 {
+        return Ok((dgamma.view_raw(vec![cols]), dbeta.view_raw(vec![cols])));
+    }
+    // (chunks, C) -> (C), each column summed over the chunks in order.
+    Ok((
+        reduce::sum_to(&dgamma, &[cols])?,
+        reduce::sum_to(&dbeta, &[cols])?,
+    ))
+}
+
+/// SplitMix64: turns the user's seed into well-mixed mask keys.
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// `x * mask / (1 - p)` where element i is kept iff a hash of (seed, i) is at least `p * 2^32`.
+/// Applied to the output gradient with the same `p` and `seed`, it is the input gradient.
+/// `p` must be in (0, 1) (the caller handles 0 and inference mode as the identity).
+pub(crate) fn dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
+    x.expect_dtype("dropout", DType::F32)?;
+    let n = x.numel();
+    let out = Tensor::empty(&x.dev, "dropout", &x.shape, DType::F32)?;
+    // Domain-separate from rand_uniform/rand_normal, which hash the raw seed.
+    let mut state = seed ^ 0xD50F_0E7A_11AD_5EED;
+    let (a, b) = (splitmix64(&mut state), splitmix64(&mut state));
+    let threshold = ((f64::from(p) * 4_294_967_296.0).round() as u64).min(u64::from(u32::MAX));
+    let params = DropoutParams {
+        n: n as u32,
+        threshold: threshold as u32,
+        k0: a as u32,
+        k1: (a >> 32) as u32,
+        k2: b as u32,
+        scale: (1.0 / (1.0 - f64::from(p))) as f32,
+        _pad: [0; 2],
+    };
+    // x: (n) -> out: (n)
+    x.dev.dispatch(
+        &SHADER,
+        "dropout",
+        &[],
+        &params,
+        &[
+            (&x.storage, Access::Read),
+            (&out.storage, Access::ReadWrite),
+        ],
+        elems_grid(n)?,
+    )?;
+    Ok(out)
+}
