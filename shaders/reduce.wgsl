@@ -62,12 +62,19 @@ fn max_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 
 // ---- sum_to: reduce a broadcast gradient back to an operand's shape ----
 // Output element j sums the gradient over the broadcast dims, in a fixed order (deterministic).
+// The reduced range is cut into chunks of at most `chunk` terms, one invocation per
+// (chunk, output), writing partial sums (chunks, n_out); llvmpipe ends any loop after 65,535
+// iterations.
 
 struct SumTo {
     n_out: u32,   // elements of the reduced shape
     n_red: u32,   // elements summed into each output
     n_keep: u32,  // number of kept dims
     n_dims_red: u32, // number of reduced dims
+    chunk: u32,   // terms per chunk
+    n_chunks: u32,
+    _pad1: u32,
+    _pad2: u32,
     keep_size: array<vec4<u32>, 2>,   // sizes of kept dims (outer to inner)
     keep_stride: array<vec4<u32>, 2>, // their strides in the gradient
     red_size: array<vec4<u32>, 2>,    // sizes of reduced dims
@@ -76,7 +83,7 @@ struct SumTo {
 
 @group(0) @binding(0) var<uniform> sp: SumTo;
 @group(0) @binding(1) var<storage, read> sg: array<f32>;       // gradient, broadcast shape
-@group(0) @binding(2) var<storage, read_write> so: array<f32>; // (n_out), operand shape
+@group(0) @binding(2) var<storage, read_write> so: array<f32>; // (chunks, n_out) partial sums
 
 fn at(v: array<vec4<u32>, 2>, d: u32) -> u32 {
     return v[d / 4u][d % 4u];
@@ -84,8 +91,10 @@ fn at(v: array<vec4<u32>, 2>, d: u32) -> u32 {
 
 @compute @workgroup_size(WG)
 fn sum_to(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let j = (wid.y * nwg.x + wid.x) * WG + lid;
-    if j >= sp.n_out { return; }
+    let i = (wid.y * nwg.x + wid.x) * WG + lid;
+    if i >= sp.n_out * sp.n_chunks { return; }
+    let j = i % sp.n_out;
+    let chunk = i / sp.n_out;
     var rem = j;
     var base = 0u;
     for (var k = 0u; k < sp.n_keep; k++) {
@@ -94,8 +103,10 @@ fn sum_to(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         base += (rem % s) * at(sp.keep_stride, d);
         rem /= s;
     }
+    let r0 = chunk * sp.chunk;
+    let r1 = min(r0 + sp.chunk, sp.n_red);
     var acc = 0.0;
-    for (var r = 0u; r < sp.n_red; r++) {
+    for (var r = r0; r < r1; r++) {
         var rr = r;
         var off = base;
         for (var k = 0u; k < sp.n_dims_red; k++) {
@@ -106,5 +117,5 @@ fn sum_to(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         }
         acc += sg[off];
     }
-    so[j] = acc;
+    so[i] = acc;
 }

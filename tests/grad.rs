@@ -470,3 +470,25 @@ fn backward_is_deterministic_and_stays_on_the_gpu() {
         1e-7,
     );
 }
+
+#[test]
+fn bias_gradient_over_more_rows_than_one_loop_may_run() {
+    // llvmpipe ends any shader loop after 65,535 iterations; the broadcast-gradient reduction
+    // must chunk its work so 70,001 rows still sum correctly.
+    let rows = 70_001;
+    check_grad(
+        "bias over 70001 rows",
+        &[constant(&[rows, 3], -1.0, 1.0), inp(&[3], -1.0, 1.0)],
+        &|t| t[0].add(&t[1]),
+        &|x| (0..rows * 3).map(|i| x[0][i] + x[1][i % 3]).collect(),
+        &|_, g| {
+            let mut gb = vec![0.0; 3];
+            for (i, v) in g.iter().enumerate() {
+                gb[i % 3] += v;
+            }
+            vec![vec![0.0; rows * 3], gb]
+        },
+        1e-5,
+        1e-4,
+    );
+}

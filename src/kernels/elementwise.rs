@@ -124,7 +124,7 @@ pub(crate) fn binary(a: &Tensor, b: &Tensor, op: Op) -> Result<Tensor> {
         (&*b.storage, Access::Read),
         (&*out.storage, Access::ReadWrite),
     ];
-    if a.numel() == n && b.numel() == n && n % 4 == 0 {
+    if a.numel() == n && b.numel() == n && n.is_multiple_of(4) {
         let p = Same4 {
             n4: (n / 4) as u32,
             _pad: [0; 3],

@@ -121,12 +121,19 @@ struct SumToParams {
     n_red: u32,
     n_keep: u32,
     n_dims_red: u32,
+    chunk: u32,
+    n_chunks: u32,
+    _pad: [u32; 2],
     keep_size: [u32; 8],
     keep_stride: [u32; 8],
     red_size: [u32; 8],
     red_stride: [u32; 8],
 }
-const _: () = assert!(std::mem::size_of::<SumToParams>() == 144);
+const _: () = assert!(std::mem::size_of::<SumToParams>() == 160);
+
+/// Terms one invocation of `sum_to` adds (times up to 9 loop trips each, under llvmpipe's
+/// 65,535-iteration loop limit).
+const SUM_TO_CHUNK: usize = 2048;
 
 /// Sum a gradient of broadcast shape `g.shape` down to `shape` (which broadcasts to it).
 pub(crate) fn sum_to(g: &Tensor, shape: &[usize]) -> Result<Tensor> {
@@ -148,6 +155,9 @@ pub(crate) fn sum_to(g: &Tensor, shape: &[usize]) -> Result<Tensor> {
         n_red: 1,
         n_keep: 0,
         n_dims_red: 0,
+        chunk: SUM_TO_CHUNK as u32,
+        n_chunks: 1,
+        _pad: [0; 2],
         keep_size: [1; 8],
         keep_stride: [0; 8],
         red_size: [1; 8],
@@ -185,9 +195,17 @@ pub(crate) fn sum_to(g: &Tensor, shape: &[usize]) -> Result<Tensor> {
             message: format!("rank of {:?} exceeds 8", g.shape),
         });
     }
-    let out = Tensor::empty(&g.dev, "sum_to", shape, DType::F32)?;
-    p.n_out = out.numel() as u32;
-    // g: broadcast shape -> out: (shape)
+    let n_out: usize = shape.iter().product();
+    let chunks = (p.n_red as usize).div_ceil(SUM_TO_CHUNK).max(1);
+    p.n_out = n_out as u32;
+    p.n_chunks = chunks as u32;
+    let partial_shape: Vec<usize> = if chunks == 1 {
+        shape.to_vec()
+    } else {
+        vec![chunks, n_out]
+    };
+    let out = Tensor::empty(&g.dev, "sum_to", &partial_shape, DType::F32)?;
+    // g: broadcast shape -> out: (chunks, n_out) partial sums
     g.dev.dispatch(
         &SHADER,
         "sum_to",
@@ -197,7 +215,12 @@ pub(crate) fn sum_to(g: &Tensor, shape: &[usize]) -> Result<Tensor> {
             (&g.storage, Access::Read),
             (&out.storage, Access::ReadWrite),
         ],
-        super::elems_grid(out.numel())?,
+        super::elems_grid(n_out * chunks)?,
     )?;
-    Ok(out)
+    if chunks == 1 {
+        return Ok(out);
+    }
+    // Sum the partials over the chunk axis, in order.
+    let total = sum_to(&out, &[1, n_out])?;
+    Ok(total.view_raw(shape.to_vec()))
 }

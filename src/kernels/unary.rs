@@ -65,7 +65,7 @@ pub(crate) fn unary(x: &Tensor, op: Op, s: f32) -> Result<Tensor> {
         (&*x.storage, Access::Read),
         (&*out.storage, Access::ReadWrite),
     ];
-    if n % 4 == 0 {
+    if n.is_multiple_of(4) {
         // x, out: (n / 4) vec4
         let entry = format!("{}4", op.entry());
         x.dev
