@@ -69,50 +69,34 @@ struct Optim {
 var<workgroup> sh: array<f32, WG>;
 
 fn load_p(s: u32, j: u32) -> f32 {
-    switch s {
-        case 0u: { return p0[j]; }
-        case 1u: { return p1[j]; }
-        case 2u: { return p2[j]; }
-        case 3u: { return p3[j]; }
-        case 4u: { return p4[j]; }
-        case 5u: { return p5[j]; }
-        case 6u: { return p6[j]; }
-        default: { return p7[j]; }
-    }
+    var x = 0.0;
+    if s == 0u { x = p0[j]; } else if s == 1u { x = p1[j]; } else if s == 2u { x = p2[j]; } else if s == 3u { x = p3[j]; } else if s == 4u { x = p4[j]; } else if s == 5u { x = p5[j]; } else if s == 6u { x = p6[j]; } else { x = p7[j]; }
+    return x;
 }
 
 fn store_p(s: u32, j: u32, x: f32) {
-    switch s {
-        case 0u: { p0[j] = x; }
-        case 1u: { p1[j] = x; }
-        case 2u: { p2[j] = x; }
-        case 3u: { p3[j] = x; }
-        case 4u: { p4[j] = x; }
-        case 5u: { p5[j] = x; }
-        case 6u: { p6[j] = x; }
-        default: { p7[j] = x; }
-    }
+    if s == 0u { p0[j] = x; } else if s == 1u { p1[j] = x; } else if s == 2u { p2[j] = x; } else if s == 3u { p3[j] = x; } else if s == 4u { p4[j] = x; } else if s == 5u { p5[j] = x; } else if s == 6u { p6[j] = x; } else { p7[j] = x; }
 }
 
 fn load_g(s: u32, j: u32) -> f32 {
-    switch s {
-        case 0u: { return g0[j]; }
-        case 1u: { return g1[j]; }
-        case 2u: { return g2[j]; }
-        case 3u: { return g3[j]; }
-        case 4u: { return g4[j]; }
-        case 5u: { return g5[j]; }
-        case 6u: { return g6[j]; }
-        default: { return g7[j]; }
-    }
+    var x = 0.0;
+    if s == 0u { x = g0[j]; } else if s == 1u { x = g1[j]; } else if s == 2u { x = g2[j]; } else if s == 3u { x = g3[j]; } else if s == 4u { x = g4[j]; } else if s == 5u { x = g5[j]; } else if s == 6u { x = g6[j]; } else { x = g7[j]; }
+    return x;
 }
 
 // The slot that owns workgroup w (slots are laid out in ascending wg0).
 fn slot_of(w: u32) -> u32 {
+    // Straight-line on purpose: a loop over uniform values makes lavapipe (Mesa 22) specialise
+    // and recompile the shader on every dispatch (inline uniforms); unused slots have
+    // wg0 = 0xffffffff, so they never match.
     var s = 0u;
-    for (var i = 1u; i < u.nslots; i++) {
-        if w >= u.slots[i].wg0 { s = i; }
-    }
+    if w >= u.slots[1].wg0 { s = 1u; }
+    if w >= u.slots[2].wg0 { s = 2u; }
+    if w >= u.slots[3].wg0 { s = 3u; }
+    if w >= u.slots[4].wg0 { s = 4u; }
+    if w >= u.slots[5].wg0 { s = 5u; }
+    if w >= u.slots[6].wg0 { s = 6u; }
+    if w >= u.slots[7].wg0 { s = 7u; }
     return s;
 }
 
@@ -127,14 +111,7 @@ fn grad(s: u32, j: u32) -> f32 {
     return g;
 }
 
-@compute @workgroup_size(WG)
-fn adam(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let w = wg_index(wid, nwg);
-    if w >= u.total_wg { return; }
-    let s = slot_of(w);
-    let sl = u.slots[s];
-    let j = (w - sl.wg0) * WG + lid;
-    if j >= sl.len { return; }
+fn adam_elem(s: u32, sl: Slot, j: u32) {
     let k = sl.off + j;
     var g = grad(s, j);
     var p = load_p(s, j);
@@ -152,16 +129,9 @@ fn adam(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     store_p(s, j, p + (-sl.step_size * mk) / denom); // param.addcdiv_(exp_avg, denom, -step_size)
 }
 
-@compute @workgroup_size(WG)
-fn sgd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let w = wg_index(wid, nwg);
-    if w >= u.total_wg { return; }
-    let s = slot_of(w);
-    let sl = u.slots[s];
-    let j = (w - sl.wg0) * WG + lid;
-    if j >= sl.len { return; }
+fn sgd_elem(s: u32, sl: Slot, j: u32) {
     let p = load_p(s, j);
-    var d = grad(s, j) + sl.wd * p;
+    var d = grad(s, j) + sl.wd * p;        // d_p.add(param, alpha=wd)
     if u.beta1 != 0.0 {
         let k = sl.off + j;
         var b = d;
@@ -172,6 +142,27 @@ fn sgd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     store_p(s, j, p + (-sl.lr) * d);       // param.add_(d_p, alpha=-lr)
 }
 
+// One invocation per element. (No loops over uniform values in these kernels: see slot_of.)
+@compute @workgroup_size(WG)
+fn adam(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let w = wg_index(wid, nwg);
+    if w >= u.total_wg { return; }
+    let s = slot_of(w);
+    let sl = u.slots[s];
+    let j = (w - sl.wg0) * WG + lid;
+    if j < sl.len { adam_elem(s, sl, j); }
+}
+
+@compute @workgroup_size(WG)
+fn sgd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let w = wg_index(wid, nwg);
+    if w >= u.total_wg { return; }
+    let s = slot_of(w);
+    let sl = u.slots[s];
+    let j = (w - sl.wg0) * WG + lid;
+    if j < sl.len { sgd_elem(s, sl, j); }
+}
+
 // Clipping, pass 1: each workgroup sums the squares of `chunk` gradient elements of one slot.
 @compute @workgroup_size(WG)
 fn sumsq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -180,7 +171,9 @@ fn sumsq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let s = slot_of(w);
     let sl = u.slots[s];
     let start = (w - sl.wg0) * u.chunk;
-    let end = min(sl.len, start + u.chunk);
+    // `+ nwg.z - 1` (always + 0: the grid is 2-D) keeps the loop bound from being a pure
+    // uniform value, which lavapipe (Mesa 22) would specialise and recompile per dispatch.
+    let end = min(sl.len, start + u.chunk) + nwg.z - 1u;
     var acc = 0.0;
     for (var j = start + lid; j < end; j += WG) {
         let g = load_g(s, j);
@@ -197,9 +190,10 @@ fn sumsq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
 
 // Clipping, pass 2 (one workgroup): the global norm and the coefficient min(1, max / (norm + 1e-6)).
 @compute @workgroup_size(WG)
-fn clip_finalize(@builtin(local_invocation_index) lid: u32) {
+fn clip_finalize(@builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     var acc = 0.0;
-    for (var i = lid; i < u.part_base; i += WG) {
+    let parts = u.part_base + nwg.z - 1u; // not a pure uniform: see sumsq
+    for (var i = lid; i < parts; i += WG) {
         acc += aux[2u + i];
     }
     sh[lid] = acc;

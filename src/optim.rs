@@ -543,7 +543,10 @@ impl Optimizer {
         }
         let total: u64 = entries.iter().map(|e| u64::from(e.len)).sum();
         // Clipping: at most ~1024 partial sums (plus one per tensor) whatever the model size.
-        let chunk = (total.div_ceil(kernel::WG as u64 * 1024).max(1) * kernel::WG as u64)
+        // Each workgroup sums at least 16 elements per invocation (workgroups and their
+        // barriers are what costs on CPU adapters), and there are at most ~1024 partials
+        // (plus one per tensor) whatever the model size.
+        let chunk = (total.div_ceil(kernel::WG as u64 * 1024).max(16) * kernel::WG as u64)
             .min(u64::from(u32::MAX / 2)) as u32;
         let lens: Vec<u32> = entries.iter().map(|e| e.len).collect();
         let aux = Tensor::zeros(&dev, &[2 + kernel::partials(&lens, chunk) as usize])?;

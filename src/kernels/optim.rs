@@ -133,6 +133,10 @@ fn table(slots: &[Slot<'_>], per_wg: u32) -> Result<(Params, u32)> {
         nslots: slots.len() as u32,
         ..Params::default()
     };
+    // Unused slots never own a workgroup (the WGSL's slot_of compares against every slot).
+    for sl in &mut p.slots {
+        sl.wg0 = u32::MAX;
+    }
     let mut wg = 0u32;
     for (i, s) in slots.iter().enumerate() {
         p.slots[i] = SlotParams {

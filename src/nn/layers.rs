@@ -165,8 +165,8 @@ impl Module for Linear {
 }
 
 /// Record the backward of `y = act(x·W + b)` (W (in, out)) on `y`, computed by the fused
-/// forward: dz = act'(z)·g, dx = dz·Wᵀ, dW = xᵀ·dz, db = column sums of dz, with the transposed
-/// matmul variants (no transpose materialised).
+/// forward: dz = act'(z)·g, dx = dz·Wᵀ (read transposed in place), dW = xᵀ·dz, db = column sums
+/// of dz.
 fn attach_linear_backward(
     x: &Tensor,
     w: &Tensor,
@@ -200,7 +200,9 @@ fn attach_linear_backward(
         } else {
             None
         };
-        let dw = x2.matmul_t(&dz, true, false)?;
+        // xᵀ·dz; `matmul_t(.., true, false)` would skip the transpose, but its transposed-A
+        // path gives wrong results on non-square shapes in the current matmul work.
+        let dw = x2.transpose()?.matmul(&dz)?;
         let db = reduce::sum_to(&dz, &[n])?;
         Ok(vec![dx, Some(dw), Some(db)])
     });
