@@ -238,9 +238,9 @@ fn curves_svg(h: &History, title: &str) -> String {
             y1 - y0
         );
         s += &format!(
-            "<text x=\"{}\" y=\"{}\">{name}</text>\n",
-            w - pad - 120.0,
-            y0 + 15.0
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\" font-weight=\"bold\">{name}</text>\n",
+            w - pad,
+            y0 - 4.0
         );
         for (v, anchor) in [(hi, y0 + 4.0), (lo, y1)] {
             s += &format!(

@@ -5,8 +5,13 @@
 // module that holds the tensor sees the update: the kernel writes that storage in place); the
 // optimizer state of all of them lives in flat buffers `m` and `v`, tensor `s` at `slots[s].off`.
 // The grid is the concatenation of every slot's workgroups: workgroup `w` belongs to the last
-// slot whose `wg0 <= w`, so a whole workgroup works on one tensor (the `switch` in load/store is
-// uniform across it). A model with more than SLOTS tensors takes ceil(tensors / SLOTS) dispatches.
+// slot whose `wg0 <= w`, so a whole workgroup works on one tensor (the branch in load/store
+// picks the same binding for all of it). A model with more than SLOTS tensors takes
+// ceil(tensors / SLOTS) dispatches.
+//
+// On lavapipe (Mesa 22) a loop whose trip count or inner conditions are pure uniform values
+// makes the driver specialise and recompile the shader on every dispatch (inlined uniforms), so
+// these kernels avoid such loops (slot_of is straight-line; loop bounds carry `+ nwg.z - 1`).
 //
 // Arithmetic follows PyTorch's single-tensor implementations (torch.optim.SGD / Adam / AdamW and
 // torch.nn.utils.clip_grad_norm_) step for step, in f32.

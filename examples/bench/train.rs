@@ -7,7 +7,7 @@ use std::time::Instant;
 use portagrad::nn::{self, Module};
 use portagrad::optim::Optimizer;
 use portagrad::testing::random_vec;
-use portagrad::train::{Batch, DataLoader, Dataset, Targets, train_step};
+use portagrad::train::{Batch, DataLoader, Dataset, Targets, loss_and_metric, train_step};
 use portagrad::{Activation, Device, Result};
 
 pub fn run(dev: &Device) -> Result<()> {
@@ -78,6 +78,60 @@ pub fn run(dev: &Device) -> Result<()> {
     }
     row(
         "step + loss readback every step",
+        t.elapsed().as_secs_f64(),
+        steps,
+        dev,
+    );
+
+    // Where the time goes: the same step in parts.
+    let model2 = nn::mlp(dev, &[30, 64, 64, 1], Activation::Relu, 0)?;
+    let mut keep = Vec::new();
+    dev.reset_stats();
+    let t = Instant::now();
+    for i in 0..steps {
+        let b = &batches[i % batches.len()];
+        let out = portagrad::inference(|| model2.forward(&b.x))?;
+        keep.push(loss_and_metric(targets, &out, &b.y)?);
+        dev.flush()?;
+    }
+    dev.sync()?;
+    row(
+        "part: forward + loss + accuracy",
+        t.elapsed().as_secs_f64(),
+        steps,
+        dev,
+    );
+    keep.clear();
+    dev.reset_stats();
+    let t = Instant::now();
+    let mut grads = None;
+    for i in 0..steps {
+        let b = &batches[i % batches.len()];
+        let out = model2.forward(&b.x)?;
+        let (loss, _) = loss_and_metric(targets, &out, &b.y)?;
+        grads = Some(loss.backward()?);
+        dev.flush()?;
+    }
+    dev.sync()?;
+    row(
+        "part: forward + loss + accuracy + backward",
+        t.elapsed().as_secs_f64(),
+        steps,
+        dev,
+    );
+    let grads = grads.expect("ran at least one step");
+    let mut opt2 = Optimizer::adam(model2.parameters(), 1e-3)?;
+    opt2.step(&grads)?;
+    dev.sync()?;
+    dev.reset_stats();
+    let t = Instant::now();
+    for _ in 0..steps {
+        opt2.step(&grads)?;
+        dev.flush()?;
+    }
+    dev.sync()?;
+    row(
+        "part: Adam update alone (one fused dispatch)",
         t.elapsed().as_secs_f64(),
         steps,
         dev,
