@@ -437,12 +437,11 @@ impl Optimizer {
         Self::new(OptimConfig::adam(lr), params)
     }
 
-    /// AdamW at `lr`, decaying matrices by `weight_decay` and leaving biases and norms alone.
+    /// AdamW at `lr` decaying every parameter by `weight_decay`, as
+    /// `torch.optim.AdamW(params, lr, weight_decay=...)` does. To leave biases and norms
+    /// undecayed, pass [`decay_groups`] to [`with_groups`](Self::with_groups).
     pub fn adamw(params: Vec<(String, Tensor)>, lr: f64, weight_decay: f64) -> Result<Optimizer> {
-        Self::with_groups(
-            OptimConfig::adamw(lr).weight_decay(weight_decay),
-            decay_groups(params, weight_decay),
-        )
+        Self::new(OptimConfig::adamw(lr).weight_decay(weight_decay), params)
     }
 
     /// Plain SGD at `lr`.
