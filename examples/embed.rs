@@ -29,10 +29,8 @@ fn main() -> Result<()> {
             println!("epoch {}: loss {:.4}", epoch + 1, loss.item()?);
         }
     }
-    checkpoint::save("embed.safetensors", &model, Some(&opt))?;
-    println!(
-        "saved embed.safetensors ({} parameters)",
-        model.num_parameters()
-    );
+    let path = std::env::temp_dir().join("embed.safetensors");
+    checkpoint::save(&path, &model, Some(&opt))?; // atomic: a failed write keeps the old file
+    println!("saved {}", path.display());
     Ok(())
 }
