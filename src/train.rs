@@ -587,7 +587,11 @@ pub fn fit(
     let log = Tensor::zeros(&dev, &[steps, 2])?;
     let show = cfg.progress == Progress::Auto && std::io::stdout().is_terminal();
     let bar = if show {
-        let b = indicatif::ProgressBar::new(steps as u64);
+        let b = indicatif::ProgressBar::with_draw_target(
+            Some(steps as u64),
+            indicatif::ProgressDrawTarget::stdout(),
+        )
+        .with_prefix(format!("1/{}", cfg.epochs));
         if let Ok(style) =
             indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
         {
