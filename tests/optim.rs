@@ -550,3 +550,22 @@ fn adamw_matches_pytorch() {
         .schedule(LrSchedule::warmup_cosine(2, 5, 1e-3));
     golden_case("adamw_clip", cfg, vec![(0.05, 1.0)], &|_| 0);
 }
+
+/// Gradients that share a buffer (both operands of an add get the same one) are bound side by
+/// side; a gradient that is a parameter's own buffer is copied first.
+#[test]
+fn shared_and_aliased_gradient_buffers() {
+    let dev = shared_device();
+    let a = Tensor::from_slice(&dev, &[1.0, 2.0], &[2])
+        .unwrap()
+        .with_grad();
+    let b = Tensor::from_slice(&dev, &[3.0, 4.0], &[2])
+        .unwrap()
+        .with_grad();
+    let mut opt =
+        Optimizer::sgd(vec![("a".into(), a.clone()), ("b".into(), b.clone())], 0.5).unwrap();
+    let grads = a.add(&b).unwrap().sum().unwrap().backward().unwrap();
+    opt.step(&grads).unwrap();
+    assert_eq!(a.to_vec().unwrap(), [0.5, 1.5]);
+    assert_eq!(b.to_vec().unwrap(), [2.5, 3.5]);
+}
