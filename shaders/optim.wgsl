@@ -18,6 +18,7 @@
 
 const WG: u32 = 256u;
 const SLOTS: u32 = 8u;
+override NSLOTS: u32 = 8u; // slots in use by this pipeline (1..=SLOTS)
 
 struct Slot {
     off: u32,    // offset of this tensor in the flat state buffers m, v (elements)
@@ -73,20 +74,39 @@ struct Optim {
 
 var<workgroup> sh: array<f32, WG>;
 
+// Binding of slot s. With NSLOTS = k the k-th test is constant true, so the chain is k long
+// (CPU adapters run every branch of a chain with lanes masked: shorter is faster).
 fn load_p(s: u32, j: u32) -> f32 {
-    var x = 0.0;
-    if s == 0u { x = p0[j]; } else if s == 1u { x = p1[j]; } else if s == 2u { x = p2[j]; } else if s == 3u { x = p3[j]; } else if s == 4u { x = p4[j]; } else if s == 5u { x = p5[j]; } else if s == 6u { x = p6[j]; } else { x = p7[j]; }
-    return x;
+    if NSLOTS == 1u || s == 0u { return p0[j]; }
+    if NSLOTS == 2u || s == 1u { return p1[j]; }
+    if NSLOTS == 3u || s == 2u { return p2[j]; }
+    if NSLOTS == 4u || s == 3u { return p3[j]; }
+    if NSLOTS == 5u || s == 4u { return p4[j]; }
+    if NSLOTS == 6u || s == 5u { return p5[j]; }
+    if NSLOTS == 7u || s == 6u { return p6[j]; }
+    return p7[j];
 }
 
 fn store_p(s: u32, j: u32, x: f32) {
-    if s == 0u { p0[j] = x; } else if s == 1u { p1[j] = x; } else if s == 2u { p2[j] = x; } else if s == 3u { p3[j] = x; } else if s == 4u { p4[j] = x; } else if s == 5u { p5[j] = x; } else if s == 6u { p6[j] = x; } else { p7[j] = x; }
+    if NSLOTS == 1u || s == 0u { p0[j] = x; return; }
+    if NSLOTS == 2u || s == 1u { p1[j] = x; return; }
+    if NSLOTS == 3u || s == 2u { p2[j] = x; return; }
+    if NSLOTS == 4u || s == 3u { p3[j] = x; return; }
+    if NSLOTS == 5u || s == 4u { p4[j] = x; return; }
+    if NSLOTS == 6u || s == 5u { p5[j] = x; return; }
+    if NSLOTS == 7u || s == 6u { p6[j] = x; return; }
+    p7[j] = x;
 }
 
 fn load_g(s: u32, j: u32) -> f32 {
-    var x = 0.0;
-    if s == 0u { x = g0[j]; } else if s == 1u { x = g1[j]; } else if s == 2u { x = g2[j]; } else if s == 3u { x = g3[j]; } else if s == 4u { x = g4[j]; } else if s == 5u { x = g5[j]; } else if s == 6u { x = g6[j]; } else { x = g7[j]; }
-    return x;
+    if NSLOTS == 1u || s == 0u { return g0[j]; }
+    if NSLOTS == 2u || s == 1u { return g1[j]; }
+    if NSLOTS == 3u || s == 2u { return g2[j]; }
+    if NSLOTS == 4u || s == 3u { return g3[j]; }
+    if NSLOTS == 5u || s == 4u { return g4[j]; }
+    if NSLOTS == 6u || s == 5u { return g5[j]; }
+    if NSLOTS == 7u || s == 6u { return g6[j]; }
+    return g7[j];
 }
 
 // The slot that owns workgroup w (slots are laid out in ascending wg0).
@@ -95,13 +115,13 @@ fn slot_of(w: u32) -> u32 {
     // and recompile the shader on every dispatch (inline uniforms); unused slots have
     // wg0 = 0xffffffff, so they never match.
     var s = 0u;
-    if w >= u.slots[1].wg0 { s = 1u; }
-    if w >= u.slots[2].wg0 { s = 2u; }
-    if w >= u.slots[3].wg0 { s = 3u; }
-    if w >= u.slots[4].wg0 { s = 4u; }
-    if w >= u.slots[5].wg0 { s = 5u; }
-    if w >= u.slots[6].wg0 { s = 6u; }
-    if w >= u.slots[7].wg0 { s = 7u; }
+    if NSLOTS > 1u && w >= u.slots[1].wg0 { s = 1u; }
+    if NSLOTS > 2u && w >= u.slots[2].wg0 { s = 2u; }
+    if NSLOTS > 3u && w >= u.slots[3].wg0 { s = 3u; }
+    if NSLOTS > 4u && w >= u.slots[4].wg0 { s = 4u; }
+    if NSLOTS > 5u && w >= u.slots[5].wg0 { s = 5u; }
+    if NSLOTS > 6u && w >= u.slots[6].wg0 { s = 6u; }
+    if NSLOTS > 7u && w >= u.slots[7].wg0 { s = 7u; }
     return s;
 }
 

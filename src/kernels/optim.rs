@@ -200,7 +200,8 @@ pub(crate) fn update(
         }
     };
     let b = bindings(slots, bufs);
-    dev.dispatch(&SHADER, entry, &[], &p, &b, grid_1d(u64::from(groups))?)
+    let nslots = [("NSLOTS", slots.len() as f64)];
+    dev.dispatch(&SHADER, entry, &nslots, &p, &b, grid_1d(u64::from(groups))?)
 }
 
 /// Partial sums of squares a [`sumsq`] pass over `lens` writes with `chunk` elements per workgroup.
@@ -221,7 +222,15 @@ pub(crate) fn sumsq(
     p.chunk = chunk;
     p.part_base = part_base;
     let b = bindings(slots, bufs);
-    dev.dispatch(&SHADER, "sumsq", &[], &p, &b, grid_1d(u64::from(groups))?)?;
+    let nslots = [("NSLOTS", slots.len() as f64)];
+    dev.dispatch(
+        &SHADER,
+        "sumsq",
+        &nslots,
+        &p,
+        &b,
+        grid_1d(u64::from(groups))?,
+    )?;
     Ok(groups)
 }
 
