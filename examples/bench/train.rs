@@ -12,8 +12,10 @@ use portagrad::{Activation, Device, Result};
 
 pub fn run(dev: &Device) -> Result<()> {
     println!("\n## train (30 -> 64 -> 64 -> 1, batch 32, Adam, BCE)");
-    println!("| case | ms/step | dispatches/step | submits/step | readbacks/step |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| case | ms/step | CPU ms/step (all threads) | dispatches/step | submits/step | readbacks/step |"
+    );
+    println!("|---|---|---|---|---|---|");
     let rows = 32 * 16;
     let x = random_vec(rows * 30, -2.0, 2.0, 1);
     let y = x
@@ -35,23 +37,31 @@ pub fn run(dev: &Device) -> Result<()> {
     let steps = 200;
     // As `fit` runs: every step submitted at once, the loss stays on the GPU.
     dev.reset_stats();
-    let t = Instant::now();
+    let t = Clock::start();
     for i in 0..steps {
         let batch = &batches[i % batches.len()];
         train_step(&model, &mut opt, targets, batch)?;
         dev.flush()?;
     }
     dev.sync()?;
-    row(
-        "step, loss kept on the GPU (as fit)",
-        t.elapsed().as_secs_f64(),
-        steps,
-        dev,
-    );
+    row("step, loss kept on the GPU (as fit)", &t, steps, dev);
+
+    // Submitting every 8th step instead (fewer, larger submits).
+    dev.reset_stats();
+    let t = Clock::start();
+    for i in 0..steps {
+        let batch = &batches[i % batches.len()];
+        train_step(&model, &mut opt, targets, batch)?;
+        if i % 8 == 7 {
+            dev.flush()?;
+        }
+    }
+    dev.sync()?;
+    row("step, submit every 8 steps", &t, steps, dev);
 
     // Fresh batches uploaded every step (the DataLoader's work included).
     dev.reset_stats();
-    let t = Instant::now();
+    let t = Clock::start();
     let mut done = 0;
     while done < steps {
         for batch in DataLoader::new(dev, &data, 32, Some(done as u64))? {
@@ -61,33 +71,23 @@ pub fn run(dev: &Device) -> Result<()> {
         }
     }
     dev.sync()?;
-    row(
-        "step incl. batch upload",
-        t.elapsed().as_secs_f64(),
-        done,
-        dev,
-    );
+    row("step incl. batch upload", &t, done, dev);
 
     // The loss read back after every step (the GPU is waited on each time).
     dev.reset_stats();
-    let t = Instant::now();
+    let t = Clock::start();
     for i in 0..steps {
         let (loss, _) = train_step(&model, &mut opt, targets, &batches[i % batches.len()])?;
         let v = loss.item()?;
         assert!(v.is_finite(), "loss {v} at step {i}");
     }
-    row(
-        "step + loss readback every step",
-        t.elapsed().as_secs_f64(),
-        steps,
-        dev,
-    );
+    row("step + loss readback every step", &t, steps, dev);
 
     // Where the time goes: the same step in parts.
     let model2 = nn::mlp(dev, &[30, 64, 64, 1], Activation::Relu, 0)?;
     let mut keep = Vec::new();
     dev.reset_stats();
-    let t = Instant::now();
+    let t = Clock::start();
     for i in 0..steps {
         let b = &batches[i % batches.len()];
         let out = portagrad::inference(|| model2.forward(&b.x))?;
@@ -95,15 +95,10 @@ pub fn run(dev: &Device) -> Result<()> {
         dev.flush()?;
     }
     dev.sync()?;
-    row(
-        "part: forward + loss + accuracy",
-        t.elapsed().as_secs_f64(),
-        steps,
-        dev,
-    );
+    row("part: forward + loss + accuracy", &t, steps, dev);
     keep.clear();
     dev.reset_stats();
-    let t = Instant::now();
+    let t = Clock::start();
     let mut grads = None;
     for i in 0..steps {
         let b = &batches[i % batches.len()];
@@ -113,18 +108,13 @@ pub fn run(dev: &Device) -> Result<()> {
         dev.flush()?;
     }
     dev.sync()?;
-    row(
-        "part: forward + loss + accuracy + backward",
-        t.elapsed().as_secs_f64(),
-        steps,
-        dev,
-    );
+    row("part: forward + loss + accuracy + backward", &t, steps, dev);
     let grads = grads.expect("ran at least one step");
     let mut opt2 = Optimizer::adam(model2.parameters(), 1e-3)?;
     opt2.step(&grads)?;
     dev.sync()?;
     dev.reset_stats();
-    let t = Instant::now();
+    let t = Clock::start();
     for _ in 0..steps {
         opt2.step(&grads)?;
         dev.flush()?;
@@ -132,19 +122,50 @@ pub fn run(dev: &Device) -> Result<()> {
     dev.sync()?;
     row(
         "part: Adam update alone (one fused dispatch)",
-        t.elapsed().as_secs_f64(),
+        &t,
         steps,
         dev,
     );
     Ok(())
 }
 
-fn row(name: &str, secs: f64, steps: usize, dev: &Device) {
+/// Wall-clock time and the CPU time of the whole process (on lavapipe the "GPU" is this
+/// process's threads, so CPU time per step is the work done, whatever else loads the machine).
+struct Clock {
+    wall: Instant,
+    cpu: Option<f64>,
+}
+
+impl Clock {
+    fn start() -> Self {
+        Clock {
+            wall: Instant::now(),
+            cpu: process_cpu_seconds(),
+        }
+    }
+}
+
+/// User + system CPU seconds of this process (Linux: /proc/self/stat; None elsewhere).
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0) // USER_HZ is 100 on Linux
+}
+
+fn row(name: &str, t: &Clock, steps: usize, dev: &Device) {
+    let wall = t.wall.elapsed().as_secs_f64();
+    let cpu = match (t.cpu, process_cpu_seconds()) {
+        (Some(a), Some(b)) => format!("{:.2}", (b - a) * 1e3 / steps as f64),
+        _ => "n/a".into(),
+    };
     let st = dev.stats();
     let per = |v: u64| v as f64 / steps as f64;
     println!(
-        "| {name} | {:.3} | {:.1} | {:.2} | {:.2} |",
-        secs * 1e3 / steps as f64,
+        "| {name} | {:.3} | {cpu} | {:.1} | {:.2} | {:.2} |",
+        wall * 1e3 / steps as f64,
         per(st.dispatches),
         per(st.submits),
         per(st.readbacks)
