@@ -544,7 +544,8 @@ impl Optimizer {
         // Clipping: at most ~1024 partial sums (plus one per tensor) whatever the model size.
         // Each workgroup sums at least 16 elements per invocation (workgroups and their
         // barriers are what costs on CPU adapters), and there are at most ~1024 partials
-        // (plus one per tensor) whatever the model size.
+        // (plus one per tensor) whatever the model size. An invocation loops chunk / WG times:
+        // under llvmpipe's cap of 65,535 loop iterations up to ~17e9 parameters.
         let chunk = (total.div_ceil(kernel::WG as u64 * 1024).max(16) * kernel::WG as u64)
             .min(u64::from(u32::MAX / 2)) as u32;
         let lens: Vec<u32> = entries.iter().map(|e| e.len).collect();
