@@ -27,6 +27,7 @@ pub mod io;
 mod kernels;
 pub mod nn;
 mod ops;
+mod ops_matmul;
 mod ops_nn;
 pub mod optim;
 mod runtime;
@@ -36,6 +37,7 @@ pub mod train;
 
 pub use autograd::{Gradients, NoGradGuard, inference, is_grad_enabled, no_grad};
 pub use error::{Error, Result};
+pub use ops_matmul::{Activation, WeightLayout};
 pub use runtime::{Device, DeviceInfo, DeviceOptions, Stats};
 pub use tensor::{DType, Tensor};
 

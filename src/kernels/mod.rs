@@ -5,6 +5,7 @@ pub(crate) mod elementwise;
 pub(crate) mod init;
 pub(crate) mod layout;
 pub(crate) mod loss;
+pub(crate) mod matmul;
 pub(crate) mod nn;
 pub(crate) mod optim;
 pub(crate) mod reduce;
@@ -27,6 +28,8 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("loss", loss::SHADER.source),
     ("optim", optim::SHADER.source),
     ("train", train::SHADER.source),
+    ("matmul", matmul::SHADER.source),
+    ("matmul_subgroup", matmul::SUBGROUP_SHADER.source),
 ];
 
 /// Invocations per workgroup of the 1-D elementwise kernels (`WG` in their WGSL).

@@ -1,0 +1,404 @@
+// Matmul C = act(op(A) · op(B) + bias) for adapters of every kind, without subgroups.
+//
+//   mm_tiled_v4 / mm_tiled  The GPU kernel. A 256-invocation workgroup computes a (16*TM) x 64
+//                           tile of C through workgroup-memory tiles of depth BK; each invocation
+//                           owns a TM x 4 register block (TM = 4 or 8: 4x4 or 8x4).
+//                           _v4 loads global memory as vec4 (alignment below); the plain entry
+//                           loads scalars through element strides, for any shape and layout.
+//   mm_rows_v4 / mm_rows    No workgroup memory: each invocation owns RB (1..4) rows x 4 columns
+//                           and streams A and B itself. With RB = M <= 4 it is the GEMV path
+//                           for decode shapes (1 x 768 · 768 x 50257: each B row is read once,
+//                           in vec4s, by adjacent invocations); it is also the fallback for
+//                           software adapters without subgroups, where workgroup memory and
+//                           barriers only cost.
+//
+// vec4 entries need K % 4 == 0, N % 4 == 0 unless TRANS_B, and M % 4 == 0 if TRANS_A
+// (mm_rows_v4 does not take TRANS_A). Every entry clamps indices into the operands and zeroes
+// what lies outside them, so any M, N, K is correct; outputs outside C are never stored.
+// Tiles are numbered over (batch, column panel, row tile), rows fastest, on a 1-D grid folded
+// into 2-D past 65,535 workgroups.
+
+override TRANS_A: bool = false; // A is stored (K, M): read Aᵀ in place (vec4 entries)
+override TRANS_B: bool = false; // B is stored (N, K): read Bᵀ in place (vec4 entries)
+override TM: u32 = 4u;          // mm_tiled*: rows per invocation (4 or 8)
+override BK: u32 = 16u;         // mm_tiled*: depth of the workgroup-memory tiles (multiple of 4)
+override RB: u32 = 4u;          // mm_rows*: rows per invocation (1..4)
+
+const WGX: u32 = 16u; // mm_tiled*: invocations along N (4 columns each: BN = 64)
+const WGY: u32 = 16u; // mm_tiled*: invocations along M (TM rows each: BM = 16 * TM)
+const BN: u32 = 64u;
+const RW: u32 = 64u;  // mm_rows*: invocations per workgroup, along N
+
+struct Params {
+    m: u32,        // rows of C
+    n: u32,        // columns of C
+    k: u32,        // K of the operands' layout (row length of A, or of Bᵀ)
+    flags: u32,    // bit 0: add bias; bits 1-2: activation (0 none, 1 relu, 2 gelu)
+    tiles_m: u32,  // tiles along M per matrix
+    tiles: u32,    // tiles per matrix
+    total: u32,    // tiles in the whole dispatch (batch * tiles)
+    kc: u32,       // K of this dispatch: k0 .. k0 + kc (the host splits a very long K)
+    sam: u32,      // element stride of A along m (scalar entries)
+    sak: u32,      // element stride of A along k
+    sbk: u32,      // element stride of B along k
+    sbn: u32,      // element stride of B along n
+    a0: u32,       // element offset of A's column k0 (k0 * sak)
+    b0: u32,       // element offset of B's row k0 (k0 * sbk)
+    _pad0: u32,
+    _pad1: u32,
+    bdims: vec4<u32>, // batch shape of C, leading 1s
+    bsa: vec4<u32>,   // element offset of A per batch index (0 where broadcast)
+    bsb: vec4<u32>,   // element offset of B per batch index (0 where broadcast)
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a1: array<f32>;        // A: (batch.., M, K) or (batch.., K, M)
+@group(0) @binding(2) var<storage, read> b1: array<f32>;        // B: (batch.., K, N) or (batch.., N, K)
+@group(0) @binding(1) var<storage, read> a4: array<vec4<f32>>;  // A as vec4 (vec4 entries)
+@group(0) @binding(2) var<storage, read> b4: array<vec4<f32>>;  // B as vec4 (vec4 entries)
+@group(0) @binding(3) var<storage, read> bias: array<f32>;      // (N), read when flags & 1
+@group(0) @binding(4) var<storage, read_write> c: array<f32>;   // C: (batch.., M, N)
+
+// A tile, k-major: element (m, k) of the tile is sa[k * BM / 4 + m / 4][m % 4], BM = 16 * TM.
+var<workgroup> sa: array<vec4<f32>, BK * TM * 4u>;
+// B tile, k-major: element (k, n) is sb[k * 16 + n / 4][n % 4].
+var<workgroup> sb: array<vec4<f32>, BK * 16u>;
+
+struct Tile {
+    off: vec2<u32>, // element offsets of this batch item's A and B
+    co: u32,        // element offset of this batch item's C
+    m0: u32,        // first row of the tile
+    n0: u32,        // first column of the tile
+}
+
+// Tile `t` of the dispatch with `bm` x `bn` tiles.
+fn tile_of(t: u32, bm: u32, bn: u32) -> Tile {
+    let bi = t / p.tiles;
+    let tile = t % p.tiles;
+    var rem = bi;
+    var o = vec2<u32>(0u, 0u);
+    for (var i = 0u; i < 4u; i++) {
+        let d = 3u - i;
+        let s = p.bdims[d];
+        let j = rem % s;
+        rem = rem / s;
+        o += j * vec2<u32>(p.bsa[d], p.bsb[d]);
+    }
+    return Tile(o + vec2<u32>(p.a0, p.b0), bi * p.m * p.n, (tile % p.tiles_m) * bm, (tile / p.tiles_m) * bn);
+}
+
+// Same formula as gelu_f in unary.wgsl (GPT-2's tanh approximation, overflow-safe tanh).
+fn tanh_stable(v: f32) -> f32 {
+    let e = exp(-2.0 * abs(v));
+    return sign(v) * (1.0 - e) / (1.0 + e);
+}
+
+fn gelu_f(v: f32) -> f32 {
+    let k = 0.7978845608028654; // sqrt(2 / pi)
+    return 0.5 * v * (1.0 + tanh_stable(k * (v + 0.044715 * v * v * v)));
+}
+
+// Bias and activation on one output, then the store. `i` indexes C; `col` is its column.
+fn put(i: u32, col: u32, v: f32) {
+    var x = v;
+    if (p.flags & 1u) != 0u {
+        x += bias[col];
+    }
+    let act = (p.flags >> 1u) & 3u;
+    if act == 1u {
+        x = max(x, 0.0);
+    } else if act == 2u {
+        x = gelu_f(x);
+    }
+    c[i] = x;
+}
+
+// Store 4 adjacent outputs of row `row` from column `col`, skipping those outside C.
+fn store4(co: u32, row: u32, col: u32, v: vec4<f32>) {
+    if row >= p.m {
+        return;
+    }
+    let i = co + row * p.n + col;
+    if col < p.n { put(i, col, v.x); }
+    if col + 1u < p.n { put(i + 1u, col + 1u, v.y); }
+    if col + 2u < p.n { put(i + 2u, col + 2u, v.z); }
+    if col + 3u < p.n { put(i + 3u, col + 3u, v.w); }
+}
+
+fn flat_id(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wid.y * nwg.x + wid.x;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workgroup-memory tiles (GPUs).
+
+// Element (m, k) of A, zero outside the matrix; scalar entry.
+fn a_at(t: Tile, m: u32, k: u32) -> f32 {
+    let v = a1[t.off.x + min(m, p.m - 1u) * p.sam + min(k, p.kc - 1u) * p.sak];
+    return select(0.0, v, m < p.m && k < p.kc);
+}
+
+// Element (k, n) of B, zero outside the matrix; scalar entry.
+fn b_at(t: Tile, k: u32, n: u32) -> f32 {
+    let v = b1[t.off.y + min(k, p.kc - 1u) * p.sbk + min(n, p.n - 1u) * p.sbn];
+    return select(0.0, v, k < p.kc && n < p.n);
+}
+
+// Stage the A and B tiles at depth k0 through scalar loads. Consecutive invocations read
+// consecutive addresses of whichever dimension is contiguous.
+fn stage_scalar(t: Tile, k0: u32, lid: u32) {
+    let bm = WGY * TM;
+    for (var e = lid; e < bm * BK; e += WGX * WGY) {
+        var m: u32;
+        var k: u32;
+        if p.sak == 1u {
+            m = e / BK;
+            k = e % BK;
+        } else {
+            m = e % bm;
+            k = e / bm;
+        }
+        sa[k * (bm / 4u) + m / 4u][m % 4u] = a_at(t, t.m0 + m, k0 + k);
+    }
+    for (var e = lid; e < BN * BK; e += WGX * WGY) {
+        var n: u32;
+        var k: u32;
+        if p.sbn == 1u {
+            n = e % BN;
+            k = e / BN;
+        } else {
+            n = e / BK;
+            k = e % BK;
+        }
+        sb[k * (BN / 4u) + n / 4u][n % 4u] = b_at(t, k0 + k, t.n0 + n);
+    }
+}
+
+// Stage the tiles through vec4 loads (aligned operands). A vec4 that starts inside the matrix
+// lies wholly inside it; one that starts outside is replaced by zeros.
+fn stage_v4(t: Tile, k0: u32, lid: u32) {
+    let bm = WGY * TM;
+    for (var e = lid; e < bm * BK / 4u; e += WGX * WGY) {
+        if TRANS_A {
+            // A is (K, M): vec4 along m, stored as is.
+            let k = e / (bm / 4u);
+            let mq = e % (bm / 4u);
+            let gm = t.m0 + 4u * mq;
+            let gk = k0 + k;
+            let v = a4[(t.off.x + min(gk, p.kc - 1u) * p.m + min(gm, p.m - 4u)) / 4u];
+            sa[e] = select(vec4<f32>(0.0), v, gm < p.m && gk < p.kc);
+        } else {
+            // A is (M, K): vec4 along k, transposed into the k-major tile.
+            let m = e / (BK / 4u);
+            let kq = e % (BK / 4u);
+            let gm = t.m0 + m;
+            let gk = k0 + 4u * kq;
+            let v = select(vec4<f32>(0.0), a4[(t.off.x + min(gm, p.m - 1u) * p.k + min(gk, p.kc - 4u)) / 4u], gm < p.m && gk < p.kc);
+            let s = (4u * kq) * (bm / 4u) + m / 4u;
+            sa[s][m % 4u] = v.x;
+            sa[s + bm / 4u][m % 4u] = v.y;
+            sa[s + 2u * (bm / 4u)][m % 4u] = v.z;
+            sa[s + 3u * (bm / 4u)][m % 4u] = v.w;
+        }
+    }
+    for (var e = lid; e < BN * BK / 4u; e += WGX * WGY) {
+        if TRANS_B {
+            // B is (N, K): vec4 along k, transposed into the k-major tile.
+            let n = e / (BK / 4u);
+            let kq = e % (BK / 4u);
+            let gn = t.n0 + n;
+            let gk = k0 + 4u * kq;
+            let v = select(vec4<f32>(0.0), b4[(t.off.y + min(gn, p.n - 1u) * p.k + min(gk, p.kc - 4u)) / 4u], gn < p.n && gk < p.kc);
+            let s = (4u * kq) * (BN / 4u) + n / 4u;
+            sb[s][n % 4u] = v.x;
+            sb[s + BN / 4u][n % 4u] = v.y;
+            sb[s + 2u * (BN / 4u)][n % 4u] = v.z;
+            sb[s + 3u * (BN / 4u)][n % 4u] = v.w;
+        } else {
+            // B is (K, N): vec4 along n, stored as is.
+            let k = e / (BN / 4u);
+            let nq = e % (BN / 4u);
+            let gk = k0 + k;
+            let gn = t.n0 + 4u * nq;
+            let v = b4[(t.off.y + min(gk, p.kc - 1u) * p.n + min(gn, p.n - 4u)) / 4u];
+            sb[e] = select(vec4<f32>(0.0), v, gn < p.n && gk < p.kc);
+        }
+    }
+}
+
+// One staged depth: acc[i] += A[row i, k] * B[k, 4 columns] for the invocation's block.
+fn tile_fma(acc: ptr<function, array<vec4<f32>, 8>>, tx: u32, ty: u32) {
+    let bm4 = WGY * TM / 4u;
+    for (var k = 0u; k < BK; k++) {
+        let b = sb[k * (BN / 4u) + tx];
+        for (var q = 0u; q < TM / 4u; q++) {
+            let a = sa[k * bm4 + ty * (TM / 4u) + q];
+            (*acc)[4u * q] = fma(vec4<f32>(a.x), b, (*acc)[4u * q]);
+            (*acc)[4u * q + 1u] = fma(vec4<f32>(a.y), b, (*acc)[4u * q + 1u]);
+            (*acc)[4u * q + 2u] = fma(vec4<f32>(a.z), b, (*acc)[4u * q + 2u]);
+            (*acc)[4u * q + 3u] = fma(vec4<f32>(a.w), b, (*acc)[4u * q + 3u]);
+        }
+    }
+}
+
+fn tiled_store(t: Tile, acc: ptr<function, array<vec4<f32>, 8>>, tx: u32, ty: u32) {
+    for (var i = 0u; i < TM; i++) {
+        store4(t.co, t.m0 + ty * TM + i, t.n0 + 4u * tx, (*acc)[i]);
+    }
+}
+
+@compute @workgroup_size(WGX, WGY)
+fn mm_tiled_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let tid = flat_id(wid, nwg);
+    if tid >= p.total {
+        return;
+    }
+    let t = tile_of(tid, WGY * TM, BN);
+    var acc: array<vec4<f32>, 8>;
+    for (var k0 = 0u; k0 < p.kc; k0 += BK) {
+        stage_v4(t, k0, li);
+        workgroupBarrier();
+        tile_fma(&acc, lid.x, lid.y);
+        workgroupBarrier();
+    }
+    tiled_store(t, &acc, lid.x, lid.y);
+}
+
+@compute @workgroup_size(WGX, WGY)
+fn mm_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let tid = flat_id(wid, nwg);
+    if tid >= p.total {
+        return;
+    }
+    let t = tile_of(tid, WGY * TM, BN);
+    var acc: array<vec4<f32>, 8>;
+    for (var k0 = 0u; k0 < p.kc; k0 += BK) {
+        stage_scalar(t, k0, li);
+        workgroupBarrier();
+        tile_fma(&acc, lid.x, lid.y);
+        workgroupBarrier();
+    }
+    tiled_store(t, &acc, lid.x, lid.y);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Register blocks without workgroup memory (GEMV, and software adapters without subgroups).
+// Straight-line over the RB rows (RB is an override, so the `RB > i` tests fold away): the K
+// loop is the only loop, because lavapipe ends an invocation after 65,535 loop iterations in
+// all, which K / 4 iterations respect up to K ~ 262k.
+
+// acc + A[row, k..k+4] · B[k..k+4, 4 columns].
+fn fr(acc: vec4<f32>, a: vec4<f32>, b0: vec4<f32>, b1v: vec4<f32>, b2: vec4<f32>, b3: vec4<f32>) -> vec4<f32> {
+    return fma(vec4<f32>(a.w), b3, fma(vec4<f32>(a.z), b2, fma(vec4<f32>(a.y), b1v, fma(vec4<f32>(a.x), b0, acc))));
+}
+
+@compute @workgroup_size(RW)
+fn mm_rows_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) li: u32) {
+    let tid = flat_id(wid, nwg);
+    if tid >= p.total {
+        return;
+    }
+    let t = tile_of(tid, RB, 4u * RW);
+    let col = t.n0 + 4u * li;
+    let n4 = p.n / 4u;
+    let k4 = p.kc / 4u;
+    // Row and column indices clamped into the operands; their outputs are never stored.
+    let ar0 = (t.off.x + min(t.m0, p.m - 1u) * p.k) / 4u;
+    let ar1 = (t.off.x + min(t.m0 + 1u, p.m - 1u) * p.k) / 4u;
+    let ar2 = (t.off.x + min(t.m0 + 2u, p.m - 1u) * p.k) / 4u;
+    let ar3 = (t.off.x + min(t.m0 + 3u, p.m - 1u) * p.k) / 4u;
+    let bq = t.off.y / 4u + min(col / 4u, n4 - 1u);
+    let bt0 = (t.off.y + min(col, p.n - 1u) * p.k) / 4u;
+    let bt1 = (t.off.y + min(col + 1u, p.n - 1u) * p.k) / 4u;
+    let bt2 = (t.off.y + min(col + 2u, p.n - 1u) * p.k) / 4u;
+    let bt3 = (t.off.y + min(col + 3u, p.n - 1u) * p.k) / 4u;
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    for (var k = 0u; k < k4; k++) {
+        var b0: vec4<f32>;
+        var b1v: vec4<f32>;
+        var b2: vec4<f32>;
+        var b3: vec4<f32>;
+        if TRANS_B {
+            // B is (N, K): each of the 4 columns as a vec4 along k, transposed in registers.
+            let u0 = b4[bt0 + k];
+            let u1 = b4[bt1 + k];
+            let u2 = b4[bt2 + k];
+            let u3 = b4[bt3 + k];
+            b0 = vec4<f32>(u0.x, u1.x, u2.x, u3.x);
+            b1v = vec4<f32>(u0.y, u1.y, u2.y, u3.y);
+            b2 = vec4<f32>(u0.z, u1.z, u2.z, u3.z);
+            b3 = vec4<f32>(u0.w, u1.w, u2.w, u3.w);
+        } else {
+            let kr = bq + 4u * k * n4;
+            b0 = b4[kr];
+            b1v = b4[kr + n4];
+            b2 = b4[kr + 2u * n4];
+            b3 = b4[kr + 3u * n4];
+        }
+        acc0 = fr(acc0, a4[ar0 + k], b0, b1v, b2, b3);
+        if RB > 1u { acc1 = fr(acc1, a4[ar1 + k], b0, b1v, b2, b3); }
+        if RB > 2u { acc2 = fr(acc2, a4[ar2 + k], b0, b1v, b2, b3); }
+        if RB > 3u { acc3 = fr(acc3, a4[ar3 + k], b0, b1v, b2, b3); }
+    }
+    store4(t.co, t.m0, col, acc0);
+    if RB > 1u { store4(t.co, t.m0 + 1u, col, acc1); }
+    if RB > 2u { store4(t.co, t.m0 + 2u, col, acc2); }
+    if RB > 3u { store4(t.co, t.m0 + 3u, col, acc3); }
+}
+
+// 4 elements of A's row at `ar` (element index), k-strided, zero past K.
+fn rows_a(ar: u32, ka: vec4<u32>, live: vec4<bool>) -> vec4<f32> {
+    return select(vec4<f32>(0.0), vec4<f32>(a1[ar + ka.x], a1[ar + ka.y], a1[ar + ka.z], a1[ar + ka.w]), live);
+}
+
+// Row k of B (element offset `kb`) at the 4 columns `bc`, zero past K.
+fn rows_b(bc: vec4<u32>, kb: u32, live: bool) -> vec4<f32> {
+    return select(vec4<f32>(0.0), vec4<f32>(b1[bc.x + kb], b1[bc.y + kb], b1[bc.z + kb], b1[bc.w + kb]), live);
+}
+
+@compute @workgroup_size(RW)
+fn mm_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) li: u32) {
+    let tid = flat_id(wid, nwg);
+    if tid >= p.total {
+        return;
+    }
+    let t = tile_of(tid, RB, 4u * RW);
+    let col = t.n0 + 4u * li;
+    let ar0 = t.off.x + min(t.m0, p.m - 1u) * p.sam;
+    let ar1 = t.off.x + min(t.m0 + 1u, p.m - 1u) * p.sam;
+    let ar2 = t.off.x + min(t.m0 + 2u, p.m - 1u) * p.sam;
+    let ar3 = t.off.x + min(t.m0 + 3u, p.m - 1u) * p.sam;
+    let nl = vec4<u32>(p.n - 1u);
+    let bc = vec4<u32>(t.off.y) + min(vec4<u32>(col) + vec4<u32>(0u, 1u, 2u, 3u), nl) * p.sbn;
+    let kmax = vec4<u32>(max(p.kc, 1u) - 1u);
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    for (var k = 0u; k < p.kc; k += 4u) {
+        let kv = vec4<u32>(k) + vec4<u32>(0u, 1u, 2u, 3u);
+        let live = kv < vec4<u32>(p.kc);
+        let ks = min(kv, kmax);
+        let ka = ks * p.sak;
+        let kb = ks * p.sbk;
+        let b0 = rows_b(bc, kb.x, live.x);
+        let b1v = rows_b(bc, kb.y, live.y);
+        let b2 = rows_b(bc, kb.z, live.z);
+        let b3 = rows_b(bc, kb.w, live.w);
+        acc0 = fr(acc0, rows_a(ar0, ka, live), b0, b1v, b2, b3);
+        if RB > 1u { acc1 = fr(acc1, rows_a(ar1, ka, live), b0, b1v, b2, b3); }
+        if RB > 2u { acc2 = fr(acc2, rows_a(ar2, ka, live), b0, b1v, b2, b3); }
+        if RB > 3u { acc3 = fr(acc3, rows_a(ar3, ka, live), b0, b1v, b2, b3); }
+    }
+    store4(t.co, t.m0, col, acc0);
+    if RB > 1u { store4(t.co, t.m0 + 1u, col, acc1); }
+    if RB > 2u { store4(t.co, t.m0 + 2u, col, acc2); }
+    if RB > 3u { store4(t.co, t.m0 + 3u, col, acc3); }
+}

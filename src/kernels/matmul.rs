@@ -1,0 +1,318 @@
+//! Launcher for `shaders/matmul.wgsl` and `shaders/matmul_subgroup.wgsl`:
+//! `C = act(op(A) · op(B) + bias)`, batched, with op = identity or transpose read in place.
+//!
+//! # Which kernel runs (the rule)
+//!
+//! No single kernel is fast everywhere (see the lavapipe notes in DESIGN.md), so [`choose`]
+//! picks one per adapter and shape:
+//!
+//! 1. `M <= 4` → [`Kernel::Rows`] with one register row per output row: a GEMV. Decode shapes
+//!    such as `1 x 768 · 768 x 50257` are bound by reading B once; any tiled kernel wastes most
+//!    of its rows there.
+//! 2. Software adapter (`info().is_cpu`) whose subgroup size is fixed at 8 or 16 (lavapipe with
+//!    256- or 512-bit lanes) → [`Kernel::Subgroup`]: subgroup-broadcast register tiles without
+//!    workgroup memory (≈50 GFLOP/s at 1024³ on a 2-core lavapipe, against ≈1 for the tiled one).
+//! 3. Other software adapters (no subgroups, or a variable subgroup size) → [`Kernel::Rows`]
+//!    with 4 rows per invocation: no workgroup memory and no barriers, which only cost there.
+//! 4. Everything else (discrete and integrated GPUs) → [`Kernel::Tiled`]: workgroup-memory
+//!    tiles with a 4x4 or 8x4 register block per invocation.
+//!
+//! Each kernel has a vec4 entry point and a scalar one; the vec4 one is used when the operands
+//! are aligned for it ([`vec4_ok`]), the scalar one (element strides) for everything else.
+
+use super::shader;
+use crate::error::{Error, Result};
+use crate::runtime::{Access, Device, Shader, grid_1d};
+use crate::tensor::Tensor;
+
+pub(crate) const SHADER: Shader = shader("matmul", include_str!("../../shaders/matmul.wgsl"));
+/// Compiled only when the device has subgroups.
+pub(crate) const SUBGROUP_SHADER: Shader = shader(
+    "matmul_subgroup",
+    include_str!("../../shaders/matmul_subgroup.wgsl"),
+);
+
+/// Batch dimensions the kernels index (after merging; so C may have up to 4 + 2 dims).
+pub(crate) const MAX_BATCH_DIMS: usize = 4;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    /// K of the operands' layout.
+    k: u32,
+    /// Bit 0: add bias; bits 1-2: activation.
+    flags: u32,
+    tiles_m: u32,
+    tiles: u32,
+    total: u32,
+    /// K of this dispatch (`k0 .. k0 + kc`).
+    kc: u32,
+    sam: u32,
+    sak: u32,
+    sbk: u32,
+    sbn: u32,
+    a0: u32,
+    b0: u32,
+    _pad: [u32; 2],
+    bdims: [u32; 4],
+    bsa: [u32; 4],
+    bsb: [u32; 4],
+}
+const _: () = assert!(std::mem::size_of::<Params>() == 112);
+
+/// Longest K one dispatch covers. lavapipe silently ends an invocation after 65,535 loop
+/// iterations in total, counted over all its loops. At this K every kernel stays below that:
+/// the subgroup and GEMV kernels iterate K / 4 times, the subgroup fallback 2 K, the tiled
+/// kernel under 3 K. A longer K is split into dispatches whose partial products are summed.
+pub(crate) const MAX_K_PER_DISPATCH: usize = 16_384;
+
+/// The kernel families (see the module docs for when each is chosen).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    /// Workgroup-memory tiles, register blocks of 4x4 or 8x4 (GPUs).
+    Tiled,
+    /// Subgroup-broadcast register tiles, no workgroup memory (CPU-like adapters).
+    Subgroup,
+    /// The subgroup kernel's entry point for subgroup size 8 or 16 whatever the adapter runs
+    /// (tests: on a mismatch the kernel must take its slow but correct fallback).
+    SubgroupEntry(u32),
+    /// Register blocks of up to 4 rows x 4 columns without workgroup memory (GEMV; fallback
+    /// for software adapters without subgroups).
+    Rows,
+}
+
+impl Kernel {
+    /// Parse a kernel name (`tiled`, `subgroup`, `rows`/`gemv`; `subgroup8`, `subgroup16`).
+    pub(crate) fn parse(name: &str) -> Option<Kernel> {
+        match name {
+            "tiled" => Some(Kernel::Tiled),
+            "subgroup" => Some(Kernel::Subgroup),
+            "subgroup8" => Some(Kernel::SubgroupEntry(8)),
+            "subgroup16" => Some(Kernel::SubgroupEntry(16)),
+            "rows" | "gemv" => Some(Kernel::Rows),
+            _ => None,
+        }
+    }
+}
+
+/// Epilogue activation codes (bits 1-2 of `flags`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Act {
+    None = 0,
+    Relu = 1,
+    Gelu = 2,
+}
+
+/// How the batch dimensions of C map onto A and B.
+#[derive(Clone, Debug)]
+pub(crate) struct Batch {
+    /// Batch shape of C (at most [`MAX_BATCH_DIMS`] dims after merging).
+    pub dims: Vec<usize>,
+    /// Element offset of A per unit step of each batch dim (0 where A broadcasts).
+    pub sa: Vec<usize>,
+    /// Element offset of B per unit step of each batch dim (0 where B broadcasts).
+    pub sb: Vec<usize>,
+}
+
+/// One matmul to record: `out (batch.., M, N) = act(op(a) · op(b) + bias)`.
+pub(crate) struct Gemm<'a> {
+    pub a: &'a Tensor,
+    pub b: &'a Tensor,
+    pub out: &'a Tensor,
+    pub bias: Option<&'a Tensor>,
+    pub m: usize,
+    pub n: usize,
+    /// K of the operands.
+    pub k: usize,
+    /// The part of K this dispatch sums over: `k0 .. k0 + kc` (at most
+    /// [`MAX_K_PER_DISPATCH`]).
+    pub k0: usize,
+    pub kc: usize,
+    /// `a` holds each matrix as (K, M).
+    pub trans_a: bool,
+    /// `b` holds each matrix as (N, K).
+    pub trans_b: bool,
+    pub batch: Batch,
+    pub act: Act,
+}
+
+/// The adapter's subgroup size when it is fixed at one the subgroup kernel has an entry for.
+fn fixed_subgroup_size(dev: &Device) -> Option<u32> {
+    match dev.info().subgroup_sizes {
+        Some((lo, hi)) if lo == hi && (lo == 8 || lo == 16) && dev.has_subgroups() => Some(lo),
+        _ => None,
+    }
+}
+
+/// The kernel the rule in the module docs picks for this adapter and shape.
+pub(crate) fn choose(dev: &Device, m: usize, _n: usize, _k: usize) -> Kernel {
+    if m <= 4 {
+        Kernel::Rows
+    } else if dev.info().is_cpu {
+        if fixed_subgroup_size(dev).is_some() {
+            Kernel::Subgroup
+        } else {
+            Kernel::Rows
+        }
+    } else {
+        Kernel::Tiled
+    }
+}
+
+/// Whether the vec4 entry points can read these operands: every vec4 they load lies inside
+/// one matrix row (or column, for a transposed operand) and starts 16-byte aligned.
+pub(crate) fn vec4_ok(m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool) -> bool {
+    k.is_multiple_of(4)
+        && k > 0
+        && (!trans_a || m.is_multiple_of(4))
+        && (trans_b || n.is_multiple_of(4))
+}
+
+fn u32_of(what: &str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::Shape {
+        op: "matmul",
+        message: format!("{what} {v} exceeds the 32-bit indexing of the matmul kernels"),
+    })
+}
+
+/// Record the matmul with `kernel` (or the rule's choice). Returns the entry point that ran
+/// (`None` when there was nothing to compute).
+pub(crate) fn gemm(g: &Gemm, kernel: Option<Kernel>) -> Result<Option<&'static str>> {
+    let dev = &g.a.dev;
+    let batch: usize = g.batch.dims.iter().product();
+    if g.m == 0 || g.n == 0 || batch == 0 {
+        return Ok(None);
+    }
+    let kernel = kernel.unwrap_or_else(|| choose(dev, g.m, g.n, g.k));
+    debug_assert!(g.k0 + g.kc <= g.k && g.kc <= MAX_K_PER_DISPATCH);
+    // The chunk's start must keep vec4 loads aligned (k0 is a multiple of 4 when K is).
+    let v4 = vec4_ok(g.m, g.n, g.k, g.trans_a, g.trans_b) && g.kc.is_multiple_of(4) && g.kc > 0;
+    // Element counts must fit the kernels' u32 indices.
+    for t in [g.a, g.b, g.out] {
+        u32_of("tensor size", t.numel())?;
+    }
+
+    let (sam, sak) = if g.trans_a { (1, g.m) } else { (g.k, 1) };
+    let (sbk, sbn) = if g.trans_b { (1, g.k) } else { (g.n, 1) };
+    let nb = g.batch.dims.len();
+    if nb > MAX_BATCH_DIMS {
+        return Err(Error::Shape {
+            op: "matmul",
+            message: format!("{nb} batch dimensions; at most {MAX_BATCH_DIMS} are supported"),
+        });
+    }
+    let mut bdims = [1u32; 4];
+    let mut bsa = [0u32; 4];
+    let mut bsb = [0u32; 4];
+    for i in 0..nb {
+        let d = MAX_BATCH_DIMS - nb + i;
+        bdims[d] = u32_of("batch dimension", g.batch.dims[i])?;
+        bsa[d] = u32_of("batch stride", g.batch.sa[i])?;
+        bsb[d] = u32_of("batch stride", g.batch.sb[i])?;
+    }
+
+    let mut constants: Vec<(&str, f64)> = Vec::new();
+    let (shader, entry, bm, bn, wg_per_tile): (&Shader, &'static str, usize, usize, usize) =
+        match kernel {
+            Kernel::Subgroup | Kernel::SubgroupEntry(_) => {
+                let s = match kernel {
+                    Kernel::SubgroupEntry(s) if dev.has_subgroups() => s,
+                    _ => fixed_subgroup_size(dev).ok_or_else(|| Error::InvalidArgument {
+                        op: "matmul",
+                        message: format!(
+                            "the subgroup kernel needs a fixed subgroup size of 8 or 16; adapter {} has {:?}",
+                            dev.info().name,
+                            dev.info().subgroup_sizes
+                        ),
+                    })?,
+                };
+                let entry = match (s, v4) {
+                    (8, true) => "mm_sg8_v4",
+                    (8, false) => "mm_sg8",
+                    (_, true) => "mm_sg16_v4",
+                    (_, false) => "mm_sg16",
+                };
+                if v4 {
+                    constants.push(("TRANS_A", f64::from(u8::from(g.trans_a))));
+                    constants.push(("TRANS_B", f64::from(u8::from(g.trans_b))));
+                }
+                // 64 x (8 * S) tiles, one subgroup per workgroup.
+                (&SUBGROUP_SHADER, entry, 64, 8 * s as usize, 1)
+            }
+            Kernel::Tiled => {
+                // 8x4 register blocks (128 x 64 tiles) once there are enough tiles to fill a
+                // GPU; 4x4 (64 x 64) below that.
+                let tm = if g.m >= 512 && batch * g.m.div_ceil(128) * g.n.div_ceil(64) >= 128 {
+                    8
+                } else {
+                    4
+                };
+                constants.push(("TM", f64::from(tm)));
+                constants.push(("BK", 16.0));
+                let entry = if v4 {
+                    constants.push(("TRANS_A", f64::from(u8::from(g.trans_a))));
+                    constants.push(("TRANS_B", f64::from(u8::from(g.trans_b))));
+                    "mm_tiled_v4"
+                } else {
+                    "mm_tiled"
+                };
+                (&SHADER, entry, 16 * tm as usize, 64, 1)
+            }
+            Kernel::Rows => {
+                let rb = g.m.min(4);
+                constants.push(("RB", rb as f64));
+                // The vec4 entry reads A along k, so it does not take Aᵀ.
+                let entry = if v4 && !g.trans_a {
+                    constants.push(("TRANS_B", f64::from(u8::from(g.trans_b))));
+                    "mm_rows_v4"
+                } else {
+                    "mm_rows"
+                };
+                (&SHADER, entry, rb, 256, 1)
+            }
+        };
+
+    let tiles_m = g.m.div_ceil(bm);
+    let tiles = tiles_m * g.n.div_ceil(bn);
+    let total = batch * tiles * wg_per_tile;
+    let p = Params {
+        m: u32_of("M", g.m)?,
+        n: u32_of("N", g.n)?,
+        k: u32_of("K", g.k)?,
+        flags: u32::from(g.bias.is_some()) | (g.act as u32) << 1,
+        tiles_m: u32_of("tile count", tiles_m)?,
+        tiles: u32_of("tile count", tiles)?,
+        total: u32_of("tile count", total)?,
+        kc: u32_of("K", g.kc)?,
+        sam: sam as u32,
+        sak: sak as u32,
+        sbk: sbk as u32,
+        sbn: sbn as u32,
+        a0: u32_of("K offset", g.k0 * sak)?,
+        b0: u32_of("K offset", g.k0 * sbk)?,
+        _pad: [0; 2],
+        bdims,
+        bsa,
+        bsb,
+    };
+    // Without a bias the bias binding is unused; A stands in for it.
+    let bias = g.bias.unwrap_or(g.a);
+    // a: (batch.., M, K) or (batch.., K, M); b: (batch.., K, N) or (batch.., N, K);
+    // bias: (N); out: (batch.., M, N)
+    dev.dispatch(
+        shader,
+        entry,
+        &constants,
+        &p,
+        &[
+            (&g.a.storage, Access::Read),
+            (&g.b.storage, Access::Read),
+            (&bias.storage, Access::Read),
+            (&g.out.storage, Access::ReadWrite),
+        ],
+        grid_1d(total as u64)?,
+    )?;
+    Ok(Some(entry))
+}

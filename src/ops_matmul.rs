@@ -1,0 +1,458 @@
+//! Matrix products: [`Tensor::matmul`], [`Tensor::matmul_t`] and the fused dense layer
+//! [`Tensor::linear`]. Each is one dispatch; transposed operands are read in place, never
+//! copied. Which kernel runs is decided per adapter and shape in `kernels::matmul`.
+
+use crate::error::{Error, Result};
+use crate::kernels::matmul::{self as mm, Act, Batch, Gemm, Kernel};
+use crate::tensor::{DType, Tensor};
+
+/// How a weight matrix is stored, for [`Tensor::linear`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightLayout {
+    /// `w` is (K, N) = (in, out): `y = x·W + b` (Hugging Face `Conv1D`, as in GPT-2).
+    InOut,
+    /// `w` is (N, K) = (out, in): `y = x·Wᵀ + b` (PyTorch `nn.Linear`).
+    OutIn,
+}
+
+/// Activation applied in the matmul epilogue, for [`Tensor::linear`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// Identity.
+    None,
+    /// `max(x, 0)`.
+    Relu,
+    /// GELU, tanh approximation (as GPT-2 and [`Tensor::gelu`]).
+    Gelu,
+}
+
+impl Activation {
+    fn code(self) -> Act {
+        match self {
+            Activation::None => Act::None,
+            Activation::Relu => Act::Relu,
+            Activation::Gelu => Act::Gelu,
+        }
+    }
+}
+
+/// Shape and layout of one batched product, worked out from the operands.
+struct Plan {
+    out_shape: Vec<usize>,
+    m: usize,
+    n: usize,
+    k: usize,
+    batch: Batch,
+}
+
+fn describe(shape: &[usize], trans: bool) -> String {
+    if trans {
+        format!("{shape:?} (transposed)")
+    } else {
+        format!("{shape:?}")
+    }
+}
+
+/// Row-major element strides of the batch dims of a (batch.., r, c) operand, seen from the
+/// broadcast batch shape `out` (0 on broadcast dims).
+fn batch_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
+    let nb = shape.len() - 2;
+    let mut s = vec![0; out.len()];
+    let mut stride = shape[nb] * shape[nb + 1];
+    for d in (0..nb).rev() {
+        let od = d + out.len() - nb;
+        if shape[d] != 1 {
+            s[od] = stride;
+        }
+        stride *= shape[d];
+    }
+    s
+}
+
+/// Check operands and work out the product's shape, NumPy matmul style: the last two dims are
+/// the matrices, the leading dims broadcast against each other (a missing dim counts as 1).
+fn plan(op: &'static str, a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Plan> {
+    a.same_device(op, b)?;
+    a.expect_dtype(op, DType::F32)?;
+    b.expect_dtype(op, DType::F32)?;
+    let (sa, sb) = (&a.shape, &b.shape);
+    let both = || {
+        format!(
+            "lhs {} and rhs {}",
+            describe(sa, trans_a),
+            describe(sb, trans_b)
+        )
+    };
+    if sa.len() < 2 || sb.len() < 2 {
+        return Err(Error::Shape {
+            op,
+            message: format!("{}: both operands need at least 2 dimensions", both()),
+        });
+    }
+    let (ra, rb) = (sa.len(), sb.len());
+    let (m, ka) = if trans_a {
+        (sa[ra - 1], sa[ra - 2])
+    } else {
+        (sa[ra - 2], sa[ra - 1])
+    };
+    let (kb, n) = if trans_b {
+        (sb[rb - 1], sb[rb - 2])
+    } else {
+        (sb[rb - 2], sb[rb - 1])
+    };
+    if ka != kb {
+        return Err(Error::Shape {
+            op,
+            message: format!(
+                "{} do not agree on the inner dimension ({ka} vs {kb})",
+                both()
+            ),
+        });
+    }
+    let (ba, bb) = (&sa[..ra - 2], &sb[..rb - 2]);
+    let nb = ba.len().max(bb.len());
+    let mut dims = vec![0; nb];
+    for (i, d) in dims.iter_mut().enumerate() {
+        let da = if i < nb - ba.len() {
+            1
+        } else {
+            ba[i - (nb - ba.len())]
+        };
+        let db = if i < nb - bb.len() {
+            1
+        } else {
+            bb[i - (nb - bb.len())]
+        };
+        *d = match (da, db) {
+            (x, y) if x == y => x,
+            (1, y) => y,
+            (x, 1) => x,
+            _ => {
+                return Err(Error::Shape {
+                    op,
+                    message: format!(
+                        "{}: batch dimensions {ba:?} and {bb:?} do not broadcast",
+                        both()
+                    ),
+                });
+            }
+        };
+    }
+    let mut out_shape = dims.clone();
+    out_shape.extend([m, n]);
+    let batch = merge_batch(Batch {
+        sa: batch_strides(sa, &dims),
+        sb: batch_strides(sb, &dims),
+        dims,
+    });
+    if batch.dims.len() > mm::MAX_BATCH_DIMS {
+        return Err(Error::Shape {
+            op,
+            message: format!(
+                "{}: the broadcast batch shape needs {} index dimensions; at most {} are supported",
+                both(),
+                batch.dims.len(),
+                mm::MAX_BATCH_DIMS
+            ),
+        });
+    }
+    Ok(Plan {
+        out_shape,
+        m,
+        n,
+        k: ka,
+        batch,
+    })
+}
+
+/// Drop size-1 batch dims and merge neighbours that index both operands contiguously, so the
+/// kernels see as few batch dims as possible.
+fn merge_batch(b: Batch) -> Batch {
+    let mut out = Batch {
+        dims: Vec::new(),
+        sa: Vec::new(),
+        sb: Vec::new(),
+    };
+    for i in 0..b.dims.len() {
+        let (d, sa, sb) = (b.dims[i], b.sa[i], b.sb[i]);
+        if d == 1 {
+            continue;
+        }
+        if let (Some(&pd), Some(&psa), Some(&psb)) = (out.dims.last(), out.sa.last(), out.sb.last())
+            && psa == sa * d
+            && psb == sb * d
+        {
+            let j = out.dims.len() - 1;
+            out.dims[j] = pd * d;
+            out.sa[j] = sa;
+            out.sb[j] = sb;
+            continue;
+        }
+        out.dims.push(d);
+        out.sa.push(sa);
+        out.sb.push(sb);
+    }
+    out
+}
+
+fn kernel_arg(op: &'static str, name: &str) -> Result<Option<Kernel>> {
+    if name == "auto" {
+        return Ok(None);
+    }
+    Kernel::parse(name)
+        .map(Some)
+        .ok_or_else(|| Error::InvalidArgument {
+            op,
+            message: format!(
+                "unknown matmul kernel {name:?}; expected auto, tiled, subgroup or rows"
+            ),
+        })
+}
+
+impl Tensor {
+    /// Matrix product `self · b`, NumPy `matmul` style.
+    ///
+    /// `self` is (..., M, K) and `b` is (..., K, N); the result is (..., M, N). Both need at
+    /// least 2 dimensions. Leading (batch) dimensions broadcast against each other, so a 2-D
+    /// operand is shared by every matrix of the other: (B, T, C) · (C, N) -> (B, T, N), and
+    /// (B, 1, T, D) · (1, H, D, T) -> (B, H, T, T). Accumulates in f32. One dispatch.
+    ///
+    /// Errors name the op and both shapes: fewer than 2 dims, inner dimensions that differ,
+    /// batch dims that do not broadcast, a u32 operand, or operands on different devices.
+    /// A zero-sized M or N gives an empty result; K = 0 gives zeros.
+    pub fn matmul(&self, b: &Tensor) -> Result<Tensor> {
+        Ok(self.matmul_impl("matmul", b, false, false, None)?.0)
+    }
+
+    /// `op(self) · op(b)` where `op` transposes the last two dims when its flag is set:
+    /// `trans_a` computes Aᵀ·B with `self` stored (..., K, M), `trans_b` computes A·Bᵀ with `b`
+    /// stored (..., N, K). The kernels read the operands transposed in place; no transpose is
+    /// materialised. These are the products of the backward pass:
+    /// for `Y = X·W`, `dX = dY·Wᵀ = dY.matmul_t(W, false, true)` and
+    /// `dW = Xᵀ·dY = X.matmul_t(dY, true, false)`.
+    ///
+    /// Batching, broadcasting and errors as for [`matmul`](Self::matmul).
+    pub fn matmul_t(&self, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
+        Ok(self.matmul_impl("matmul_t", b, trans_a, trans_b, None)?.0)
+    }
+
+    /// A dense layer in one dispatch: `act(x·W + bias)` with the bias add and the activation
+    /// fused into the matmul's epilogue.
+    ///
+    /// `self` (x) is (..., K): its leading dims are flattened into the rows M. `w` is (K, N)
+    /// for [`WeightLayout::InOut`] or (N, K) for [`WeightLayout::OutIn`] (read transposed in
+    /// place); `bias`, when given, is (N). The result is (..., N).
+    ///
+    /// Errors name the op and the shapes: `w` not 2-D, `x` with no dims or a last dim other
+    /// than K, a bias that is not (N), u32 tensors, tensors on different devices.
+    pub fn linear(
+        &self,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        layout: WeightLayout,
+        act: Activation,
+    ) -> Result<Tensor> {
+        self.linear_impl(w, bias, layout, act, None)
+    }
+
+    /// [`matmul_t`](Self::matmul_t) with the kernel forced (`"auto"`, `"tiled"`, `"subgroup"`,
+    /// `"rows"`); also returns the entry point that ran. For tests and benchmarks.
+    #[doc(hidden)]
+    pub fn matmul_with_kernel(
+        &self,
+        b: &Tensor,
+        trans_a: bool,
+        trans_b: bool,
+        kernel: &str,
+    ) -> Result<(Tensor, Option<&'static str>)> {
+        let k = kernel_arg("matmul_t", kernel)?;
+        self.matmul_impl("matmul_t", b, trans_a, trans_b, k)
+    }
+
+    /// [`linear`](Self::linear) with the kernel forced, as in
+    /// [`matmul_with_kernel`](Self::matmul_with_kernel).
+    #[doc(hidden)]
+    pub fn linear_with_kernel(
+        &self,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        layout: WeightLayout,
+        act: Activation,
+        kernel: &str,
+    ) -> Result<Tensor> {
+        let k = kernel_arg("linear", kernel)?;
+        self.linear_impl(w, bias, layout, act, k)
+    }
+
+    fn matmul_impl(
+        &self,
+        op: &'static str,
+        b: &Tensor,
+        trans_a: bool,
+        trans_b: bool,
+        kernel: Option<Kernel>,
+    ) -> Result<(Tensor, Option<&'static str>)> {
+        let p = plan(op, self, b, trans_a, trans_b)?;
+        execute(
+            op,
+            Job {
+                a: self,
+                b,
+                bias: None,
+                out_shape: p.out_shape,
+                m: p.m,
+                n: p.n,
+                k: p.k,
+                trans_a,
+                trans_b,
+                batch: p.batch,
+                act: Activation::None,
+            },
+            kernel,
+        )
+    }
+
+    fn linear_impl(
+        &self,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        layout: WeightLayout,
+        act: Activation,
+        kernel: Option<Kernel>,
+    ) -> Result<Tensor> {
+        const OP: &str = "linear";
+        self.same_device(OP, w)?;
+        self.expect_dtype(OP, DType::F32)?;
+        w.expect_dtype(OP, DType::F32)?;
+        let trans_b = layout == WeightLayout::OutIn;
+        let (xs, ws) = (&self.shape, &w.shape);
+        let lay = match layout {
+            WeightLayout::InOut => "(in, out)",
+            WeightLayout::OutIn => "(out, in)",
+        };
+        if ws.len() != 2 || xs.is_empty() {
+            return Err(Error::Shape {
+                op: OP,
+                message: format!(
+                    "x {xs:?} and weight {ws:?}: x needs at least 1 dimension and the weight must be 2-D {lay}"
+                ),
+            });
+        }
+        let (wk, n) = if trans_b {
+            (ws[1], ws[0])
+        } else {
+            (ws[0], ws[1])
+        };
+        let k = xs[xs.len() - 1];
+        if k != wk {
+            return Err(Error::Shape {
+                op: OP,
+                message: format!(
+                    "x {xs:?} and weight {ws:?} {lay} do not agree on the inner dimension ({k} vs {wk})"
+                ),
+            });
+        }
+        if let Some(bt) = bias {
+            self.same_device(OP, bt)?;
+            bt.expect_dtype(OP, DType::F32)?;
+            if bt.shape.as_slice() != [n] {
+                return Err(Error::Shape {
+                    op: OP,
+                    message: format!(
+                        "bias {:?} must be [{n}] for x {xs:?} and weight {ws:?} {lay}",
+                        bt.shape
+                    ),
+                });
+            }
+        }
+        let m: usize = xs[..xs.len() - 1].iter().product();
+        let mut out_shape = xs[..xs.len() - 1].to_vec();
+        out_shape.push(n);
+        let job = Job {
+            a: self,
+            b: w,
+            bias,
+            out_shape,
+            m,
+            n,
+            k,
+            trans_a: false,
+            trans_b,
+            batch: Batch {
+                dims: Vec::new(),
+                sa: Vec::new(),
+                sb: Vec::new(),
+            },
+            act,
+        };
+        Ok(execute(OP, job, kernel)?.0)
+    }
+}
+
+/// A checked product, ready to record.
+struct Job<'a> {
+    a: &'a Tensor,
+    b: &'a Tensor,
+    bias: Option<&'a Tensor>,
+    out_shape: Vec<usize>,
+    m: usize,
+    n: usize,
+    k: usize,
+    trans_a: bool,
+    trans_b: bool,
+    batch: Batch,
+    act: Activation,
+}
+
+/// Record the product: one dispatch, or for K past [`mm::MAX_K_PER_DISPATCH`] one per slice
+/// of K, summed, with the bias and activation applied after the sum.
+fn execute(
+    op: &'static str,
+    j: Job,
+    kernel: Option<Kernel>,
+) -> Result<(Tensor, Option<&'static str>)> {
+    let dev = &j.a.dev;
+    let slices = j.k.div_ceil(mm::MAX_K_PER_DISPATCH).max(1);
+    let mut sum: Option<Tensor> = None;
+    let mut ran = None;
+    for s in 0..slices {
+        let k0 = s * mm::MAX_K_PER_DISPATCH;
+        let kc = (j.k - k0).min(mm::MAX_K_PER_DISPATCH);
+        let whole = slices == 1;
+        let out = Tensor::empty(dev, op, &j.out_shape, DType::F32)?;
+        ran = mm::gemm(
+            &Gemm {
+                a: j.a,
+                b: j.b,
+                out: &out,
+                bias: if whole { j.bias } else { None },
+                m: j.m,
+                n: j.n,
+                k: j.k,
+                k0,
+                kc,
+                trans_a: j.trans_a,
+                trans_b: j.trans_b,
+                batch: j.batch.clone(),
+                act: if whole { j.act.code() } else { Act::None },
+            },
+            kernel,
+        )?;
+        sum = Some(match sum {
+            None => out,
+            Some(acc) => acc.add(&out)?,
+        });
+    }
+    let mut y = sum.expect("at least one slice");
+    if slices > 1 {
+        if let Some(b) = j.bias {
+            y = y.add(b)?;
+        }
+        y = match j.act {
+            Activation::None => y,
+            Activation::Relu => y.relu()?,
+            Activation::Gelu => y.gelu()?,
+        };
+    }
+    Ok((y, ran))
+}

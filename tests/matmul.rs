@@ -1,0 +1,498 @@
+//! Matmul kernels against a plain-Rust reference that accumulates in f64.
+//!
+//! Tolerance: `|got - want| <= 1e-5 * |want| + 2e-6 * K` (inputs in [-1, 1)). f32 accumulation
+//! over K products of magnitude <= 1 has a rounding error that grows at most like K * 2^-24
+//! (about 6e-8 * K) and typically like sqrt(K) * 2^-24; the absolute term leaves headroom for
+//! outputs that cancel to near zero, where a relative bound says nothing.
+//!
+//! Every kernel variant is forced on every case (`matmul_with_kernel`), not only the one the
+//! adapter rule picks, so the workgroup-memory kernel and the GEMV path are tested here too.
+
+use portagrad::testing::{assert_close, random_vec, shared_device};
+use portagrad::{Activation, Device, Error, Tensor, WeightLayout};
+
+/// Tests here run one at a time: concurrent `Device::poll` waits from several threads can trip
+/// an assertion inside wgpu-core 30 ("If the queue is empty, the current submission index ...
+/// should be at least the wait submission index", fixed upstream by gfx-rs/wgpu#9958).
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The kernels this adapter can run: all of them where the subgroup kernel applies, plus the
+/// subgroup entry point for the *other* subgroup size, whose in-kernel fallback must then
+/// give the same results.
+fn kernels() -> Vec<&'static str> {
+    let dev = shared_device();
+    let mut k = vec!["auto", "tiled", "rows"];
+    if dev.has_subgroups() {
+        match dev.info().subgroup_sizes {
+            Some((8, 8)) => k.extend(["subgroup", "subgroup16"]),
+            Some((16, 16)) => k.extend(["subgroup", "subgroup8"]),
+            _ => {}
+        }
+    }
+    k
+}
+
+fn upload(v: &[f32], shape: &[usize]) -> Tensor {
+    Tensor::from_slice(&shared_device(), v, shape).expect("upload")
+}
+
+/// A device of the test's own, for tests that count dispatches (tests run in parallel and
+/// share `shared_device`).
+fn own_device() -> Device {
+    portagrad::testing::device().expect("device")
+}
+
+fn tol(k: usize) -> (f64, f64) {
+    (1e-5, 2e-6 * k.max(1) as f64)
+}
+
+/// Batched NumPy-style matmul of row-major operands, op = transpose when the flag is set.
+fn reference(
+    a: &[f32],
+    sa: &[usize],
+    b: &[f32],
+    sb: &[usize],
+    ta: bool,
+    tb: bool,
+) -> (Vec<usize>, Vec<f64>) {
+    let (ra, rb) = (sa.len(), sb.len());
+    let (m, k) = if ta {
+        (sa[ra - 1], sa[ra - 2])
+    } else {
+        (sa[ra - 2], sa[ra - 1])
+    };
+    let n = if tb { sb[rb - 2] } else { sb[rb - 1] };
+    let (ba, bb) = (&sa[..ra - 2], &sb[..rb - 2]);
+    let nb = ba.len().max(bb.len());
+    let pad = |s: &[usize]| {
+        let mut v = vec![1; nb - s.len()];
+        v.extend_from_slice(s);
+        v
+    };
+    let (pa, pb) = (pad(ba), pad(bb));
+    let bshape: Vec<usize> = pa.iter().zip(&pb).map(|(&x, &y)| x.max(y)).collect();
+    let batch: usize = bshape.iter().product();
+    let mut out = vec![0.0f64; batch * m * n];
+    for bi in 0..batch {
+        // Index of this batch item in each operand (broadcast dims repeat item 0).
+        let (mut rem, mut ia, mut ib, mut sta, mut stb) = (bi, 0, 0, 1, 1);
+        for d in (0..nb).rev() {
+            let c = rem % bshape[d];
+            rem /= bshape[d];
+            if pa[d] != 1 {
+                ia += c * sta;
+            }
+            if pb[d] != 1 {
+                ib += c * stb;
+            }
+            sta *= pa[d];
+            stb *= pb[d];
+        }
+        let (oa, ob) = (ia * m * k, ib * k * n);
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0.0f64;
+                for q in 0..k {
+                    let x = if ta {
+                        a[oa + q * m + i]
+                    } else {
+                        a[oa + i * k + q]
+                    };
+                    let y = if tb {
+                        b[ob + j * k + q]
+                    } else {
+                        b[ob + q * n + j]
+                    };
+                    s += f64::from(x) * f64::from(y);
+                }
+                out[(bi * m + i) * n + j] = s;
+            }
+        }
+    }
+    let mut shape = bshape;
+    shape.extend([m, n]);
+    (shape, out)
+}
+
+/// Check `op(A)·op(B)` for shapes `sa`, `sb` with every kernel.
+fn check(sa: &[usize], sb: &[usize], ta: bool, tb: bool, seed: u64) {
+    let av = random_vec(sa.iter().product(), -1.0, 1.0, seed);
+    let bv = random_vec(sb.iter().product(), -1.0, 1.0, seed + 1);
+    let (want_shape, want) = reference(&av, sa, &bv, sb, ta, tb);
+    let k = if ta {
+        sa[sa.len() - 2]
+    } else {
+        sa[sa.len() - 1]
+    };
+    let (a, b) = (upload(&av, sa), upload(&bv, sb));
+    let (rtol, atol) = tol(k);
+    for kernel in kernels() {
+        let (c, ran) = a
+            .matmul_with_kernel(&b, ta, tb, kernel)
+            .unwrap_or_else(|e| panic!("{kernel} {sa:?}·{sb:?}: {e}"));
+        assert_eq!(c.shape(), want_shape.as_slice(), "{kernel} {sa:?}·{sb:?}");
+        let what = format!(
+            "{kernel} ({ran:?}) {sa:?}{} · {sb:?}{}",
+            if ta { "ᵀ" } else { "" },
+            if tb { "ᵀ" } else { "" }
+        );
+        assert_close(&what, &c.to_vec().unwrap(), &want, rtol, atol);
+    }
+}
+
+/// (M, K, N) of a plain product.
+fn check_mkn(m: usize, k: usize, n: usize, seed: u64) {
+    check(&[m, k], &[k, n], false, false, seed);
+}
+
+#[test]
+fn tiny_and_odd_shapes() {
+    let _serial = serial();
+    check_mkn(1, 1, 1, 1);
+    check_mkn(7, 13, 5, 2);
+    check_mkn(127, 129, 65, 3);
+}
+
+#[test]
+fn aligned_shapes_that_are_not_tile_multiples() {
+    let _serial = serial();
+    // Multiples of 4 take the vec4 entry points; none is a multiple of a tile.
+    check_mkn(68, 44, 36, 4);
+    check_mkn(4, 8, 12, 5);
+    check_mkn(132, 20, 200, 6);
+}
+
+#[test]
+fn gemv_decode_shape() {
+    let _serial = serial();
+    check_mkn(1, 768, 2304, 7);
+    check_mkn(3, 65, 131, 8);
+}
+
+#[test]
+fn large_odd_shape() {
+    let _serial = serial();
+    check_mkn(513, 1025, 257, 9);
+}
+
+#[test]
+fn transposed_forms() {
+    let _serial = serial();
+    // Unaligned (scalar entries) and aligned (vec4 entries), neither a tile multiple.
+    for (i, &(m, k, n)) in [
+        (67usize, 45usize, 33usize),
+        (68, 44, 36),
+        (5, 12, 70),
+        (3, 16, 9),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let seed = 20 + 3 * i as u64;
+        check(&[k, m], &[k, n], true, false, seed);
+        check(&[m, k], &[n, k], false, true, seed + 1);
+        check(&[k, m], &[n, k], true, true, seed + 2);
+    }
+}
+
+#[test]
+fn batched_with_broadcast() {
+    let _serial = serial();
+    // 3-D: a 2-D operand shared by every matrix, equal batches, a batch of 1 broadcast.
+    check(&[2, 37, 29], &[29, 23], false, false, 40);
+    check(&[29, 23], &[3, 23, 17], false, false, 41);
+    check(&[3, 37, 29], &[3, 29, 23], false, false, 42);
+    check(&[1, 36, 28], &[4, 28, 24], false, false, 43);
+    // 4-D: attention-like (B, H) batches broadcasting both ways.
+    check(&[2, 1, 17, 19], &[1, 3, 19, 21], false, false, 44);
+    check(&[2, 3, 16, 20], &[20, 12], false, false, 45);
+    check(&[2, 3, 16, 20], &[2, 3, 16, 20], false, true, 46);
+    check(&[2, 3, 20, 16], &[1, 3, 20, 12], true, false, 47);
+    check(&[5, 1, 2, 7, 9], &[1, 4, 1, 9, 6], false, false, 48);
+}
+
+#[test]
+fn batch_grid_folds_past_65535_workgroups() {
+    let _serial = serial();
+    // 70,000 independent 1x2·2x1 products: one tile each, so every kernel's grid folds to 2-D.
+    check(&[70_000, 1, 2], &[70_000, 2, 1], false, false, 50);
+}
+
+#[test]
+fn long_k_is_split_across_dispatches() {
+    let _serial = serial();
+    // lavapipe ends an invocation after 65,535 loop iterations, so a K this long is summed
+    // over several dispatches; aligned (vec4 entries) and not.
+    check(&[70, 40_004], &[40_004, 9], false, false, 55);
+    check(&[40_001, 6], &[7, 40_001], true, true, 56);
+    let dev = shared_device();
+    let (m, k, n) = (3, 33_333, 5);
+    let xv = random_vec(m * k, -1.0, 1.0, 57);
+    let wv = random_vec(n * k, -1.0, 1.0, 58);
+    let bv = [0.5f32, -0.5, 1.0, -1.0, 0.0];
+    let (_, xw) = reference(&xv, &[m, k], &wv, &[n, k], false, true);
+    let want: Vec<f64> = xw
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| gelu_ref(v + f64::from(bv[i % n])))
+        .collect();
+    let x = Tensor::from_slice(&dev, &xv, &[m, k]).unwrap();
+    let w = Tensor::from_slice(&dev, &wv, &[n, k]).unwrap();
+    let b = Tensor::from_slice(&dev, &bv, &[n]).unwrap();
+    let (rtol, atol) = tol(k);
+    for kernel in kernels() {
+        let y = x
+            .linear_with_kernel(&w, Some(&b), WeightLayout::OutIn, Activation::Gelu, kernel)
+            .unwrap();
+        assert_close(
+            &format!("linear long K {kernel}"),
+            &y.to_vec().unwrap(),
+            &want,
+            rtol,
+            atol,
+        );
+    }
+}
+
+fn gelu_ref(x: f64) -> f64 {
+    0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh())
+}
+
+#[test]
+fn linear_epilogues() {
+    let _serial = serial();
+    let dev = own_device();
+    let upload = |v: &[f32], shape: &[usize]| Tensor::from_slice(&dev, v, shape).unwrap();
+    // (x shape, K, N): leading dims flatten into M; aligned and unaligned; M <= 4 (GEMV).
+    let cases: [(&[usize], usize); 4] = [
+        (&[3, 41, 36], 52),
+        (&[2, 7, 37], 50),
+        (&[2, 36], 20),
+        (&[65], 9),
+    ];
+    for (ci, &(xs, n)) in cases.iter().enumerate() {
+        let k = xs[xs.len() - 1];
+        let m: usize = xs[..xs.len() - 1].iter().product();
+        let xv = random_vec(m * k, -1.0, 1.0, 60 + ci as u64);
+        let wv = random_vec(k * n, -1.0, 1.0, 70 + ci as u64);
+        let bv = random_vec(n, -1.0, 1.0, 80 + ci as u64);
+        let x = upload(&xv, xs);
+        let bias = upload(&bv, &[n]);
+        let (rtol, atol) = tol(k);
+        for layout in [WeightLayout::InOut, WeightLayout::OutIn] {
+            let (w, tb) = match layout {
+                WeightLayout::InOut => (upload(&wv, &[k, n]), false),
+                WeightLayout::OutIn => (upload(&wv, &[n, k]), true),
+            };
+            let ws: Vec<usize> = w.shape().to_vec();
+            let (_, xw) = reference(&xv, &[m, k], &wv, &ws, false, tb);
+            for act in [Activation::None, Activation::Relu, Activation::Gelu] {
+                for with_bias in [false, true] {
+                    let want: Vec<f64> = xw
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &v)| {
+                            let v = if with_bias {
+                                v + f64::from(bv[i % n])
+                            } else {
+                                v
+                            };
+                            match act {
+                                Activation::None => v,
+                                Activation::Relu => v.max(0.0),
+                                Activation::Gelu => gelu_ref(v),
+                            }
+                        })
+                        .collect();
+                    let mut want_shape = xs[..xs.len() - 1].to_vec();
+                    want_shape.push(n);
+                    for kernel in kernels() {
+                        dev.reset_stats();
+                        let y = x
+                            .linear_with_kernel(&w, with_bias.then_some(&bias), layout, act, kernel)
+                            .unwrap();
+                        assert_eq!(dev.stats().dispatches, 1, "a dense layer is one dispatch");
+                        assert_eq!(y.shape(), want_shape.as_slice());
+                        let what = format!(
+                            "linear {kernel} x {xs:?} w {ws:?} {layout:?} {act:?} bias {with_bias}"
+                        );
+                        assert_close(&what, &y.to_vec().unwrap(), &want, rtol, atol);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn public_entry_points_agree_with_the_reference() {
+    let _serial = serial();
+    let (m, k, n) = (33, 40, 28);
+    let av = random_vec(m * k, -1.0, 1.0, 90);
+    let bv = random_vec(k * n, -1.0, 1.0, 91);
+    let (a, b) = (upload(&av, &[m, k]), upload(&bv, &[k, n]));
+    let (_, want) = reference(&av, &[m, k], &bv, &[k, n], false, false);
+    let (rtol, atol) = tol(k);
+    assert_close(
+        "matmul",
+        &a.matmul(&b).unwrap().to_vec().unwrap(),
+        &want,
+        rtol,
+        atol,
+    );
+    // Aᵀ stored as (K, M) via a materialised transpose, then read transposed in place.
+    let at = a.transpose().unwrap();
+    let bt = b.transpose().unwrap();
+    assert_close(
+        "matmul_t a",
+        &at.matmul_t(&b, true, false).unwrap().to_vec().unwrap(),
+        &want,
+        rtol,
+        atol,
+    );
+    assert_close(
+        "matmul_t b",
+        &a.matmul_t(&bt, false, true).unwrap().to_vec().unwrap(),
+        &want,
+        rtol,
+        atol,
+    );
+    assert_close(
+        "matmul_t ab",
+        &at.matmul_t(&bt, true, true).unwrap().to_vec().unwrap(),
+        &want,
+        rtol,
+        atol,
+    );
+    let y = a
+        .linear(&b, None, WeightLayout::InOut, Activation::None)
+        .unwrap();
+    assert_close("linear", &y.to_vec().unwrap(), &want, rtol, atol);
+}
+
+#[test]
+fn zero_sized_dimensions() {
+    let _serial = serial();
+    let dev = own_device();
+    let upload = |v: &[f32], shape: &[usize]| Tensor::from_slice(&dev, v, shape).unwrap();
+    for kernel in kernels() {
+        // K == 0: zeros of the right shape.
+        let a = Tensor::zeros(&dev, &[3, 0]).unwrap();
+        let b = Tensor::zeros(&dev, &[0, 5]).unwrap();
+        let (c, _) = a.matmul_with_kernel(&b, false, false, kernel).unwrap();
+        assert_eq!(c.shape(), &[3, 5]);
+        assert_eq!(c.to_vec().unwrap(), vec![0.0; 15], "{kernel}");
+        // K == 0 with a bias: act(bias) on every row.
+        let bias = upload(&[-1.0, 2.0, 0.5, -0.25, 3.0], &[5]);
+        let y = a
+            .linear_with_kernel(
+                &b,
+                Some(&bias),
+                WeightLayout::InOut,
+                Activation::Relu,
+                kernel,
+            )
+            .unwrap();
+        let row = [0.0, 2.0, 0.5, 0.0, 3.0];
+        assert_eq!(y.to_vec().unwrap(), row.repeat(3), "{kernel}");
+        // M == 0, N == 0, an empty batch: empty results, nothing dispatched.
+        for (sa, sb, want) in [
+            (vec![0, 4], vec![4, 5], vec![0, 5]),
+            (vec![3, 4], vec![4, 0], vec![3, 0]),
+            (vec![0, 3, 4], vec![4, 5], vec![0, 3, 5]),
+        ] {
+            let a = Tensor::zeros(&dev, &sa).unwrap();
+            let b = Tensor::zeros(&dev, &sb).unwrap();
+            dev.reset_stats();
+            let (c, ran) = a.matmul_with_kernel(&b, false, false, kernel).unwrap();
+            assert_eq!(c.shape(), want.as_slice());
+            assert_eq!(ran, None);
+            assert_eq!(dev.stats().dispatches, 0);
+            assert!(c.to_vec().unwrap().is_empty());
+        }
+    }
+}
+
+fn shape_err(r: portagrad::Result<Tensor>) -> String {
+    match r {
+        Err(e @ Error::Shape { .. }) => e.to_string(),
+        Err(e) => panic!("expected a shape error, got {e:?}"),
+        Ok(t) => panic!("expected a shape error, got a tensor {:?}", t.shape()),
+    }
+}
+
+#[test]
+fn bad_shapes_are_errors_naming_both_shapes() {
+    let _serial = serial();
+    let dev = shared_device();
+    let t = |s: &[usize]| Tensor::zeros(&dev, s).unwrap();
+    let msg = shape_err(t(&[4, 3]).matmul(&t(&[5, 2])));
+    assert!(msg.starts_with("matmul: "), "{msg}");
+    assert!(
+        msg.contains("lhs [4, 3] and rhs [5, 2] do not agree on the inner dimension"),
+        "{msg}"
+    );
+    let msg = shape_err(t(&[3]).matmul(&t(&[3, 2])));
+    assert!(
+        msg.contains("[3]") && msg.contains("[3, 2]") && msg.contains("2 dimensions"),
+        "{msg}"
+    );
+    let msg = shape_err(t(&[2, 4, 3]).matmul(&t(&[3, 3, 2])));
+    assert!(
+        msg.contains("[2, 4, 3]") && msg.contains("[3, 3, 2]") && msg.contains("broadcast"),
+        "{msg}"
+    );
+    let msg = shape_err(t(&[4, 3]).matmul_t(&t(&[4, 2]), false, true));
+    assert!(
+        msg.starts_with("matmul_t: ")
+            && msg.contains("[4, 3]")
+            && msg.contains("[4, 2] (transposed)"),
+        "{msg}"
+    );
+    let msg =
+        shape_err(t(&[2, 5]).linear(&t(&[4, 3]), None, WeightLayout::InOut, Activation::None));
+    assert!(
+        msg.starts_with("linear: ") && msg.contains("[2, 5]") && msg.contains("[4, 3]"),
+        "{msg}"
+    );
+    let msg = shape_err(t(&[2, 4]).linear(
+        &t(&[3, 4]),
+        Some(&t(&[4])),
+        WeightLayout::OutIn,
+        Activation::Relu,
+    ));
+    assert!(
+        msg.contains("bias [4]") && msg.contains("[2, 4]") && msg.contains("[3, 4]"),
+        "{msg}"
+    );
+    let msg = shape_err(t(&[2, 4]).linear(&t(&[4]), None, WeightLayout::InOut, Activation::None));
+    assert!(msg.contains("[2, 4]") && msg.contains("[4]"), "{msg}");
+
+    let ids = Tensor::from_u32(&dev, &[1, 2, 3, 4], &[2, 2]).unwrap();
+    assert!(matches!(
+        ids.matmul(&t(&[2, 2])),
+        Err(Error::DType { op: "matmul", .. })
+    ));
+    assert!(matches!(
+        t(&[2, 2]).matmul(&ids),
+        Err(Error::DType { op: "matmul", .. })
+    ));
+    assert!(matches!(
+        t(&[2, 2]).linear(&ids, None, WeightLayout::InOut, Activation::None),
+        Err(Error::DType { op: "linear", .. })
+    ));
+    let other = portagrad::Device::new().unwrap();
+    let far = Tensor::zeros(&other, &[2, 2]).unwrap();
+    assert!(matches!(
+        t(&[2, 2]).matmul(&far),
+        Err(Error::DeviceMismatch { op: "matmul" })
+    ));
+    assert!(
+        t(&[2, 2])
+            .matmul_with_kernel(&t(&[2, 2]), false, false, "fastest")
+            .is_err()
+    );
+}
