@@ -23,11 +23,12 @@ override TRANS_B: bool = false; // B is stored (N, K): read Bᵀ in place (vec4 
 override TM: u32 = 4u;          // mm_tiled*: rows per invocation (4 or 8)
 override BK: u32 = 16u;         // mm_tiled*: depth of the workgroup-memory tiles (multiple of 4)
 override RB: u32 = 4u;          // mm_rows*: rows per invocation (1..4)
+override CB: u32 = 1u;          // mm_rows*: vec4 column groups per invocation (1..4)
+override RW: u32 = 64u;         // mm_rows*: invocations per workgroup, along N
 
 const WGX: u32 = 16u; // mm_tiled*: invocations along N (4 columns each: BN = 64)
 const WGY: u32 = 16u; // mm_tiled*: invocations along M (TM rows each: BM = 16 * TM)
 const BN: u32 = 64u;
-const RW: u32 = 64u;  // mm_rows*: invocations per workgroup, along N
 
 struct Params {
     m: u32,        // rows of C
@@ -285,13 +286,49 @@ fn mm_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 
 // ---------------------------------------------------------------------------------------------
 // Register blocks without workgroup memory (GEMV, and software adapters without subgroups).
-// Straight-line over the RB rows (RB is an override, so the `RB > i` tests fold away): the K
-// loop is the only loop, because lavapipe ends an invocation after 65,535 loop iterations in
-// all, which K / 4 iterations respect up to K ~ 262k.
+// An invocation owns RB rows x CB vec4 column groups; group j of invocation li starts at
+// column n0 + 4 * (li + RW * j), so each group of the workgroup reads RW * 16 contiguous bytes
+// of a row of B. Straight-line over rows and groups (RB and CB are overrides, so the `RB > i`
+// tests fold away): the K loop is the only loop, because lavapipe ends an invocation after
+// 65,535 loop iterations in all, which K / 4 iterations respect up to K ~ 262k.
 
 // acc + A[row, k..k+4] · B[k..k+4, 4 columns].
 fn fr(acc: vec4<f32>, a: vec4<f32>, b0: vec4<f32>, b1v: vec4<f32>, b2: vec4<f32>, b3: vec4<f32>) -> vec4<f32> {
     return fma(vec4<f32>(a.w), b3, fma(vec4<f32>(a.z), b2, fma(vec4<f32>(a.y), b1v, fma(vec4<f32>(a.x), b0, acc))));
+}
+
+// Column group j: acc[4 i + j] += A[row i, k..k+4] · B[k..k+4, the group's 4 columns].
+fn rows_group(acc: ptr<function, array<vec4<f32>, 16>>, j: u32, a: array<vec4<f32>, 4>, b: array<vec4<f32>, 4>) {
+    (*acc)[j] = fr((*acc)[j], a[0], b[0], b[1], b[2], b[3]);
+    if RB > 1u { (*acc)[4u + j] = fr((*acc)[4u + j], a[1], b[0], b[1], b[2], b[3]); }
+    if RB > 2u { (*acc)[8u + j] = fr((*acc)[8u + j], a[2], b[0], b[1], b[2], b[3]); }
+    if RB > 3u { (*acc)[12u + j] = fr((*acc)[12u + j], a[3], b[0], b[1], b[2], b[3]); }
+}
+
+fn rows_store(t: Tile, acc: ptr<function, array<vec4<f32>, 16>>, j: u32, col: u32) {
+    store4(t.co, t.m0, col, (*acc)[j]);
+    if RB > 1u { store4(t.co, t.m0 + 1u, col, (*acc)[4u + j]); }
+    if RB > 2u { store4(t.co, t.m0 + 2u, col, (*acc)[8u + j]); }
+    if RB > 3u { store4(t.co, t.m0 + 3u, col, (*acc)[12u + j]); }
+}
+
+// Rows 4k..4k+4 of B at the 4 columns from `col` (vec4 entry); Bᵀ is transposed in registers.
+fn rows_b4(t: Tile, col: u32, k: u32) -> array<vec4<f32>, 4> {
+    if TRANS_B {
+        // B is (N, K): each of the 4 columns as a vec4 along k.
+        let u0 = b4[(t.off.y + min(col, p.n - 1u) * p.k) / 4u + k];
+        let u1 = b4[(t.off.y + min(col + 1u, p.n - 1u) * p.k) / 4u + k];
+        let u2 = b4[(t.off.y + min(col + 2u, p.n - 1u) * p.k) / 4u + k];
+        let u3 = b4[(t.off.y + min(col + 3u, p.n - 1u) * p.k) / 4u + k];
+        return array<vec4<f32>, 4>(
+            vec4<f32>(u0.x, u1.x, u2.x, u3.x),
+            vec4<f32>(u0.y, u1.y, u2.y, u3.y),
+            vec4<f32>(u0.z, u1.z, u2.z, u3.z),
+            vec4<f32>(u0.w, u1.w, u2.w, u3.w));
+    }
+    let n4 = p.n / 4u;
+    let q = t.off.y / 4u + min(col / 4u, n4 - 1u) + 4u * k * n4;
+    return array<vec4<f32>, 4>(b4[q], b4[q + n4], b4[q + 2u * n4], b4[q + 3u * n4]);
 }
 
 @compute @workgroup_size(RW)
@@ -301,55 +338,30 @@ fn mm_rows_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     if tid >= p.total {
         return;
     }
-    let t = tile_of(tid, RB, 4u * RW);
-    let col = t.n0 + 4u * li;
-    let n4 = p.n / 4u;
-    let k4 = p.kc / 4u;
-    // Row and column indices clamped into the operands; their outputs are never stored.
+    let t = tile_of(tid, RB, 4u * RW * CB);
+    let c0 = t.n0 + 4u * li;
+    let cs = 4u * RW;
+    // Row indices clamped into A; their outputs are never stored.
     let ar0 = (t.off.x + min(t.m0, p.m - 1u) * p.k) / 4u;
     let ar1 = (t.off.x + min(t.m0 + 1u, p.m - 1u) * p.k) / 4u;
     let ar2 = (t.off.x + min(t.m0 + 2u, p.m - 1u) * p.k) / 4u;
     let ar3 = (t.off.x + min(t.m0 + 3u, p.m - 1u) * p.k) / 4u;
-    let bq = t.off.y / 4u + min(col / 4u, n4 - 1u);
-    let bt0 = (t.off.y + min(col, p.n - 1u) * p.k) / 4u;
-    let bt1 = (t.off.y + min(col + 1u, p.n - 1u) * p.k) / 4u;
-    let bt2 = (t.off.y + min(col + 2u, p.n - 1u) * p.k) / 4u;
-    let bt3 = (t.off.y + min(col + 3u, p.n - 1u) * p.k) / 4u;
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
-    for (var k = 0u; k < k4; k++) {
-        var b0: vec4<f32>;
-        var b1v: vec4<f32>;
-        var b2: vec4<f32>;
-        var b3: vec4<f32>;
-        if TRANS_B {
-            // B is (N, K): each of the 4 columns as a vec4 along k, transposed in registers.
-            let u0 = b4[bt0 + k];
-            let u1 = b4[bt1 + k];
-            let u2 = b4[bt2 + k];
-            let u3 = b4[bt3 + k];
-            b0 = vec4<f32>(u0.x, u1.x, u2.x, u3.x);
-            b1v = vec4<f32>(u0.y, u1.y, u2.y, u3.y);
-            b2 = vec4<f32>(u0.z, u1.z, u2.z, u3.z);
-            b3 = vec4<f32>(u0.w, u1.w, u2.w, u3.w);
-        } else {
-            let kr = bq + 4u * k * n4;
-            b0 = b4[kr];
-            b1v = b4[kr + n4];
-            b2 = b4[kr + 2u * n4];
-            b3 = b4[kr + 3u * n4];
-        }
-        acc0 = fr(acc0, a4[ar0 + k], b0, b1v, b2, b3);
-        if RB > 1u { acc1 = fr(acc1, a4[ar1 + k], b0, b1v, b2, b3); }
-        if RB > 2u { acc2 = fr(acc2, a4[ar2 + k], b0, b1v, b2, b3); }
-        if RB > 3u { acc3 = fr(acc3, a4[ar3 + k], b0, b1v, b2, b3); }
+    var acc: array<vec4<f32>, 16>;
+    for (var k = 0u; k < p.kc / 4u; k++) {
+        var a: array<vec4<f32>, 4>;
+        a[0] = a4[ar0 + k];
+        if RB > 1u { a[1] = a4[ar1 + k]; }
+        if RB > 2u { a[2] = a4[ar2 + k]; }
+        if RB > 3u { a[3] = a4[ar3 + k]; }
+        rows_group(&acc, 0u, a, rows_b4(t, c0, k));
+        if CB > 1u { rows_group(&acc, 1u, a, rows_b4(t, c0 + cs, k)); }
+        if CB > 2u { rows_group(&acc, 2u, a, rows_b4(t, c0 + 2u * cs, k)); }
+        if CB > 3u { rows_group(&acc, 3u, a, rows_b4(t, c0 + 3u * cs, k)); }
     }
-    store4(t.co, t.m0, col, acc0);
-    if RB > 1u { store4(t.co, t.m0 + 1u, col, acc1); }
-    if RB > 2u { store4(t.co, t.m0 + 2u, col, acc2); }
-    if RB > 3u { store4(t.co, t.m0 + 3u, col, acc3); }
+    rows_store(t, &acc, 0u, c0);
+    if CB > 1u { rows_store(t, &acc, 1u, c0 + cs); }
+    if CB > 2u { rows_store(t, &acc, 2u, c0 + 2u * cs); }
+    if CB > 3u { rows_store(t, &acc, 3u, c0 + 3u * cs); }
 }
 
 // 4 elements of A's row at `ar` (element index), k-strided, zero past K.
@@ -357,9 +369,15 @@ fn rows_a(ar: u32, ka: vec4<u32>, live: vec4<bool>) -> vec4<f32> {
     return select(vec4<f32>(0.0), vec4<f32>(a1[ar + ka.x], a1[ar + ka.y], a1[ar + ka.z], a1[ar + ka.w]), live);
 }
 
-// Row k of B (element offset `kb`) at the 4 columns `bc`, zero past K.
-fn rows_b(bc: vec4<u32>, kb: u32, live: bool) -> vec4<f32> {
-    return select(vec4<f32>(0.0), vec4<f32>(b1[bc.x + kb], b1[bc.y + kb], b1[bc.z + kb], b1[bc.w + kb]), live);
+// Rows k..k+4 of B (element offsets `kb`) at the 4 columns from `col`, zero past K.
+fn rows_b(t: Tile, col: u32, kb: vec4<u32>, live: vec4<bool>) -> array<vec4<f32>, 4> {
+    let bc = vec4<u32>(t.off.y) + min(vec4<u32>(col) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.n - 1u)) * p.sbn;
+    let z = vec4<f32>(0.0);
+    return array<vec4<f32>, 4>(
+        select(z, vec4<f32>(b1[bc.x + kb.x], b1[bc.y + kb.x], b1[bc.z + kb.x], b1[bc.w + kb.x]), live.x),
+        select(z, vec4<f32>(b1[bc.x + kb.y], b1[bc.y + kb.y], b1[bc.z + kb.y], b1[bc.w + kb.y]), live.y),
+        select(z, vec4<f32>(b1[bc.x + kb.z], b1[bc.y + kb.z], b1[bc.z + kb.z], b1[bc.w + kb.z]), live.z),
+        select(z, vec4<f32>(b1[bc.x + kb.w], b1[bc.y + kb.w], b1[bc.z + kb.w], b1[bc.w + kb.w]), live.w));
 }
 
 @compute @workgroup_size(RW)
@@ -369,36 +387,33 @@ fn mm_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     if tid >= p.total {
         return;
     }
-    let t = tile_of(tid, RB, 4u * RW);
-    let col = t.n0 + 4u * li;
+    let t = tile_of(tid, RB, 4u * RW * CB);
+    let c0 = t.n0 + 4u * li;
+    let cs = 4u * RW;
     let ar0 = t.off.x + min(t.m0, p.m - 1u) * p.sam;
     let ar1 = t.off.x + min(t.m0 + 1u, p.m - 1u) * p.sam;
     let ar2 = t.off.x + min(t.m0 + 2u, p.m - 1u) * p.sam;
     let ar3 = t.off.x + min(t.m0 + 3u, p.m - 1u) * p.sam;
-    let nl = vec4<u32>(p.n - 1u);
-    let bc = vec4<u32>(t.off.y) + min(vec4<u32>(col) + vec4<u32>(0u, 1u, 2u, 3u), nl) * p.sbn;
     let kmax = vec4<u32>(max(p.kc, 1u) - 1u);
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
+    var acc: array<vec4<f32>, 16>;
     for (var k = 0u; k < p.kc; k += 4u) {
         let kv = vec4<u32>(k) + vec4<u32>(0u, 1u, 2u, 3u);
         let live = kv < vec4<u32>(p.kc);
         let ks = min(kv, kmax);
         let ka = ks * p.sak;
         let kb = ks * p.sbk;
-        let b0 = rows_b(bc, kb.x, live.x);
-        let b1v = rows_b(bc, kb.y, live.y);
-        let b2 = rows_b(bc, kb.z, live.z);
-        let b3 = rows_b(bc, kb.w, live.w);
-        acc0 = fr(acc0, rows_a(ar0, ka, live), b0, b1v, b2, b3);
-        if RB > 1u { acc1 = fr(acc1, rows_a(ar1, ka, live), b0, b1v, b2, b3); }
-        if RB > 2u { acc2 = fr(acc2, rows_a(ar2, ka, live), b0, b1v, b2, b3); }
-        if RB > 3u { acc3 = fr(acc3, rows_a(ar3, ka, live), b0, b1v, b2, b3); }
+        var a: array<vec4<f32>, 4>;
+        a[0] = rows_a(ar0, ka, live);
+        if RB > 1u { a[1] = rows_a(ar1, ka, live); }
+        if RB > 2u { a[2] = rows_a(ar2, ka, live); }
+        if RB > 3u { a[3] = rows_a(ar3, ka, live); }
+        rows_group(&acc, 0u, a, rows_b(t, c0, kb, live));
+        if CB > 1u { rows_group(&acc, 1u, a, rows_b(t, c0 + cs, kb, live)); }
+        if CB > 2u { rows_group(&acc, 2u, a, rows_b(t, c0 + 2u * cs, kb, live)); }
+        if CB > 3u { rows_group(&acc, 3u, a, rows_b(t, c0 + 3u * cs, kb, live)); }
     }
-    store4(t.co, t.m0, col, acc0);
-    if RB > 1u { store4(t.co, t.m0 + 1u, col, acc1); }
-    if RB > 2u { store4(t.co, t.m0 + 2u, col, acc2); }
-    if RB > 3u { store4(t.co, t.m0 + 3u, col, acc3); }
+    rows_store(t, &acc, 0u, c0);
+    if CB > 1u { rows_store(t, &acc, 1u, c0 + cs); }
+    if CB > 2u { rows_store(t, &acc, 2u, c0 + 2u * cs); }
+    if CB > 3u { rows_store(t, &acc, 3u, c0 + 3u * cs); }
 }

@@ -19,12 +19,14 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The kernels this adapter can run: all of them where the subgroup kernel applies, plus the
-/// subgroup entry point for the *other* subgroup size, whose in-kernel fallback must then
-/// give the same results.
+/// Every kernel configuration, forced whatever the adapter rule would pick: the rule's choice,
+/// the tiled kernel with 4x4 and 8x4 register blocks, the rows (GEMV) kernel with the GPU and
+/// the CPU workgroup shapes, and where the subgroup kernel applies, its entry point for this
+/// adapter's subgroup size and the one for the *other* size, whose in-kernel fallback must
+/// then give the same results.
 fn kernels() -> Vec<&'static str> {
     let dev = shared_device();
-    let mut k = vec!["auto", "tiled", "rows"];
+    let mut k = vec!["auto", "tiled4", "tiled8", "rows_gpu", "rows_cpu"];
     if dev.has_subgroups() {
         match dev.info().subgroup_sizes {
             Some((8, 8)) => k.extend(["subgroup", "subgroup16"]),

@@ -1,6 +1,7 @@
 //! `cargo run --release --example bench` — throughput and overhead figures on this adapter.
 //! Each section prints a table; shader compilation is excluded (warm-up), the final sync included.
 
+mod matmul;
 mod train;
 
 use std::time::Instant;
@@ -14,6 +15,9 @@ fn main() -> Result<()> {
     let want = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
     if want("core") {
         core(&dev)?;
+    }
+    if want("matmul") {
+        matmul::run(&dev)?;
     }
     if want("train") {
         train::run(&dev)?;

@@ -1,0 +1,152 @@
+//! `cargo run --release --example bench -- matmul`: GFLOP/s of `matmul` on this adapter, for
+//! square sizes, GPT-2 layer shapes, the decode GEMV and the transposed forms.
+//!
+//! Each case is compiled and run once first (warm-up); then batches of back-to-back runs are
+//! timed up to and including the final `dev.sync()`, and the best batch is reported (other
+//! processes on the machine only ever make a batch slower). "GFLOP per CPU-s" divides by the
+//! CPU time of this process instead: on a software adapter that is the work done, whatever
+//! else loads the machine.
+
+use std::time::Instant;
+
+use portagrad::{Activation, Device, Result, Tensor, WeightLayout};
+
+/// Wall and process-CPU seconds per run of `f`, from the fastest of 3 timed batches of at
+/// least ~0.3 s each.
+fn time(dev: &Device, mut f: impl FnMut() -> Result<()>) -> Result<(f64, Option<f64>)> {
+    f()?; // warm-up: pipeline compilation, buffer pool
+    dev.sync()?;
+    let t = Instant::now();
+    f()?;
+    dev.sync()?;
+    let once = t.elapsed().as_secs_f64();
+    let reps = ((0.3 / once.max(1e-6)).ceil() as usize).clamp(1, 200);
+    let mut best = (f64::INFINITY, None);
+    for _ in 0..3 {
+        let (t, c) = (Instant::now(), process_cpu_seconds());
+        for _ in 0..reps {
+            f()?;
+        }
+        dev.sync()?;
+        let wall = t.elapsed().as_secs_f64() / reps as f64;
+        if wall < best.0 {
+            let cpu = c
+                .zip(process_cpu_seconds())
+                .map(|(a, b)| (b - a) / reps as f64);
+            best = (wall, cpu);
+        }
+    }
+    Ok(best)
+}
+
+/// User + system CPU seconds of this process (Linux: /proc/self/stat; None elsewhere). On a
+/// software adapter the "GPU" is this process's threads, so this is the work done, whatever
+/// else loads the machine.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0) // USER_HZ is 100 on Linux
+}
+
+fn row(case: &str, m: usize, k: usize, n: usize, kernel: &str, (wall, cpu): (f64, Option<f64>)) {
+    let flop = 2.0 * (m * k * n) as f64;
+    let per_cpu = cpu.map_or("n/a".to_string(), |c| format!("{:.1}", flop / c / 1e9));
+    println!(
+        "| {case} | {m} x {k} x {n} | {kernel} | {:.1} | {per_cpu} | {:.2} |",
+        flop / wall / 1e9,
+        wall * 1e3
+    );
+}
+
+/// `op(A) · op(B)` with A: (M, K) and B: (K, N) as stored transposed when asked.
+fn product(
+    dev: &Device,
+    case: &str,
+    m: usize,
+    k: usize,
+    n: usize,
+    ta: bool,
+    tb: bool,
+) -> Result<()> {
+    let sa = if ta { [k, m] } else { [m, k] };
+    let sb = if tb { [n, k] } else { [k, n] };
+    let a = Tensor::rand_uniform(dev, &sa, -1.0, 1.0, 1)?;
+    let b = Tensor::rand_uniform(dev, &sb, -1.0, 1.0, 2)?;
+    let (_, ran) = a.matmul_with_kernel(&b, ta, tb, "auto")?;
+    let secs = time(dev, || a.matmul_t(&b, ta, tb).map(drop))?;
+    row(case, m, k, n, ran.unwrap_or("-"), secs);
+    Ok(())
+}
+
+/// Print the matmul table.
+pub fn run(dev: &Device) -> Result<()> {
+    println!("\n## matmul");
+    println!("| case | M x K x N | kernel | GFLOP/s | GFLOP per CPU-s | ms |");
+    println!("|---|---|---|---|---|---|");
+    for s in [256, 512, 1024, 2048] {
+        product(dev, "square", s, s, s, false, false)?;
+    }
+    // GPT-2 small, B*T = 1024 tokens: attention qkv, MLP up, MLP down.
+    for (k, n) in [(768, 2304), (768, 3072), (3072, 768)] {
+        product(dev, "GPT-2 layer", 1024, k, n, false, false)?;
+    }
+    // The MLP up-projection as a dense layer: bias and GELU fused into the same dispatch.
+    {
+        let x = Tensor::rand_uniform(dev, &[1024, 768], -1.0, 1.0, 3)?;
+        let w = Tensor::rand_uniform(dev, &[768, 3072], -1.0, 1.0, 4)?;
+        let b = Tensor::rand_uniform(dev, &[3072], -1.0, 1.0, 5)?;
+        let (_, ran) = x.matmul_with_kernel(&w, false, false, "auto")?;
+        let secs = time(dev, || {
+            x.linear(&w, Some(&b), WeightLayout::InOut, Activation::Gelu)
+                .map(drop)
+        })?;
+        row(
+            "linear + bias + gelu",
+            1024,
+            768,
+            3072,
+            ran.unwrap_or("-"),
+            secs,
+        );
+    }
+    // Decode: one token against the (768, 50257) LM head. Its 154 MB may exceed the adapter's
+    // largest storage binding (lavapipe: 128 MiB); then B is two column halves, two dispatches.
+    {
+        let (m, k, n) = (1, 768, 50257);
+        let fits = (k * n * 4) as u64 <= dev.info().max_storage_binding;
+        let parts: Vec<usize> = if fits {
+            vec![n]
+        } else {
+            vec![n / 2, n - n / 2]
+        };
+        let a = Tensor::rand_uniform(dev, &[m, k], -1.0, 1.0, 6)?;
+        let bs = parts
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| Tensor::rand_uniform(dev, &[k, p], -1.0, 1.0, 7 + i as u64))
+            .collect::<Result<Vec<_>>>()?;
+        let (_, ran) = a.matmul_with_kernel(&bs[0], false, false, "auto")?;
+        let secs = time(dev, || {
+            for b in &bs {
+                drop(a.matmul(b)?);
+            }
+            Ok(())
+        })?;
+        let case = if fits {
+            "decode GEMV".to_string()
+        } else {
+            format!("decode GEMV (B in {} column parts)", parts.len())
+        };
+        row(&case, m, k, n, ran.unwrap_or("-"), secs);
+    }
+    for (case, ta, tb) in [
+        ("Aᵀ·B", true, false),
+        ("A·Bᵀ", false, true),
+        ("Aᵀ·Bᵀ", true, true),
+    ] {
+        product(dev, case, 1024, 1024, 1024, ta, tb)?;
+    }
+    Ok(())
+}
