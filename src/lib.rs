@@ -27,6 +27,7 @@ pub mod io;
 mod kernels;
 pub mod nn;
 mod ops;
+mod ops_attention;
 mod ops_matmul;
 mod ops_nn;
 pub mod optim;
@@ -37,6 +38,10 @@ pub mod train;
 
 pub use autograd::{Gradients, NoGradGuard, inference, is_grad_enabled, no_grad};
 pub use error::{Error, Result};
+pub use ops_attention::{
+    KvCache, MAX_HEAD_DIM, attend_cached, attention, attention_cpu_shader_source,
+    attention_variant, merge_heads, split_heads,
+};
 pub use ops_matmul::{Activation, WeightLayout};
 pub use runtime::{Device, DeviceInfo, DeviceOptions, Stats};
 pub use tensor::{DType, Tensor};

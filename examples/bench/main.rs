@@ -1,6 +1,7 @@
 //! `cargo run --release --example bench` — throughput and overhead figures on this adapter.
 //! Each section prints a table; shader compilation is excluded (warm-up), the final sync included.
 
+mod attention;
 mod matmul;
 mod train;
 
@@ -15,6 +16,9 @@ fn main() -> Result<()> {
     let want = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
     if want("core") {
         core(&dev)?;
+    }
+    if want("attention") {
+        attention::run(&dev)?;
     }
     if want("matmul") {
         matmul::run(&dev)?;

@@ -1,6 +1,7 @@
 //! Launchers: one file per WGSL file under `shaders/`, each owning its params struct,
 //! entry points and dispatch sizes.
 
+pub(crate) mod attention;
 pub(crate) mod elementwise;
 pub(crate) mod init;
 pub(crate) mod layout;
@@ -24,6 +25,10 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("reduce", reduce::SHADER.source),
     ("softmax", softmax::SHADER.source),
     ("layout", layout::SHADER.source),
+    // attention.wgsl is a shared body: validated as part of both variants it is compiled in.
+    ("attention", attention::SHADER.source),
+    ("attention_portable", attention::SHADER.source),
+    ("attention_subgroup", attention::SHADER_SUBGROUP.source),
     ("nn", nn::SHADER.source),
     ("loss", loss::SHADER.source),
     ("optim", optim::SHADER.source),

@@ -1,0 +1,415 @@
+// Fused multi-head scaled dot-product attention on (B, H, T, D) tensors, FlashAttention-2 style:
+// online softmax over key tiles in the forward pass (no (T, T) matrix anywhere), the backward
+// pass recomputes the scores tile by tile from the saved log-sum-exp, and writes dQ (one kernel
+// over query rows) and dK, dV (one kernel over key rows) without atomics, so it is deterministic.
+// Also here: the KV-cache append and decode kernels, and the head split / merge permutations.
+//
+// This file is the shared body. It is never compiled alone: the launcher appends one of
+//   attention_subgroup.wgsl  tiles exchanged between the lanes of a subgroup (subgroupBroadcast)
+//   attention_portable.wgsl  tiles read straight from storage (adapters without subgroups)
+// which define the entry points of the three row kernels and the tile functions used below:
+//   kv_tile(base, j0, last)   make keys j0 .. j0 + 7 (row index clamped to `last`) the current tile
+//   qdo_tile(base, i0, last)  make queries i0 .. i0 + 7 and their dO, lse and delta the current tile
+//   tile_k(c), tile_v(c), tile_q(c), tile_do(c) -> array<vec4<f32>, 8>: column chunk c of the tile
+//   tile_s() -> array<vec2<f32>, 8>: (lse * log2 e, delta) of the query tile
+//
+// Each invocation owns one row (a query row in the forward and dQ kernels, a key row in the dK/dV
+// kernel) and keeps it and its accumulators in private arrays; rows are grouped (a subgroup, or a
+// single invocation in the portable variant) and a group walks the other side in tiles of TW rows.
+// Scores are kept in base-2 units (q pre-scaled by scale * log2 e) so the softmax uses exp2.
+
+override D4: u32 = 16u;   // head size D / 4 (D % 4 == 0, D <= 4 * MAXC)
+override WG: u32 = 64u;   // invocations per workgroup of the row kernels = rows per workgroup
+override DWG: u32 = 64u;  // invocations per workgroup of the decode kernel (a power of two <= 64)
+
+const MAXC: u32 = 32u;    // largest D4 (D = 128)
+const TW: u32 = 8u;       // rows per exchanged tile
+const LOG2E: f32 = 1.4426950408889634;
+const LN2: f32 = 0.6931471805599453;
+const NEG: f32 = -1.0e30; // "minus infinity" that never produces inf - inf
+const LWG: u32 = 256u;    // invocations per workgroup of the layout kernels
+
+struct Attn {
+    bh: u32,       // B * H
+    t: u32,        // query rows per (b, h)
+    tk: u32,       // key rows per (b, h) that are attended (T, or the cache length)
+    kstride: u32,  // key rows allocated per (b, h) (T, or the cache's maximum length)
+    causal: u32,   // 1: query row r sees key rows <= r + qoff
+    qoff: u32,     // key position of query row 0 (decode: cache length - new rows)
+    blocks: u32,   // workgroups per (b, h) of the row kernels
+    scale: f32,    // 1 / sqrt(D)
+    n: u32,        // units moved by the layout / append kernels
+    heads: u32,    // H
+    slot: u32,     // which C-wide column block of the (B, T, slots * C) side
+    slots: u32,    // column blocks on the (B, T, slots * C) side (3 for a fused QKV)
+    du: u32,       // units (f32 or vec4) per head row
+    pos: u32,      // first cache row written by an append
+    rows: u32,     // rows appended per (b, h)
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Attn;
+
+// ---- bindings of the row kernels (forward, dQ, dK/dV) and of decode ----
+@group(0) @binding(1) var<storage, read> q4: array<vec4<f32>>;          // (B, H, T, D)
+@group(0) @binding(2) var<storage, read> k4: array<vec4<f32>>;          // (B, H, kstride, D)
+@group(0) @binding(3) var<storage, read> v4: array<vec4<f32>>;          // (B, H, kstride, D)
+// forward / decode outputs
+@group(0) @binding(4) var<storage, read_write> o_out: array<vec4<f32>>; // (B, H, T, D)
+@group(0) @binding(5) var<storage, read_write> lse_out: array<f32>;     // (B, H, T) natural log
+// backward inputs shared by dQ and dK/dV
+@group(0) @binding(4) var<storage, read> do4: array<vec4<f32>>;         // (B, H, T, D) dL/dO
+@group(0) @binding(5) var<storage, read> lse_in: array<f32>;            // (B, H, T)
+// dQ kernel
+@group(0) @binding(6) var<storage, read> o_in: array<vec4<f32>>;        // (B, H, T, D) forward O
+@group(0) @binding(7) var<storage, read_write> grad_a: array<vec4<f32>>;// (B, H, T, D) dQ or dK
+@group(0) @binding(8) var<storage, read_write> delta_out: array<f32>;   // (B, H, T) rowsum(dO * O)
+// dK/dV kernel
+@group(0) @binding(6) var<storage, read> delta_in: array<f32>;          // (B, H, T)
+@group(0) @binding(8) var<storage, read_write> grad_v: array<vec4<f32>>;// (B, H, T, D) dV
+
+// Rows of the workgroup `wg` that a group handles: (b*h index, first row of the group), or
+// bh == p.bh when the workgroup is past the grid.
+fn group_rows(wg: u32, g0: u32) -> vec2<u32> {
+    let bh = wg / p.blocks;
+    return vec2<u32>(bh, (wg % p.blocks) * WG + g0);
+}
+
+// Forward: rows r0 .. r0 + gsize - 1 of head bh; this invocation owns row r0 + lane.
+fn fwd_group(wg: u32, g0: u32, gsize: u32, lane: u32) {
+    let gr = group_rows(wg, g0);
+    let bh = gr.x;
+    let r0 = gr.y;
+    if bh >= p.bh || r0 >= p.t { return; } // uniform across the group
+    let row = r0 + lane;
+    let rc = min(row, p.t - 1u);
+    let qb = bh * p.t;
+    let kb = bh * p.kstride;
+    var kend = p.tk;
+    if p.causal != 0u { kend = min(p.tk, r0 + gsize + p.qoff); }
+    let lim = row + p.qoff; // last key this row may see when causal
+
+    let qs = p.scale * LOG2E;
+    var qr: array<vec4<f32>, MAXC>;
+    for (var c = 0u; c < D4; c++) { qr[c] = q4[(qb + rc) * D4 + c] * qs; }
+    var acc: array<vec4<f32>, MAXC>;
+    var m = NEG;
+    var l = 0.0;
+    for (var j0 = 0u; j0 < kend; j0 += TW) {
+        kv_tile(kb, j0, kend - 1u);
+        var s: array<f32, TW>;
+        for (var c = 0u; c < D4; c++) {
+            let kk = tile_k(c);
+            let qc = qr[c];
+            for (var i = 0u; i < TW; i++) { s[i] += dot(qc, kk[i]); }
+        }
+        var mt = m;
+        var ok: array<bool, TW>;
+        for (var i = 0u; i < TW; i++) {
+            let j = j0 + i;
+            ok[i] = j < kend && (p.causal == 0u || j <= lim);
+            if ok[i] { mt = max(mt, s[i]); }
+        }
+        let corr = exp2(m - mt);
+        var pr: array<f32, TW>;
+        var ls = 0.0;
+        for (var i = 0u; i < TW; i++) {
+            pr[i] = select(0.0, exp2(s[i] - mt), ok[i]);
+            ls += pr[i];
+        }
+        l = l * corr + ls;
+        m = mt;
+        for (var c = 0u; c < D4; c++) {
+            let vv = tile_v(c);
+            var a = acc[c] * corr;
+            for (var i = 0u; i < TW; i++) { a = fma(vec4<f32>(pr[i]), vv[i], a); }
+            acc[c] = a;
+        }
+    }
+    if row < p.t {
+        let inv = 1.0 / l;
+        for (var c = 0u; c < D4; c++) { o_out[(qb + row) * D4 + c] = acc[c] * inv; }
+        lse_out[qb + row] = (m + log2(l)) * LN2;
+    }
+}
+
+// dQ and delta: this invocation owns query row r0 + lane.
+//   delta = rowsum(dO * O), P = exp(S - lse), dS = P * (dO . V - delta), dQ = scale * dS K
+fn dq_group(wg: u32, g0: u32, gsize: u32, lane: u32) {
+    let gr = group_rows(wg, g0);
+    let bh = gr.x;
+    let r0 = gr.y;
+    if bh >= p.bh || r0 >= p.t { return; }
+    let row = r0 + lane;
+    let rc = min(row, p.t - 1u);
+    let qb = bh * p.t;
+    let kb = bh * p.kstride;
+    var kend = p.tk;
+    if p.causal != 0u { kend = min(p.tk, r0 + gsize + p.qoff); }
+    let lim = row + p.qoff;
+
+    let qs = p.scale * LOG2E;
+    var qr: array<vec4<f32>, MAXC>;
+    var dr: array<vec4<f32>, MAXC>;
+    var dl = vec4<f32>(0.0);
+    for (var c = 0u; c < D4; c++) {
+        let at = (qb + rc) * D4 + c;
+        qr[c] = q4[at] * qs;
+        dr[c] = do4[at];
+        dl = fma(dr[c], o_in[at], dl);
+    }
+    let delta = dl.x + dl.y + dl.z + dl.w;
+    let lse2 = lse_in[qb + rc] * LOG2E;
+    var dq: array<vec4<f32>, MAXC>;
+    for (var j0 = 0u; j0 < kend; j0 += TW) {
+        kv_tile(kb, j0, kend - 1u);
+        var s: array<f32, TW>;
+        var dp: array<f32, TW>;
+        for (var c = 0u; c < D4; c++) {
+            let kk = tile_k(c);
+            let vv = tile_v(c);
+            let qc = qr[c];
+            let dc = dr[c];
+            for (var i = 0u; i < TW; i++) {
+                s[i] += dot(qc, kk[i]);
+                dp[i] += dot(dc, vv[i]);
+            }
+        }
+        var ds: array<f32, TW>;
+        for (var i = 0u; i < TW; i++) {
+            let j = j0 + i;
+            let ok = j < kend && (p.causal == 0u || j <= lim);
+            ds[i] = select(0.0, exp2(s[i] - lse2) * (dp[i] - delta), ok);
+        }
+        for (var c = 0u; c < D4; c++) {
+            let kk = tile_k(c);
+            var a = dq[c];
+            for (var i = 0u; i < TW; i++) { a = fma(vec4<f32>(ds[i]), kk[i], a); }
+            dq[c] = a;
+        }
+    }
+    if row < p.t {
+        for (var c = 0u; c < D4; c++) { grad_a[(qb + row) * D4 + c] = dq[c] * p.scale; }
+        delta_out[qb + row] = delta;
+    }
+}
+
+// dK and dV: this invocation owns key row r0 + lane and walks the query rows that see it.
+//   dV = P^T dO, dK = scale * dS^T Q
+fn dkv_group(wg: u32, g0: u32, gsize: u32, lane: u32) {
+    let gr = group_rows(wg, g0);
+    let bh = gr.x;
+    let r0 = gr.y;
+    if bh >= p.bh || r0 >= p.tk { return; }
+    let row = r0 + lane;
+    let rc = min(row, p.tk - 1u);
+    let qb = bh * p.t;
+    let kb = bh * p.kstride;
+    // Query i sees key j when j <= i + qoff: with causal masking the first query that sees any
+    // key of the group is r0 - qoff.
+    var i_start = 0u;
+    if p.causal != 0u && r0 > p.qoff { i_start = r0 - p.qoff; }
+
+    let qs = p.scale * LOG2E;
+    var kr: array<vec4<f32>, MAXC>;
+    var vr: array<vec4<f32>, MAXC>;
+    for (var c = 0u; c < D4; c++) {
+        kr[c] = k4[(kb + rc) * D4 + c] * qs;
+        vr[c] = v4[(kb + rc) * D4 + c];
+    }
+    var dk: array<vec4<f32>, MAXC>;
+    var dv: array<vec4<f32>, MAXC>;
+    for (var i0 = i_start; i0 < p.t; i0 += TW) {
+        qdo_tile(qb, i0, p.t - 1u);
+        var s: array<f32, TW>;
+        var dp: array<f32, TW>;
+        for (var c = 0u; c < D4; c++) {
+            let qq = tile_q(c);
+            let dd = tile_do(c);
+            let kc = kr[c];
+            let vc = vr[c];
+            for (var i = 0u; i < TW; i++) {
+                s[i] += dot(kc, qq[i]);
+                dp[i] += dot(vc, dd[i]);
+            }
+        }
+        let st = tile_s();
+        var pr: array<f32, TW>;
+        var ds: array<f32, TW>;
+        for (var i = 0u; i < TW; i++) {
+            let qi = i0 + i;
+            let ok = qi < p.t && (p.causal == 0u || row <= qi + p.qoff);
+            pr[i] = select(0.0, exp2(s[i] - st[i].x), ok);
+            ds[i] = pr[i] * (dp[i] - st[i].y);
+        }
+        for (var c = 0u; c < D4; c++) {
+            let qq = tile_q(c);
+            let dd = tile_do(c);
+            var a = dk[c];
+            var b = dv[c];
+            for (var i = 0u; i < TW; i++) {
+                a = fma(vec4<f32>(ds[i]), qq[i], a);
+                b = fma(vec4<f32>(pr[i]), dd[i], b);
+            }
+            dk[c] = a;
+            dv[c] = b;
+        }
+    }
+    if row < p.tk {
+        for (var c = 0u; c < D4; c++) {
+            grad_a[(kb + row) * D4 + c] = dk[c] * p.scale;
+            grad_v[(kb + row) * D4 + c] = dv[c];
+        }
+    }
+}
+
+// ---- decode: new query rows against a KV cache ----
+// One workgroup per (b, h, query row); its DWG invocations split the cached keys between them,
+// each keeps its own online-softmax state, and the states are merged once at the end.
+var<workgroup> red_s: array<f32, 64>;             // (DWG)
+var<workgroup> red_v: array<vec4<f32>, 512>;      // (DWG, 8) column chunks being summed
+
+@compute @workgroup_size(DWG)
+fn attn_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let flat = wid.y * nwg.x + wid.x;
+    if flat >= p.bh * p.t { return; } // uniform across the workgroup
+    let bh = flat / p.t;
+    let r = flat % p.t;
+    let kend = min(p.tk, p.qoff + r + 1u);
+    let kb = bh * p.kstride;
+    let qs = p.scale * LOG2E;
+    var qr: array<vec4<f32>, MAXC>;
+    for (var c = 0u; c < D4; c++) { qr[c] = q4[flat * D4 + c] * qs; }
+    var acc: array<vec4<f32>, MAXC>;
+    var m = NEG;
+    var l = 0.0;
+    for (var j = lid; j < kend; j += DWG) {
+        var s4 = vec4<f32>(0.0);
+        for (var c = 0u; c < D4; c++) { s4 = fma(qr[c], k4[(kb + j) * D4 + c], s4); }
+        let s = s4.x + s4.y + s4.z + s4.w;
+        let mn = max(m, s);
+        let corr = exp2(m - mn);
+        let pj = exp2(s - mn);
+        l = l * corr + pj;
+        m = mn;
+        for (var c = 0u; c < D4; c++) { acc[c] = fma(vec4<f32>(pj), v4[(kb + j) * D4 + c], acc[c] * corr); }
+    }
+    // Merge: the workgroup maximum, then sums of the rescaled l and acc.
+    red_s[lid] = m;
+    workgroupBarrier();
+    var mx = NEG;
+    for (var i = 0u; i < DWG; i++) { mx = max(mx, red_s[i]); }
+    let f = exp2(m - mx); // 0 for an invocation that saw no key
+    workgroupBarrier();
+    red_s[lid] = l * f;
+    workgroupBarrier();
+    for (var h = DWG / 2u; h > 0u; h >>= 1u) {
+        if lid < h { red_s[lid] += red_s[lid + h]; }
+        workgroupBarrier();
+    }
+    let inv = 1.0 / red_s[0];
+    for (var c0 = 0u; c0 < D4; c0 += 8u) {
+        for (var c = 0u; c < 8u; c++) {
+            red_v[lid * 8u + c] = select(vec4<f32>(0.0), acc[min(c0 + c, MAXC - 1u)] * f, c0 + c < D4);
+        }
+        workgroupBarrier();
+        for (var h = DWG / 2u; h > 0u; h >>= 1u) {
+            if lid < h {
+                for (var c = 0u; c < 8u; c++) { red_v[lid * 8u + c] += red_v[(lid + h) * 8u + c]; }
+            }
+            workgroupBarrier();
+        }
+        if lid < 8u && c0 + lid < D4 { o_out[flat * D4 + c0 + lid] = red_v[lid] * inv; }
+        workgroupBarrier();
+    }
+}
+
+// ---- KV-cache append: rows pos .. pos + rows - 1 of every (b, h) ----
+@group(0) @binding(1) var<storage, read> new_k: array<vec4<f32>>;          // (B, H, rows, D)
+@group(0) @binding(2) var<storage, read> new_v: array<vec4<f32>>;          // (B, H, rows, D)
+@group(0) @binding(3) var<storage, read_write> cache_k: array<vec4<f32>>;  // (B, H, kstride, D)
+@group(0) @binding(4) var<storage, read_write> cache_v: array<vec4<f32>>;  // (B, H, kstride, D)
+
+@compute @workgroup_size(LWG)
+fn kv_append(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let u = (wid.y * nwg.x + wid.x) * LWG + lid;
+    if u >= p.n { return; }
+    let c = u % D4;
+    let r = u / D4;
+    let dst = ((r / p.rows) * p.kstride + p.pos + r % p.rows) * D4 + c;
+    cache_k[dst] = new_k[u];
+    cache_v[dst] = new_v[u];
+}
+
+// ---- head split / merge: (B, T, slots * C) <-> (B, H, T, D), C = H * D ----
+// Units are vec4 when D % 4 == 0 (entry points ending in 4), else f32.
+@group(0) @binding(1) var<storage, read> lay_in: array<f32>;            // source
+@group(0) @binding(2) var<storage, read_write> lay_out: array<f32>;     // destination
+@group(0) @binding(1) var<storage, read> lay_in4: array<vec4<f32>>;     // source
+@group(0) @binding(2) var<storage, read_write> lay_out4: array<vec4<f32>>; // destination
+
+// Unit u of the (B, H, T, D) side -> unit of the (B, T, slots * C) side, in column block p.slot.
+fn rows_index(u: u32) -> u32 {
+    let d = u % p.du;
+    let x = u / p.du;
+    let t = x % p.t;
+    let bh = x / p.t;
+    let h = bh % p.heads;
+    let b = bh / p.heads;
+    return ((b * p.t + t) * p.slots + p.slot) * p.heads * p.du + h * p.du + d;
+}
+
+// Unit u of the (B, T, slots * C) side -> unit of the (B, H, T, D) side, or 0xffffffff when it
+// lies outside column block p.slot.
+fn heads_index(u: u32) -> u32 {
+    let d = u % p.du;
+    var x = u / p.du;
+    let h = x % p.heads;
+    x /= p.heads;
+    let s = x % p.slots;
+    let bt = x / p.slots;
+    if s != p.slot { return 0xffffffffu; }
+    let t = bt % p.t;
+    let b = bt / p.t;
+    return ((b * p.heads + h) * p.t + t) * p.du + d;
+}
+
+fn lay_unit(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.y * nwg.x + wid.x) * LWG + lid;
+}
+
+// (B, T, slots * C) column block p.slot -> (B, H, T, D); one invocation per output unit.
+@compute @workgroup_size(LWG)
+fn rows_to_heads(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let u = lay_unit(wid, nwg, lid);
+    if u >= p.n { return; }
+    lay_out[u] = lay_in[rows_index(u)];
+}
+
+@compute @workgroup_size(LWG)
+fn rows_to_heads4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let u = lay_unit(wid, nwg, lid);
+    if u >= p.n { return; }
+    lay_out4[u] = lay_in4[rows_index(u)];
+}
+
+// (B, H, T, D) -> (B, T, slots * C), zero outside column block p.slot; one invocation per output unit.
+@compute @workgroup_size(LWG)
+fn heads_to_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let u = lay_unit(wid, nwg, lid);
+    if u >= p.n { return; }
+    let i = heads_index(u);
+    var x = 0.0;
+    if i != 0xffffffffu { x = lay_in[i]; }
+    lay_out[u] = x;
+}
+
+@compute @workgroup_size(LWG)
+fn heads_to_rows4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let u = lay_unit(wid, nwg, lid);
+    if u >= p.n { return; }
+    let i = heads_index(u);
+    var x = vec4<f32>(0.0);
+    if i != 0xffffffffu { x = lay_in4[i]; }
+    lay_out4[u] = x;
+}

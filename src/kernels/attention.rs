@@ -1,0 +1,855 @@
+//! Launcher for `shaders/attention.wgsl`: fused attention forward, its two backward kernels,
+//! KV-cache append and decode, and the head split / merge permutations.
+//!
+//! The row kernels (forward, dQ, dK/dV) come in three forms that differ in how a tile of rows
+//! reaches the invocations (see the top of `attention.wgsl`), chosen per adapter by [`plan`]:
+//! - `subgroup-cpu`: CPU adapters with subgroups of at least 8 lanes (lavapipe). Tiles are
+//!   exchanged with subgroup broadcasts, and the kernels are straight-line code generated here
+//!   for the head size at hand, each lane owning several rows ([`mod@cpu`]).
+//! - `subgroup`: other adapters with such subgroups (GPUs). The same exchange, looped code
+//!   (`attention_subgroup.wgsl`), one row per lane.
+//! - `portable`: no subgroups. Tiles read from storage (`attention_portable.wgsl`).
+//!
+//! `PORTAGRAD_ATTENTION=portable` or `=subgroup` forces one (the tests run all three).
+
+use super::{elems_grid, shader};
+use crate::error::Result;
+use crate::runtime::{Access, Device, Shader, grid_1d};
+use crate::tensor::{DType, Tensor};
+
+/// Body + tiles read from storage: every adapter.
+pub(crate) const SHADER: Shader = shader(
+    "attention",
+    concat!(
+        include_str!("../../shaders/attention.wgsl"),
+        include_str!("../../shaders/attention_portable.wgsl")
+    ),
+);
+
+/// Body + tiles exchanged through subgroup broadcasts: adapters with the SUBGROUP feature.
+pub(crate) const SHADER_SUBGROUP: Shader = shader(
+    "attention_subgroup",
+    concat!(
+        include_str!("../../shaders/attention.wgsl"),
+        include_str!("../../shaders/attention_subgroup.wgsl")
+    ),
+);
+
+/// Rows per exchanged tile (`TW` in the WGSL); the subgroup variant needs this many lanes.
+const TW: u32 = 8;
+/// Invocations (rows) per workgroup of the row kernels (`WG`).
+const WG: u32 = 64;
+/// Invocations per workgroup of the decode kernel (`DWG`, at most 64).
+const DWG: u32 = 64;
+
+/// Matches `struct Attn` in `attention.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    bh: u32,
+    t: u32,
+    tk: u32,
+    kstride: u32,
+    causal: u32,
+    qoff: u32,
+    blocks: u32,
+    scale: f32,
+    n: u32,
+    heads: u32,
+    slot: u32,
+    slots: u32,
+    du: u32,
+    pos: u32,
+    rows: u32,
+    _pad: u32,
+}
+const _: () = assert!(std::mem::size_of::<Params>() == 64);
+
+/// The three row kernels (indices into [`Plan::rows`]).
+const FWD: usize = 0;
+const DQ: usize = 1;
+const DKV: usize = 2;
+const ENTRIES: [&str; 3] = ["attn_fwd", "attn_bwd_dq", "attn_bwd_dkv"];
+
+/// How the row kernels (forward, dQ, dK/dV) run for one head size on one device.
+struct Plan {
+    shader: &'static Shader,
+    /// Invocations per workgroup.
+    wg: u32,
+    /// Rows each invocation owns, per kernel.
+    rows: [u32; 3],
+    /// Whether the straight-line CPU kernels run.
+    cpu: bool,
+    /// Reported by [`plan_name`].
+    name: &'static str,
+}
+
+impl Plan {
+    fn entry(&self, kernel: usize) -> String {
+        if self.cpu {
+            format!("{}_cpu", ENTRIES[kernel])
+        } else {
+            ENTRIES[kernel].to_string()
+        }
+    }
+}
+
+/// Choose the kernels: straight-line subgroup kernels generated for the head size on CPU
+/// adapters, the looped subgroup kernels elsewhere when subgroups of at least TW lanes exist,
+/// else the portable ones. `PORTAGRAD_ATTENTION=portable` or `=subgroup` forces one.
+fn plan(dev: &Device, d: usize) -> Plan {
+    let force = std::env::var("PORTAGRAD_ATTENTION").unwrap_or_default();
+    let mut pl = Plan {
+        shader: &SHADER,
+        wg: WG,
+        rows: [1; 3],
+        cpu: false,
+        name: "portable",
+    };
+    let Some((lo, hi)) = dev.info().subgroup_sizes else {
+        return pl;
+    };
+    if !dev.has_subgroups() || lo < TW || force == "portable" {
+        return pl;
+    }
+    if dev.info().is_cpu && force != "subgroup" {
+        pl.shader = cpu_shader(d);
+        // One subgroup per workgroup: small T leaves no idle subgroups.
+        pl.wg = hi;
+        pl.rows = cpu::rows(d);
+        pl.cpu = true;
+        pl.name = "subgroup-cpu";
+    } else {
+        pl.shader = &SHADER_SUBGROUP;
+        // A workgroup holds whole subgroups.
+        pl.wg = WG.max(hi);
+        pl.name = "subgroup";
+    }
+    pl
+}
+
+/// Which kernels [`forward`] and [`backward`] use on `dev` for head size `d`: `"subgroup-cpu"`,
+/// `"subgroup"` or `"portable"`.
+pub(crate) fn plan_name(dev: &Device, d: usize) -> &'static str {
+    plan(dev, d).name
+}
+
+fn dims(x: &Tensor) -> (usize, usize, usize, usize) {
+    (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+}
+
+/// Parameters of row kernel `kernel` and its grid.
+fn row_params(
+    pl: &Plan,
+    kernel: usize,
+    bh: usize,
+    t: usize,
+    d: usize,
+    causal: bool,
+) -> Result<(Params, [u32; 3])> {
+    let blocks = t.div_ceil((pl.wg * pl.rows[kernel]) as usize);
+    let p = Params {
+        bh: bh as u32,
+        t: t as u32,
+        tk: t as u32,
+        kstride: t as u32,
+        causal: u32::from(causal),
+        blocks: blocks as u32,
+        scale: 1.0 / (d as f32).sqrt(),
+        ..Params::default()
+    };
+    Ok((p, grid_1d((blocks * bh) as u64)?))
+}
+
+fn consts(d: usize, wg: u32) -> [(&'static str, f64); 2] {
+    [("D4", (d / 4) as f64), ("WG", f64::from(wg))]
+}
+
+/// Forward: q, k, v (B, H, T, D) -> (o (B, H, T, D), lse (B, H, T)). Shapes checked by the caller.
+pub(crate) fn forward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    causal: bool,
+) -> Result<(Tensor, Tensor)> {
+    let dev = &q.dev;
+    let (b, h, t, d) = dims(q);
+    let o = Tensor::empty(dev, "attention", &q.shape, DType::F32)?;
+    let lse = Tensor::empty(dev, "attention", &[b, h, t], DType::F32)?;
+    let pl = plan(dev, d);
+    let (p, grid) = row_params(&pl, FWD, b * h, t, d, causal)?;
+    // q, k, v: (B, H, T, D) -> o: (B, H, T, D), lse: (B, H, T)
+    dev.dispatch(
+        pl.shader,
+        &pl.entry(FWD),
+        &consts(d, pl.wg),
+        &p,
+        &[
+            (&q.storage, Access::Read),
+            (&k.storage, Access::Read),
+            (&v.storage, Access::Read),
+            (&o.storage, Access::ReadWrite),
+            (&lse.storage, Access::ReadWrite),
+        ],
+        grid,
+    )?;
+    Ok((o, lse))
+}
+
+/// Backward from the forward's inputs, output `o`, log-sum-exp `lse` and the output gradient
+/// `d_o`: -> (dq, dk, dv), each (B, H, T, D). Two kernels, no atomics.
+pub(crate) fn backward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    o: &Tensor,
+    lse: &Tensor,
+    d_o: &Tensor,
+    causal: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let dev = &q.dev;
+    let (b, h, t, d) = dims(q);
+    let dq = Tensor::empty(dev, "attention_backward", &q.shape, DType::F32)?;
+    let dk = Tensor::empty(dev, "attention_backward", &q.shape, DType::F32)?;
+    let dv = Tensor::empty(dev, "attention_backward", &q.shape, DType::F32)?;
+    let delta = Tensor::empty(dev, "attention_backward", &[b, h, t], DType::F32)?;
+    let pl = plan(dev, d);
+    let (p, grid) = row_params(&pl, DQ, b * h, t, d, causal)?;
+    // q, k, v, dO, o: (B, H, T, D), lse: (B, H, T) -> dq: (B, H, T, D), delta: (B, H, T)
+    dev.dispatch(
+        pl.shader,
+        &pl.entry(DQ),
+        &consts(d, pl.wg),
+        &p,
+        &[
+            (&q.storage, Access::Read),
+            (&k.storage, Access::Read),
+            (&v.storage, Access::Read),
+            (&d_o.storage, Access::Read),
+            (&lse.storage, Access::Read),
+            (&o.storage, Access::Read),
+            (&dq.storage, Access::ReadWrite),
+            (&delta.storage, Access::ReadWrite),
+        ],
+        grid,
+    )?;
+    let (p, grid) = row_params(&pl, DKV, b * h, t, d, causal)?;
+    // q, k, v, dO: (B, H, T, D), lse, delta: (B, H, T) -> dk, dv: (B, H, T, D)
+    dev.dispatch(
+        pl.shader,
+        &pl.entry(DKV),
+        &consts(d, pl.wg),
+        &p,
+        &[
+            (&q.storage, Access::Read),
+            (&k.storage, Access::Read),
+            (&v.storage, Access::Read),
+            (&d_o.storage, Access::Read),
+            (&lse.storage, Access::Read),
+            (&delta.storage, Access::Read),
+            (&dk.storage, Access::ReadWrite),
+            (&dv.storage, Access::ReadWrite),
+        ],
+        grid,
+    )?;
+    Ok((dq, dk, dv))
+}
+
+/// Copy `k`, `v` (B, H, n, D) into rows `pos .. pos + n` of the caches (B, H, max, D), in place.
+pub(crate) fn kv_append(
+    cache_k: &Tensor,
+    cache_v: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    pos: usize,
+) -> Result<()> {
+    let (_, _, n, d) = dims(k);
+    let units = k.numel() / 4;
+    let p = Params {
+        n: units as u32,
+        kstride: cache_k.shape[2] as u32,
+        pos: pos as u32,
+        rows: n as u32,
+        ..Params::default()
+    };
+    // k, v: (B, H, n, D) -> cache_k, cache_v: (B, H, max, D)
+    k.dev.dispatch(
+        &SHADER,
+        "kv_append",
+        &[("D4", (d / 4) as f64)],
+        &p,
+        &[
+            (&k.storage, Access::Read),
+            (&v.storage, Access::Read),
+            (&cache_k.storage, Access::ReadWrite),
+            (&cache_v.storage, Access::ReadWrite),
+        ],
+        elems_grid(units)?,
+    )
+}
+
+/// Attention of the `n` newest positions, q (B, H, n, D), to the first `len` rows of the caches
+/// (B, H, max, D); query row r sits at position len - n + r and sees keys up to it.
+pub(crate) fn decode(q: &Tensor, cache_k: &Tensor, cache_v: &Tensor, len: usize) -> Result<Tensor> {
+    let dev = &q.dev;
+    let (b, h, n, d) = dims(q);
+    let o = Tensor::empty(dev, "attend_cached", &q.shape, DType::F32)?;
+    let p = Params {
+        bh: (b * h) as u32,
+        t: n as u32,
+        tk: len as u32,
+        kstride: cache_k.shape[2] as u32,
+        causal: 1,
+        qoff: (len - n) as u32,
+        scale: 1.0 / (d as f32).sqrt(),
+        ..Params::default()
+    };
+    // CPU adapters: one subgroup per row, straight-line; else DWG invocations per row.
+    let pl = plan(dev, d);
+    let (shader, entry, consts) = if pl.cpu {
+        (
+            pl.shader,
+            "attn_decode_cpu",
+            [("D4", (d / 4) as f64), ("WG", f64::from(pl.wg))],
+        )
+    } else {
+        (
+            &SHADER,
+            "attn_decode",
+            [("D4", (d / 4) as f64), ("DWG", f64::from(DWG))],
+        )
+    };
+    // q: (B, H, n, D), cache_k, cache_v: (B, H, max, D) -> o: (B, H, n, D)
+    dev.dispatch(
+        shader,
+        entry,
+        &consts,
+        &p,
+        &[
+            (&q.storage, Access::Read),
+            (&cache_k.storage, Access::Read),
+            (&cache_v.storage, Access::Read),
+            (&o.storage, Access::ReadWrite),
+        ],
+        grid_1d((b * h * n) as u64)?,
+    )?;
+    Ok(o)
+}
+
+fn layout_params(units: usize, t: usize, heads: usize, du: usize) -> Params {
+    Params {
+        n: units as u32,
+        t: t as u32,
+        heads: heads as u32,
+        du: du as u32,
+        ..Params::default()
+    }
+}
+
+/// Column block `slot` of `rows` (B, T, slots * C) -> (B, H, T, D) with D = C / heads.
+pub(crate) fn rows_to_heads(
+    rows: &Tensor,
+    slot: usize,
+    slots: usize,
+    heads: usize,
+) -> Result<Tensor> {
+    let (b, t, w) = (rows.shape[0], rows.shape[1], rows.shape[2]);
+    let d = w / slots / heads;
+    let out = Tensor::empty(&rows.dev, "split_heads", &[b, heads, t, d], DType::F32)?;
+    let vec4 = d.is_multiple_of(4);
+    let du = if vec4 { d / 4 } else { d };
+    let units = b * heads * t * du;
+    let p = Params {
+        slot: slot as u32,
+        slots: slots as u32,
+        ..layout_params(units, t, heads, du)
+    };
+    // rows: (B, T, slots * C) -> out: (B, H, T, D)
+    rows.dev.dispatch(
+        &SHADER,
+        if vec4 {
+            "rows_to_heads4"
+        } else {
+            "rows_to_heads"
+        },
+        &[],
+        &p,
+        &[
+            (&rows.storage, Access::Read),
+            (&out.storage, Access::ReadWrite),
+        ],
+        elems_grid(units)?,
+    )?;
+    Ok(out)
+}
+
+/// `heads` (B, H, T, D) -> (B, T, slots * C) holding it in column block `slot`, zeros elsewhere.
+pub(crate) fn heads_to_rows(heads: &Tensor, slot: usize, slots: usize) -> Result<Tensor> {
+    let (b, h, t, d) = dims(heads);
+    let out = Tensor::empty(
+        &heads.dev,
+        "merge_heads",
+        &[b, t, slots * h * d],
+        DType::F32,
+    )?;
+    let vec4 = d.is_multiple_of(4);
+    let du = if vec4 { d / 4 } else { d };
+    let units = b * t * slots * h * du;
+    let p = Params {
+        slot: slot as u32,
+        slots: slots as u32,
+        ..layout_params(units, t, h, du)
+    };
+    // heads: (B, H, T, D) -> out: (B, T, slots * H * D)
+    heads.dev.dispatch(
+        &SHADER,
+        if vec4 {
+            "heads_to_rows4"
+        } else {
+            "heads_to_rows"
+        },
+        &[],
+        &p,
+        &[
+            (&heads.storage, Access::Read),
+            (&out.storage, Access::ReadWrite),
+        ],
+        elems_grid(units)?,
+    )?;
+    Ok(out)
+}
+
+/// Straight-line row kernels for CPU adapters, generated per head size.
+///
+/// On lavapipe a private array indexed by a loop counter stays in memory and every access is a
+/// per-lane gather; written out with constant indices, every row, accumulator and broadcast is
+/// an SSA value. Each lane also owns R rows instead of one, so one broadcast feeds R dot
+/// products. Measured (B=4, H=12, T=1024, D=64, causal, CPU-seconds forward / forward+backward):
+/// looped 1.06 / 4.1; straight-line R=1 0.48 / 3.3; R=2 0.34; R=4 0.24 / 1.05 (backward with R
+/// = 2: 1.27, R = 1: 1.59). Register demand grows with R·D, and with it LLVM's compile time
+/// (first use per machine; Mesa caches the result on disk): for D=64 and R=4 about 2 s for the
+/// forward and 10 s for the backward kernels, so larger heads take fewer rows per lane.
+///
+/// WGSL has no macros and `subgroupBroadcast` needs a constant lane, hence generated code.
+/// Entry points `attn_fwd_cpu`, `attn_bwd_dq_cpu`, `attn_bwd_dkv_cpu` follow the row layout of
+/// the generic kernels with R rows per lane: a subgroup's rows start at
+/// r0 = (block * WG + sid * sg) * R, and lane l owns rows r0 + l + k * sg for k < R. Names in
+/// the generated code: x* a lane's own loads, b* broadcasts, q/k/v/d rows, a/g/e/f
+/// accumulators; suffixes _r row, _c vec4 column chunk, _i tile row.
+mod cpu {
+    use std::fmt::Write;
+
+    /// Rows per exchanged tile (lanes broadcast from).
+    const TW: usize = 8;
+
+    /// Rows per lane of the forward, dQ and dK/dV kernels for head size `d`.
+    pub(super) fn rows(d: usize) -> [u32; 3] {
+        match d {
+            0..=64 => [4, 4, 4],
+            65..=96 => [4, 2, 2],
+            _ => [2, 1, 1],
+        }
+    }
+
+    /// Appends formatted lines.
+    macro_rules! w {
+        ($o:expr, $($t:tt)*) => {{ let _ = writeln!($o, $($t)*); }};
+    }
+
+    /// `f(i)` for every tile row, space-separated.
+    fn each(n: usize, f: impl Fn(usize) -> String) -> String {
+        (0..n).map(f).collect::<Vec<_>>().join(" ")
+    }
+
+    fn entry(o: &mut String, name: &str, r: usize) {
+        w!(o, "@compute @workgroup_size(WG)");
+        w!(
+            o,
+            "fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_id) sid: u32, @builtin(subgroup_size) sg: u32, @builtin(subgroup_invocation_id) lane: u32) {{"
+        );
+        w!(o, "    let wg = wid.y * nwg.x + wid.x;");
+        w!(o, "    let bh = wg / p.blocks;");
+        w!(o, "    let r0 = ((wg % p.blocks) * WG + sid * sg) * {r}u;");
+    }
+
+    /// `row{r}` (this lane's rows) and `at{r}` (their first vec4, clamped to `nrows` rows).
+    fn rows_prologue(o: &mut String, r: usize, d4: usize, nrows: &str) {
+        for r in 0..r {
+            w!(o, "    let row{r} = r0 + lane + {r}u * sg;");
+            w!(
+                o,
+                "    let at{r} = (base + min(row{r}, {nrows} - 1u)) * {d4}u;"
+            );
+        }
+    }
+
+    fn fwd(o: &mut String, d4: usize, rr: usize) {
+        entry(o, "attn_fwd_cpu", rr);
+        w!(
+            o,
+            "    if bh >= p.bh || r0 >= p.t {{ return; }} // uniform across the subgroup"
+        );
+        w!(o, "    let base = bh * p.t;");
+        w!(o, "    let kb = bh * p.kstride;");
+        w!(o, "    var kend = p.tk;");
+        w!(
+            o,
+            "    if p.causal != 0u {{ kend = min(p.tk, r0 + sg * {rr}u + p.qoff); }}"
+        );
+        w!(o, "    let qs = p.scale * LOG2E;");
+        rows_prologue(o, rr, d4, "p.t");
+        for r in 0..rr {
+            for c in 0..d4 {
+                w!(o, "    let q{r}_{c} = q4[at{r} + {c}u] * qs;");
+                w!(o, "    var a{r}_{c} = vec4<f32>(0.0);");
+            }
+            w!(o, "    var m{r} = NEG;");
+            w!(o, "    var l{r} = 0.0;");
+        }
+        w!(o, "    for (var j0 = 0u; j0 < kend; j0 += 8u) {{");
+        w!(
+            o,
+            "        let ka = (kb + min(j0 + lane % 8u, kend - 1u)) * {d4}u;"
+        );
+        for r in 0..rr {
+            w!(
+                o,
+                "        {}",
+                each(TW, |i| format!("var s{r}_{i} = 0.0;"))
+            );
+        }
+        for c in 0..d4 {
+            w!(o, "        let xk{c} = k4[ka + {c}u];");
+            for i in 0..TW {
+                w!(o, "        let bk{c}_{i} = subgroupBroadcast(xk{c}, {i}u);");
+                w!(
+                    o,
+                    "        {}",
+                    each(rr, |r| format!("s{r}_{i} += dot(q{r}_{c}, bk{c}_{i});"))
+                );
+            }
+        }
+        for r in 0..rr {
+            w!(o, "        var mt{r} = m{r};");
+            for i in 0..TW {
+                w!(
+                    o,
+                    "        let ok{r}_{i} = j0 + {i}u < kend && (p.causal == 0u || j0 + {i}u <= row{r} + p.qoff);"
+                );
+                w!(
+                    o,
+                    "        if ok{r}_{i} {{ mt{r} = max(mt{r}, s{r}_{i}); }}"
+                );
+            }
+            w!(o, "        let corr{r} = exp2(m{r} - mt{r});");
+            for i in 0..TW {
+                w!(
+                    o,
+                    "        let p{r}_{i} = select(0.0, exp2(s{r}_{i} - mt{r}), ok{r}_{i});"
+                );
+            }
+            let sum = (0..TW)
+                .map(|i| format!("p{r}_{i}"))
+                .collect::<Vec<_>>()
+                .join(" + ");
+            w!(o, "        l{r} = l{r} * corr{r} + {sum};");
+            w!(o, "        m{r} = mt{r};");
+        }
+        for c in 0..d4 {
+            w!(o, "        let xv{c} = v4[ka + {c}u];");
+            w!(
+                o,
+                "        {}",
+                each(rr, |r| format!("a{r}_{c} *= corr{r};"))
+            );
+            for i in 0..TW {
+                w!(o, "        let bv{c}_{i} = subgroupBroadcast(xv{c}, {i}u);");
+                w!(
+                    o,
+                    "        {}",
+                    each(rr, |r| format!("a{r}_{c} += p{r}_{i} * bv{c}_{i};"))
+                );
+            }
+        }
+        w!(o, "    }}");
+        for r in 0..rr {
+            w!(o, "    if row{r} < p.t {{");
+            w!(o, "        let inv = 1.0 / l{r};");
+            w!(o, "        let oa = (base + row{r}) * {d4}u;");
+            for c in 0..d4 {
+                w!(o, "        o_out[oa + {c}u] = a{r}_{c} * inv;");
+            }
+            w!(
+                o,
+                "        lse_out[base + row{r}] = (m{r} + log2(l{r})) * LN2;"
+            );
+            w!(o, "    }}");
+        }
+        w!(o, "}}\n");
+    }
+
+    fn dq(o: &mut String, d4: usize, rr: usize) {
+        entry(o, "attn_bwd_dq_cpu", rr);
+        w!(o, "    if bh >= p.bh || r0 >= p.t {{ return; }}");
+        w!(o, "    let base = bh * p.t;");
+        w!(o, "    let kb = bh * p.kstride;");
+        w!(o, "    var kend = p.tk;");
+        w!(
+            o,
+            "    if p.causal != 0u {{ kend = min(p.tk, r0 + sg * {rr}u + p.qoff); }}"
+        );
+        w!(o, "    let qs = p.scale * LOG2E;");
+        rows_prologue(o, rr, d4, "p.t");
+        for r in 0..rr {
+            w!(o, "    var dl{r} = vec4<f32>(0.0);");
+            for c in 0..d4 {
+                w!(o, "    let q{r}_{c} = q4[at{r} + {c}u] * qs;");
+                w!(o, "    let d{r}_{c} = do4[at{r} + {c}u];");
+                w!(o, "    dl{r} = fma(d{r}_{c}, o_in[at{r} + {c}u], dl{r});");
+                w!(o, "    var g{r}_{c} = vec4<f32>(0.0);");
+            }
+            w!(
+                o,
+                "    let delta{r} = dl{r}.x + dl{r}.y + dl{r}.z + dl{r}.w;"
+            );
+            w!(o, "    let lse{r} = lse_in[at{r} / {d4}u] * LOG2E;");
+        }
+        w!(o, "    for (var j0 = 0u; j0 < kend; j0 += 8u) {{");
+        w!(
+            o,
+            "        let ka = (kb + min(j0 + lane % 8u, kend - 1u)) * {d4}u;"
+        );
+        for r in 0..rr {
+            w!(
+                o,
+                "        {}",
+                each(TW, |i| format!("var s{r}_{i} = 0.0; var dp{r}_{i} = 0.0;"))
+            );
+        }
+        for c in 0..d4 {
+            w!(o, "        let xk{c} = k4[ka + {c}u];");
+            w!(o, "        let xv{c} = v4[ka + {c}u];");
+            for i in 0..TW {
+                w!(o, "        let bk{c}_{i} = subgroupBroadcast(xk{c}, {i}u);");
+                w!(o, "        let bv{c}_{i} = subgroupBroadcast(xv{c}, {i}u);");
+                w!(
+                    o,
+                    "        {}",
+                    each(rr, |r| format!(
+                        "s{r}_{i} += dot(q{r}_{c}, bk{c}_{i}); dp{r}_{i} += dot(d{r}_{c}, bv{c}_{i});"
+                    ))
+                );
+            }
+        }
+        for r in 0..rr {
+            for i in 0..TW {
+                w!(
+                    o,
+                    "        let ds{r}_{i} = select(0.0, exp2(s{r}_{i} - lse{r}) * (dp{r}_{i} - delta{r}), j0 + {i}u < kend && (p.causal == 0u || j0 + {i}u <= row{r} + p.qoff));"
+                );
+            }
+        }
+        // The K tile's broadcasts are reused (LLVM keeps or reloads them; no storage access).
+        for c in 0..d4 {
+            for i in 0..TW {
+                w!(
+                    o,
+                    "        {}",
+                    each(rr, |r| format!("g{r}_{c} += ds{r}_{i} * bk{c}_{i};"))
+                );
+            }
+        }
+        w!(o, "    }}");
+        for r in 0..rr {
+            w!(o, "    if row{r} < p.t {{");
+            w!(o, "        let oa = (base + row{r}) * {d4}u;");
+            for c in 0..d4 {
+                w!(o, "        grad_a[oa + {c}u] = g{r}_{c} * p.scale;");
+            }
+            w!(o, "        delta_out[base + row{r}] = delta{r};");
+            w!(o, "    }}");
+        }
+        w!(o, "}}\n");
+    }
+
+    fn dkv(o: &mut String, d4: usize, rr: usize) {
+        entry(o, "attn_bwd_dkv_cpu", rr);
+        w!(o, "    if bh >= p.bh || r0 >= p.tk {{ return; }}");
+        w!(o, "    let base = bh * p.kstride;");
+        w!(o, "    let qb = bh * p.t;");
+        w!(o, "    var i_start = 0u;");
+        w!(
+            o,
+            "    if p.causal != 0u && r0 > p.qoff {{ i_start = r0 - p.qoff; }}"
+        );
+        w!(o, "    let qs = p.scale * LOG2E;");
+        rows_prologue(o, rr, d4, "p.tk");
+        for r in 0..rr {
+            for c in 0..d4 {
+                w!(o, "    let k{r}_{c} = k4[at{r} + {c}u] * qs;");
+                w!(o, "    let v{r}_{c} = v4[at{r} + {c}u];");
+                w!(o, "    var e{r}_{c} = vec4<f32>(0.0);");
+                w!(o, "    var f{r}_{c} = vec4<f32>(0.0);");
+            }
+        }
+        w!(o, "    for (var i0 = i_start; i0 < p.t; i0 += 8u) {{");
+        w!(o, "        let qi = qb + min(i0 + lane % 8u, p.t - 1u);");
+        w!(o, "        let qa = qi * {d4}u;");
+        w!(o, "        let xl = lse_in[qi] * LOG2E;");
+        w!(o, "        let xd = delta_in[qi];");
+        for r in 0..rr {
+            w!(
+                o,
+                "        {}",
+                each(TW, |i| format!("var s{r}_{i} = 0.0; var dp{r}_{i} = 0.0;"))
+            );
+        }
+        for c in 0..d4 {
+            w!(o, "        let xq{c} = q4[qa + {c}u];");
+            w!(o, "        let xo{c} = do4[qa + {c}u];");
+            for i in 0..TW {
+                w!(o, "        let bq{c}_{i} = subgroupBroadcast(xq{c}, {i}u);");
+                w!(o, "        let bo{c}_{i} = subgroupBroadcast(xo{c}, {i}u);");
+                w!(
+                    o,
+                    "        {}",
+                    each(rr, |r| format!(
+                        "s{r}_{i} += dot(k{r}_{c}, bq{c}_{i}); dp{r}_{i} += dot(v{r}_{c}, bo{c}_{i});"
+                    ))
+                );
+            }
+        }
+        for i in 0..TW {
+            w!(o, "        let bl{i} = subgroupBroadcast(xl, {i}u);");
+            w!(o, "        let bd{i} = subgroupBroadcast(xd, {i}u);");
+        }
+        for r in 0..rr {
+            for i in 0..TW {
+                w!(
+                    o,
+                    "        let pr{r}_{i} = select(0.0, exp2(s{r}_{i} - bl{i}), i0 + {i}u < p.t && (p.causal == 0u || row{r} <= i0 + {i}u + p.qoff));"
+                );
+                w!(
+                    o,
+                    "        let ds{r}_{i} = pr{r}_{i} * (dp{r}_{i} - bd{i});"
+                );
+            }
+        }
+        for c in 0..d4 {
+            for i in 0..TW {
+                w!(
+                    o,
+                    "        {}",
+                    each(rr, |r| format!(
+                        "e{r}_{c} += ds{r}_{i} * bq{c}_{i}; f{r}_{c} += pr{r}_{i} * bo{c}_{i};"
+                    ))
+                );
+            }
+        }
+        w!(o, "    }}");
+        for r in 0..rr {
+            w!(o, "    if row{r} < p.tk {{");
+            w!(o, "        let oa = (base + row{r}) * {d4}u;");
+            for c in 0..d4 {
+                w!(o, "        grad_a[oa + {c}u] = e{r}_{c} * p.scale;");
+                w!(o, "        grad_v[oa + {c}u] = f{r}_{c};");
+            }
+            w!(o, "    }}");
+        }
+        w!(o, "}}\n");
+    }
+
+    /// Decode: one subgroup per (b, h, query row); lane l takes cached keys l, l + sg, ...
+    /// with its own online-softmax state, merged at the end with subgroupMax / subgroupAdd.
+    fn decode(o: &mut String, d4: usize) {
+        w!(o, "@compute @workgroup_size(WG)");
+        w!(
+            o,
+            "fn attn_decode_cpu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_size) sg: u32, @builtin(subgroup_invocation_id) lane: u32) {{"
+        );
+        w!(o, "    let flat = wid.y * nwg.x + wid.x;");
+        w!(
+            o,
+            "    if flat >= p.bh * p.t {{ return; }} // uniform across the workgroup"
+        );
+        w!(o, "    let kend = min(p.tk, p.qoff + flat % p.t + 1u);");
+        w!(o, "    let kb = (flat / p.t) * p.kstride;");
+        w!(o, "    let qs = p.scale * LOG2E;");
+        for c in 0..d4 {
+            w!(o, "    let qd{c} = q4[flat * {d4}u + {c}u] * qs;");
+            w!(o, "    var a{c} = vec4<f32>(0.0);");
+        }
+        w!(o, "    var m = NEG;");
+        w!(o, "    var l = 0.0;");
+        w!(o, "    for (var j = lane; j < kend; j += sg) {{");
+        w!(o, "        let ka = (kb + j) * {d4}u;");
+        w!(o, "        var s4 = vec4<f32>(0.0);");
+        for c in 0..d4 {
+            w!(o, "        s4 = fma(qd{c}, k4[ka + {c}u], s4);");
+        }
+        w!(o, "        let s = s4.x + s4.y + s4.z + s4.w;");
+        w!(o, "        let mn = max(m, s);");
+        w!(o, "        let corr = exp2(m - mn);");
+        w!(o, "        let pj = exp2(s - mn);");
+        w!(o, "        l = l * corr + pj;");
+        w!(o, "        m = mn;");
+        for c in 0..d4 {
+            w!(
+                o,
+                "        a{c} = fma(vec4<f32>(pj), v4[ka + {c}u], a{c} * corr);"
+            );
+        }
+        w!(o, "    }}");
+        w!(
+            o,
+            "    let f = exp2(m - subgroupMax(m)); // 0 for a lane that saw no key"
+        );
+        w!(o, "    let inv = 1.0 / subgroupAdd(l * f);");
+        for c in 0..d4 {
+            w!(o, "    let od{c} = subgroupAdd(a{c} * f) * inv;");
+        }
+        w!(o, "    if lane == 0u {{");
+        for c in 0..d4 {
+            w!(o, "        o_out[flat * {d4}u + {c}u] = od{c};");
+        }
+        w!(o, "    }}");
+        w!(o, "}}\n");
+    }
+
+    /// The entry points for head size `d` (a multiple of 4), to append to the subgroup
+    /// variant's source.
+    pub(super) fn entries(d: usize) -> String {
+        let [rf, rq, rk] = rows(d).map(|r| r as usize);
+        let mut o = String::new();
+        w!(
+            o,
+            "// ---- generated: straight-line CPU kernels, D = {d} ----\n"
+        );
+        fwd(&mut o, d / 4, rf);
+        dq(&mut o, d / 4, rq);
+        dkv(&mut o, d / 4, rk);
+        decode(&mut o, d / 4);
+        o
+    }
+}
+
+/// The subgroup variant plus the CPU kernels for head size `d`, compiled once per process.
+fn cpu_shader(d: usize) -> &'static Shader {
+    static CACHE: std::sync::Mutex<Vec<(usize, &'static Shader)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(&(_, sh)) = cache.iter().find(|(k, _)| *k == d) {
+        return sh;
+    }
+    // Leaked: at most MAX_HEAD_DIM / 4 modules per process, each needed until exit.
+    let name: &'static str = Box::leak(format!("attention_cpu_d{d}").into_boxed_str());
+    let source: &'static str = Box::leak(cpu_source(d).into_boxed_str());
+    let sh: &'static Shader = Box::leak(Box::new(shader(name, source)));
+    cache.push((d, sh));
+    sh
+}
+
+/// Full WGSL of the CPU-adapter module for head size `d` (for the shader validation test).
+pub(crate) fn cpu_source(d: usize) -> String {
+    format!("{}\n{}", SHADER_SUBGROUP.source, cpu::entries(d))
+}

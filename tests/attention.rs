@@ -1,0 +1,733 @@
+//! Fused attention against a naive CPU attention in f64 (and against the unfused GPU
+//! composition matmul -> softmax -> matmul), gradient checks, head split / merge, KV-cache
+//! decode, and error messages. Tolerances: forward 1e-4 relative + 2e-5 absolute (f32
+//! accumulation over up to 1024 keys); gradients 1e-3 relative.
+
+mod common;
+
+use common::{check_grad, inp};
+use portagrad::testing::{assert_close, random_vec, shared_device};
+use portagrad::{
+    Error, KvCache, Tensor, attend_cached, attention, attention_variant, merge_heads, split_heads,
+};
+
+/// (B, H, T, D)
+type Dims = (usize, usize, usize, usize);
+
+fn to64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| f64::from(x)).collect()
+}
+
+fn upload(v: &[f32], shape: &[usize]) -> Tensor {
+    Tensor::from_slice(&shared_device(), v, shape).expect("upload")
+}
+
+/// Softmax probabilities P (T, T) of one head, row-major, masked entries 0.
+fn cpu_probs(q: &[f64], k: &[f64], t: usize, d: usize, causal: bool) -> Vec<f64> {
+    let scale = 1.0 / (d as f64).sqrt();
+    let mut p = vec![0.0; t * t];
+    for i in 0..t {
+        let n = if causal { i + 1 } else { t };
+        let s: Vec<f64> = (0..n)
+            .map(|j| (0..d).map(|c| q[i * d + c] * k[j * d + c]).sum::<f64>() * scale)
+            .collect();
+        let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+        for j in 0..n {
+            p[i * t + j] = (s[j] - m).exp() / z;
+        }
+    }
+    p
+}
+
+/// Naive attention in f64: (B, H, T, D) -> (B, H, T, D).
+fn cpu_attention(q: &[f64], k: &[f64], v: &[f64], dims: Dims, causal: bool) -> Vec<f64> {
+    let (b, h, t, d) = dims;
+    let mut o = vec![0.0; b * h * t * d];
+    for bh in 0..b * h {
+        let at = bh * t * d;
+        let p = cpu_probs(&q[at..at + t * d], &k[at..at + t * d], t, d, causal);
+        for i in 0..t {
+            for j in 0..t {
+                let pij = p[i * t + j];
+                if pij != 0.0 {
+                    for c in 0..d {
+                        o[at + i * d + c] += pij * v[at + j * d + c];
+                    }
+                }
+            }
+        }
+    }
+    o
+}
+
+/// Analytic backward of [`cpu_attention`] for output gradient `g`: (dq, dk, dv).
+fn cpu_attention_backward(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    g: &[f64],
+    dims: Dims,
+    causal: bool,
+) -> [Vec<f64>; 3] {
+    let (b, h, t, d) = dims;
+    let scale = 1.0 / (d as f64).sqrt();
+    let n = b * h * t * d;
+    let (mut dq, mut dk, mut dv) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+    for bh in 0..b * h {
+        let at = bh * t * d;
+        let p = cpu_probs(&q[at..at + t * d], &k[at..at + t * d], t, d, causal);
+        for i in 0..t {
+            // dP_ij = g_i . v_j; dS_ij = P_ij (dP_ij - sum_l P_il dP_il)
+            let dp: Vec<f64> = (0..t)
+                .map(|j| (0..d).map(|c| g[at + i * d + c] * v[at + j * d + c]).sum())
+                .collect();
+            let rs: f64 = (0..t).map(|j| p[i * t + j] * dp[j]).sum();
+            for j in 0..t {
+                let pij = p[i * t + j];
+                let ds = pij * (dp[j] - rs) * scale;
+                for c in 0..d {
+                    dv[at + j * d + c] += pij * g[at + i * d + c];
+                    dq[at + i * d + c] += ds * k[at + j * d + c];
+                    dk[at + j * d + c] += ds * q[at + i * d + c];
+                }
+            }
+        }
+    }
+    [dq, dk, dv]
+}
+
+fn qkv_data(dims: Dims, seed: u64) -> [Vec<f32>; 3] {
+    let n = dims.0 * dims.1 * dims.2 * dims.3;
+    [
+        random_vec(n, -1.0, 1.0, seed),
+        random_vec(n, -1.0, 1.0, seed + 1),
+        random_vec(n, -1.0, 1.0, seed + 2),
+    ]
+}
+
+fn shape(d: Dims) -> [usize; 4] {
+    [d.0, d.1, d.2, d.3]
+}
+
+/// T in {1, 7, 64, 129, 1024}, every supported D at least once, causal and not.
+const FORWARD_CASES: &[Dims] = &[
+    (2, 3, 1, 16),
+    (2, 2, 7, 32),
+    (1, 3, 64, 64),
+    (2, 2, 129, 80),
+    (1, 2, 129, 128),
+    (1, 1, 1024, 16),
+    (1, 1, 1024, 64),
+    (1, 1, 300, 48),
+];
+
+#[test]
+fn forward_matches_cpu() {
+    for (n, &dims) in FORWARD_CASES.iter().enumerate() {
+        let [q, k, v] = qkv_data(dims, 10 * n as u64);
+        let s = shape(dims);
+        let (qt, kt, vt) = (upload(&q, &s), upload(&k, &s), upload(&v, &s));
+        for causal in [false, true] {
+            let o = attention(&qt, &kt, &vt, causal).expect("attention");
+            assert_eq!(o.shape(), &s);
+            let want = cpu_attention(&to64(&q), &to64(&k), &to64(&v), dims, causal);
+            assert_close(
+                &format!("attention {dims:?} causal={causal}"),
+                &o.to_vec().unwrap(),
+                &want,
+                1e-4,
+                2e-5,
+            );
+        }
+    }
+}
+
+/// Large scores (|s| up to ~60): the online softmax must not overflow or lose rows.
+#[test]
+fn forward_with_large_scores() {
+    let dims = (1, 2, 77, 32);
+    let n = 2 * 77 * 32;
+    let q = random_vec(n, -8.0, 8.0, 5);
+    let k = random_vec(n, -8.0, 8.0, 6);
+    let v = random_vec(n, -1.0, 1.0, 7);
+    let s = shape(dims);
+    for causal in [false, true] {
+        let o = attention(&upload(&q, &s), &upload(&k, &s), &upload(&v, &s), causal).unwrap();
+        let want = cpu_attention(&to64(&q), &to64(&k), &to64(&v), dims, causal);
+        assert_close(
+            &format!("large scores causal={causal}"),
+            &o.to_vec().unwrap(),
+            &want,
+            1e-3,
+            1e-4,
+        );
+    }
+}
+
+/// The fused kernel against the unfused composition on the GPU: softmax(q kᵀ · scale + mask) v.
+#[test]
+fn forward_and_gradients_match_unfused_gpu_composition() {
+    let dev = shared_device();
+    for (dims, causal) in [((2, 2, 37, 32), true), ((1, 3, 20, 16), false)] {
+        let (_, _, t, d) = dims;
+        let [q, k, v] = qkv_data(dims, 40);
+        let s = shape(dims);
+        let (qt, kt, vt) = (
+            upload(&q, &s).with_grad(),
+            upload(&k, &s).with_grad(),
+            upload(&v, &s).with_grad(),
+        );
+        let mask: Vec<f32> = (0..t * t)
+            .map(|x| if causal && x % t > x / t { -1e30 } else { 0.0 })
+            .collect();
+        let mask = Tensor::from_slice(&dev, &mask, &[t, t]).unwrap();
+        let scores = qt
+            .matmul_t(&kt, false, true)
+            .unwrap()
+            .mul_scalar(1.0 / (d as f32).sqrt())
+            .unwrap()
+            .add(&mask)
+            .unwrap();
+        let unfused = scores.softmax().unwrap().matmul(&vt).unwrap();
+        let fused = attention(&qt, &kt, &vt, causal).unwrap();
+        let want = to64(&unfused.to_vec().unwrap());
+        assert_close(
+            &format!("fused vs unfused {dims:?}"),
+            &fused.to_vec().unwrap(),
+            &want,
+            1e-4,
+            2e-5,
+        );
+        if !unfused.requires_grad() {
+            // matmul records no backward yet: only the forward can be compared.
+            eprintln!("matmul has no autograd yet: unfused gradients not compared");
+            continue;
+        }
+        let w = Tensor::from_slice(&dev, &random_vec(q.len(), -1.0, 1.0, 3), &s).unwrap();
+        let gf = fused.mul(&w).unwrap().sum().unwrap().backward().unwrap();
+        let gu = unfused.mul(&w).unwrap().sum().unwrap().backward().unwrap();
+        for (name, x) in [("dq", &qt), ("dk", &kt), ("dv", &vt)] {
+            let want = to64(&gu.get(x).unwrap().to_vec().unwrap());
+            assert_close(
+                &format!("{name} fused vs unfused {dims:?}"),
+                &gf.get(x).unwrap().to_vec().unwrap(),
+                &want,
+                1e-3,
+                1e-4,
+            );
+        }
+    }
+}
+
+fn attention_grad_case(dims: Dims, causal: bool) {
+    let s = shape(dims);
+    check_grad(
+        &format!("attention {dims:?} causal={causal}"),
+        &[inp(&s, -1.0, 1.0), inp(&s, -1.0, 1.0), inp(&s, -1.0, 1.0)],
+        &|t| attention(&t[0], &t[1], &t[2], causal),
+        &|x| cpu_attention(&x[0], &x[1], &x[2], dims, causal),
+        &|x, g| cpu_attention_backward(&x[0], &x[1], &x[2], g, dims, causal).to_vec(),
+        1e-4,
+        1e-3,
+    );
+}
+
+#[test]
+fn gradients_small() {
+    for t in [1, 7, 13] {
+        for causal in [false, true] {
+            attention_grad_case((2, 2, t, 16), causal);
+        }
+    }
+}
+
+/// Several tiles, several row groups and workgroups, D = 64 and 80.
+#[test]
+fn gradients_multi_tile() {
+    attention_grad_case((1, 1, 129, 64), true);
+    attention_grad_case((1, 2, 70, 80), false);
+}
+
+/// Same inputs, same gradients, bit for bit (no atomics).
+#[test]
+fn backward_is_deterministic() {
+    let dims = (1, 2, 100, 32);
+    let [q, k, v] = qkv_data(dims, 90);
+    let s = shape(dims);
+    let run = || {
+        let (qt, kt, vt) = (
+            upload(&q, &s).with_grad(),
+            upload(&k, &s).with_grad(),
+            upload(&v, &s).with_grad(),
+        );
+        let g = attention(&qt, &kt, &vt, true)
+            .unwrap()
+            .sum()
+            .unwrap()
+            .backward()
+            .unwrap();
+        [&qt, &kt, &vt].map(|x| g.get(x).unwrap().to_vec().unwrap())
+    };
+    assert_eq!(run(), run());
+}
+
+/// Forward and backward at T = 1024 hold far less than one (T, T) f32 matrix.
+#[test]
+fn no_t_by_t_buffer() {
+    let dev = portagrad::testing::device().expect("device");
+    let (t, d) = (1024, 16);
+    let n = t * d;
+    let mk = |seed| {
+        Tensor::from_slice(&dev, &random_vec(n, -1.0, 1.0, seed), &[1, 1, t, d])
+            .unwrap()
+            .with_grad()
+    };
+    let (q, k, v) = (mk(1), mk(2), mk(3));
+    dev.sync().unwrap();
+    dev.reset_stats();
+    let before = dev.stats().live_bytes;
+    let g = attention(&q, &k, &v, true)
+        .unwrap()
+        .sum()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(g.get(&q).is_some());
+    dev.sync().unwrap();
+    let grew = dev.stats().peak_bytes - before;
+    let tt = (t * t * 4) as u64;
+    assert!(
+        grew < tt / 4,
+        "attention forward+backward at T = {t} allocated {grew} bytes at peak; one (T, T) matrix is {tt}"
+    );
+}
+
+// ---- split / merge heads ----
+
+/// CPU split of (B, T, 3C) into three (B, H, T, D).
+fn cpu_split(x: &[f64], b: usize, t: usize, c: usize, h: usize) -> [Vec<f64>; 3] {
+    let d = c / h;
+    let mut out = [
+        vec![0.0; b * t * c],
+        vec![0.0; b * t * c],
+        vec![0.0; b * t * c],
+    ];
+    for bi in 0..b {
+        for ti in 0..t {
+            for (s, o) in out.iter_mut().enumerate() {
+                for hi in 0..h {
+                    for di in 0..d {
+                        o[((bi * h + hi) * t + ti) * d + di] =
+                            x[(bi * t + ti) * 3 * c + s * c + hi * d + di];
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// CPU merge of (B, H, T, D) into (B, T, H·D).
+fn cpu_merge(x: &[f64], b: usize, h: usize, t: usize, d: usize) -> Vec<f64> {
+    let mut out = vec![0.0; x.len()];
+    for bi in 0..b {
+        for hi in 0..h {
+            for ti in 0..t {
+                for di in 0..d {
+                    out[(bi * t + ti) * h * d + hi * d + di] = x[((bi * h + hi) * t + ti) * d + di];
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn split_and_merge_heads_round_trip() {
+    // D = 8 takes the vec4 kernels, D = 5 the scalar ones.
+    for (b, t, c, h) in [(2, 5, 24, 3), (1, 7, 15, 3), (2, 3, 64, 1)] {
+        let x = random_vec(b * t * 3 * c, -1.0, 1.0, 12);
+        let xt = upload(&x, &[b, t, 3 * c]);
+        let (q, k, v) = split_heads(&xt, h).unwrap();
+        let want = cpu_split(&to64(&x), b, t, c, h);
+        for (name, got, want) in [
+            ("q", &q, &want[0]),
+            ("k", &k, &want[1]),
+            ("v", &v, &want[2]),
+        ] {
+            assert_eq!(got.shape(), &[b, h, t, c / h]);
+            assert_close(
+                &format!("split {name}"),
+                &got.to_vec().unwrap(),
+                want,
+                0.0,
+                0.0,
+            );
+            let m = merge_heads(got).unwrap();
+            assert_eq!(m.shape(), &[b, t, c]);
+            let back = cpu_merge(want, b, h, t, c / h);
+            assert_close(
+                &format!("merge {name}"),
+                &m.to_vec().unwrap(),
+                &back,
+                0.0,
+                0.0,
+            );
+        }
+    }
+}
+
+#[test]
+fn split_and_merge_heads_gradients() {
+    for (b, t, c, h) in [(2, 3, 8, 2), (1, 4, 6, 2)] {
+        let d = c / h;
+        check_grad(
+            &format!("split_heads ({b}, {t}, {}) h={h}", 3 * c),
+            &[inp(&[b, t, 3 * c], -1.0, 1.0)],
+            &|x| {
+                let (q, k, v) = split_heads(&x[0], h)?;
+                q.add(&k.mul_scalar(2.0)?)?.add(&v.mul_scalar(-3.0)?)
+            },
+            &|x| {
+                let [q, k, v] = cpu_split(&x[0], b, t, c, h);
+                (0..q.len())
+                    .map(|i| q[i] + 2.0 * k[i] - 3.0 * v[i])
+                    .collect()
+            },
+            &|_, g| {
+                let mut dx = vec![0.0; b * t * 3 * c];
+                for bi in 0..b {
+                    for hi in 0..h {
+                        for ti in 0..t {
+                            for di in 0..d {
+                                let gi = g[((bi * h + hi) * t + ti) * d + di];
+                                for (s, coef) in [1.0, 2.0, -3.0].into_iter().enumerate() {
+                                    dx[(bi * t + ti) * 3 * c + s * c + hi * d + di] = coef * gi;
+                                }
+                            }
+                        }
+                    }
+                }
+                vec![dx]
+            },
+            0.0,
+            1e-5,
+        );
+        check_grad(
+            &format!("merge_heads ({b}, {h}, {t}, {d})"),
+            &[inp(&[b, h, t, d], -1.0, 1.0)],
+            &|x| merge_heads(&x[0]),
+            &|x| cpu_merge(&x[0], b, h, t, d),
+            &|_, g| {
+                // The inverse permutation of the gradient.
+                let mut dx = vec![0.0; g.len()];
+                for bi in 0..b {
+                    for hi in 0..h {
+                        for ti in 0..t {
+                            for di in 0..d {
+                                dx[((bi * h + hi) * t + ti) * d + di] =
+                                    g[(bi * t + ti) * h * d + hi * d + di];
+                            }
+                        }
+                    }
+                }
+                vec![dx]
+            },
+            0.0,
+            1e-5,
+        );
+    }
+}
+
+/// The whole block: (B, T, 3C) -> split -> causal attention -> merge, gradient to qkv.
+#[test]
+fn gradients_through_split_attention_merge() {
+    let (b, t, c, h) = (1, 9, 32, 2);
+    let d = c / h;
+    let dims = (b, h, t, d);
+    check_grad(
+        "split -> attention -> merge",
+        &[inp(&[b, t, 3 * c], -1.0, 1.0)],
+        &|x| {
+            let (q, k, v) = split_heads(&x[0], h)?;
+            merge_heads(&attention(&q, &k, &v, true)?)
+        },
+        &|x| {
+            let [q, k, v] = cpu_split(&x[0], b, t, c, h);
+            cpu_merge(&cpu_attention(&q, &k, &v, dims, true), b, h, t, d)
+        },
+        &|x, g| {
+            let [q, k, v] = cpu_split(&x[0], b, t, c, h);
+            // Un-merge the output gradient to (B, H, T, D).
+            let mut gh = vec![0.0; g.len()];
+            for hi in 0..h {
+                for ti in 0..t {
+                    for di in 0..d {
+                        gh[(hi * t + ti) * d + di] = g[ti * c + hi * d + di];
+                    }
+                }
+            }
+            let grads = cpu_attention_backward(&q, &k, &v, &gh, dims, true);
+            let mut dx = vec![0.0; t * 3 * c];
+            for (s, gs) in grads.iter().enumerate() {
+                for hi in 0..h {
+                    for ti in 0..t {
+                        for di in 0..d {
+                            dx[ti * 3 * c + s * c + hi * d + di] = gs[(hi * t + ti) * d + di];
+                        }
+                    }
+                }
+            }
+            vec![dx]
+        },
+        1e-4,
+        1e-3,
+    );
+}
+
+// ---- KV cache and decode ----
+
+/// Rows `t0 .. t0 + n` of every (b, h) of a (B, H, T, D) host tensor.
+fn rows(x: &[f32], dims: Dims, t0: usize, n: usize) -> Vec<f32> {
+    let (b, h, t, d) = dims;
+    let mut out = Vec::with_capacity(b * h * n * d);
+    for bh in 0..b * h {
+        out.extend_from_slice(&x[(bh * t + t0) * d..(bh * t + t0 + n) * d]);
+    }
+    out
+}
+
+#[test]
+fn decode_step_t_equals_row_t_of_causal_forward() {
+    for (dims, max_len) in [((2, 3, 9, 32), 16), ((1, 2, 5, 80), 5)] {
+        let (b, h, t, d) = dims;
+        let [q, k, v] = qkv_data(dims, 60);
+        let s = shape(dims);
+        let full = attention(&upload(&q, &s), &upload(&k, &s), &upload(&v, &s), true).unwrap();
+        let full = full.to_vec().unwrap();
+        let mut cache = KvCache::new(&shared_device(), b, h, max_len, d).unwrap();
+        assert!(cache.is_empty());
+        for step in 0..t {
+            let one = [b, h, 1, d];
+            cache
+                .append(
+                    &upload(&rows(&k, dims, step, 1), &one),
+                    &upload(&rows(&v, dims, step, 1), &one),
+                )
+                .unwrap();
+            assert_eq!(cache.len(), step + 1);
+            let o = attend_cached(&upload(&rows(&q, dims, step, 1), &one), &cache).unwrap();
+            assert_eq!(o.shape(), &one);
+            let want = to64(&rows(&full, dims, step, 1));
+            assert_close(
+                &format!("decode {dims:?} step {step}"),
+                &o.to_vec().unwrap(),
+                &want,
+                1e-5,
+                1e-6,
+            );
+        }
+    }
+}
+
+/// Several positions appended at once, and a chunk of queries attended causally; longer
+/// caches than the decode workgroup; reset.
+#[test]
+fn decode_chunks_long_cache_and_reset() {
+    let dims = (1, 2, 300, 64);
+    let (b, h, t, d) = dims;
+    let [q, k, v] = qkv_data(dims, 70);
+    let want_all = cpu_attention(&to64(&q), &to64(&k), &to64(&v), dims, true);
+    let mut cache = KvCache::new(&shared_device(), b, h, 512, d).unwrap();
+    for round in 0..2 {
+        let mut at = 0;
+        for n in [1, 3, 100, 196] {
+            let sh = [b, h, n, d];
+            cache
+                .append(
+                    &upload(&rows(&k, dims, at, n), &sh),
+                    &upload(&rows(&v, dims, at, n), &sh),
+                )
+                .unwrap();
+            let o = attend_cached(&upload(&rows(&q, dims, at, n), &sh), &cache).unwrap();
+            let want: Vec<f64> = (0..b * h)
+                .flat_map(|bh| want_all[(bh * t + at) * d..(bh * t + at + n) * d].to_vec())
+                .collect();
+            assert_close(
+                &format!("decode chunk at {at} of {n} (round {round})"),
+                &o.to_vec().unwrap(),
+                &want,
+                1e-4,
+                2e-5,
+            );
+            at += n;
+        }
+        assert_eq!(cache.len(), t);
+        cache.reset();
+        assert_eq!(cache.len(), 0);
+    }
+}
+
+#[test]
+fn kv_cache_errors() {
+    let dev = shared_device();
+    let (b, h, d) = (1, 2, 16);
+    let mut cache = KvCache::new(&dev, b, h, 4, d).unwrap();
+    let kv = |n| Tensor::zeros(&dev, &[b, h, n, d]).unwrap();
+    let q1 = Tensor::zeros(&dev, &[b, h, 1, d]).unwrap();
+    // Nothing cached yet.
+    assert!(matches!(
+        attend_cached(&q1, &cache),
+        Err(Error::Shape { .. })
+    ));
+    cache.append(&kv(3), &kv(3)).unwrap();
+    let err = cache.append(&kv(2), &kv(2)).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("appending 2") && msg.contains("holding 3") && msg.contains('4'),
+        "{msg}"
+    );
+    assert_eq!(cache.len(), 3, "a failed append changes nothing");
+    cache.append(&kv(1), &kv(1)).unwrap();
+    assert!(cache.append(&kv(1), &kv(1)).is_err());
+    assert_eq!(cache.len(), 4);
+    // Wrong heads / head size.
+    let bad = Tensor::zeros(&dev, &[b, 3, 1, d]).unwrap();
+    let msg = cache.append(&bad, &bad).unwrap_err().to_string();
+    assert!(
+        msg.contains("[1, 3, 1, 16]") && msg.contains("[1, 2, 4, 16]"),
+        "{msg}"
+    );
+    let msg = attend_cached(&Tensor::zeros(&dev, &[b, h, 1, 32]).unwrap(), &cache)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("[1, 2, 1, 32]"), "{msg}");
+    assert!(KvCache::new(&dev, 1, 1, 8, 6).is_err());
+}
+
+#[test]
+fn bad_shapes_are_errors_naming_shapes() {
+    let dev = shared_device();
+    let z = |s: &[usize]| Tensor::zeros(&dev, s).unwrap();
+    let a = z(&[2, 4, 7, 16]);
+    let msg = attention(&a, &z(&[2, 4, 8, 16]), &a, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("[2, 4, 7, 16]") && msg.contains("[2, 4, 8, 16]"),
+        "{msg}"
+    );
+    let msg = attention(&z(&[4, 7, 16]), &a, &a, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("[4, 7, 16]") && msg.contains("(B, H, T, D)"),
+        "{msg}"
+    );
+    let odd = z(&[1, 1, 3, 6]);
+    let msg = attention(&odd, &odd, &odd, true).unwrap_err().to_string();
+    assert!(
+        msg.contains("D = 6") && msg.contains("[1, 1, 3, 6]"),
+        "{msg}"
+    );
+    let big = z(&[1, 1, 3, 132]);
+    assert!(attention(&big, &big, &big, true).is_err());
+    let msg = split_heads(&z(&[2, 3, 10]), 2).unwrap_err().to_string();
+    assert!(msg.contains("[2, 3, 10]"), "{msg}");
+    let msg = split_heads(&z(&[2, 3, 12]), 3).unwrap_err().to_string();
+    assert!(
+        msg.contains("[2, 3, 12]") && msg.contains("n_head = 3"),
+        "{msg}"
+    );
+    assert!(merge_heads(&z(&[2, 3, 4])).is_err());
+    let ids = Tensor::from_u32(&dev, &[0; 16], &[1, 1, 1, 16]).unwrap();
+    assert!(matches!(
+        attention(&ids, &ids, &ids, false),
+        Err(Error::DType { .. })
+    ));
+}
+
+/// Re-runs the numeric tests of this file with each other kernel variant forced (the portable
+/// one, and on a CPU adapter the looped subgroup one that GPUs run), so every variant this
+/// adapter can run is tested.
+#[test]
+fn other_kernel_variants_pass_the_same_tests() {
+    let dev = shared_device();
+    if let Ok(forced) = std::env::var("PORTAGRAD_ATTENTION") {
+        // A child run below: check the variant really is the forced one.
+        assert_eq!(attention_variant(&dev, 64), forced);
+        return;
+    }
+    let default = attention_variant(&dev, 64);
+    eprintln!("attention kernels on this adapter: {default}");
+    for forced in ["portable", "subgroup"] {
+        if forced == default || (forced == "subgroup" && default != "subgroup-cpu") {
+            continue;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .env("PORTAGRAD_ATTENTION", forced)
+            // One test at a time: less load, and no concurrent device polls (wgpu-core 30 can
+            // panic when two threads poll while a long submission's wait times out).
+            .args([
+                "--test-threads=1",
+                "forward_matches_cpu",
+                "forward_with_large_scores",
+                "gradients_small",
+                "gradients_multi_tile",
+                "backward_is_deterministic",
+                "other_kernel_variants_pass_the_same_tests",
+            ])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{forced} variant failed:\n{text}");
+        assert!(text.contains("test result: ok. 6 passed"), "{text}");
+    }
+}
+
+/// Needs no GPU: the straight-line kernels generated for CPU adapters parse, validate and
+/// translate to SPIR-V, MSL and HLSL (a CPU adapter may be lavapipe, SwiftShader or WARP), for
+/// head sizes with each row-per-lane setting.
+#[test]
+fn generated_cpu_kernels_validate() {
+    use naga::back::{hlsl, msl, spv};
+    use naga::valid::{Capabilities, ValidationFlags, Validator};
+    for d in [4, 16, 36, 64, 80, 128] {
+        let src = portagrad::attention_cpu_shader_source(d);
+        let module = naga::front::wgsl::parse_str(&src)
+            .unwrap_or_else(|e| panic!("D = {d}: {}", e.emit_to_string(&src)));
+        let info = Validator::new(ValidationFlags::all(), Capabilities::SUBGROUP)
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("D = {d}: {}", e.emit_to_string(&src)));
+        let (module, info) = naga::back::pipeline_constants::process_overrides(
+            &module,
+            &info,
+            None,
+            &naga::back::PipelineConstants::default(),
+        )
+        .unwrap();
+        spv::write_vec(&module, &info, &spv::Options::default(), None).expect("SPIR-V");
+        let msl_opts = msl::Options {
+            lang_version: (2, 4),
+            fake_missing_bindings: true,
+            ..Default::default()
+        };
+        msl::write_string(&module, &info, &msl_opts, &msl::PipelineOptions::default())
+            .expect("MSL");
+        let hlsl_opts = hlsl::Options {
+            shader_model: hlsl::ShaderModel::V6_0,
+            fake_missing_bindings: true,
+            ..Default::default()
+        };
+        let mut out = String::new();
+        hlsl::Writer::new(&mut out, &hlsl_opts, &hlsl::PipelineOptions::default())
+            .write(&module, &info, None)
+            .expect("HLSL");
+    }
+}
