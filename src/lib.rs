@@ -23,14 +23,18 @@
 
 mod autograd;
 mod error;
+pub mod generate;
 pub mod io;
 mod kernels;
+pub mod models;
 pub mod nn;
 mod ops;
 mod ops_attention;
 mod ops_matmul;
+mod ops_matmul_grad;
 mod ops_nn;
 pub mod optim;
+pub mod plot;
 mod runtime;
 mod tensor;
 pub mod testing;

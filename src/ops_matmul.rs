@@ -221,7 +221,10 @@ impl Tensor {
     /// batch dims that do not broadcast, a u32 operand, or operands on different devices.
     /// A zero-sized M or N gives an empty result; K = 0 gives zeros.
     pub fn matmul(&self, b: &Tensor) -> Result<Tensor> {
-        Ok(self.matmul_impl("matmul", b, false, false, None)?.0)
+        let out = self.matmul_impl("matmul", b, false, false, None)?.0;
+        Ok(crate::ops_matmul_grad::record_matmul(
+            out, self, b, false, false,
+        ))
     }
 
     /// `op(self) · op(b)` where `op` transposes the last two dims when its flag is set:
@@ -233,7 +236,10 @@ impl Tensor {
     ///
     /// Batching, broadcasting and errors as for [`matmul`](Self::matmul).
     pub fn matmul_t(&self, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
-        Ok(self.matmul_impl("matmul_t", b, trans_a, trans_b, None)?.0)
+        let out = self.matmul_impl("matmul_t", b, trans_a, trans_b, None)?.0;
+        Ok(crate::ops_matmul_grad::record_matmul(
+            out, self, b, trans_a, trans_b,
+        ))
     }
 
     /// A dense layer in one dispatch: `act(x·W + bias)` with the bias add and the activation
@@ -252,7 +258,9 @@ impl Tensor {
         layout: WeightLayout,
         act: Activation,
     ) -> Result<Tensor> {
-        self.linear_impl(w, bias, layout, act, None)
+        crate::ops_matmul_grad::linear(self, w, bias, layout, act, &|a| {
+            self.linear_impl(w, bias, layout, a, None)
+        })
     }
 
     /// [`matmul_t`](Self::matmul_t) with the kernel forced (`"auto"`, `"tiled"`, `"subgroup"`,

@@ -492,3 +492,163 @@ fn bias_gradient_over_more_rows_than_one_loop_may_run() {
         1e-4,
     );
 }
+
+/// C = op(A)·op(B) for 2-D row-major A, B (op = transpose when its flag is set).
+fn mm(a: &[f64], b: &[f64], m: usize, k: usize, n: usize, ta: bool, tb: bool) -> Vec<f64> {
+    let mut c = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            c[i * n + j] = (0..k)
+                .map(|p| {
+                    let av = if ta { a[p * m + i] } else { a[i * k + p] };
+                    let bv = if tb { b[j * k + p] } else { b[p * n + j] };
+                    av * bv
+                })
+                .sum();
+        }
+    }
+    c
+}
+
+#[test]
+fn matmul_gradients_in_every_form() {
+    let (m, k, n) = (3usize, 5usize, 4usize);
+    for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+        let sa = if ta { [k, m] } else { [m, k] };
+        let sb = if tb { [n, k] } else { [k, n] };
+        check_grad(
+            &format!("matmul_t ta={ta} tb={tb}"),
+            &[inp(&sa, -1.0, 1.0), inp(&sb, -1.0, 1.0)],
+            &|t| t[0].matmul_t(&t[1], ta, tb),
+            &|x| mm(&x[0], &x[1], m, k, n, ta, tb),
+            &|x, g| {
+                // dA' = G·B'ᵀ, dB' = A'ᵀ·G, computed elementwise from the definition.
+                let mut ga = vec![0.0; m * k];
+                let mut gb = vec![0.0; k * n];
+                for i in 0..m {
+                    for j in 0..n {
+                        for p in 0..k {
+                            let ai = if ta { p * m + i } else { i * k + p };
+                            let bi = if tb { j * k + p } else { p * n + j };
+                            ga[ai] += g[i * n + j] * x[1][bi];
+                            gb[bi] += g[i * n + j] * x[0][ai];
+                        }
+                    }
+                }
+                vec![ga, gb]
+            },
+            1e-5,
+            1e-4,
+        );
+    }
+    // Batched, with the 2-D operand broadcast over the batch: its gradient sums over it.
+    let bsz = 3;
+    check_grad(
+        "batched matmul with broadcast rhs",
+        &[inp(&[bsz, m, k], -1.0, 1.0), inp(&[k, n], -1.0, 1.0)],
+        &|t| t[0].matmul(&t[1]),
+        &|x| {
+            (0..bsz)
+                .flat_map(|b| {
+                    mm(
+                        &x[0][b * m * k..(b + 1) * m * k],
+                        &x[1],
+                        m,
+                        k,
+                        n,
+                        false,
+                        false,
+                    )
+                })
+                .collect()
+        },
+        &|x, g| {
+            let mut ga = vec![0.0; bsz * m * k];
+            let mut gb = vec![0.0; k * n];
+            for b in 0..bsz {
+                for i in 0..m {
+                    for j in 0..n {
+                        for p in 0..k {
+                            ga[b * m * k + i * k + p] += g[b * m * n + i * n + j] * x[1][p * n + j];
+                            gb[p * n + j] += g[b * m * n + i * n + j] * x[0][b * m * k + i * k + p];
+                        }
+                    }
+                }
+            }
+            vec![ga, gb]
+        },
+        1e-5,
+        1e-4,
+    );
+}
+
+#[test]
+fn linear_gradients_for_each_layout_and_epilogue() {
+    use portagrad::{Activation, WeightLayout};
+    let (bsz, t, k, n) = (2usize, 3usize, 5usize, 7usize);
+    let m = bsz * t;
+    for layout in [WeightLayout::InOut, WeightLayout::OutIn] {
+        for (act, name) in [
+            (Activation::None, "none"),
+            (Activation::Relu, "relu"),
+            (Activation::Gelu, "gelu"),
+        ] {
+            let ws = if layout == WeightLayout::InOut {
+                [k, n]
+            } else {
+                [n, k]
+            };
+            let tb = layout == WeightLayout::OutIn;
+            let f = |z: f64| match act {
+                Activation::None => z,
+                Activation::Relu => z.max(0.0),
+                Activation::Gelu => gelu(z),
+            };
+            let df = |z: f64| match act {
+                Activation::None => 1.0,
+                Activation::Relu => {
+                    if z > 0.0 {
+                        1.0
+                    } else {
+                        0.0
+                    }
+                }
+                Activation::Gelu => dgelu(z),
+            };
+            let pre = move |x: &[Vec<f64>]| -> Vec<f64> {
+                let z = mm(&x[0], &x[1], m, k, n, false, tb);
+                z.iter().enumerate().map(|(i, v)| v + x[2][i % n]).collect()
+            };
+            check_grad(
+                &format!("linear {layout:?} {name}"),
+                &[
+                    inp(&[bsz, t, k], -1.0, 1.0),
+                    inp(&ws, -1.0, 1.0),
+                    inp(&[n], -0.5, 0.5),
+                ],
+                &|ts| ts[0].linear(&ts[1], Some(&ts[2]), layout, act),
+                &|x| pre(x).into_iter().map(f).collect(),
+                &|x, g| {
+                    let z = pre(x);
+                    let dz: Vec<f64> = z.iter().zip(g).map(|(z, g)| g * df(*z)).collect();
+                    let mut gx = vec![0.0; m * k];
+                    let mut gw = vec![0.0; k * n];
+                    let mut gb = vec![0.0; n];
+                    for i in 0..m {
+                        for j in 0..n {
+                            gb[j] += dz[i * n + j];
+                            for p in 0..k {
+                                let wi = if tb { j * k + p } else { p * n + j };
+                                gx[i * k + p] += dz[i * n + j] * x[1][wi];
+                                gw[wi] += dz[i * n + j] * x[0][i * k + p];
+                            }
+                        }
+                    }
+                    vec![gx, gw, gb]
+                },
+                1e-5,
+                1e-4,
+            );
+        }
+    }
+}

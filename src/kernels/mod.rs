@@ -14,8 +14,8 @@ pub(crate) mod softmax;
 pub(crate) mod train;
 pub(crate) mod unary;
 
-use crate::runtime::{Shader, grid_1d};
 use crate::error::Result;
+use crate::runtime::{Shader, grid_1d};
 
 /// Every shader of the crate, for the naga validation test.
 pub const SHADERS: &[(&str, &str)] = &[
@@ -29,12 +29,12 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("attention", attention::SHADER.source),
     ("attention_portable", attention::SHADER.source),
     ("attention_subgroup", attention::SHADER_SUBGROUP.source),
-    ("nn", nn::SHADER.source),
-    ("loss", loss::SHADER.source),
     ("optim", optim::SHADER.source),
     ("train", train::SHADER.source),
     ("matmul", matmul::SHADER.source),
     ("matmul_subgroup", matmul::SUBGROUP_SHADER.source),
+    ("nn", nn::SHADER.source),
+    ("loss", loss::SHADER.source),
 ];
 
 /// Invocations per workgroup of the 1-D elementwise kernels (`WG` in their WGSL).
