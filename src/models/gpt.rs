@@ -1,0 +1,457 @@
+//! GPT with the GPT-2 architecture: token + position embeddings, pre-LayerNorm blocks (fused QKV
+//! linear → fused causal attention → projection; GELU MLP of 4·C), final LayerNorm and an lm_head
+//! tied to the token embedding. Parameter names and layouts follow Hugging Face GPT-2
+//! (`transformer.h.0.attn.c_attn.weight`, Conv1D weights stored (in, out)).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::{Error, Result};
+use crate::{Activation, Device, Tensor, WeightLayout};
+
+/// Size of a GPT.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GptConfig {
+    /// Transformer blocks.
+    pub n_layer: usize,
+    /// Attention heads per block.
+    pub n_head: usize,
+    /// Embedding width C (a multiple of `n_head`).
+    pub n_embd: usize,
+    /// Longest context in tokens.
+    pub block_size: usize,
+    /// Vocabulary size V.
+    pub vocab_size: usize,
+    /// Dropout probability in training (embeddings, attention output, MLP output).
+    pub dropout: f32,
+    /// LayerNorm epsilon (GPT-2: 1e-5).
+    pub ln_eps: f32,
+}
+
+impl Default for GptConfig {
+    /// GPT-2 small (124M).
+    fn default() -> Self {
+        GptConfig {
+            n_layer: 12,
+            n_head: 12,
+            n_embd: 768,
+            block_size: 1024,
+            vocab_size: 50257,
+            dropout: 0.0,
+            ln_eps: 1e-5,
+        }
+    }
+}
+
+impl GptConfig {
+    /// Check the sizes fit together.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| {
+            Err(Error::InvalidArgument {
+                op: "GptConfig",
+                message: m,
+            })
+        };
+        if self.n_layer == 0
+            || self.n_head == 0
+            || self.n_embd == 0
+            || self.block_size == 0
+            || self.vocab_size == 0
+        {
+            return bad(format!("every size must be positive: {self:?}"));
+        }
+        if self.n_embd % self.n_head != 0 {
+            return bad(format!(
+                "n_embd {} is not a multiple of n_head {}",
+                self.n_embd, self.n_head
+            ));
+        }
+        if !(self.ln_eps > 0.0 && self.ln_eps.is_finite()) {
+            return bad(format!(
+                "layer norm epsilon {} must be positive",
+                self.ln_eps
+            ));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("dropout {} must be in [0, 1)", self.dropout));
+        }
+        Ok(())
+    }
+
+    /// Number of parameters (the tied lm_head counted once).
+    pub fn num_params(&self) -> usize {
+        let c = self.n_embd;
+        let block =
+            2 * 2 * c + (c * 3 * c + 3 * c) + (c * c + c) + (c * 4 * c + 4 * c) + (4 * c * c + c);
+        self.vocab_size * c + self.block_size * c + self.n_layer * block + 2 * c
+    }
+}
+
+/// One Transformer block's parameters.
+struct Block {
+    ln_1_w: Tensor,      // (C)
+    ln_1_b: Tensor,      // (C)
+    c_attn_w: Tensor,    // (C, 3C)
+    c_attn_b: Tensor,    // (3C)
+    attn_proj_w: Tensor, // (C, C)
+    attn_proj_b: Tensor, // (C)
+    ln_2_w: Tensor,      // (C)
+    ln_2_b: Tensor,      // (C)
+    c_fc_w: Tensor,      // (C, 4C)
+    c_fc_b: Tensor,      // (4C)
+    mlp_proj_w: Tensor,  // (4C, C)
+    mlp_proj_b: Tensor,  // (C)
+}
+
+impl std::fmt::Debug for Gpt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Gpt({:?}, {} parameters)",
+            self.cfg,
+            self.cfg.num_params()
+        )
+    }
+}
+
+/// A GPT-2-architecture language model whose parameters live on the GPU.
+pub struct Gpt {
+    cfg: GptConfig,
+    dev: Device,
+    wte: Tensor, // (V, C), also the lm_head
+    wpe: Tensor, // (block_size, C)
+    blocks: Vec<Block>,
+    ln_f_w: Tensor, // (C)
+    ln_f_b: Tensor, // (C)
+    dropout_calls: AtomicU64,
+    seed: u64,
+}
+
+impl Gpt {
+    /// A freshly initialised model: weights normal(0, 0.02), residual projections scaled by
+    /// 1/sqrt(2·n_layer) as in GPT-2, biases zero, LayerNorm gains one.
+    pub fn new(dev: &Device, cfg: GptConfig, seed: u64) -> Result<Gpt> {
+        cfg.validate()?;
+        let mut k = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let proj_std = 0.02 / (2.0 * cfg.n_layer as f32).sqrt();
+        Self::build(dev, cfg, seed, &mut |name, shape| {
+            k = k.wrapping_add(1);
+            let t = if name.ends_with("ln_1.weight")
+                || name.ends_with("ln_2.weight")
+                || name.ends_with("ln_f.weight")
+            {
+                Tensor::ones(dev, shape)?
+            } else if name.ends_with(".bias") {
+                Tensor::zeros(dev, shape)?
+            } else if name.ends_with("c_proj.weight") {
+                Tensor::rand_normal(dev, shape, 0.0, proj_std, k)?
+            } else {
+                Tensor::rand_normal(dev, shape, 0.0, 0.02, k)?
+            };
+            Ok(t.with_grad())
+        })
+    }
+
+    /// The parameter names and shapes of a config, in [`parameters`](Self::parameters) order.
+    pub fn parameter_shapes(cfg: &GptConfig) -> Vec<(String, Vec<usize>)> {
+        let c = cfg.n_embd;
+        let mut v = vec![
+            (
+                "transformer.wte.weight".to_string(),
+                vec![cfg.vocab_size, c],
+            ),
+            (
+                "transformer.wpe.weight".to_string(),
+                vec![cfg.block_size, c],
+            ),
+        ];
+        for i in 0..cfg.n_layer {
+            for (name, shape) in [
+                ("ln_1.weight", vec![c]),
+                ("ln_1.bias", vec![c]),
+                ("attn.c_attn.weight", vec![c, 3 * c]),
+                ("attn.c_attn.bias", vec![3 * c]),
+                ("attn.c_proj.weight", vec![c, c]),
+                ("attn.c_proj.bias", vec![c]),
+                ("ln_2.weight", vec![c]),
+                ("ln_2.bias", vec![c]),
+                ("mlp.c_fc.weight", vec![c, 4 * c]),
+                ("mlp.c_fc.bias", vec![4 * c]),
+                ("mlp.c_proj.weight", vec![4 * c, c]),
+                ("mlp.c_proj.bias", vec![c]),
+            ] {
+                v.push((format!("transformer.h.{i}.{name}"), shape));
+            }
+        }
+        v.push(("transformer.ln_f.weight".to_string(), vec![c]));
+        v.push(("transformer.ln_f.bias".to_string(), vec![c]));
+        v
+    }
+
+    /// A model whose parameters come from `make(name, shape)` (each must return a tensor of
+    /// that shape; it is made a gradient leaf here).
+    pub fn build(
+        dev: &Device,
+        cfg: GptConfig,
+        seed: u64,
+        make: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>,
+    ) -> Result<Gpt> {
+        cfg.validate()?;
+        let mut get = |name: &str, shape: &[usize]| -> Result<Tensor> {
+            let t = make(name, shape)?;
+            if t.shape() != shape {
+                return Err(Error::Shape {
+                    op: "Gpt::build",
+                    message: format!("{name}: expected {shape:?}, got {:?}", t.shape()),
+                });
+            }
+            Ok(if t.requires_grad() { t } else { t.with_grad() })
+        };
+        let c = cfg.n_embd;
+        let wte = get("transformer.wte.weight", &[cfg.vocab_size, c])?;
+        let wpe = get("transformer.wpe.weight", &[cfg.block_size, c])?;
+        let mut blocks = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            let h = |n: &str| format!("transformer.h.{i}.{n}");
+            blocks.push(Block {
+                ln_1_w: get(&h("ln_1.weight"), &[c])?,
+                ln_1_b: get(&h("ln_1.bias"), &[c])?,
+                c_attn_w: get(&h("attn.c_attn.weight"), &[c, 3 * c])?,
+                c_attn_b: get(&h("attn.c_attn.bias"), &[3 * c])?,
+                attn_proj_w: get(&h("attn.c_proj.weight"), &[c, c])?,
+                attn_proj_b: get(&h("attn.c_proj.bias"), &[c])?,
+                ln_2_w: get(&h("ln_2.weight"), &[c])?,
+                ln_2_b: get(&h("ln_2.bias"), &[c])?,
+                c_fc_w: get(&h("mlp.c_fc.weight"), &[c, 4 * c])?,
+                c_fc_b: get(&h("mlp.c_fc.bias"), &[4 * c])?,
+                mlp_proj_w: get(&h("mlp.c_proj.weight"), &[4 * c, c])?,
+                mlp_proj_b: get(&h("mlp.c_proj.bias"), &[c])?,
+            });
+        }
+        let ln_f_w = get("transformer.ln_f.weight", &[c])?;
+        let ln_f_b = get("transformer.ln_f.bias", &[c])?;
+        Ok(Gpt {
+            dev: dev.clone(),
+            wte,
+            wpe,
+            blocks,
+            ln_f_w,
+            ln_f_b,
+            dropout_calls: AtomicU64::new(0),
+            seed,
+            cfg,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GptConfig {
+        &self.cfg
+    }
+
+    /// The device the parameters live on.
+    pub fn device(&self) -> &Device {
+        &self.dev
+    }
+
+    /// Every parameter under its Hugging Face name (the tied lm_head appears once, as wte).
+    pub fn parameters(&self) -> Vec<(String, Tensor)> {
+        let mut p = vec![
+            ("transformer.wte.weight".to_string(), self.wte.clone()),
+            ("transformer.wpe.weight".to_string(), self.wpe.clone()),
+        ];
+        for (i, b) in self.blocks.iter().enumerate() {
+            let h = format!("transformer.h.{i}");
+            for (name, t) in [
+                ("ln_1.weight", &b.ln_1_w),
+                ("ln_1.bias", &b.ln_1_b),
+                ("attn.c_attn.weight", &b.c_attn_w),
+                ("attn.c_attn.bias", &b.c_attn_b),
+                ("attn.c_proj.weight", &b.attn_proj_w),
+                ("attn.c_proj.bias", &b.attn_proj_b),
+                ("ln_2.weight", &b.ln_2_w),
+                ("ln_2.bias", &b.ln_2_b),
+                ("mlp.c_fc.weight", &b.c_fc_w),
+                ("mlp.c_fc.bias", &b.c_fc_b),
+                ("mlp.c_proj.weight", &b.mlp_proj_w),
+                ("mlp.c_proj.bias", &b.mlp_proj_b),
+            ] {
+                p.push((format!("{h}.{name}"), t.clone()));
+            }
+        }
+        p.push(("transformer.ln_f.weight".to_string(), self.ln_f_w.clone()));
+        p.push(("transformer.ln_f.bias".to_string(), self.ln_f_b.clone()));
+        p
+    }
+
+    /// Mutable handles on every parameter, by name (for loaders).
+    pub fn parameters_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+        let mut p: Vec<(String, &mut Tensor)> = vec![
+            ("transformer.wte.weight".to_string(), &mut self.wte),
+            ("transformer.wpe.weight".to_string(), &mut self.wpe),
+        ];
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            let h = format!("transformer.h.{i}");
+            for (name, t) in [
+                ("ln_1.weight", &mut b.ln_1_w),
+                ("ln_1.bias", &mut b.ln_1_b),
+                ("attn.c_attn.weight", &mut b.c_attn_w),
+                ("attn.c_attn.bias", &mut b.c_attn_b),
+                ("attn.c_proj.weight", &mut b.attn_proj_w),
+                ("attn.c_proj.bias", &mut b.attn_proj_b),
+                ("ln_2.weight", &mut b.ln_2_w),
+                ("ln_2.bias", &mut b.ln_2_b),
+                ("mlp.c_fc.weight", &mut b.c_fc_w),
+                ("mlp.c_fc.bias", &mut b.c_fc_b),
+                ("mlp.c_proj.weight", &mut b.mlp_proj_w),
+                ("mlp.c_proj.bias", &mut b.mlp_proj_b),
+            ] {
+                p.push((format!("{h}.{name}"), t));
+            }
+        }
+        p.push(("transformer.ln_f.weight".to_string(), &mut self.ln_f_w));
+        p.push(("transformer.ln_f.bias".to_string(), &mut self.ln_f_b));
+        p
+    }
+
+    /// Replace the parameter `name` with `value` (same shape required); it becomes a leaf
+    /// that collects gradients.
+    pub fn set_parameter(&mut self, name: &str, value: &Tensor) -> Result<()> {
+        for (n, t) in self.parameters_mut() {
+            if n == name {
+                if t.shape() != value.shape() {
+                    return Err(Error::Shape {
+                        op: "Gpt::set_parameter",
+                        message: format!(
+                            "{name}: model expects {:?}, got {:?}",
+                            t.shape(),
+                            value.shape()
+                        ),
+                    });
+                }
+                *t = value.detach().with_grad();
+                return Ok(());
+            }
+        }
+        Err(Error::InvalidArgument {
+            op: "Gpt::set_parameter",
+            message: format!("no parameter named {name}"),
+        })
+    }
+
+    fn dropout(&self, x: Tensor, train: bool) -> Result<Tensor> {
+        if !train || self.cfg.dropout == 0.0 {
+            return Ok(x);
+        }
+        let k = self.dropout_calls.fetch_add(1, Ordering::Relaxed);
+        x.dropout(
+            self.cfg.dropout,
+            self.seed ^ k.wrapping_mul(0xD1B5_4A32_D192_ED03),
+        )
+    }
+
+    /// Logits (B, T, V) for token ids (B, T). `train` turns dropout on.
+    pub fn forward(&self, ids: &Tensor, train: bool) -> Result<Tensor> {
+        let (b, t) = match ids.shape() {
+            [b, t] => (*b, *t),
+            s => {
+                return Err(Error::Shape {
+                    op: "Gpt::forward",
+                    message: format!("ids must be (B, T), got shape {s:?}"),
+                });
+            }
+        };
+        if t == 0 || t > self.cfg.block_size {
+            return Err(Error::Shape {
+                op: "Gpt::forward",
+                message: format!("sequence length {t} must be in 1..={}", self.cfg.block_size),
+            });
+        }
+        let c = self.cfg.n_embd;
+        let pos: Vec<u32> = (0..t as u32).collect();
+        let pos = Tensor::from_u32(&self.dev, &pos, &[t])?;
+        let tok = self.wte.gather_rows(ids)?; // (B, T, C)
+        let pe = self.wpe.gather_rows(&pos)?; // (T, C)
+        let mut x = self.dropout(tok.add(&pe)?, train)?; // (B, T, C)
+        for blk in &self.blocks {
+            let h = x.layer_norm(&blk.ln_1_w, &blk.ln_1_b, self.cfg.ln_eps)?;
+            let qkv = h.linear(
+                &blk.c_attn_w,
+                Some(&blk.c_attn_b),
+                WeightLayout::InOut,
+                Activation::None,
+            )?; // (B, T, 3C)
+            let (q, k, v) = crate::split_heads(&qkv, self.cfg.n_head)?; // (B, H, T, D) each
+            let y = crate::attention(&q, &k, &v, true)?; // (B, H, T, D)
+            let y = crate::merge_heads(&y)?; // (B, T, C)
+            let y = y.linear(
+                &blk.attn_proj_w,
+                Some(&blk.attn_proj_b),
+                WeightLayout::InOut,
+                Activation::None,
+            )?;
+            x = x.add(&self.dropout(y, train)?)?;
+            let h = x.layer_norm(&blk.ln_2_w, &blk.ln_2_b, self.cfg.ln_eps)?;
+            let h = h.linear(
+                &blk.c_fc_w,
+                Some(&blk.c_fc_b),
+                WeightLayout::InOut,
+                Activation::Gelu,
+            )?; // (B, T, 4C)
+            let h = h.linear(
+                &blk.mlp_proj_w,
+                Some(&blk.mlp_proj_b),
+                WeightLayout::InOut,
+                Activation::None,
+            )?; // (B, T, C)
+            x = x.add(&self.dropout(h, train)?)?;
+        }
+        let x = x.layer_norm(&self.ln_f_w, &self.ln_f_b, self.cfg.ln_eps)?;
+        // Tied lm_head: logits = x · wteᵀ.
+        let logits = x.linear(&self.wte, None, WeightLayout::OutIn, Activation::None)?; // (B, T, V)
+        debug_assert_eq!(logits.shape(), &[b, t, self.cfg.vocab_size]);
+        let _ = c;
+        Ok(logits)
+    }
+
+    /// Mean cross-entropy of next-token prediction: logits of `ids` (B, T) against `targets` (B, T).
+    pub fn loss(&self, ids: &Tensor, targets: &Tensor, train: bool) -> Result<Tensor> {
+        let logits = self.forward(ids, train)?;
+        logits.cross_entropy(targets, None)
+    }
+
+    /// Continue `prompt` by up to `max_new` tokens, calling `on_token` with each new token as
+    /// it is produced (return `false` to stop). The context is cropped from the left to the
+    /// model's block size. Runs in inference mode.
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        max_new: usize,
+        sampler: &mut crate::generate::Sampler,
+        on_token: &mut dyn FnMut(u32) -> Result<bool>,
+    ) -> Result<Vec<u32>> {
+        if prompt.is_empty() {
+            return Err(Error::InvalidArgument {
+                op: "Gpt::generate",
+                message: "the prompt is empty".into(),
+            });
+        }
+        let _g = crate::no_grad();
+        let mut ids = prompt.to_vec();
+        let v = self.cfg.vocab_size;
+        for _ in 0..max_new {
+            let start = ids.len().saturating_sub(self.cfg.block_size);
+            let ctx = &ids[start..];
+            let t = ctx.len();
+            let x = Tensor::from_u32(&self.dev, ctx, &[1, t])?;
+            let logits = self.forward(&x, false)?.reshape(&[t, v])?;
+            // Only the last row comes back to the host.
+            let last = Tensor::from_u32(&self.dev, &[t as u32 - 1], &[1])?;
+            let row = logits.gather_rows(&last)?.to_vec()?;
+            let next = sampler.sample(&row, &ids)?;
+            ids.push(next);
+            if !on_token(next)? {
+                break;
+            }
+        }
+        Ok(ids[prompt.len()..].to_vec())
+    }
+}

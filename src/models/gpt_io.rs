@@ -1,0 +1,275 @@
+//! Hugging Face GPT-2 directories: `config.json` + `model.safetensors`, read and written.
+//! Names with or without the `transformer.` prefix are accepted, Conv1D weights are (in, out) as
+//! in our model, a missing `lm_head.weight` means tied to wte, and the `attn.bias` /
+//! `attn.masked_bias` buffers are ignored. Every tensor is checked against the config.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use safetensors::{Dtype, SafeTensors};
+
+use super::gpt::{Gpt, GptConfig};
+use crate::error::{Error, Result};
+use crate::{Device, Tensor};
+
+fn bad(path: &Path, message: String) -> Error {
+    Error::InvalidArgument {
+        op: "gpt2 loader",
+        message: format!("{}: {message}", path.display()),
+    }
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> Error {
+    Error::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Read a Hugging Face GPT-2 `config.json`.
+pub fn load_config(path: &Path) -> Result<GptConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(path, format!("not valid JSON ({e})")))?;
+    let field = |names: &[&str]| -> Result<usize> {
+        for n in names {
+            if let Some(x) = v.get(*n) {
+                return x
+                    .as_u64()
+                    .filter(|&x| x > 0)
+                    .map(|x| x as usize)
+                    .ok_or_else(|| bad(path, format!("{n} must be a positive integer, got {x}")));
+            }
+        }
+        Err(bad(path, format!("missing {}", names.join(" / "))))
+    };
+    if let Some(act) = v.get("activation_function").and_then(|a| a.as_str())
+        && !matches!(act, "gelu_new" | "gelu_pytorch_tanh")
+    {
+        return Err(bad(
+            path,
+            format!(
+                "activation_function {act:?} is not supported (portagrad implements GPT-2's tanh GELU, \"gelu_new\")"
+            ),
+        ));
+    }
+    let cfg = GptConfig {
+        n_layer: field(&["n_layer"])?,
+        n_head: field(&["n_head"])?,
+        n_embd: field(&["n_embd"])?,
+        block_size: field(&["n_positions", "n_ctx"])?,
+        vocab_size: field(&["vocab_size"])?,
+        dropout: v.get("resid_pdrop").and_then(|x| x.as_f64()).unwrap_or(0.0) as f32,
+        ln_eps: v
+            .get("layer_norm_epsilon")
+            .and_then(|x| x.as_f64())
+            .unwrap_or(1e-5) as f32,
+    };
+    cfg.validate().map_err(|e| bad(path, e.to_string()))?;
+    Ok(cfg)
+}
+
+/// The `config.json` text for `cfg` (loadable by transformers' `GPT2Config`).
+pub fn config_json(cfg: &GptConfig) -> String {
+    let v = serde_json::json!({
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "activation_function": "gelu_new",
+        "n_layer": cfg.n_layer,
+        "n_head": cfg.n_head,
+        "n_embd": cfg.n_embd,
+        "n_positions": cfg.block_size,
+        "n_ctx": cfg.block_size,
+        "vocab_size": cfg.vocab_size,
+        "layer_norm_epsilon": cfg.ln_eps,
+        "resid_pdrop": cfg.dropout,
+        "embd_pdrop": cfg.dropout,
+        "attn_pdrop": 0.0,
+        "tie_word_embeddings": true,
+        "bos_token_id": cfg.vocab_size - 1,
+        "eos_token_id": cfg.vocab_size - 1,
+    });
+    serde_json::to_string_pretty(&v).expect("a json! value serialises")
+}
+
+fn to_f32(path: &Path, name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>> {
+    Ok(match dtype {
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
+            .collect(),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16))
+            .collect(),
+        other => {
+            return Err(bad(
+                path,
+                format!("tensor {name} has dtype {other:?}; expected F32, F16 or BF16"),
+            ));
+        }
+    })
+}
+
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = u32::from(h >> 15) << 31;
+    let exp = u32::from((h >> 10) & 0x1f);
+    let man = u32::from(h & 0x3ff);
+    let bits = match (exp, man) {
+        (0, 0) => sign,
+        (0, m) => {
+            // Subnormal: normalise.
+            let mut e = 127 - 15 + 1;
+            let mut m = m;
+            while m & 0x400 == 0 {
+                m <<= 1;
+                e -= 1;
+            }
+            sign | (e << 23) | ((m & 0x3ff) << 13)
+        }
+        (0x1f, m) => sign | 0x7f80_0000 | (m << 13),
+        (e, m) => sign | ((e + 127 - 15) << 23) | (m << 13),
+    };
+    f32::from_bits(bits)
+}
+
+/// Load a Hugging Face GPT-2 directory (or a `shakespeare` checkpoint directory) onto `dev`.
+pub fn load_pretrained(dev: &Device, dir: &Path) -> Result<Gpt> {
+    let cfg = load_config(&dir.join("config.json"))?;
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).map_err(|e| io_err(&path, e))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| bad(&path, format!("not a readable safetensors file ({e})")))?;
+    // Map our names to the file's (with or without the `transformer.` prefix).
+    let mut names: HashMap<String, String> = HashMap::new();
+    for n in st.names() {
+        let key = if n.starts_with("transformer.") || n == "lm_head.weight" {
+            n.to_string()
+        } else {
+            format!("transformer.{n}")
+        };
+        names.insert(key, n.to_string());
+    }
+    let expected = Gpt::parameter_shapes(&cfg);
+    let known: std::collections::HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+    let mut unexpected: Vec<&String> = names
+        .keys()
+        .filter(|k| {
+            !known.contains(k.as_str())
+                && k.as_str() != "lm_head.weight"
+                && !k.ends_with(".attn.bias")
+                && !k.ends_with(".attn.masked_bias")
+        })
+        .collect();
+    if !unexpected.is_empty() {
+        unexpected.sort();
+        unexpected.truncate(5);
+        return Err(bad(
+            &path,
+            format!("tensors not in a GPT-2 of this config: {unexpected:?}"),
+        ));
+    }
+    let model = Gpt::build(dev, cfg.clone(), 0, &mut |name, shape| {
+        let file_name = names
+            .get(name)
+            .ok_or_else(|| bad(&path, format!("tensor {name} (shape {shape:?}) is missing")))?;
+        let t = st
+            .tensor(file_name)
+            .map_err(|e| bad(&path, format!("{name}: {e}")))?;
+        if t.shape() != shape {
+            return Err(bad(
+                &path,
+                format!(
+                    "tensor {name} has shape {:?} but config.json implies {shape:?}",
+                    t.shape()
+                ),
+            ));
+        }
+        let v = to_f32(&path, name, t.dtype(), t.data())?;
+        Tensor::from_slice(dev, &v, shape)
+    })?;
+    if let Some(lm) = names.get("lm_head.weight") {
+        let t = st
+            .tensor(lm)
+            .map_err(|e| bad(&path, format!("lm_head.weight: {e}")))?;
+        if t.shape() != [cfg.vocab_size, cfg.n_embd] {
+            return Err(bad(
+                &path,
+                format!("lm_head.weight has shape {:?}", t.shape()),
+            ));
+        }
+    }
+    Ok(model)
+}
+
+/// Write `model` as a Hugging Face GPT-2 directory (config.json + model.safetensors), each file
+/// written to a temporary name and renamed, so a failure leaves the previous files intact.
+pub fn save_pretrained(model: &Gpt, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+    let params = model.parameters();
+    let mut host = Vec::with_capacity(params.len());
+    for (name, t) in &params {
+        host.push((name.clone(), t.shape().to_vec(), t.to_vec()?));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = host
+        .iter()
+        .map(|(n, s, v)| {
+            let view = safetensors::tensor::TensorView::new(
+                Dtype::F32,
+                s.clone(),
+                bytemuck::cast_slice(v),
+            )
+            .expect("shape and byte length agree");
+            (n.clone(), view)
+        })
+        .collect();
+    let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    let data = safetensors::serialize(views, Some(meta)).map_err(|e| Error::InvalidArgument {
+        op: "save_pretrained",
+        message: e.to_string(),
+    })?;
+    write_atomic(&dir.join("model.safetensors"), &data)?;
+    write_atomic(
+        &dir.join("config.json"),
+        config_json(model.config()).as_bytes(),
+    )
+}
+
+/// Write `bytes` to `path` through a temporary file in the same directory, then rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension(format!(
+        "{}.tmp{}",
+        path.extension().and_then(|e| e.to_str()).unwrap_or(""),
+        std::process::id()
+    ));
+    let res = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_err(path, e));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::f16_to_f32;
+
+    #[test]
+    fn f16_conversion() {
+        assert_eq!(f16_to_f32(0x3c00), 1.0);
+        assert_eq!(f16_to_f32(0xc000), -2.0);
+        assert_eq!(f16_to_f32(0x0001), 5.960_464_5e-8);
+        assert!(f16_to_f32(0x7c00).is_infinite());
+        assert_eq!(f16_to_f32(0x3555), 0.333_251_95);
+    }
+}

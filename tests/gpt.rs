@@ -1,0 +1,248 @@
+//! The GPT model against PyTorch / Hugging Face golden files (tests/golden/tiny_gpt2, made by
+//! scripts/make_gpt2_golden.py in float64): logits, loss, every gradient, 8 AdamW steps.
+//! Plus: overfitting a tiny batch, reproducible seeded generation, loader errors.
+
+use std::path::{Path, PathBuf};
+
+use portagrad::models::{Gpt, GptConfig, load_pretrained, save_pretrained};
+use portagrad::optim::Optimizer;
+use portagrad::testing::{assert_close, shared_device};
+use portagrad::{Error, Tensor};
+use safetensors::SafeTensors;
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/tiny_gpt2")
+}
+
+struct Golden {
+    bytes: Vec<u8>,
+}
+
+impl Golden {
+    fn load() -> Golden {
+        Golden {
+            bytes: std::fs::read(golden_dir().join("golden.safetensors")).expect("golden file"),
+        }
+    }
+    fn f64s(&self, name: &str) -> (Vec<usize>, Vec<f64>) {
+        let st = SafeTensors::deserialize(&self.bytes).unwrap();
+        let t = st
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("{name} in golden file"));
+        let v = match t.dtype() {
+            safetensors::Dtype::F64 => t
+                .data()
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+                .collect(),
+            safetensors::Dtype::I64 => t
+                .data()
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64)
+                .collect(),
+            d => panic!("{name}: unexpected dtype {d:?}"),
+        };
+        (t.shape().to_vec(), v)
+    }
+    fn names(&self) -> Vec<String> {
+        SafeTensors::deserialize(&self.bytes)
+            .unwrap()
+            .names()
+            .into_iter()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// ids (B, T) from the golden file; inputs are ids[:, :-1], targets ids[:, 1:] (HF's labels=ids).
+fn batch(g: &Golden) -> (usize, usize, Vec<u32>, Vec<u32>, Vec<u32>) {
+    let (shape, ids) = g.f64s("ids");
+    let (b, t) = (shape[0], shape[1]);
+    let ids: Vec<u32> = ids.iter().map(|&v| v as u32).collect();
+    let inp: Vec<u32> = (0..b)
+        .flat_map(|i| ids[i * t..(i + 1) * t - 1].to_vec())
+        .collect();
+    let tgt: Vec<u32> = (0..b)
+        .flat_map(|i| ids[i * t + 1..(i + 1) * t].to_vec())
+        .collect();
+    (b, t, ids, inp, tgt)
+}
+
+// Tolerances (f32 GPU vs float64 PyTorch): logits 2e-5 absolute (values are O(1)); loss 1e-5
+// relative; gradients 1e-3 relative + 2e-6 absolute of their scale — llm.c accepts 1e-2 / 2e-2.
+#[test]
+fn logits_loss_and_every_gradient_match_pytorch() {
+    let dev = shared_device();
+    let g = Golden::load();
+    let model = load_pretrained(&dev, &golden_dir()).expect("load tiny gpt2");
+    let (b, t, ids, inp, tgt) = batch(&g);
+
+    let full = Tensor::from_u32(&dev, &ids, &[b, t]).unwrap();
+    let logits = portagrad::inference(|| model.forward(&full, false)).unwrap();
+    let (_, want_logits) = g.f64s("logits");
+    assert_close("logits", &logits.to_vec().unwrap(), &want_logits, 0.0, 2e-5);
+
+    let x = Tensor::from_u32(&dev, &inp, &[b, t - 1]).unwrap();
+    let y = Tensor::from_u32(&dev, &tgt, &[b, t - 1]).unwrap();
+    let loss = model.loss(&x, &y, false).unwrap();
+    let (_, want_loss) = g.f64s("loss");
+    assert_close("loss", &[loss.item().unwrap()], &want_loss, 1e-5, 0.0);
+
+    let grads = loss.backward().unwrap();
+    let mut checked = 0;
+    for (name, p) in model.parameters() {
+        let key = format!("grad.{name}");
+        assert!(g.names().contains(&key), "golden file lacks {key}");
+        let (shape, want) = g.f64s(&key);
+        assert_eq!(p.shape(), &shape[..], "{name}");
+        let got = grads
+            .get(&p)
+            .unwrap_or_else(|| panic!("no gradient for {name}"))
+            .to_vec()
+            .unwrap();
+        let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        assert_close(
+            &format!("grad {name}"),
+            &got,
+            &want,
+            1e-3,
+            2e-6 * scale.max(1e-3),
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 2 + 12 * 2 + 2, "every parameter checked");
+}
+
+#[test]
+fn eight_adamw_steps_match_pytorch() {
+    let dev = shared_device();
+    let g = Golden::load();
+    let model = load_pretrained(&dev, &golden_dir()).unwrap();
+    let (b, t, _, inp, tgt) = batch(&g);
+    let x = Tensor::from_u32(&dev, &inp, &[b, t - 1]).unwrap();
+    let y = Tensor::from_u32(&dev, &tgt, &[b, t - 1]).unwrap();
+    let mut opt = Optimizer::adamw(model.parameters(), 1e-3, 0.1).unwrap();
+    let mut losses = Vec::new();
+    for _ in 0..8 {
+        let loss = model.loss(&x, &y, true).unwrap();
+        losses.push(loss.item().unwrap());
+        let grads = loss.backward().unwrap();
+        opt.step(&grads).unwrap();
+    }
+    let (_, want) = g.f64s("adamw_losses");
+    assert_close("AdamW losses", &losses, &want, 2e-5, 0.0);
+}
+
+#[test]
+fn save_then_load_round_trips_bit_exact() {
+    let dev = shared_device();
+    let model = load_pretrained(&dev, &golden_dir()).unwrap();
+    let dir = std::env::temp_dir().join(format!("portagrad-gpt-save-{}", std::process::id()));
+    save_pretrained(&model, &dir).unwrap();
+    let again = load_pretrained(&dev, &dir).unwrap();
+    for ((n1, a), (n2, b)) in model.parameters().iter().zip(again.parameters()) {
+        assert_eq!(n1, &n2);
+        assert_eq!(a.to_vec().unwrap(), b.to_vec().unwrap(), "{n1}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn loader_rejects_bad_directories() {
+    let dev = shared_device();
+    let tmp = std::env::temp_dir().join(format!("portagrad-gpt-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    // Missing files.
+    assert!(matches!(load_pretrained(&dev, &tmp), Err(Error::Io { .. })));
+    // Config that disagrees with the weights.
+    let cfg = std::fs::read_to_string(golden_dir().join("config.json")).unwrap();
+    std::fs::write(
+        tmp.join("config.json"),
+        cfg.replace("\"n_embd\": 32", "\"n_embd\": 48"),
+    )
+    .unwrap();
+    std::fs::copy(
+        golden_dir().join("model.safetensors"),
+        tmp.join("model.safetensors"),
+    )
+    .unwrap();
+    let err = load_pretrained(&dev, &tmp).unwrap_err().to_string();
+    assert!(err.contains("shape"), "{err}");
+    // Truncated weights.
+    std::fs::write(tmp.join("config.json"), &cfg).unwrap();
+    let w = std::fs::read(golden_dir().join("model.safetensors")).unwrap();
+    std::fs::write(tmp.join("model.safetensors"), &w[..w.len() / 2]).unwrap();
+    let err = load_pretrained(&dev, &tmp).unwrap_err().to_string();
+    assert!(err.contains("safetensors"), "{err}");
+    // Malformed JSON.
+    std::fs::write(tmp.join("config.json"), "{ not json").unwrap();
+    assert!(
+        load_pretrained(&dev, &tmp)
+            .unwrap_err()
+            .to_string()
+            .contains("JSON")
+    );
+    std::fs::remove_dir_all(&tmp).ok();
+}
+
+#[test]
+fn a_tiny_batch_overfits_to_near_zero_loss() {
+    let dev = shared_device();
+    let cfg = GptConfig {
+        n_layer: 2,
+        n_head: 2,
+        n_embd: 32,
+        block_size: 16,
+        vocab_size: 11,
+        dropout: 0.0,
+        ln_eps: 1e-5,
+    };
+    let model = Gpt::new(&dev, cfg, 3).unwrap();
+    let seq: Vec<u32> = (0..34).map(|i| ((i * 7 + 3) % 11) as u32).collect();
+    let x = Tensor::from_u32(&dev, &[&seq[0..16], &seq[17..33]].concat(), &[2, 16]).unwrap();
+    let y = Tensor::from_u32(&dev, &[&seq[1..17], &seq[18..34]].concat(), &[2, 16]).unwrap();
+    let mut opt = Optimizer::adamw(model.parameters(), 1e-2, 0.0).unwrap();
+    let first = model.loss(&x, &y, true).unwrap().item().unwrap();
+    let mut last = first;
+    for _ in 0..150 {
+        let loss = model.loss(&x, &y, true).unwrap();
+        let g = loss.backward().unwrap();
+        opt.step(&g).unwrap();
+        last = loss.item().unwrap();
+    }
+    assert!(first > 2.0, "starts near ln(11): {first}");
+    assert!(last < 0.05, "overfits: loss {first} -> {last}");
+}
+
+#[test]
+fn forward_rejects_bad_ids() {
+    let dev = shared_device();
+    let cfg = GptConfig {
+        n_layer: 1,
+        n_head: 1,
+        n_embd: 8,
+        block_size: 4,
+        vocab_size: 5,
+        dropout: 0.0,
+        ln_eps: 1e-5,
+    };
+    let model = Gpt::new(&dev, cfg, 1).unwrap();
+    let too_long = Tensor::from_u32(&dev, &[0; 10], &[2, 5]).unwrap();
+    assert!(matches!(
+        model.forward(&too_long, false),
+        Err(Error::Shape { .. })
+    ));
+    let out_of_range = Tensor::from_u32(&dev, &[0, 5], &[1, 2]).unwrap();
+    assert!(
+        model
+            .forward(&out_of_range, false)
+            .unwrap_err()
+            .to_string()
+            .contains("out of range")
+    );
+    let flat = Tensor::from_u32(&dev, &[0, 1], &[2]).unwrap();
+    assert!(matches!(
+        model.forward(&flat, false),
+        Err(Error::Shape { .. })
+    ));
+}
