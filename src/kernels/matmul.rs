@@ -6,19 +6,23 @@
 //! No single kernel is fast everywhere (see the lavapipe notes in DESIGN.md), so [`choose`]
 //! picks one per adapter and shape:
 //!
-//! 1. `M <= 4` → [`Kernel::Rows`] with one register row per output row: a GEMV. Decode shapes
-//!    such as `1 x 768 · 768 x 50257` are bound by reading B once; any tiled kernel wastes most
-//!    of its rows there.
+//! 1. `M <= 4`, or `M <= 16` on a software adapter → [`Kernel::Rows`] with one register row
+//!    per output row (up to 4): a GEMV. Decode shapes such as `1 x 768 · 768 x 50257` are
+//!    bound by reading B once; a tiled kernel wastes most of its rows there (lavapipe,
+//!    `8 x 768 · 768 x 2304`: 7.5 GFLOP/s here against 3.3 for the subgroup kernel; from
+//!    M = 32 the subgroup kernel wins).
 //! 2. Software adapter (`info().is_cpu`) whose subgroup size is fixed at 8 or 16 (lavapipe with
 //!    256- or 512-bit lanes) → [`Kernel::Subgroup`]: subgroup-broadcast register tiles without
-//!    workgroup memory (≈50 GFLOP/s at 1024³ on a 2-core lavapipe, against ≈1 for the tiled one).
+//!    workgroup memory. 1024³ on a quiet 2-core lavapipe: ≈50 GFLOP/s (≈25 per CPU-second),
+//!    against ≈10 for the rows kernel and ≈4 for the tiled one.
 //! 3. Other software adapters (no subgroups, or a variable subgroup size) → [`Kernel::Rows`]
 //!    with 4 rows per invocation: no workgroup memory and no barriers, which only cost there.
 //! 4. Everything else (discrete and integrated GPUs) → [`Kernel::Tiled`]: workgroup-memory
-//!    tiles with a 4x4 or 8x4 register block per invocation.
+//!    tiles with a 4x4 register block per invocation, 8x4 once there are enough tiles.
 //!
 //! Each kernel has a vec4 entry point and a scalar one; the vec4 one is used when the operands
 //! are aligned for it ([`vec4_ok`]), the scalar one (element strides) for everything else.
+//! A K longer than [`MAX_K_PER_DISPATCH`] is split by the caller (`ops_matmul`).
 
 use super::shader;
 use crate::error::{Error, Result};
