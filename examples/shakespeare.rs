@@ -341,6 +341,8 @@ fn train(dev: &Device, m: &ArgMatches) -> Result<()> {
     let mut timed_steps = 0usize;
     let mut train_time = 0.0f64;
     let mut loss_acc = (0.0f32, 0usize);
+    // Work done by evaluation and sampling, taken out of the per-step figures.
+    let mut eval_stats = portagrad::Stats::default();
     let log_every = 10;
     for step in start..p.steps {
         let ts = Instant::now();
@@ -381,7 +383,7 @@ fn train(dev: &Device, m: &ArgMatches) -> Result<()> {
         timed_steps += 1;
         bar.inc(1);
         if (step + 1) % p.eval_every == 0 || step + 1 == p.steps {
-            let te = Instant::now();
+            let before = dev.stats();
             let vl = val_loss(&model, dev, val_ids, &p, eval_batches)?;
             val_curve.push(((step + 1) as f64, f64::from(vl)));
             let sample = sample_text(
@@ -407,7 +409,10 @@ fn train(dev: &Device, m: &ArgMatches) -> Result<()> {
             save_pretrained(&model, &out)?;
             save_vocab(&out, &tok)?;
             checkpoint::save_params(&state_path, &model.parameters(), Some(&opt))?;
-            let _ = te;
+            let after = dev.stats();
+            eval_stats.dispatches += after.dispatches - before.dispatches;
+            eval_stats.submits += after.submits - before.submits;
+            eval_stats.readbacks += after.readbacks - before.readbacks;
         }
     }
     bar.finish_and_clear();
@@ -439,9 +444,9 @@ fn train(dev: &Device, m: &ArgMatches) -> Result<()> {
     );
     println!(
         "per step: {:.1} dispatches, {:.2} submits, {:.2} readbacks; peak GPU memory {:.1} MiB",
-        stats.dispatches as f64 / steps_run as f64,
-        stats.submits as f64 / steps_run as f64,
-        stats.readbacks as f64 / steps_run as f64,
+        (stats.dispatches - eval_stats.dispatches) as f64 / steps_run as f64,
+        (stats.submits - eval_stats.submits) as f64 / steps_run as f64,
+        (stats.readbacks - eval_stats.readbacks) as f64 / steps_run as f64,
         stats.peak_bytes as f64 / (1 << 20) as f64
     );
     let svg_path = PathBuf::from(m.get_one::<String>("svg").expect("default"));
