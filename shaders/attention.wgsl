@@ -4,26 +4,21 @@
 // over query rows) and dK, dV (one kernel over key rows) without atomics, so it is deterministic.
 // Also here: the KV-cache append and decode kernels, and the head split / merge permutations.
 //
-// This file is the shared body. It is never compiled alone: the launcher appends one of
-//   attention_subgroup.wgsl  tiles exchanged between the lanes of a subgroup (subgroupBroadcast)
-//   attention_portable.wgsl  tiles read straight from storage (adapters without subgroups)
-// which define the entry points of the three row kernels and the tile functions used below:
-//   kv_tile(base, j0, last)   make keys j0 .. j0 + 7 (row index clamped to `last`) the current tile
-//   qdo_tile(base, i0, last)  make queries i0 .. i0 + 7 and their dO, lse and delta the current tile
-//   tile_k(c), tile_v(c), tile_q(c), tile_do(c) -> array<vec4<f32>, 8>: column chunk c of the tile
-//   tile_s() -> array<vec2<f32>, 8>: (lse * log2 e, delta) of the query tile
-//
-// Each invocation owns one row (a query row in the forward and dQ kernels, a key row in the dK/dV
-// kernel) and keeps it and its accumulators in private arrays; rows are grouped (a subgroup, or a
-// single invocation in the portable variant) and a group walks the other side in tiles of TW rows.
+// The row kernels here are the portable ones: each invocation owns one row (a query row in the
+// forward and dQ kernels, a key row in the dK/dV kernel), keeps it and its accumulators in
+// private arrays, and walks the other side in tiles of TW rows read straight from storage. All
+// invocations of a workgroup read the same tile rows at about the same time, so on a GPU the
+// caches serve them (a broadcast load). On CPU adapters (lavapipe) the launcher appends
+// straight-line kernels generated per head size that exchange tiles through subgroup
+// broadcasts instead (src/kernels/attention.rs, `mod cpu`).
 // Scores are kept in base-2 units (q pre-scaled by scale * log2 e) so the softmax uses exp2.
 
 override D4: u32 = 16u;   // head size D / 4 (D % 4 == 0, D <= 4 * MAXC)
-override WG: u32 = 64u;   // invocations per workgroup of the row kernels = rows per workgroup
+override WG: u32 = 64u;   // invocations (rows) per workgroup of the row kernels
 override DWG: u32 = 64u;  // invocations per workgroup of the decode kernel (a power of two <= 64)
 
 const MAXC: u32 = 32u;    // largest D4 (D = 128)
-const TW: u32 = 8u;       // rows per exchanged tile
+const TW: u32 = 8u;       // rows per tile (one online-softmax step)
 const LOG2E: f32 = 1.4426950408889634;
 const LN2: f32 = 0.6931471805599453;
 const NEG: f32 = -1.0e30; // "minus infinity" that never produces inf - inf
@@ -68,198 +63,170 @@ struct Attn {
 @group(0) @binding(6) var<storage, read> delta_in: array<f32>;          // (B, H, T)
 @group(0) @binding(8) var<storage, read_write> grad_v: array<vec4<f32>>;// (B, H, T, D) dV
 
-// Rows of the workgroup `wg` that a group handles: (b*h index, first row of the group), or
-// bh == p.bh when the workgroup is past the grid.
-fn group_rows(wg: u32, g0: u32) -> vec2<u32> {
-    let bh = wg / p.blocks;
-    return vec2<u32>(bh, (wg % p.blocks) * WG + g0);
+fn flat_wg(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wid.y * nwg.x + wid.x;
 }
 
-// Forward: rows r0 .. r0 + gsize - 1 of head bh; this invocation owns row r0 + lane.
-fn fwd_group(wg: u32, g0: u32, gsize: u32, lane: u32) {
-    let gr = group_rows(wg, g0);
-    let bh = gr.x;
-    let r0 = gr.y;
-    if bh >= p.bh || r0 >= p.t { return; } // uniform across the group
-    let row = r0 + lane;
-    let rc = min(row, p.t - 1u);
+// Forward: this invocation owns query row `row` of head bh = wg / blocks.
+@compute @workgroup_size(WG)
+fn attn_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let wg = flat_wg(wid, nwg);
+    let bh = wg / p.blocks;
+    let row = (wg % p.blocks) * WG + lid;
+    if bh >= p.bh || row >= p.t { return; }
     let qb = bh * p.t;
     let kb = bh * p.kstride;
     var kend = p.tk;
-    if p.causal != 0u { kend = min(p.tk, r0 + gsize + p.qoff); }
-    let lim = row + p.qoff; // last key this row may see when causal
+    if p.causal != 0u { kend = min(p.tk, row + p.qoff + 1u); }
 
     let qs = p.scale * LOG2E;
     var qr: array<vec4<f32>, MAXC>;
-    for (var c = 0u; c < D4; c++) { qr[c] = q4[(qb + rc) * D4 + c] * qs; }
+    for (var c = 0u; c < D4; c++) { qr[c] = q4[(qb + row) * D4 + c] * qs; }
     var acc: array<vec4<f32>, MAXC>;
     var m = NEG;
     var l = 0.0;
     for (var j0 = 0u; j0 < kend; j0 += TW) {
-        kv_tile(kb, j0, kend - 1u);
+        // Rows of this tile, clamped into range (masked below).
+        var kr: array<u32, TW>;
+        for (var i = 0u; i < TW; i++) { kr[i] = (kb + min(j0 + i, kend - 1u)) * D4; }
         var s: array<f32, TW>;
         for (var c = 0u; c < D4; c++) {
-            let kk = tile_k(c);
             let qc = qr[c];
-            for (var i = 0u; i < TW; i++) { s[i] += dot(qc, kk[i]); }
+            for (var i = 0u; i < TW; i++) { s[i] += dot(qc, k4[kr[i] + c]); }
         }
         var mt = m;
-        var ok: array<bool, TW>;
         for (var i = 0u; i < TW; i++) {
-            let j = j0 + i;
-            ok[i] = j < kend && (p.causal == 0u || j <= lim);
-            if ok[i] { mt = max(mt, s[i]); }
+            if j0 + i < kend { mt = max(mt, s[i]); }
         }
         let corr = exp2(m - mt);
         var pr: array<f32, TW>;
         var ls = 0.0;
         for (var i = 0u; i < TW; i++) {
-            pr[i] = select(0.0, exp2(s[i] - mt), ok[i]);
+            pr[i] = select(0.0, exp2(s[i] - mt), j0 + i < kend);
             ls += pr[i];
         }
         l = l * corr + ls;
         m = mt;
         for (var c = 0u; c < D4; c++) {
-            let vv = tile_v(c);
             var a = acc[c] * corr;
-            for (var i = 0u; i < TW; i++) { a = fma(vec4<f32>(pr[i]), vv[i], a); }
+            for (var i = 0u; i < TW; i++) { a = fma(vec4<f32>(pr[i]), v4[kr[i] + c], a); }
             acc[c] = a;
         }
     }
-    if row < p.t {
-        let inv = 1.0 / l;
-        for (var c = 0u; c < D4; c++) { o_out[(qb + row) * D4 + c] = acc[c] * inv; }
-        lse_out[qb + row] = (m + log2(l)) * LN2;
-    }
+    let inv = 1.0 / l;
+    for (var c = 0u; c < D4; c++) { o_out[(qb + row) * D4 + c] = acc[c] * inv; }
+    lse_out[qb + row] = (m + log2(l)) * LN2;
 }
 
-// dQ and delta: this invocation owns query row r0 + lane.
+// dQ and delta: this invocation owns query row `row`.
 //   delta = rowsum(dO * O), P = exp(S - lse), dS = P * (dO . V - delta), dQ = scale * dS K
-fn dq_group(wg: u32, g0: u32, gsize: u32, lane: u32) {
-    let gr = group_rows(wg, g0);
-    let bh = gr.x;
-    let r0 = gr.y;
-    if bh >= p.bh || r0 >= p.t { return; }
-    let row = r0 + lane;
-    let rc = min(row, p.t - 1u);
+@compute @workgroup_size(WG)
+fn attn_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let wg = flat_wg(wid, nwg);
+    let bh = wg / p.blocks;
+    let row = (wg % p.blocks) * WG + lid;
+    if bh >= p.bh || row >= p.t { return; }
     let qb = bh * p.t;
     let kb = bh * p.kstride;
     var kend = p.tk;
-    if p.causal != 0u { kend = min(p.tk, r0 + gsize + p.qoff); }
-    let lim = row + p.qoff;
+    if p.causal != 0u { kend = min(p.tk, row + p.qoff + 1u); }
 
     let qs = p.scale * LOG2E;
     var qr: array<vec4<f32>, MAXC>;
     var dr: array<vec4<f32>, MAXC>;
     var dl = vec4<f32>(0.0);
     for (var c = 0u; c < D4; c++) {
-        let at = (qb + rc) * D4 + c;
+        let at = (qb + row) * D4 + c;
         qr[c] = q4[at] * qs;
         dr[c] = do4[at];
         dl = fma(dr[c], o_in[at], dl);
     }
     let delta = dl.x + dl.y + dl.z + dl.w;
-    let lse2 = lse_in[qb + rc] * LOG2E;
+    let lse2 = lse_in[qb + row] * LOG2E;
     var dq: array<vec4<f32>, MAXC>;
     for (var j0 = 0u; j0 < kend; j0 += TW) {
-        kv_tile(kb, j0, kend - 1u);
+        var kr: array<u32, TW>;
+        for (var i = 0u; i < TW; i++) { kr[i] = (kb + min(j0 + i, kend - 1u)) * D4; }
         var s: array<f32, TW>;
         var dp: array<f32, TW>;
         for (var c = 0u; c < D4; c++) {
-            let kk = tile_k(c);
-            let vv = tile_v(c);
             let qc = qr[c];
             let dc = dr[c];
             for (var i = 0u; i < TW; i++) {
-                s[i] += dot(qc, kk[i]);
-                dp[i] += dot(dc, vv[i]);
+                s[i] += dot(qc, k4[kr[i] + c]);
+                dp[i] += dot(dc, v4[kr[i] + c]);
             }
         }
         var ds: array<f32, TW>;
         for (var i = 0u; i < TW; i++) {
-            let j = j0 + i;
-            let ok = j < kend && (p.causal == 0u || j <= lim);
-            ds[i] = select(0.0, exp2(s[i] - lse2) * (dp[i] - delta), ok);
+            ds[i] = select(0.0, exp2(s[i] - lse2) * (dp[i] - delta), j0 + i < kend);
         }
         for (var c = 0u; c < D4; c++) {
-            let kk = tile_k(c);
             var a = dq[c];
-            for (var i = 0u; i < TW; i++) { a = fma(vec4<f32>(ds[i]), kk[i], a); }
+            for (var i = 0u; i < TW; i++) { a = fma(vec4<f32>(ds[i]), k4[kr[i] + c], a); }
             dq[c] = a;
         }
     }
-    if row < p.t {
-        for (var c = 0u; c < D4; c++) { grad_a[(qb + row) * D4 + c] = dq[c] * p.scale; }
-        delta_out[qb + row] = delta;
-    }
+    for (var c = 0u; c < D4; c++) { grad_a[(qb + row) * D4 + c] = dq[c] * p.scale; }
+    delta_out[qb + row] = delta;
 }
 
-// dK and dV: this invocation owns key row r0 + lane and walks the query rows that see it.
+// dK and dV: this invocation owns key row `row` and walks the query rows that see it.
 //   dV = P^T dO, dK = scale * dS^T Q
-fn dkv_group(wg: u32, g0: u32, gsize: u32, lane: u32) {
-    let gr = group_rows(wg, g0);
-    let bh = gr.x;
-    let r0 = gr.y;
-    if bh >= p.bh || r0 >= p.tk { return; }
-    let row = r0 + lane;
-    let rc = min(row, p.tk - 1u);
+@compute @workgroup_size(WG)
+fn attn_bwd_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let wg = flat_wg(wid, nwg);
+    let bh = wg / p.blocks;
+    let row = (wg % p.blocks) * WG + lid;
+    if bh >= p.bh || row >= p.tk { return; }
     let qb = bh * p.t;
     let kb = bh * p.kstride;
-    // Query i sees key j when j <= i + qoff: with causal masking the first query that sees any
-    // key of the group is r0 - qoff.
+    // Query i sees key j when j <= i + qoff: with causal masking the first is j - qoff.
     var i_start = 0u;
-    if p.causal != 0u && r0 > p.qoff { i_start = r0 - p.qoff; }
+    if p.causal != 0u && row > p.qoff { i_start = row - p.qoff; }
 
     let qs = p.scale * LOG2E;
     var kr: array<vec4<f32>, MAXC>;
     var vr: array<vec4<f32>, MAXC>;
     for (var c = 0u; c < D4; c++) {
-        kr[c] = k4[(kb + rc) * D4 + c] * qs;
-        vr[c] = v4[(kb + rc) * D4 + c];
+        kr[c] = k4[(kb + row) * D4 + c] * qs;
+        vr[c] = v4[(kb + row) * D4 + c];
     }
     var dk: array<vec4<f32>, MAXC>;
     var dv: array<vec4<f32>, MAXC>;
     for (var i0 = i_start; i0 < p.t; i0 += TW) {
-        qdo_tile(qb, i0, p.t - 1u);
+        var qi: array<u32, TW>;
+        for (var i = 0u; i < TW; i++) { qi[i] = qb + min(i0 + i, p.t - 1u); }
         var s: array<f32, TW>;
         var dp: array<f32, TW>;
         for (var c = 0u; c < D4; c++) {
-            let qq = tile_q(c);
-            let dd = tile_do(c);
             let kc = kr[c];
             let vc = vr[c];
             for (var i = 0u; i < TW; i++) {
-                s[i] += dot(kc, qq[i]);
-                dp[i] += dot(vc, dd[i]);
+                s[i] += dot(kc, q4[qi[i] * D4 + c]);
+                dp[i] += dot(vc, do4[qi[i] * D4 + c]);
             }
         }
-        let st = tile_s();
         var pr: array<f32, TW>;
         var ds: array<f32, TW>;
         for (var i = 0u; i < TW; i++) {
-            let qi = i0 + i;
-            let ok = qi < p.t && (p.causal == 0u || row <= qi + p.qoff);
-            pr[i] = select(0.0, exp2(s[i] - st[i].x), ok);
-            ds[i] = pr[i] * (dp[i] - st[i].y);
+            pr[i] = select(0.0, exp2(s[i] - lse_in[qi[i]] * LOG2E), i0 + i < p.t);
+            ds[i] = pr[i] * (dp[i] - delta_in[qi[i]]);
         }
         for (var c = 0u; c < D4; c++) {
-            let qq = tile_q(c);
-            let dd = tile_do(c);
             var a = dk[c];
             var b = dv[c];
             for (var i = 0u; i < TW; i++) {
-                a = fma(vec4<f32>(ds[i]), qq[i], a);
-                b = fma(vec4<f32>(pr[i]), dd[i], b);
+                a = fma(vec4<f32>(ds[i]), q4[qi[i] * D4 + c], a);
+                b = fma(vec4<f32>(pr[i]), do4[qi[i] * D4 + c], b);
             }
             dk[c] = a;
             dv[c] = b;
         }
     }
-    if row < p.tk {
-        for (var c = 0u; c < D4; c++) {
-            grad_a[(kb + row) * D4 + c] = dk[c] * p.scale;
-            grad_v[(kb + row) * D4 + c] = dv[c];
-        }
+    for (var c = 0u; c < D4; c++) {
+        grad_a[(kb + row) * D4 + c] = dk[c] * p.scale;
+        grad_v[(kb + row) * D4 + c] = dv[c];
     }
 }
 

@@ -315,10 +315,10 @@ pub fn attention_cpu_shader_source(head_dim: usize) -> String {
 }
 
 /// Which attention kernels run on `dev` for head size `head_dim`: `"subgroup-cpu"`
-/// (straight-line kernels for CPU adapters such as lavapipe, tiles shared through subgroup
-/// broadcasts), `"subgroup"` (the same exchange, looped code, for GPUs) or `"portable"` (tiles
-/// read from storage; adapters without subgroups). For benchmarks and bug reports;
-/// `PORTAGRAD_ATTENTION=portable` or `=subgroup` forces a choice.
+/// (straight-line kernels generated per head size for CPU adapters such as lavapipe, tiles
+/// shared through subgroup broadcasts) or `"portable"` (one row per invocation, tiles read from
+/// storage; GPUs and adapters without subgroups). For benchmarks and bug reports;
+/// `PORTAGRAD_ATTENTION=portable` forces the portable kernels.
 pub fn attention_variant(dev: &Device, head_dim: usize) -> &'static str {
     kern::plan_name(dev, head_dim)
 }

@@ -1,41 +1,26 @@
 //! Launcher for `shaders/attention.wgsl`: fused attention forward, its two backward kernels,
 //! KV-cache append and decode, and the head split / merge permutations.
 //!
-//! The row kernels (forward, dQ, dK/dV) come in three forms that differ in how a tile of rows
-//! reaches the invocations (see the top of `attention.wgsl`), chosen per adapter by [`plan`]:
-//! - `subgroup-cpu`: CPU adapters with subgroups of at least 8 lanes (lavapipe). Tiles are
-//!   exchanged with subgroup broadcasts, and the kernels are straight-line code generated here
-//!   for the head size at hand, each lane owning several rows ([`mod@cpu`]).
-//! - `subgroup`: other adapters with such subgroups (GPUs). The same exchange, looped code
-//!   (`attention_subgroup.wgsl`), one row per lane.
-//! - `portable`: no subgroups. Tiles read from storage (`attention_portable.wgsl`).
+//! The row kernels (forward, dQ, dK/dV) and decode come in two forms, chosen per adapter by
+//! [`plan`]:
+//! - `portable` (`attention.wgsl`): one row per invocation, tiles of the other side read
+//!   straight from storage; on a GPU all invocations of a workgroup read the same tile rows, a
+//!   cache-served broadcast. Every adapter.
+//! - `subgroup-cpu`: CPU adapters with subgroups of at least 8 lanes (lavapipe). Straight-line
+//!   kernels generated here for the head size at hand ([`mod@cpu`]): tiles exchanged with
+//!   subgroup broadcasts, several rows per lane.
 //!
-//! `PORTAGRAD_ATTENTION=portable` or `=subgroup` forces one (the tests run all three).
+//! `PORTAGRAD_ATTENTION=portable` forces the portable kernels (the tests run both).
 
 use super::{elems_grid, shader};
 use crate::error::Result;
 use crate::runtime::{Access, Device, Shader, grid_1d};
 use crate::tensor::{DType, Tensor};
 
-/// Body + tiles read from storage: every adapter.
-pub(crate) const SHADER: Shader = shader(
-    "attention",
-    concat!(
-        include_str!("../../shaders/attention.wgsl"),
-        include_str!("../../shaders/attention_portable.wgsl")
-    ),
-);
+/// The portable kernels, decode, append and layout: every adapter.
+pub(crate) const SHADER: Shader = shader("attention", include_str!("../../shaders/attention.wgsl"));
 
-/// Body + tiles exchanged through subgroup broadcasts: adapters with the SUBGROUP feature.
-pub(crate) const SHADER_SUBGROUP: Shader = shader(
-    "attention_subgroup",
-    concat!(
-        include_str!("../../shaders/attention.wgsl"),
-        include_str!("../../shaders/attention_subgroup.wgsl")
-    ),
-);
-
-/// Rows per exchanged tile (`TW` in the WGSL); the subgroup variant needs this many lanes.
+/// Rows per tile (`TW` in the WGSL); the CPU kernels broadcast from this many lanes.
 const TW: u32 = 8;
 /// Invocations (rows) per workgroup of the row kernels (`WG`).
 const WG: u32 = 64;
@@ -95,41 +80,32 @@ impl Plan {
 }
 
 /// Choose the kernels: straight-line subgroup kernels generated for the head size on CPU
-/// adapters, the looped subgroup kernels elsewhere when subgroups of at least TW lanes exist,
-/// else the portable ones. `PORTAGRAD_ATTENTION=portable` or `=subgroup` forces one.
+/// adapters with subgroups of at least TW lanes, else the portable ones.
+/// `PORTAGRAD_ATTENTION=portable` forces the portable ones.
 fn plan(dev: &Device, d: usize) -> Plan {
-    let force = std::env::var("PORTAGRAD_ATTENTION").unwrap_or_default();
-    let mut pl = Plan {
-        shader: &SHADER,
-        wg: WG,
-        rows: [1; 3],
-        cpu: false,
-        name: "portable",
-    };
-    let Some((lo, hi)) = dev.info().subgroup_sizes else {
-        return pl;
-    };
-    if !dev.has_subgroups() || lo < TW || force == "portable" {
-        return pl;
+    let info = dev.info();
+    let forced = std::env::var("PORTAGRAD_ATTENTION").is_ok_and(|v| v == "portable");
+    match info.subgroup_sizes {
+        Some((lo, hi)) if info.is_cpu && dev.has_subgroups() && lo >= TW && !forced => Plan {
+            shader: cpu_shader(d),
+            // One subgroup per workgroup: small T leaves no idle subgroups.
+            wg: hi,
+            rows: cpu::rows(d),
+            cpu: true,
+            name: "subgroup-cpu",
+        },
+        _ => Plan {
+            shader: &SHADER,
+            wg: WG,
+            rows: [1; 3],
+            cpu: false,
+            name: "portable",
+        },
     }
-    if dev.info().is_cpu && force != "subgroup" {
-        pl.shader = cpu_shader(d);
-        // One subgroup per workgroup: small T leaves no idle subgroups.
-        pl.wg = hi;
-        pl.rows = cpu::rows(d);
-        pl.cpu = true;
-        pl.name = "subgroup-cpu";
-    } else {
-        pl.shader = &SHADER_SUBGROUP;
-        // A workgroup holds whole subgroups.
-        pl.wg = WG.max(hi);
-        pl.name = "subgroup";
-    }
-    pl
 }
 
-/// Which kernels [`forward`] and [`backward`] use on `dev` for head size `d`: `"subgroup-cpu"`,
-/// `"subgroup"` or `"portable"`.
+/// Which kernels [`forward`], [`backward`] and [`decode`] use on `dev` for head size `d`:
+/// `"subgroup-cpu"` or `"portable"`.
 pub(crate) fn plan_name(dev: &Device, d: usize) -> &'static str {
     plan(dev, d).name
 }
@@ -816,8 +792,7 @@ mod cpu {
         w!(o, "}}\n");
     }
 
-    /// The entry points for head size `d` (a multiple of 4), to append to the subgroup
-    /// variant's source.
+    /// The entry points for head size `d` (a multiple of 4), to append to `attention.wgsl`.
     pub(super) fn entries(d: usize) -> String {
         let [rf, rq, rk] = rows(d).map(|r| r as usize);
         let mut o = String::new();
@@ -833,7 +808,7 @@ mod cpu {
     }
 }
 
-/// The subgroup variant plus the CPU kernels for head size `d`, compiled once per process.
+/// The portable module plus the CPU kernels for head size `d`, built once per process.
 fn cpu_shader(d: usize) -> &'static Shader {
     static CACHE: std::sync::Mutex<Vec<(usize, &'static Shader)>> =
         std::sync::Mutex::new(Vec::new());
@@ -851,5 +826,5 @@ fn cpu_shader(d: usize) -> &'static Shader {
 
 /// Full WGSL of the CPU-adapter module for head size `d` (for the shader validation test).
 pub(crate) fn cpu_source(d: usize) -> String {
-    format!("{}\n{}", SHADER_SUBGROUP.source, cpu::entries(d))
+    format!("{}\n{}", SHADER.source, cpu::entries(d))
 }

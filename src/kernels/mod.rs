@@ -25,10 +25,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("reduce", reduce::SHADER.source),
     ("softmax", softmax::SHADER.source),
     ("layout", layout::SHADER.source),
-    // attention.wgsl is a shared body: validated as part of both variants it is compiled in.
     ("attention", attention::SHADER.source),
-    ("attention_portable", attention::SHADER.source),
-    ("attention_subgroup", attention::SHADER_SUBGROUP.source),
     ("optim", optim::SHADER.source),
     ("train", train::SHADER.source),
     ("matmul", matmul::SHADER.source),
