@@ -178,9 +178,10 @@ pub(crate) fn choose(dev: &Device, m: usize, _n: usize, _k: usize) -> Kernel {
 
 /// Column groups per invocation (CB) and invocations per workgroup (RW) of the rows kernel.
 /// GPUs: 64 invocations of one column group, so a warp reads whole rows of B in vec4s. CPU
-/// adapters: one 8-wide SIMD group per workgroup, each lane with several column groups, so
-/// more rows of B are in flight per step (1 x 768 · 768 x 2304 on lavapipe: 0.7 GFLOP/s at
-/// CB 1 / RW 64, 2.5 at CB 4 / RW 8); with 2-4 rows, CB 2 measured best there.
+/// adapters: 8 invocations per workgroup, each with several column groups, so more rows of B
+/// are in flight per step (1 x 768 · 768 x 2304 on lavapipe: 0.7 GFLOP/s at CB 1 / RW 64,
+/// 2.5 at CB 4 / RW 8; RW 8 also beat 16 with 16-lane subgroups); with 2-4 rows, CB 2
+/// measured best there.
 fn rows_shape(gpu: bool, rb: usize) -> (usize, usize) {
     if gpu {
         (1, 64)
