@@ -14,6 +14,7 @@ use clap::{Arg, ArgAction, Command, value_parser};
 use portagrad::io::csv::read_csv;
 use portagrad::nn::{self, Module};
 use portagrad::optim::Optimizer;
+use portagrad::plot::{Series, line_charts_svg};
 use portagrad::train::{Dataset, FitConfig, History, Progress, evaluate, fit};
 use portagrad::{Activation, Device};
 
@@ -188,115 +189,37 @@ fn run() -> portagrad::Result<()> {
     Ok(())
 }
 
-/// Loss and accuracy per epoch (train solid, validation dashed) as a two-panel SVG.
+/// Loss and the metric per epoch, train and validation, as a two-panel SVG.
 fn curves_svg(h: &History, title: &str) -> String {
-    let (w, ph, pad) = (640.0, 260.0, 50.0);
-    let n = h.epochs.len().max(2) as f64;
-    let x_at = |e: usize| pad + (e as f64 - 1.0) / (n - 1.0) * (w - 2.0 * pad);
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{pad}\" y=\"20\" font-size=\"14\">{}</text>\n",
-        2.0 * ph + 40.0,
-        xml_escape(title)
-    );
-    let metric = h.metric_name.as_str();
-    let panels: [(&str, Vec<f32>, Vec<Option<f32>>); 2] = [
-        (
-            "loss",
-            h.epochs.iter().map(|e| e.loss).collect(),
-            h.epochs.iter().map(|e| e.val_loss).collect(),
-        ),
-        (
-            metric,
-            h.epochs.iter().map(|e| e.metric).collect(),
-            h.epochs.iter().map(|e| e.val_metric).collect(),
-        ),
-    ];
-    for (p, (name, train, val)) in panels.iter().enumerate() {
-        let top = 30.0 + p as f64 * ph;
-        let (y0, y1) = (top + 10.0, top + ph - 40.0);
-        let all: Vec<f64> = train
-            .iter()
-            .map(|&v| f64::from(v))
-            .chain(val.iter().flatten().map(|&v| f64::from(v)))
-            .filter(|v| v.is_finite())
-            .collect();
-        let (mut lo, mut hi) = all
-            .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
-                (a.min(v), b.max(v))
-            });
-        if !(lo.is_finite() && hi.is_finite()) {
-            (lo, hi) = (0.0, 1.0);
-        }
-        if hi - lo < 1e-9 {
-            hi = lo + 1.0;
-        }
-        let y_at = |v: f64| y1 - (v - lo) / (hi - lo) * (y1 - y0);
-        s += &format!(
-            "<rect x=\"{pad}\" y=\"{y0}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#999\"/>\n",
-            w - 2.0 * pad,
-            y1 - y0
-        );
-        s += &format!(
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\" font-weight=\"bold\">{name}</text>\n",
-            w - pad,
-            y0 - 4.0
-        );
-        for (v, anchor) in [(hi, y0 + 4.0), (lo, y1)] {
-            s += &format!(
-                "<text x=\"{}\" y=\"{anchor}\" text-anchor=\"end\">{v:.3}</text>\n",
-                pad - 4.0
-            );
-        }
-        for e in 1..=h.epochs.len() {
-            s += &format!(
-                "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{e}</text>\n",
-                x_at(e),
-                y1 + 15.0
-            );
-        }
-        let line = |vals: Vec<(usize, f64)>, color: &str, dash: &str| -> String {
-            let pts: Vec<String> = vals
-                .iter()
-                .map(|&(e, v)| format!("{:.1},{:.1}", x_at(e), y_at(v)))
-                .collect();
-            format!(
-                "<polyline points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" stroke-dasharray=\"{dash}\"/>\n",
-                pts.join(" ")
-            )
-        };
-        s += &line(
-            train
+    let line =
+        |name: &'static str, f: &dyn Fn(&portagrad::train::EpochStats) -> Option<f32>| Series {
+            name,
+            points: h
+                .epochs
                 .iter()
                 .enumerate()
-                .map(|(i, &v)| (i + 1, f64::from(v)))
+                .filter_map(|(i, e)| f(e).map(|v| ((i + 1) as f64, f64::from(v))))
                 .collect(),
-            "#1f77b4",
-            "none",
-        );
-        let vv: Vec<(usize, f64)> = val
-            .iter()
-            .enumerate()
-            .filter_map(|(i, v)| v.map(|v| (i + 1, f64::from(v))))
-            .collect();
-        if !vv.is_empty() {
-            s += &line(vv, "#ff7f0e", "6,4");
-        }
-        s += &format!(
-            "<text x=\"{pad}\" y=\"{}\" fill=\"#1f77b4\">train</text><text x=\"{}\" y=\"{}\" fill=\"#ff7f0e\">validation (dashed)</text><text x=\"{}\" y=\"{}\" text-anchor=\"middle\">epoch</text>\n",
-            y1 + 32.0,
-            pad + 50.0,
-            y1 + 32.0,
-            w / 2.0,
-            y1 + 32.0
-        );
-    }
-    s += "</svg>\n";
-    s
-}
-
-fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+        };
+    line_charts_svg(
+        title,
+        &[
+            (
+                "loss",
+                "epoch",
+                vec![
+                    line("train", &|e| Some(e.loss)),
+                    line("validation", &|e| e.val_loss),
+                ],
+            ),
+            (
+                h.metric_name.as_str(),
+                "epoch",
+                vec![
+                    line("train", &|e| Some(e.metric)),
+                    line("validation", &|e| e.val_metric),
+                ],
+            ),
+        ],
+    )
 }

@@ -284,7 +284,7 @@ impl Tensor {
             });
         }
         if infer == 1 {
-            if known == 0 || self.numel() % known != 0 {
+            if known == 0 || !self.numel().is_multiple_of(known) {
                 return Err(Error::Shape {
                     op: "reshape",
                     message: format!(

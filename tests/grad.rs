@@ -158,7 +158,7 @@ fn binary_gradients_reduce_over_broadcast_axes() {
             let b = move |x: &[Vec<f64>], g: &[f64]| -> Vec<Vec<f64>> {
                 let mut ga = vec![0.0; x[0].len()];
                 let mut gb = vec![0.0; x[1].len()];
-                for i in 0..n {
+                for (i, &gi) in g.iter().enumerate().take(n) {
                     let (ia, ib) = (bcast_index(&a2, &o2, i), bcast_index(&b2, &o2, i));
                     let (u, v) = (x[0][ia], x[1][ib]);
                     let (da, db) = match op {
@@ -167,8 +167,8 @@ fn binary_gradients_reduce_over_broadcast_axes() {
                         "mul" => (v, u),
                         _ => (1.0 / v, -u / (v * v)),
                     };
-                    ga[ia] += g[i] * da;
-                    gb[ib] += g[i] * db;
+                    ga[ia] += gi * da;
+                    gb[ib] += gi * db;
                 }
                 vec![ga, gb]
             };

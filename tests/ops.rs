@@ -13,10 +13,6 @@ fn upload(v: &[f32], shape: &[usize]) -> Tensor {
     Tensor::from_slice(&shared_device(), v, shape).expect("upload")
 }
 
-fn to64(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|&x| f64::from(x)).collect()
-}
-
 fn check_unary(
     name: &str,
     f: impl Fn(&Tensor) -> portagrad::Result<Tensor>,

@@ -191,6 +191,9 @@ struct Batch {
     chunks: Vec<wgpu::Buffer>,
 }
 
+/// Bind group layouts by (storage access pattern, params size).
+type LayoutKey = (Vec<Access>, u64);
+
 struct Inner {
     device: wgpu::Device,
     queue: wgpu::Queue,
@@ -202,7 +205,7 @@ struct Inner {
     pool: Mutex<Pool>,
     modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<String, Arc<Pipeline>>>,
-    layouts: Mutex<HashMap<(Vec<Access>, u64), Arc<wgpu::BindGroupLayout>>>,
+    layouts: Mutex<HashMap<LayoutKey, Arc<wgpu::BindGroupLayout>>>,
     errors: Arc<Mutex<Vec<wgpu::Error>>>,
     lost: Arc<Mutex<Option<String>>>,
     epoch: AtomicU64,
