@@ -380,3 +380,53 @@ fn heads_to_rows4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     if i != 0xffffffffu { x = lay_in4[i]; }
     lay_out4[u] = x;
 }
+
+// Three (B, H, T, D) tensors -> (B, T, 3 * C), tensor s in column block s: the gradient of a
+// fused QKV projection in one pass. One invocation per output unit.
+@group(0) @binding(2) var<storage, read> lay_b: array<f32>;               // (B, H, T, D) slot 1
+@group(0) @binding(3) var<storage, read> lay_c: array<f32>;               // (B, H, T, D) slot 2
+@group(0) @binding(4) var<storage, read_write> lay_o3: array<f32>;        // (B, T, 3 * C)
+@group(0) @binding(2) var<storage, read> lay_b4: array<vec4<f32>>;        // (B, H, T, D) slot 1
+@group(0) @binding(3) var<storage, read> lay_c4: array<vec4<f32>>;        // (B, H, T, D) slot 2
+@group(0) @binding(4) var<storage, read_write> lay_o34: array<vec4<f32>>; // (B, T, 3 * C)
+
+// Unit u of the (B, T, 3 * C) side -> (slot, unit of the (B, H, T, D) side).
+fn heads3_index(u: u32) -> vec2<u32> {
+    let d = u % p.du;
+    var x = u / p.du;
+    let h = x % p.heads;
+    x /= p.heads;
+    let s = x % 3u;
+    let bt = x / 3u;
+    let t = bt % p.t;
+    let b = bt / p.t;
+    return vec2<u32>(s, ((b * p.heads + h) * p.t + t) * p.du + d);
+}
+
+@compute @workgroup_size(LWG)
+fn heads3_to_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let u = lay_unit(wid, nwg, lid);
+    if u >= p.n { return; }
+    let i = heads3_index(u);
+    var x: f32;
+    switch i.x {
+        case 0u: { x = lay_in[i.y]; }
+        case 1u: { x = lay_b[i.y]; }
+        default: { x = lay_c[i.y]; }
+    }
+    lay_o3[u] = x;
+}
+
+@compute @workgroup_size(LWG)
+fn heads3_to_rows4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let u = lay_unit(wid, nwg, lid);
+    if u >= p.n { return; }
+    let i = heads3_index(u);
+    var x: vec4<f32>;
+    switch i.x {
+        case 0u: { x = lay_in4[i.y]; }
+        case 1u: { x = lay_b4[i.y]; }
+        default: { x = lay_c4[i.y]; }
+    }
+    lay_o34[u] = x;
+}

@@ -130,6 +130,34 @@ pub fn split_heads(qkv: &Tensor, n_head: usize) -> Result<(Tensor, Tensor, Tenso
     Ok((part(0)?, part(1)?, part(2)?))
 }
 
+/// Self-attention from a fused QKV projection: `qkv` (B, T, 3·C) -> (B, T, C) with `n_head`
+/// heads. The same values as [`split_heads`], [`attention`] and [`merge_heads`] in a row, but
+/// recorded as one op, so its backward writes d(qkv) with a single kernel (through
+/// [`split_heads`], each of q, k and v scatters its gradient into a zeroed (B, T, 3·C) buffer
+/// and autograd adds the three). Use this in a Transformer block; the pieces stay available for
+/// anything else (e.g. filling a [`KvCache`]).
+///
+/// Errors as for [`split_heads`] and [`attention`].
+pub fn attention_qkv(qkv: &Tensor, n_head: usize, causal: bool) -> Result<Tensor> {
+    const OP: &str = "attention_qkv";
+    let (q, k, v) = {
+        let _g = crate::no_grad();
+        split_heads(qkv, n_head)?
+    };
+    check_head_dim(OP, "the heads of qkv", q.shape())?;
+    let (o, lse) = kern::forward(&q, &k, &v, causal)?;
+    let y = kern::heads_to_rows(&o, 0, 1)?;
+    if !Tensor::should_record(&[qkv]) {
+        return Ok(y);
+    }
+    let back: BackwardFn = Box::new(move |g| {
+        let d_o = kern::rows_to_heads(g, 0, 1, n_head)?;
+        let (dq, dk, dv) = kern::backward(&q, &k, &v, &o, &lse, &d_o, causal)?;
+        Ok(vec![Some(kern::heads3_to_rows(&dq, &dk, &dv)?)])
+    });
+    Ok(y.record(OP, &[qkv], back))
+}
+
 /// Merge heads back: (B, H, T, D) -> (B, T, H·D), head `h` element `d` to column `h·D + d`
 /// (the inverse of one part of [`split_heads`]). One permutation kernel; backward recorded.
 pub fn merge_heads(x: &Tensor) -> Result<Tensor> {

@@ -8,7 +8,8 @@ mod common;
 use common::{check_grad, inp};
 use portagrad::testing::{assert_close, random_vec, shared_device};
 use portagrad::{
-    Error, KvCache, Tensor, attend_cached, attention, attention_variant, merge_heads, split_heads,
+    Error, KvCache, Tensor, attend_cached, attention, attention_qkv, attention_variant,
+    merge_heads, split_heads,
 };
 
 /// (B, H, T, D)
@@ -343,6 +344,35 @@ fn cpu_merge(x: &[f64], b: usize, h: usize, t: usize, d: usize) -> Vec<f64> {
     out
 }
 
+/// CPU inverse of [`cpu_merge`]: (B, T, H·D) -> (B, H, T, D).
+fn cpu_unmerge(x: &[f64], b: usize, h: usize, t: usize, d: usize) -> Vec<f64> {
+    let mut out = vec![0.0; x.len()];
+    for bi in 0..b {
+        for hi in 0..h {
+            for ti in 0..t {
+                for di in 0..d {
+                    out[((bi * h + hi) * t + ti) * d + di] = x[(bi * t + ti) * h * d + hi * d + di];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// CPU inverse of [`cpu_split`]: three (B, H, T, D) -> (B, T, 3·H·D).
+fn cpu_merge3(x: &[Vec<f64>; 3], b: usize, h: usize, t: usize, d: usize) -> Vec<f64> {
+    let c = h * d;
+    let mut out = vec![0.0; b * t * 3 * c];
+    for (s, xs) in x.iter().enumerate() {
+        let m = cpu_merge(xs, b, h, t, d);
+        for bt in 0..b * t {
+            out[bt * 3 * c + s * c..bt * 3 * c + (s + 1) * c]
+                .copy_from_slice(&m[bt * c..(bt + 1) * c]);
+        }
+    }
+    out
+}
+
 #[test]
 fn split_and_merge_heads_round_trip() {
     // D = 8 takes the vec4 kernels, D = 5 the scalar ones.
@@ -440,50 +470,63 @@ fn split_and_merge_heads_gradients() {
     }
 }
 
-/// The whole block: (B, T, 3C) -> split -> causal attention -> merge, gradient to qkv.
+/// The whole block: (B, T, 3C) -> split -> causal attention -> merge, gradient to qkv; as
+/// three ops and as the fused `attention_qkv`.
 #[test]
 fn gradients_through_split_attention_merge() {
-    let (b, t, c, h) = (1, 9, 32, 2);
-    let d = c / h;
-    let dims = (b, h, t, d);
-    check_grad(
-        "split -> attention -> merge",
-        &[inp(&[b, t, 3 * c], -1.0, 1.0)],
-        &|x| {
-            let (q, k, v) = split_heads(&x[0], h)?;
-            merge_heads(&attention(&q, &k, &v, true)?)
-        },
-        &|x| {
-            let [q, k, v] = cpu_split(&x[0], b, t, c, h);
-            cpu_merge(&cpu_attention(&q, &k, &v, dims, true), b, h, t, d)
-        },
-        &|x, g| {
-            let [q, k, v] = cpu_split(&x[0], b, t, c, h);
-            // Un-merge the output gradient to (B, H, T, D).
-            let mut gh = vec![0.0; g.len()];
-            for hi in 0..h {
-                for ti in 0..t {
-                    for di in 0..d {
-                        gh[(hi * t + ti) * d + di] = g[ti * c + hi * d + di];
-                    }
-                }
-            }
-            let grads = cpu_attention_backward(&q, &k, &v, &gh, dims, true);
-            let mut dx = vec![0.0; t * 3 * c];
-            for (s, gs) in grads.iter().enumerate() {
-                for hi in 0..h {
-                    for ti in 0..t {
-                        for di in 0..d {
-                            dx[ti * 3 * c + s * c + hi * d + di] = gs[(hi * t + ti) * d + di];
-                        }
-                    }
-                }
-            }
-            vec![dx]
-        },
-        1e-4,
-        1e-3,
-    );
+    type Gpu = fn(&Tensor, usize) -> portagrad::Result<Tensor>;
+    let three: Gpu = |x, h| {
+        let (q, k, v) = split_heads(x, h)?;
+        merge_heads(&attention(&q, &k, &v, true)?)
+    };
+    let fused: Gpu = |x, h| attention_qkv(x, h, true);
+    for (name, gpu) in [
+        ("split -> attention -> merge", three),
+        ("attention_qkv", fused),
+    ] {
+        let (b, t, c, h) = (2, 9, 32, 2);
+        let dims = (b, h, t, c / h);
+        check_grad(
+            name,
+            &[inp(&[b, t, 3 * c], -1.0, 1.0)],
+            &|x| gpu(&x[0], h),
+            &|x| {
+                let [q, k, v] = cpu_split(&x[0], b, t, c, h);
+                cpu_merge(&cpu_attention(&q, &k, &v, dims, true), b, h, t, c / h)
+            },
+            &|x, g| {
+                let [q, k, v] = cpu_split(&x[0], b, t, c, h);
+                let gh = cpu_unmerge(g, b, h, t, c / h);
+                let grads = cpu_attention_backward(&q, &k, &v, &gh, dims, true);
+                vec![cpu_merge3(&grads, b, h, t, c / h)]
+            },
+            1e-4,
+            1e-3,
+        );
+    }
+}
+
+#[test]
+fn attention_qkv_matches_the_three_ops() {
+    let (b, t, c, h) = (2, 37, 192, 3);
+    let x = upload(&random_vec(b * t * 3 * c, -1.0, 1.0, 17), &[b, t, 3 * c]);
+    for causal in [false, true] {
+        let (q, k, v) = split_heads(&x, h).unwrap();
+        let want = merge_heads(&attention(&q, &k, &v, causal).unwrap()).unwrap();
+        let got = attention_qkv(&x, h, causal).unwrap();
+        assert_eq!(got.shape(), &[b, t, c]);
+        assert_close(
+            &format!("attention_qkv causal={causal}"),
+            &got.to_vec().unwrap(),
+            &to64(&want.to_vec().unwrap()),
+            0.0,
+            0.0,
+        );
+    }
+    let msg = attention_qkv(&upload(&[0.0; 2 * 3 * 18], &[2, 3, 18]), 3, true)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("D = 2"), "{msg}");
 }
 
 // ---- KV cache and decode ----

@@ -122,6 +122,38 @@ pub fn run(dev: &Device) -> Result<()> {
         i += 1;
     }
 
+    // A Transformer block's attention from a fused QKV projection: three ops or one.
+    let (b, t, c, h) = (16, 128, 128, 4);
+    println!(
+        "\n| QKV (B={b}, T={t}, 3C={}) -> (B, T, C), H={h}, causal | forward | forward+backward |",
+        3 * c
+    );
+    println!("|---|---|---|");
+    let qkv = Tensor::rand_normal(dev, &[b, t, 3 * c], 0.0, 1.0, 10)?.with_grad();
+    let g = Tensor::rand_normal(dev, &[b, t, c], 0.0, 1.0, 11)?;
+    type Block = fn(&Tensor, usize) -> Result<Tensor>;
+    let three: Block = |x, h| {
+        let (q, k, v) = portagrad::split_heads(x, h)?;
+        portagrad::merge_heads(&attention(&q, &k, &v, true)?)
+    };
+    let fused: Block = |x, h| portagrad::attention_qkv(x, h, true);
+    for (name, f) in [
+        ("split_heads + attention + merge_heads", three),
+        ("attention_qkv", fused),
+    ] {
+        f(&qkv, h)?.backward_with(&g)?; // warm-up
+        let (fwd, _) = best(dev, 5, || {
+            let _ng = portagrad::no_grad();
+            drop(f(&qkv, h)?);
+            Ok(())
+        })?;
+        let (both, _) = best(dev, 5, || {
+            drop(f(&qkv, h)?.backward_with(&g)?);
+            Ok(())
+        })?;
+        println!("| {name} | {:.2} ms | {:.2} ms |", fwd * 1e3, both * 1e3);
+    }
+
     // Decode: B = 4 sequences, H = 12, D = 64; one position appended, then one query attended.
     let (b, h, d, max_len) = (4, 12, 64, 1024);
     println!(

@@ -395,6 +395,36 @@ pub(crate) fn heads_to_rows(heads: &Tensor, slot: usize, slots: usize) -> Result
     Ok(out)
 }
 
+/// `q`, `k`, `v` (B, H, T, D) -> (B, T, 3 * H * D), tensor s in column block s (the inverse of
+/// three [`rows_to_heads`] with 3 slots).
+pub(crate) fn heads3_to_rows(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let (b, h, t, d) = dims(q);
+    let out = Tensor::empty(&q.dev, "split_heads", &[b, t, 3 * h * d], DType::F32)?;
+    let vec4 = d.is_multiple_of(4);
+    let du = if vec4 { d / 4 } else { d };
+    let units = b * t * 3 * h * du;
+    let p = layout_params(units, t, h, du);
+    // q, k, v: (B, H, T, D) -> out: (B, T, 3 * H * D)
+    q.dev.dispatch(
+        &SHADER,
+        if vec4 {
+            "heads3_to_rows4"
+        } else {
+            "heads3_to_rows"
+        },
+        &[],
+        &p,
+        &[
+            (&q.storage, Access::Read),
+            (&k.storage, Access::Read),
+            (&v.storage, Access::Read),
+            (&out.storage, Access::ReadWrite),
+        ],
+        elems_grid(units)?,
+    )?;
+    Ok(out)
+}
+
 /// Straight-line row kernels for CPU adapters, generated per head size.
 ///
 /// On lavapipe a private array indexed by a loop counter stays in memory and every access is a
