@@ -2,7 +2,9 @@
 //! matrix, the head split / merge around it, and a KV cache with a decode kernel for generation.
 //!
 //! ```no_run
-//! use portagrad::{Device, KvCache, Tensor, attend_cached, attention, merge_heads, split_heads};
+//! use portagrad::{
+//!     Device, KvCache, Tensor, attend_cached, attention, attention_qkv, merge_heads, split_heads,
+//! };
 //! # fn main() -> portagrad::Result<()> {
 //! let dev = Device::new()?;
 //! let (b, t, c, n_head) = (2, 16, 64, 4);
@@ -12,6 +14,8 @@
 //! let y = merge_heads(&attention(&q, &k, &v, true)?)?; // (B, T, C)
 //! let grads = y.sum()?.backward()?;
 //! assert_eq!(grads.get(&qkv).unwrap().shape(), &[b, t, 3 * c]);
+//! // The same as one recorded op (a cheaper backward): what a Transformer block uses.
+//! let y2 = attention_qkv(&qkv, n_head, true)?;
 //!
 //! // Generation: append one position at a time and attend the new query to the cache.
 //! let mut cache = KvCache::new(&dev, b, n_head, 128, c / n_head)?;

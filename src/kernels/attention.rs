@@ -425,30 +425,39 @@ pub(crate) fn heads3_to_rows(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tenso
     Ok(out)
 }
 
-/// Straight-line row kernels for CPU adapters, generated per head size.
+/// Straight-line kernels for CPU adapters with subgroups (lavapipe), generated per head size.
 ///
-/// On lavapipe a private array indexed by a loop counter stays in memory and every access is a
-/// per-lane gather; written out with constant indices, every row, accumulator and broadcast is
-/// an SSA value. Each lane also owns R rows instead of one, so one broadcast feeds R dot
-/// products. Measured (B=4, H=12, T=1024, D=64, causal, CPU-seconds forward / forward+backward):
-/// looped 1.06 / 4.1; straight-line R=1 0.48 / 3.3; R=2 0.34; R=4 0.24 / 1.05 (backward with R
-/// = 2: 1.27, R = 1: 1.59). Register demand grows with R·D, and with it LLVM's compile time
-/// (first use per machine; Mesa caches the result on disk): for D=64 and R=4 about 2 s for the
-/// forward and 10 s for the backward kernels, so larger heads take fewer rows per lane.
+/// Row kernels: the lanes of a subgroup own consecutive rows; per tile of TW = 8 rows of the
+/// other side, lane i loads tile row i and every lane reads the tile out of lanes 0..8 with
+/// `subgroupBroadcast`. On lavapipe a storage load is a bounds-checked loop over lanes and a
+/// broadcast a register extract, so each K/V element is loaded once per subgroup, not once per
+/// lane. A private array indexed by a loop counter stays in memory there (every access a
+/// per-lane gather); written out with constant indices, every row, accumulator and broadcast is
+/// an SSA value. Each lane also owns R rows, so one broadcast feeds R dot products. Measured
+/// (B=4, H=12, T=1024, D=64, causal; CPU-seconds forward / forward+backward): looped code with
+/// tiles in storage 2.35 / 12.7 (the portable kernels); looped with broadcasts 1.06 / 4.1;
+/// straight-line R=1 0.48 / 3.3, R=2 0.34, R=4 0.24 / 1.05 (backward kernels with R=2: 1.27,
+/// R=1: 1.59). Register demand grows with R·D and with it LLVM's compile time (first use per
+/// machine; Mesa caches the result on disk): for D=64 and R=4 about 2 s for the forward and
+/// 10 s for the backward kernels, so larger heads take fewer rows per lane (`rows`).
+///
+/// Decode: one subgroup per (b, h, query row); lane l takes cached keys l, l + sg, ... with its
+/// own online-softmax state; the states merge with subgroupMax / subgroupAdd.
 ///
 /// WGSL has no macros and `subgroupBroadcast` needs a constant lane, hence generated code.
-/// Entry points `attn_fwd_cpu`, `attn_bwd_dq_cpu`, `attn_bwd_dkv_cpu` follow the row layout of
-/// the generic kernels with R rows per lane: a subgroup's rows start at
-/// r0 = (block * WG + sid * sg) * R, and lane l owns rows r0 + l + k * sg for k < R. Names in
-/// the generated code: x* a lane's own loads, b* broadcasts, q/k/v/d rows, a/g/e/f
-/// accumulators; suffixes _r row, _c vec4 column chunk, _i tile row.
+/// Entry points `attn_fwd_cpu`, `attn_bwd_dq_cpu`, `attn_bwd_dkv_cpu` (R rows per lane: a
+/// subgroup's rows start at r0 = (block * WG + sid * sg) * R, lane l owns rows r0 + l + k * sg
+/// for k < R) and `attn_decode_cpu`. Names in the generated code: x* a lane's own loads, b*
+/// broadcasts, q/k/v/d rows, a/g/e/f accumulators; suffixes _r row, _c vec4 column chunk,
+/// _i tile row.
 mod cpu {
     use std::fmt::Write;
 
     /// Rows per exchanged tile (lanes broadcast from).
     const TW: usize = 8;
 
-    /// Rows per lane of the forward, dQ and dK/dV kernels for head size `d`.
+    /// Rows per lane of the forward, dQ and dK/dV kernels for head size `d`: fewer for larger
+    /// heads, whose kernels hold more registers and compile slower.
     pub(super) fn rows(d: usize) -> [u32; 3] {
         match d {
             0..=64 => [4, 4, 4],
