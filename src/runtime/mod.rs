@@ -208,6 +208,9 @@ struct Inner {
     layouts: Mutex<HashMap<LayoutKey, Arc<wgpu::BindGroupLayout>>>,
     errors: Arc<Mutex<Vec<wgpu::Error>>>,
     lost: Arc<Mutex<Option<String>>>,
+    /// Serialises `device.poll`: wgpu-core 30 can panic when two threads wait at once and one
+    /// times out.
+    poll: Mutex<()>,
     epoch: AtomicU64,
     next_buf_id: AtomicU64,
     dispatches: AtomicU64,
@@ -385,6 +388,7 @@ impl Device {
                 layouts: Mutex::default(),
                 errors,
                 lost,
+                poll: Mutex::new(()),
                 epoch: AtomicU64::new(1),
                 next_buf_id: AtomicU64::new(1),
                 dispatches: AtomicU64::new(0),
@@ -480,10 +484,14 @@ impl Device {
     fn wait(&self, idx: wgpu::SubmissionIndex) -> Result<()> {
         loop {
             // A bounded wait, so a lost device is noticed instead of blocking forever.
-            match self.inner.device.poll(wgpu::PollType::Wait {
-                submission_index: Some(idx.clone()),
-                timeout: Some(Duration::from_millis(500)),
-            }) {
+            let polled = {
+                let _one_at_a_time = lock(&self.inner.poll);
+                self.inner.device.poll(wgpu::PollType::Wait {
+                    submission_index: Some(idx.clone()),
+                    timeout: Some(Duration::from_millis(500)),
+                })
+            };
+            match polled {
                 Ok(_) => return self.take_errors(),
                 Err(wgpu::PollError::Timeout) => self.check_lost()?,
                 Err(e) => return Err(Error::DeviceLost(e.to_string())),
@@ -616,6 +624,7 @@ impl Device {
                 Ok(r) => break r,
                 Err(_) => {
                     self.check_lost()?;
+                    let _one_at_a_time = lock(&inner.poll);
                     let _ = inner.device.poll(wgpu::PollType::Poll);
                     std::thread::yield_now();
                 }
