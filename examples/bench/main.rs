@@ -2,6 +2,7 @@
 //! Each section prints a table; shader compilation is excluded (warm-up), the final sync included.
 
 mod attention;
+mod autograd;
 mod matmul;
 mod train;
 
@@ -22,6 +23,9 @@ fn main() -> Result<()> {
     }
     if want("matmul") {
         matmul::run(&dev)?;
+    }
+    if want("autograd") {
+        autograd::run(&dev)?;
     }
     if want("train") {
         train::run(&dev)?;
