@@ -22,6 +22,7 @@
 #![warn(missing_docs)]
 
 mod autograd;
+pub mod custom;
 mod error;
 pub mod generate;
 pub mod io;

@@ -1,7 +1,7 @@
 //! Helpers for testing GPU code against CPU references, used by this crate's own tests and
 //! offered to applications that test what they build on portagrad.
 
-use crate::{Device, Error, Result};
+use crate::{Device, Error, Result, Tensor};
 
 /// Open the default device or return an error whose message says what to install.
 /// Tests should `expect` it: with no adapter a GPU test must fail, never pass vacuously.
@@ -117,4 +117,253 @@ pub fn random_vec(n: usize, lo: f32, hi: f32, seed: u64) -> Vec<f32> {
             lo + (hi - lo) * ((z >> 40) as f32 / (1u64 << 24) as f32)
         })
         .collect()
+}
+
+/// One input of a [`GradCheck`]: its shape, the range its random values are drawn from, and
+/// whether the check asks for its gradient.
+#[derive(Clone, Debug)]
+pub struct GradInput {
+    /// Shape of the input tensor.
+    pub shape: Vec<usize>,
+    /// Lower bound of the random values.
+    pub lo: f32,
+    /// Upper bound (exclusive) of the random values.
+    pub hi: f32,
+    /// Whether the input is a parameter whose gradient is checked (`false`: a constant, which
+    /// must get no gradient).
+    pub grad: bool,
+}
+
+/// A CPU forward in f64: input values (flat, row-major) -> output values (flat).
+pub type CpuForward<'a> = &'a dyn Fn(&[Vec<f64>]) -> Vec<f64>;
+/// An analytic CPU backward in f64: (input values, output gradient) -> one gradient per input.
+pub type CpuBackward<'a> = &'a dyn Fn(&[Vec<f64>], &[f64]) -> Vec<Vec<f64>>;
+
+/// A gradient check for any op, built-in or custom: random inputs, the GPU forward compared
+/// with a CPU forward in f64, and the GPU backward compared with central finite differences of
+/// that CPU forward (in f64, so the differences themselves are accurate to ~1e-10).
+///
+/// The loss is `sum(out * w)` for a fixed random `w`, so the output gradient is `w` and every
+/// output element takes part. With an analytic CPU backward ([`cpu_backward`](Self::cpu_backward))
+/// the GPU gradient is compared with it at every element, and the analytic backward with finite
+/// differences at up to 64 elements per input; without one, the GPU gradient is compared with
+/// finite differences directly at those elements. Every failure names the worst element.
+///
+/// ```
+/// use portagrad::testing::{GradCheck, shared_device};
+///
+/// let dev = shared_device();
+/// GradCheck::new("tanh", &dev)
+///     .input(&[3, 5], -2.0, 2.0)
+///     .tolerances(1e-5, 1e-4)
+///     .assert(
+///         &|x| x[0].tanh(),
+///         &|x| x[0].iter().map(|v| v.tanh()).collect(),
+///     );
+/// ```
+pub struct GradCheck<'a> {
+    name: String,
+    dev: Device,
+    inputs: Vec<GradInput>,
+    fwd_tol: f64,
+    grad_tol: f64,
+    bwd: Option<CpuBackward<'a>>,
+}
+
+impl<'a> GradCheck<'a> {
+    /// A check called `name` (in messages; it also seeds the inputs) on `dev`. Default
+    /// tolerances: 1e-5 relative for the forward, 1e-3 relative for the gradients.
+    pub fn new(name: &str, dev: &Device) -> Self {
+        Self {
+            name: name.to_string(),
+            dev: dev.clone(),
+            inputs: Vec::new(),
+            fwd_tol: 1e-5,
+            grad_tol: 1e-3,
+            bwd: None,
+        }
+    }
+
+    /// Add an input whose gradient is checked, with values uniform in `[lo, hi)`.
+    pub fn input(mut self, shape: &[usize], lo: f32, hi: f32) -> Self {
+        self.inputs.push(GradInput {
+            shape: shape.to_vec(),
+            lo,
+            hi,
+            grad: true,
+        });
+        self
+    }
+
+    /// Add a constant input (no gradient asked; getting one is a failure).
+    pub fn constant(mut self, shape: &[usize], lo: f32, hi: f32) -> Self {
+        self.inputs.push(GradInput {
+            shape: shape.to_vec(),
+            lo,
+            hi,
+            grad: false,
+        });
+        self
+    }
+
+    /// Add inputs described by [`GradInput`]s.
+    pub fn inputs(mut self, inputs: &[GradInput]) -> Self {
+        self.inputs.extend_from_slice(inputs);
+        self
+    }
+
+    /// Tolerances: GPU forward vs CPU forward `fwd` relative (plus 1e-5 absolute); GPU
+    /// gradients vs the reference `grad` relative plus `grad / 10` absolute.
+    pub fn tolerances(mut self, fwd: f64, grad: f64) -> Self {
+        self.fwd_tol = fwd;
+        self.grad_tol = grad;
+        self
+    }
+
+    /// Also check against an analytic CPU backward (itself checked against finite differences
+    /// at 1e-5 relative plus 1e-7 absolute).
+    pub fn cpu_backward(mut self, bwd: CpuBackward<'a>) -> Self {
+        self.bwd = Some(bwd);
+        self
+    }
+
+    /// Run the check: `gpu` computes the op on the input tensors (those with a gradient are
+    /// parameters), `fwd` is the CPU reference. Returns the first failure's report.
+    pub fn run(
+        &self,
+        gpu: &dyn Fn(&[Tensor]) -> Result<Tensor>,
+        fwd: CpuForward<'_>,
+    ) -> std::result::Result<(), String> {
+        let name = &self.name;
+        let data: Vec<Vec<f32>> = self
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                random_vec(
+                    s.shape.iter().product(),
+                    s.lo,
+                    s.hi,
+                    1000 + i as u64 * 7 + name.len() as u64,
+                )
+            })
+            .collect();
+        let data64: Vec<Vec<f64>> = data
+            .iter()
+            .map(|v| v.iter().map(|&x| f64::from(x)).collect())
+            .collect();
+        let ts = self
+            .inputs
+            .iter()
+            .zip(&data)
+            .map(|(s, d)| {
+                let t = Tensor::from_slice(&self.dev, d, &s.shape)?;
+                Ok(if s.grad { t.with_grad() } else { t })
+            })
+            .collect::<Result<Vec<Tensor>>>()
+            .map_err(|e| format!("{name} inputs: {e}"))?;
+        let out = gpu(&ts).map_err(|e| format!("{name} forward: {e}"))?;
+        let got = out.to_vec().map_err(|e| format!("{name} forward: {e}"))?;
+        let want_out = fwd(&data64);
+        compare(&got, &want_out, self.fwd_tol, 1e-5).map_err(|m| format!("{name} forward: {m}"))?;
+
+        // Loss = sum(out * w) with fixed random w, so the output gradient is w.
+        let w = random_vec(out.numel(), -1.0, 1.0, 77);
+        let w64: Vec<f64> = w.iter().map(|&x| f64::from(x)).collect();
+        let grads = Tensor::from_slice(&self.dev, &w, out.shape())
+            .and_then(|wt| out.mul(&wt))
+            .and_then(|l| l.sum())
+            .and_then(|l| l.backward())
+            .map_err(|e| format!("{name} backward: {e}"))?;
+        let cpu_grads = match self.bwd {
+            Some(bwd) => {
+                let g = bwd(&data64, &w64);
+                if g.len() != self.inputs.len() {
+                    return Err(format!(
+                        "{name}: CPU backward returned {} gradients for {} inputs",
+                        g.len(),
+                        self.inputs.len()
+                    ));
+                }
+                Some(g)
+            }
+            None => None,
+        };
+        let loss_at = |x: &[Vec<f64>]| -> f64 { fwd(x).iter().zip(&w64).map(|(a, b)| a * b).sum() };
+
+        for (i, s) in self.inputs.iter().enumerate() {
+            if !s.grad {
+                if grads.get(&ts[i]).is_some() {
+                    return Err(format!("{name}: constant input {i} got a gradient"));
+                }
+                continue;
+            }
+            let g = grads
+                .get(&ts[i])
+                .ok_or_else(|| format!("{name}: no gradient for input {i}"))?;
+            if g.shape() != &s.shape[..] {
+                return Err(format!(
+                    "{name}: gradient of input {i} has shape {:?}, the input {:?}",
+                    g.shape(),
+                    s.shape
+                ));
+            }
+            let g = g.to_vec().map_err(|e| format!("{name} d/dinput{i}: {e}"))?;
+
+            // Central differences of the CPU forward, in f64, at up to 64 elements.
+            let n = data64[i].len();
+            let idx: Vec<usize> = if n <= 64 {
+                (0..n).collect()
+            } else {
+                (0..64).map(|k| (k * 7919) % n).collect()
+            };
+            let h = 1e-5;
+            let fd: Vec<f64> = idx
+                .iter()
+                .map(|&j| {
+                    let mut xp = data64.clone();
+                    xp[i][j] += h;
+                    let mut xm = data64.clone();
+                    xm[i][j] -= h;
+                    (loss_at(&xp) - loss_at(&xm)) / (2.0 * h)
+                })
+                .collect();
+            match &cpu_grads {
+                Some(cg) => {
+                    compare(&g, &cg[i], self.grad_tol, self.grad_tol / 10.0)
+                        .map_err(|m| format!("{name} d/dinput{i} GPU vs CPU: {m}"))?;
+                    let fd32: Vec<f32> = fd.iter().map(|&v| v as f32).collect();
+                    let an: Vec<f64> = idx.iter().map(|&j| cg[i][j]).collect();
+                    compare(&fd32, &an, 1e-5, 1e-7).map_err(|m| {
+                        let which = if idx.len() == n {
+                            String::new()
+                        } else {
+                            format!(" (sample k is element (k * 7919) % {n})")
+                        };
+                        format!("{name} d/dinput{i} CPU vs finite differences{which}: {m}")
+                    })?;
+                }
+                None => {
+                    let got: Vec<f32> = idx.iter().map(|&j| g[j]).collect();
+                    compare(&got, &fd, self.grad_tol, self.grad_tol / 10.0).map_err(|m| {
+                        let which = if idx.len() == n {
+                            String::new()
+                        } else {
+                            format!(" (sample k is element (k * 7919) % {n})")
+                        };
+                        format!("{name} d/dinput{i} GPU vs finite differences{which}: {m}")
+                    })?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// [`run`](Self::run), panicking with the report (for `#[test]` functions).
+    #[track_caller]
+    pub fn assert(&self, gpu: &dyn Fn(&[Tensor]) -> Result<Tensor>, fwd: CpuForward<'_>) {
+        if let Err(msg) = self.run(gpu, fwd) {
+            panic!("{msg}");
+        }
+    }
 }
