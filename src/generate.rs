@@ -74,6 +74,24 @@ impl Sampler {
         Ok(Sampler { cfg, state })
     }
 
+    /// One sampler per sequence of a batch of `n`: sequence `i` draws from seed
+    /// `cfg.seed + i`, so sequence 0 samples exactly as `Sampler::new(cfg)` would alone.
+    pub fn batch(cfg: &SamplingConfig, n: usize) -> Result<Vec<Sampler>> {
+        (0..n)
+            .map(|i| {
+                Sampler::new(SamplingConfig {
+                    seed: cfg.seed.wrapping_add(i as u64),
+                    ..cfg.clone()
+                })
+            })
+            .collect()
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &SamplingConfig {
+        &self.cfg
+    }
+
     fn next_f64(&mut self) -> f64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.state;

@@ -1,9 +1,12 @@
 //! The GPT model against PyTorch / Hugging Face golden files (tests/golden/tiny_gpt2, made by
 //! scripts/make_gpt2_golden.py in float64): logits, loss, every gradient, 8 AdamW steps.
-//! Plus: overfitting a tiny batch, reproducible seeded generation, loader errors.
+//! The same golden values are also matched through the `gpt2` example's task functions
+//! (`models::lm`: score, grad written to a file, finetune). Plus: overfitting a tiny batch,
+//! reproducible seeded generation, loader errors.
 
 use std::path::{Path, PathBuf};
 
+use portagrad::models::lm::{self, DecayMode, FinetuneConfig, IdBatch};
 use portagrad::models::{Gpt, GptConfig, load_pretrained, save_pretrained};
 use portagrad::optim::Optimizer;
 use portagrad::testing::{assert_close, shared_device};
@@ -131,6 +134,78 @@ fn eight_adamw_steps_match_pytorch() {
     }
     let (_, want) = g.f64s("adamw_losses");
     assert_close("AdamW losses", &losses, &want, 2e-5, 0.0);
+}
+
+/// The golden ids as the `gpt2` example reads them: (B, T), HF's labels=input_ids convention.
+fn id_batch(g: &Golden) -> IdBatch {
+    let (_, t, ids, _, _) = batch(g);
+    IdBatch::from_rows(&ids.chunks(t).map(<[u32]>::to_vec).collect::<Vec<_>>()).unwrap()
+}
+
+// `gpt2 score`, `gpt2 grad` and `gpt2 finetune --ids` are these library calls; same golden
+// values and tolerances as the model-API tests above. The gradients go through the file the
+// example writes and are read back by name.
+#[test]
+fn example_tasks_score_grad_finetune_match_pytorch() {
+    let dev = shared_device();
+    let g = Golden::load();
+    let ids = id_batch(&g);
+    let (_, want_loss) = g.f64s("loss");
+
+    let model = load_pretrained(&dev, &golden_dir()).unwrap();
+    let loss = lm::score(&model, &ids).unwrap();
+    assert_close("score", &[loss], &want_loss, 1e-5, 0.0);
+
+    let path = std::env::temp_dir().join(format!(
+        "portagrad-grads-{}.safetensors",
+        std::process::id()
+    ));
+    let loss = lm::save_gradients(&model, &ids, &path).unwrap();
+    assert_close("grad loss", &[loss], &want_loss, 1e-5, 0.0);
+    let bytes = std::fs::read(&path).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = file.names().into_iter().map(str::to_string).collect();
+    names.sort();
+    let mut want_names: Vec<String> = g
+        .names()
+        .into_iter()
+        .filter_map(|n| n.strip_prefix("grad.").map(str::to_string))
+        .collect();
+    want_names.sort();
+    assert_eq!(names, want_names, "one gradient per parameter, HF names");
+    for name in &names {
+        let t = file.tensor(name).unwrap();
+        let (shape, want) = g.f64s(&format!("grad.{name}"));
+        assert_eq!(t.shape(), &shape[..], "{name}");
+        let got: Vec<f32> = bytemuck::pod_collect_to_vec(t.data());
+        let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        assert_close(
+            &format!("grad file {name}"),
+            &got,
+            &want,
+            1e-3,
+            2e-6 * scale.max(1e-3),
+        );
+    }
+    std::fs::remove_file(&path).ok();
+
+    let model = load_pretrained(&dev, &golden_dir()).unwrap();
+    let cfg = FinetuneConfig {
+        steps: 8,
+        lr: 1e-3,
+        weight_decay: 0.1,
+        decay: DecayMode::All,
+        clip: None,
+        dropout: true,
+    };
+    let mut seen = Vec::new();
+    let losses = lm::finetune(&model, &cfg, &mut |_| Ok(ids.clone()), &mut |s, l| {
+        seen.push((s, l))
+    })
+    .unwrap();
+    let (_, want) = g.f64s("adamw_losses");
+    assert_close("finetune losses", &losses, &want, 2e-5, 0.0);
+    assert_eq!(seen.len(), 8);
 }
 
 #[test]

@@ -38,6 +38,22 @@ impl CharTokenizer {
         Ok(CharTokenizer { chars })
     }
 
+    /// The `vocab.json` the `shakespeare` example writes next to a checkpoint:
+    /// `{"chars": "<every character, in id order>"}`.
+    pub fn to_vocab_json(&self) -> String {
+        let s: String = self.chars.iter().collect();
+        serde_json::json!({ "chars": s }).to_string()
+    }
+
+    /// A tokenizer from [`to_vocab_json`](Self::to_vocab_json)'s text; `None` when the JSON is
+    /// not of that form (for example a BPE `vocab.json`), an error when it is but the list is
+    /// invalid.
+    pub fn from_vocab_json(text: &str) -> Option<Result<CharTokenizer>> {
+        let v: serde_json::Value = serde_json::from_str(text).ok()?;
+        let chars = v.as_object()?.get("chars")?.as_str()?;
+        Some(CharTokenizer::from_chars(chars.chars().collect()))
+    }
+
     /// The characters, in id order.
     pub fn chars(&self) -> &[char] {
         &self.chars
@@ -97,5 +113,13 @@ mod tests {
         assert!(CharTokenizer::from_text("").is_err());
         assert_eq!(CharTokenizer::from_chars(t.chars().to_vec()).unwrap(), t);
         assert!(CharTokenizer::from_chars(vec!['b', 'a']).is_err());
+        let json = t.to_vocab_json();
+        assert_eq!(CharTokenizer::from_vocab_json(&json).unwrap().unwrap(), t);
+        assert!(CharTokenizer::from_vocab_json("{\"a\": 0}").is_none());
+        assert!(
+            CharTokenizer::from_vocab_json("{\"chars\": \"ba\"}")
+                .unwrap()
+                .is_err()
+        );
     }
 }

@@ -6,7 +6,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
-use crate::{Activation, Device, Tensor, WeightLayout};
+use crate::generate::Sampler;
+use crate::{Activation, Device, KvCache, Tensor, WeightLayout};
 
 /// Size of a GPT.
 #[derive(Clone, Debug, PartialEq)]
@@ -84,6 +85,16 @@ impl GptConfig {
             2 * 2 * c + (c * 3 * c + 3 * c) + (c * c + c) + (c * 4 * c + 4 * c) + (4 * c * c + c);
         self.vocab_size * c + self.block_size * c + self.n_layer * block + 2 * c
     }
+}
+
+/// Where a block's attention gets its keys and values.
+enum Attn<'a> {
+    /// From this call's positions only (training, scoring).
+    Full,
+    /// From this call's positions, which are also written to the (empty) cache.
+    Prefill(&'a mut KvCache),
+    /// From the cache, after appending this call's positions.
+    Decode(&'a mut KvCache),
 }
 
 /// One Transformer block's parameters.
@@ -350,66 +361,94 @@ impl Gpt {
 
     /// Logits (B, T, V) for token ids (B, T). `train` turns dropout on.
     pub fn forward(&self, ids: &Tensor, train: bool) -> Result<Tensor> {
+        let (b, t) = self.check_ids("Gpt::forward", ids)?;
+        let mut x = self.embed(ids, 0, train)?; // (B, T, C)
+        for blk in &self.blocks {
+            x = self.block(blk, x, train, Attn::Full)?;
+        }
+        let logits = self.head(&x)?; // (B, T, V)
+        debug_assert_eq!(logits.shape(), &[b, t, self.cfg.vocab_size]);
+        Ok(logits)
+    }
+
+    fn check_ids(&self, op: &'static str, ids: &Tensor) -> Result<(usize, usize)> {
         let (b, t) = match ids.shape() {
             [b, t] => (*b, *t),
             s => {
                 return Err(Error::Shape {
-                    op: "Gpt::forward",
+                    op,
                     message: format!("ids must be (B, T), got shape {s:?}"),
                 });
             }
         };
         if t == 0 || t > self.cfg.block_size {
             return Err(Error::Shape {
-                op: "Gpt::forward",
+                op,
                 message: format!("sequence length {t} must be in 1..={}", self.cfg.block_size),
             });
         }
-        let c = self.cfg.n_embd;
-        let pos: Vec<u32> = (0..t as u32).collect();
+        Ok((b, t))
+    }
+
+    /// Token + position embeddings of ids (B, T) at positions `start .. start + T` -> (B, T, C).
+    fn embed(&self, ids: &Tensor, start: usize, train: bool) -> Result<Tensor> {
+        let t = ids.shape()[1];
+        let pos: Vec<u32> = (start as u32..(start + t) as u32).collect();
         let pos = Tensor::from_u32(&self.dev, &pos, &[t])?;
         let tok = self.wte.gather_rows(ids)?; // (B, T, C)
         let pe = self.wpe.gather_rows(&pos)?; // (T, C)
-        let mut x = self.dropout(tok.add(&pe)?, train)?; // (B, T, C)
-        for blk in &self.blocks {
-            let h = x.layer_norm(&blk.ln_1_w, &blk.ln_1_b, self.cfg.ln_eps)?;
-            let qkv = h.linear(
-                &blk.c_attn_w,
-                Some(&blk.c_attn_b),
-                WeightLayout::InOut,
-                Activation::None,
-            )?; // (B, T, 3C)
-            let (q, k, v) = crate::split_heads(&qkv, self.cfg.n_head)?; // (B, H, T, D) each
-            let y = crate::attention(&q, &k, &v, true)?; // (B, H, T, D)
-            let y = crate::merge_heads(&y)?; // (B, T, C)
-            let y = y.linear(
-                &blk.attn_proj_w,
-                Some(&blk.attn_proj_b),
-                WeightLayout::InOut,
-                Activation::None,
-            )?;
-            x = x.add(&self.dropout(y, train)?)?;
-            let h = x.layer_norm(&blk.ln_2_w, &blk.ln_2_b, self.cfg.ln_eps)?;
-            let h = h.linear(
-                &blk.c_fc_w,
-                Some(&blk.c_fc_b),
-                WeightLayout::InOut,
-                Activation::Gelu,
-            )?; // (B, T, 4C)
-            let h = h.linear(
-                &blk.mlp_proj_w,
-                Some(&blk.mlp_proj_b),
-                WeightLayout::InOut,
-                Activation::None,
-            )?; // (B, T, C)
-            x = x.add(&self.dropout(h, train)?)?;
-        }
+        self.dropout(tok.add(&pe)?, train)
+    }
+
+    /// One Transformer block on x (B, T, C); `attn` says where keys and values come from.
+    fn block(&self, blk: &Block, x: Tensor, train: bool, attn: Attn<'_>) -> Result<Tensor> {
+        let h = x.layer_norm(&blk.ln_1_w, &blk.ln_1_b, self.cfg.ln_eps)?;
+        let qkv = h.linear(
+            &blk.c_attn_w,
+            Some(&blk.c_attn_b),
+            WeightLayout::InOut,
+            Activation::None,
+        )?; // (B, T, 3C)
+        let (q, k, v) = crate::split_heads(&qkv, self.cfg.n_head)?; // (B, H, T, D) each
+        let y = match attn {
+            Attn::Full => crate::attention(&q, &k, &v, true)?,
+            Attn::Prefill(cache) => {
+                cache.append(&k, &v)?;
+                crate::attention(&q, &k, &v, true)?
+            }
+            Attn::Decode(cache) => {
+                cache.append(&k, &v)?;
+                crate::attend_cached(&q, cache)?
+            }
+        }; // (B, H, T, D)
+        let y = crate::merge_heads(&y)?; // (B, T, C)
+        let y = y.linear(
+            &blk.attn_proj_w,
+            Some(&blk.attn_proj_b),
+            WeightLayout::InOut,
+            Activation::None,
+        )?;
+        let x = x.add(&self.dropout(y, train)?)?;
+        let h = x.layer_norm(&blk.ln_2_w, &blk.ln_2_b, self.cfg.ln_eps)?;
+        let h = h.linear(
+            &blk.c_fc_w,
+            Some(&blk.c_fc_b),
+            WeightLayout::InOut,
+            Activation::Gelu,
+        )?; // (B, T, 4C)
+        let h = h.linear(
+            &blk.mlp_proj_w,
+            Some(&blk.mlp_proj_b),
+            WeightLayout::InOut,
+            Activation::None,
+        )?; // (B, T, C)
+        x.add(&self.dropout(h, train)?)
+    }
+
+    /// Final LayerNorm and the tied lm_head: x (..., C) -> logits (..., V) = ln_f(x) · wteᵀ.
+    fn head(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.layer_norm(&self.ln_f_w, &self.ln_f_b, self.cfg.ln_eps)?;
-        // Tied lm_head: logits = x · wteᵀ.
-        let logits = x.linear(&self.wte, None, WeightLayout::OutIn, Activation::None)?; // (B, T, V)
-        debug_assert_eq!(logits.shape(), &[b, t, self.cfg.vocab_size]);
-        let _ = c;
-        Ok(logits)
+        x.linear(&self.wte, None, WeightLayout::OutIn, Activation::None)
     }
 
     /// Mean cross-entropy of next-token prediction: logits of `ids` (B, T) against `targets` (B, T).
@@ -419,18 +458,43 @@ impl Gpt {
     }
 
     /// Continue `prompt` by up to `max_new` tokens, calling `on_token` with each new token as
-    /// it is produced (return `false` to stop). The context is cropped from the left to the
-    /// model's block size. Runs in inference mode.
+    /// it is produced (return `false` to stop). KV-cached: one prefill of the prompt, then one
+    /// position per token (see [`generate_batch`](Self::generate_batch), which this calls with a
+    /// batch of one, no stop token and the default context policy). A prompt longer than the
+    /// context is cropped from the left with a warning. Runs in inference mode.
     pub fn generate(
         &self,
         prompt: &[u32],
         max_new: usize,
-        sampler: &mut crate::generate::Sampler,
+        sampler: &mut Sampler,
+        on_token: &mut dyn FnMut(u32) -> Result<bool>,
+    ) -> Result<Vec<u32>> {
+        let opts = GenerateOptions {
+            max_new_tokens: max_new,
+            ..Default::default()
+        };
+        let out = self.generate_batch(
+            &[prompt.to_vec()],
+            &opts,
+            std::slice::from_mut(sampler),
+            &mut |_, id| on_token(id),
+        )?;
+        Ok(out.tokens.into_iter().next().unwrap_or_default())
+    }
+
+    /// The uncached reference for [`generate`](Self::generate): every token re-runs the whole
+    /// context (the last `block_size` tokens) through [`forward`](Self::forward). Quadratic in
+    /// the length; kept for tests and comparisons.
+    pub fn generate_full_context(
+        &self,
+        prompt: &[u32],
+        max_new: usize,
+        sampler: &mut Sampler,
         on_token: &mut dyn FnMut(u32) -> Result<bool>,
     ) -> Result<Vec<u32>> {
         if prompt.is_empty() {
             return Err(Error::InvalidArgument {
-                op: "Gpt::generate",
+                op: "Gpt::generate_full_context",
                 message: "the prompt is empty".into(),
             });
         }
@@ -453,5 +517,247 @@ impl Gpt {
             }
         }
         Ok(ids[prompt.len()..].to_vec())
+    }
+
+    /// Generate from a batch of prompts at once with per-layer [`KvCache`]s.
+    ///
+    /// **How.** The prompts need not have the same length, and nothing is padded: all sequences
+    /// advance through the same positions, so the caches stay aligned without an attention
+    /// mask. The first `min(prompt lengths)` positions of every prompt go through one batched
+    /// *prefill* (full causal attention over those positions, keys and values written to the
+    /// caches). Then each *decode* step feeds one token per sequence at the next position and
+    /// attends to the cache with [`attend_cached`](crate::attend_cached): a sequence whose
+    /// prompt is longer still feeds its own prompt tokens (its sampled token is ignored, as in
+    /// Meta's LLaMA reference code) until its prompt is used up. So every sequence sees exactly
+    /// its own tokens, at the positions it would have alone; a long prompt next to a short one
+    /// costs decode steps instead of prefill. Only the last position's logits (B, V) are read
+    /// back per step.
+    ///
+    /// **Sampling.** `samplers[i]` picks the tokens of prompt `i` (one per prompt, see
+    /// [`Sampler::batch`]); its repetition penalty sees the prompt and the tokens so far.
+    /// `on_token(i, id)` streams each new token of prompt `i` as soon as it is sampled;
+    /// returning `false` ends that sequence. A sequence also ends after `max_new_tokens` or at
+    /// `stop_token` (which ends it without being output or streamed). Finished sequences keep
+    /// being fed (their outputs are discarded) until all are done.
+    ///
+    /// **Context.** A prompt longer than `block_size` is cropped to its last `block_size`
+    /// tokens, with a warning on stderr and the count in [`Generation::truncated`]. When the
+    /// sequences reach `block_size` positions, the caches are rebuilt by one prefill of each
+    /// sequence's last [`context_keep`](GenerateOptions::context_keep) tokens, and decoding
+    /// goes on from there.
+    ///
+    /// Errors (never panics): no prompts, an empty prompt, a token id past the vocabulary, a
+    /// sampler count that differs from the prompt count.
+    pub fn generate_batch(
+        &self,
+        prompts: &[Vec<u32>],
+        opts: &GenerateOptions,
+        samplers: &mut [Sampler],
+        on_token: &mut dyn FnMut(usize, u32) -> Result<bool>,
+    ) -> Result<Generation> {
+        const OP: &str = "Gpt::generate";
+        let bad = |message: String| Err(Error::InvalidArgument { op: OP, message });
+        let (bs, vocab) = (self.cfg.block_size, self.cfg.vocab_size);
+        if prompts.is_empty() {
+            return bad("no prompts".into());
+        }
+        if samplers.len() != prompts.len() {
+            return bad(format!(
+                "{} samplers for {} prompts (one each)",
+                samplers.len(),
+                prompts.len()
+            ));
+        }
+        for (i, p) in prompts.iter().enumerate() {
+            if p.is_empty() {
+                return bad(format!("prompt {i} is empty"));
+            }
+            if let Some((j, &id)) = p.iter().enumerate().find(|&(_, &id)| id as usize >= vocab) {
+                return bad(format!(
+                    "prompt {i}: token id {id} at position {j} is out of range for a vocabulary of {vocab}"
+                ));
+            }
+        }
+        let keep = opts.context_keep.unwrap_or(bs - bs / 4).clamp(1, bs);
+        let b = prompts.len();
+        let mut out = Generation {
+            tokens: vec![Vec::new(); b],
+            stopped: vec![false; b],
+            truncated: vec![0; b],
+            ..Default::default()
+        };
+        // Each sequence's tokens (prompt, then generated) for the repetition penalty.
+        let mut seqs: Vec<Vec<u32>> = Vec::with_capacity(b);
+        for (i, p) in prompts.iter().enumerate() {
+            let cut = p.len().saturating_sub(bs);
+            if cut > 0 {
+                eprintln!(
+                    "warning: prompt {i} has {} tokens, more than the model's context of {bs}; \
+                     keeping the last {bs}",
+                    p.len()
+                );
+            }
+            out.truncated[i] = cut;
+            seqs.push(p[cut..].to_vec());
+        }
+        let max_new = opts.max_new_tokens;
+        if max_new == 0 {
+            return Ok(out);
+        }
+        let plen: Vec<usize> = seqs.iter().map(Vec::len).collect();
+        let p0 = *plen.iter().min().expect("non-empty");
+        let pmax = *plen.iter().max().expect("non-empty");
+        let _g = crate::no_grad();
+        let (h, d) = (self.cfg.n_head, self.cfg.n_embd / self.cfg.n_head);
+        // Positions ever fed: the last sequence's prompt plus all but its last new token.
+        let cap = (pmax + max_new - 1).min(bs).max(p0);
+        let mut caches = (0..self.cfg.n_layer)
+            .map(|_| KvCache::new(&self.dev, b, h, cap, d))
+            .collect::<Result<Vec<_>>>()?;
+        // The tokens fed at positions 0..pos, per sequence (equal lengths; for rebuilds).
+        let mut fed: Vec<Vec<u32>> = seqs.iter().map(|s| s[..p0].to_vec()).collect();
+        let t0 = std::time::Instant::now();
+        let mut logits = self.prefill(&fed, &mut caches)?;
+        out.prefill_tokens += b * p0;
+        out.prefill_secs += t0.elapsed().as_secs_f64();
+        let mut pos = p0;
+        let mut done = vec![false; b];
+        let mut feed = vec![0u32; b];
+        loop {
+            for i in 0..b {
+                if done[i] {
+                    feed[i] = *fed[i].last().expect("non-empty");
+                } else if pos < plen[i] {
+                    feed[i] = seqs[i][pos];
+                } else {
+                    let row = &logits[i * vocab..(i + 1) * vocab];
+                    let id = samplers[i].sample(row, &seqs[i])?;
+                    feed[i] = id;
+                    if Some(id) == opts.stop_token {
+                        out.stopped[i] = true;
+                        done[i] = true;
+                        continue;
+                    }
+                    seqs[i].push(id);
+                    out.tokens[i].push(id);
+                    if !on_token(i, id)? || out.tokens[i].len() >= max_new {
+                        done[i] = true;
+                    }
+                }
+            }
+            if done.iter().all(|&x| x) {
+                break;
+            }
+            for (f, &id) in fed.iter_mut().zip(&feed) {
+                f.push(id);
+            }
+            let t = std::time::Instant::now();
+            if pos == cap {
+                // The context is full: rebuild the caches from the last `keep` tokens.
+                let window: Vec<Vec<u32>> =
+                    fed.iter().map(|f| f[f.len() - keep..].to_vec()).collect();
+                logits = self.prefill(&window, &mut caches)?;
+                out.prefill_tokens += b * keep;
+                out.prefill_secs += t.elapsed().as_secs_f64();
+                out.context_rebuilds += 1;
+                pos = keep;
+            } else {
+                logits = self.decode_step(&feed, pos, &mut caches)?;
+                out.decode_tokens += b;
+                out.decode_secs += t.elapsed().as_secs_f64();
+                pos += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reset `caches` and run `ids` (B sequences of T tokens, positions 0..T) through the model,
+    /// filling them; returns the last position's logits (B·V, row-major) on the host.
+    fn prefill(&self, ids: &[Vec<u32>], caches: &mut [KvCache]) -> Result<Vec<f32>> {
+        let (b, t) = (ids.len(), ids[0].len());
+        let flat: Vec<u32> = ids.concat();
+        let ids = Tensor::from_u32(&self.dev, &flat, &[b, t])?;
+        self.check_ids("Gpt::prefill", &ids)?;
+        let mut x = self.embed(&ids, 0, false)?;
+        for (blk, cache) in self.blocks.iter().zip(caches.iter_mut()) {
+            cache.reset();
+            x = self.block(blk, x, false, Attn::Prefill(cache))?;
+        }
+        // Only the last position of each sequence goes through the head.
+        let c = self.cfg.n_embd;
+        let last: Vec<u32> = (0..b).map(|i| (i * t + t - 1) as u32).collect();
+        let last = Tensor::from_u32(&self.dev, &last, &[b])?;
+        let x = x.reshape(&[b * t, c])?.gather_rows(&last)?; // (B, C)
+        self.head(&x)?.to_vec()
+    }
+
+    /// Feed one token per sequence at position `pos` (the caches hold positions 0..pos);
+    /// returns the logits (B·V, row-major) on the host.
+    fn decode_step(&self, ids: &[u32], pos: usize, caches: &mut [KvCache]) -> Result<Vec<f32>> {
+        let b = ids.len();
+        let ids = Tensor::from_u32(&self.dev, ids, &[b, 1])?;
+        let mut x = self.embed(&ids, pos, false)?; // (B, 1, C)
+        for (blk, cache) in self.blocks.iter().zip(caches.iter_mut()) {
+            x = self.block(blk, x, false, Attn::Decode(cache))?;
+        }
+        self.head(&x)?.to_vec() // (B, 1, V)
+    }
+}
+
+/// Settings of [`Gpt::generate_batch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GenerateOptions {
+    /// New tokens per prompt, at most.
+    pub max_new_tokens: usize,
+    /// End a sequence when it samples this token (GPT-2's `<|endoftext|>`: 50256); the token
+    /// itself is not output.
+    pub stop_token: Option<u32>,
+    /// When the sequences fill the context, rebuild the caches from this many last tokens
+    /// (default: three quarters of `block_size`, so a rebuild comes every quarter context).
+    /// `Some(block_size)` rebuilds at every token past the context: the same tokens as
+    /// [`Gpt::generate_full_context`], at the same cost.
+    pub context_keep: Option<usize>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            max_new_tokens: 64,
+            stop_token: None,
+            context_keep: None,
+        }
+    }
+}
+
+/// What [`Gpt::generate_batch`] produced, with timings.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Generation {
+    /// The new tokens of each prompt (without the stop token).
+    pub tokens: Vec<Vec<u32>>,
+    /// Whether each sequence ended at the stop token.
+    pub stopped: Vec<bool>,
+    /// Tokens cropped from the left of each prompt to fit the context.
+    pub truncated: Vec<usize>,
+    /// Positions run through prefills (B per position, rebuilds included).
+    pub prefill_tokens: usize,
+    /// Seconds in prefills, including reading back their logits.
+    pub prefill_secs: f64,
+    /// Positions run through decode steps (B per step).
+    pub decode_tokens: usize,
+    /// Seconds in decode steps, including reading back their logits (not sampling).
+    pub decode_secs: f64,
+    /// Times the context filled and the caches were rebuilt.
+    pub context_rebuilds: usize,
+}
+
+impl Generation {
+    /// Prefill throughput in tokens per second.
+    pub fn prefill_tokens_per_sec(&self) -> f64 {
+        self.prefill_tokens as f64 / self.prefill_secs.max(1e-12)
+    }
+
+    /// Decode throughput in tokens per second (all sequences of the batch counted).
+    pub fn decode_tokens_per_sec(&self) -> f64 {
+        self.decode_tokens as f64 / self.decode_secs.max(1e-12)
     }
 }

@@ -210,9 +210,18 @@ pub fn load_pretrained(dev: &Device, dir: &Path) -> Result<Gpt> {
 /// written to a temporary name and renamed, so a failure leaves the previous files intact.
 pub fn save_pretrained(model: &Gpt, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
-    let params = model.parameters();
-    let mut host = Vec::with_capacity(params.len());
-    for (name, t) in &params {
+    save_tensors(&dir.join("model.safetensors"), &model.parameters())?;
+    write_atomic(
+        &dir.join("config.json"),
+        config_json(model.config()).as_bytes(),
+    )
+}
+
+/// Write named tensors as an f32 safetensors file (metadata `format = pt`, as PyTorch's
+/// `save_file` writes), atomically.
+pub fn save_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    let mut host = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
         host.push((name.clone(), t.shape().to_vec(), t.to_vec()?));
     }
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = host
@@ -229,14 +238,10 @@ pub fn save_pretrained(model: &Gpt, dir: &Path) -> Result<()> {
         .collect();
     let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
     let data = safetensors::serialize(views, Some(meta)).map_err(|e| Error::InvalidArgument {
-        op: "save_pretrained",
-        message: e.to_string(),
+        op: "save_tensors",
+        message: format!("{}: {e}", path.display()),
     })?;
-    write_atomic(&dir.join("model.safetensors"), &data)?;
-    write_atomic(
-        &dir.join("config.json"),
-        config_json(model.config()).as_bytes(),
-    )
+    write_atomic(path, &data)
 }
 
 /// Write `bytes` to `path` through a temporary file in the same directory, then rename.

@@ -1,10 +1,18 @@
 //! Models built from the library's ops: a GPT-2-architecture Transformer, its Hugging Face
-//! loader and saver, and a character tokenizer for small text experiments.
+//! loader and saver, GPT-2's byte-level BPE tokenizer, a character tokenizer for small text
+//! experiments, and the language-model tasks (score, gradients, fine-tuning) of the `gpt2`
+//! example.
 
+mod bpe;
 mod char_tokenizer;
 mod gpt;
 mod gpt_io;
+pub mod lm;
+mod unicode_letters;
 
+pub use bpe::{BpeTokenizer, END_OF_TEXT, StreamDecoder, pre_tokenize};
 pub use char_tokenizer::CharTokenizer;
-pub use gpt::{Gpt, GptConfig};
-pub use gpt_io::{config_json, load_config, load_pretrained, save_pretrained, write_atomic};
+pub use gpt::{GenerateOptions, Generation, Gpt, GptConfig};
+pub use gpt_io::{
+    config_json, load_config, load_pretrained, save_pretrained, save_tensors, write_atomic,
+};
