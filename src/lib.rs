@@ -1,23 +1,69 @@
 //! portagrad: train and run neural networks on any GPU that wgpu reaches — Vulkan, Metal,
 //! DX12, and Mesa's lavapipe on a machine with no GPU at all.
 //!
-//! The model: a [`Device`] owns the GPU, a pipeline cache, a buffer pool and a pending
-//! command batch. Every [`Tensor`] op *records* a compute dispatch into that batch and returns
-//! at once; work is submitted when data is read back ([`Tensor::to_vec`]), on
-//! [`Device::sync`], or when the batch fills. [`Device::stats`] counts dispatches, submits,
-//! readbacks and memory.
+//! # The model
 //!
-//! ```no_run
-//! use portagrad::{Device, Tensor};
-//! # fn main() -> portagrad::Result<()> {
-//! let dev = Device::new()?;
-//! println!("{}", dev.info());
-//! let x = Tensor::from_slice(&dev, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3])?;
-//! let b = Tensor::from_slice(&dev, &[0.5, -1.0, 2.0], &[3])?;
-//! let y = x.add(&b)?.gelu()?.softmax()?; // three dispatches, nothing submitted yet
-//! println!("{:?}", y.to_vec()?);         // one submit, one readback
-//! # Ok(()) }
+//! - **Device.** A [`Device`] owns one GPU (the best adapter, or one chosen with
+//!   [`DeviceOptions`] / `PORTAGRAD_ADAPTER`), a pipeline cache, a buffer pool and a pending
+//!   command batch. It is a cheap, shareable handle (`Clone + Send + Sync`).
+//! - **Recorded ops.** Every [`Tensor`] op checks its shapes on the host, *records* a compute
+//!   dispatch into the device's batch and returns at once. Work is submitted when data is read
+//!   back ([`Tensor::to_vec`], [`Tensor::item`]), on [`Device::sync`], or when the batch fills;
+//!   [`Device::stats`] counts dispatches, submits, readbacks and memory. Errors (shapes, limits,
+//!   wgpu validation, a lost device) are [`Error`] values, never panics.
+//! - **Tensors.** A tensor is a shape, an element type ([`DType`]: f32, or u32 for ids) and a
+//!   shared handle on device memory; clones share the buffer, which returns to the pool when the
+//!   last handle drops.
+//! - **Autograd.** A tensor made with [`Tensor::with_grad`] is a parameter. Ops on parameters
+//!   record a tape; [`Tensor::backward`] on a one-element loss records the backward pass on the
+//!   same batch (no host round trip) and returns [`Gradients`] keyed by parameter.
+//!   [`no_grad`] / [`inference`] turn recording off.
+//! - **Modules.** [`nn`] has layers ([`nn::Linear`], [`nn::LayerNorm`], [`nn::Embedding`], ...)
+//!   and containers implementing [`nn::Module`]: `forward` plus named parameters (PyTorch's
+//!   `state_dict` names, used by [`io::checkpoint`]). [`models`] has a GPT.
+//! - **Optimizers.** [`optim::Optimizer`] (SGD, Adam, AdamW, schedules, clipping) updates the
+//!   parameters' buffers in place with fused kernels, so a module sees the new values.
+//!   [`train`] adds data loaders, `fit` and `evaluate`.
+//! - **Extending and testing.** [`custom`] registers your own WGSL kernels as ops with
+//!   autograd; [`testing`] has CPU-reference comparisons and a gradient checker for your CI.
+//!
+//! # Example: a tiny model, trained
+//!
 //! ```
+//! use portagrad::nn::{self, Module};
+//! use portagrad::optim::Optimizer;
+//! use portagrad::{Activation, Device, Tensor};
+//!
+//! fn main() -> portagrad::Result<()> {
+//!     let dev = Device::new()?; // best adapter: discrete > integrated > software
+//!     // Learn y = 2·x0 - x1 from 16 samples.
+//!     let xs: Vec<f32> = (0..32).map(|i| (i as f32 * 0.37).sin()).collect();
+//!     let ys: Vec<f32> = xs.chunks(2).map(|r| 2.0 * r[0] - r[1]).collect();
+//!     let x = Tensor::from_slice(&dev, &xs, &[16, 2])?;
+//!     let y = Tensor::from_slice(&dev, &ys, &[16, 1])?;
+//!
+//!     let model = nn::mlp(&dev, &[2, 16, 1], Activation::Relu, 0)?;
+//!     let mut opt = Optimizer::adam(model.parameters(), 0.02)?;
+//!     let mut losses = Vec::new();
+//!     for _ in 0..30 {
+//!         let loss = model.forward(&x)?.mse_loss(&y)?; // recorded, not yet run
+//!         let grads = loss.backward()?;                // backward recorded on the same batch
+//!         opt.step(&grads)?;                           // fused update, in place
+//!         losses.push(loss.item()?);                   // one submit + readback per step
+//!     }
+//!     println!("loss {:.4} -> {:.4}", losses[0], losses[29]);
+//!     assert!(losses[29] < losses[0] / 2.0);
+//!
+//!     // Inference: no tape kept.
+//!     let pred = portagrad::inference(|| model.forward(&x))?;
+//!     assert_eq!(pred.shape(), &[16, 1]);
+//!     println!("{:?}", dev.stats()); // dispatches, submits, readbacks, bytes
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Without any adapter (no GPU and no Mesa lavapipe) [`Device::new`] returns
+//! [`Error::NoAdapter`], whose message says what to install.
 
 #![warn(missing_docs)]
 
