@@ -38,6 +38,11 @@ fn sigmoid_f(v: f32) -> f32 {
     return e / (1.0 + e);
 }
 
+// NaN test on the bits (`v != v` may be folded away by a driver that assumes no NaNs).
+fn is_nan_bits(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
+}
+
 fn apply(op: u32, v: f32) -> f32 {
     switch op {
         case 0u: { return v + p.s; }          // add_scalar
@@ -47,6 +52,7 @@ fn apply(op: u32, v: f32) -> f32 {
         case 4u: { return log(v); }           // log
         case 5u: { return sqrt(v); }          // sqrt
         case 6u: {                            // pow by scalar; integer exponents keep negative bases
+            if is_nan_bits(v) { return v; }   // NaN stays NaN (lavapipe's pow(NaN, 2) is 0)
             if p.s == round(p.s) {
                 let r = pow(abs(v), p.s);
                 if v < 0.0 && (i32(p.s) & 1) == 1 { return -r; }
@@ -124,6 +130,7 @@ fn dapply(op: u32, s: f32, g: f32) -> f32 {
         case 5u: { return g * 0.5 / s; }           // sqrt: saved y
         case 6u: {                                 // pow: saved x
             if p.s == 0.0 { return 0.0; }
+            if is_nan_bits(s) { return s; }        // NaN x: NaN gradient
             let e = p.s - 1.0;
             var r: f32;
             if e == round(e) {

@@ -275,7 +275,15 @@ impl Tensor {
     /// Resolve a reshape target (one `usize::MAX` dimension is inferred) and check it.
     pub(crate) fn reshape_shape(&self, shape: &[usize]) -> Result<Vec<usize>> {
         let mut shape = shape.to_vec();
-        let known: usize = shape.iter().filter(|&&d| d != usize::MAX).product();
+        // Checked: a product that wraps could equal the element count (2 * (2^63 + 3) is 6).
+        let known = shape
+            .iter()
+            .filter(|&&d| d != usize::MAX)
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| Error::Shape {
+                op: "reshape",
+                message: format!("shape {shape:?} overflows"),
+            })?;
         let infer = shape.iter().filter(|&&d| d == usize::MAX).count();
         if infer > 1 {
             return Err(Error::Shape {

@@ -48,6 +48,10 @@ impl Table {
     }
 }
 
+/// Most classes a scikit-learn-form file may imply without naming them (a class id of
+/// `u32::MAX` would otherwise make four billion class names).
+const MAX_UNNAMED_CLASSES: usize = 1 << 16;
+
 fn err(path: &Path, message: String) -> Error {
     Error::InvalidArgument {
         op: "read_csv",
@@ -62,6 +66,8 @@ fn split_fields(line: &str) -> std::result::Result<Vec<String>, String> {
     let mut cur = String::new();
     let mut chars = line.chars().peekable();
     let mut quoted = false;
+    // A quoted field has ended: only spaces may follow before the next comma.
+    let mut closed = false;
     while let Some(c) = chars.next() {
         match c {
             '"' if quoted => {
@@ -70,13 +76,20 @@ fn split_fields(line: &str) -> std::result::Result<Vec<String>, String> {
                     chars.next();
                 } else {
                     quoted = false;
+                    closed = true;
                 }
             }
-            '"' if cur.trim().is_empty() => {
+            '"' if cur.trim().is_empty() && !closed => {
                 cur.clear();
                 quoted = true;
             }
-            ',' if !quoted => fields.push(std::mem::take(&mut cur).trim().to_string()),
+            ',' if !quoted => {
+                closed = false;
+                fields.push(std::mem::take(&mut cur).trim().to_string())
+            }
+            c if closed && !c.is_whitespace() => {
+                return Err(format!("{c:?} follows a closing quote"));
+            }
             _ => cur.push(c),
         }
     }
@@ -174,6 +187,12 @@ pub fn parse_csv(path: &Path, text: &str) -> Result<Table> {
                 }
             }
         }
+        if fields[n_features].is_empty() {
+            return Err(err(
+                path,
+                format!("line {ln}, column {width} (label): the label is empty"),
+            ));
+        }
         raw_labels.push((ln, fields[n_features].clone()));
     }
     if raw_labels.is_empty() {
@@ -196,22 +215,19 @@ pub fn parse_csv(path: &Path, text: &str) -> Result<Table> {
             // scikit-learn form: integer class ids, named by the header when it names them.
             let mut ids = Vec::with_capacity(raw_labels.len());
             for (ln, l) in &raw_labels {
-                let id = l
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|&id| names.is_empty() || (id as usize) < names.len());
+                let bound = if names.is_empty() {
+                    MAX_UNNAMED_CLASSES
+                } else {
+                    names.len()
+                };
+                let id = l.parse::<u32>().ok().filter(|&id| (id as usize) < bound);
                 match id {
                     Some(id) => ids.push(id),
                     None => {
                         return Err(err(
                             path,
                             format!(
-                                "line {ln}, column {width} (label): {l:?} is not a class id{}",
-                                if names.is_empty() {
-                                    String::new()
-                                } else {
-                                    format!(" in 0..{}", names.len())
-                                }
+                                "line {ln}, column {width} (label): {l:?} is not a class id in 0..{bound}"
                             ),
                         ));
                     }
@@ -230,36 +246,29 @@ pub fn parse_csv(path: &Path, text: &str) -> Result<Table> {
             (ids, names)
         }
         None => {
-            // Plain form: distinct labels, sorted (numerically when all are numbers).
-            let numeric: Option<Vec<f64>> = raw_labels
-                .iter()
-                .map(|(_, l)| l.parse::<f64>().ok())
-                .collect();
+            // Plain form: distinct labels, sorted (numerically when all are numbers; -0 is 0).
+            let key = |l: &str| l.parse::<f64>().unwrap_or(0.0) + 0.0;
+            let numeric = raw_labels.iter().all(|(_, l)| l.parse::<f64>().is_ok());
             let mut distinct: Vec<String> = raw_labels.iter().map(|(_, l)| l.clone()).collect();
-            match &numeric {
-                Some(_) => distinct.sort_by(|a, b| {
-                    let (x, y) = (
-                        a.parse::<f64>().unwrap_or(0.0),
-                        b.parse::<f64>().unwrap_or(0.0),
-                    );
-                    x.total_cmp(&y)
-                }),
-                None => distinct.sort(),
+            if numeric {
+                distinct.sort_by(|a, b| key(a).total_cmp(&key(b)));
+                distinct.dedup_by(|a, b| key(a).total_cmp(&key(b)).is_eq());
+            } else {
+                distinct.sort();
+                distinct.dedup();
             }
-            distinct.dedup_by(|a, b| match &numeric {
-                Some(_) => a.parse::<f64>().ok() == b.parse::<f64>().ok(),
-                None => a == b,
-            });
+            // Binary search in the sorted classes (a linear scan per row is quadratic in the
+            // number of distinct labels: a file of unique labels would take minutes).
             let ids = raw_labels
                 .iter()
                 .map(|(_, l)| {
-                    distinct
-                        .iter()
-                        .position(|d| match &numeric {
-                            Some(_) => d.parse::<f64>().ok() == l.parse::<f64>().ok(),
-                            None => d == l,
-                        })
-                        .unwrap_or(0) as u32
+                    let found = if numeric {
+                        let x = key(l);
+                        distinct.binary_search_by(|d| key(d).total_cmp(&x))
+                    } else {
+                        distinct.binary_search(l)
+                    };
+                    found.unwrap_or(0) as u32
                 })
                 .collect();
             (ids, distinct)
