@@ -357,7 +357,12 @@ impl<P: bytemuck::Pod + Send + Sync> CustomOp<P> {
             params,
             &bindings,
             groups,
-        )?;
+        )
+        .map_err(|e| {
+            explain(e, name, &op.forward.entry, || {
+                layout_words(inputs.len(), outs.len(), false)
+            })
+        })?;
 
         let mut outs = outs;
         if Tensor::should_record(inputs) {
@@ -390,6 +395,38 @@ fn dispatch<P: bytemuck::Pod>(
         dev.dispatch(shader, entry, &[], &[0u32; 4], bindings, groups)
     } else {
         dev.dispatch(shader, entry, &[], params, bindings, groups)
+    }
+}
+
+/// The bind group an entry point gets, in words (for error messages).
+fn layout_words(inputs: usize, outputs: usize, backward: bool) -> String {
+    let span = |first: usize, count: usize| match count {
+        1 => first.to_string(),
+        _ => format!("{first}..={}", first + count - 1),
+    };
+    let mut s = format!(
+        "0 = params (uniform), {} = inputs (read), {} = outputs (read_write)",
+        span(1, inputs),
+        span(1 + inputs, outputs)
+    );
+    if backward {
+        let g = 1 + inputs + outputs;
+        s += &format!(
+            ", {g} = output gradient (read), {} = input gradients (read_write)",
+            span(g + 1, inputs)
+        );
+    }
+    s
+}
+
+/// Name the op, the entry point and the binding convention in a device-side error.
+fn explain(e: Error, name: &str, entry: &str, layout: impl FnOnce() -> String) -> Error {
+    match e {
+        Error::Gpu(msg) => Error::Gpu(format!(
+            "custom op {name}, entry point {entry:?} (bind group 0: {}): {msg}",
+            layout()
+        )),
+        other => other,
     }
 }
 
@@ -439,7 +476,11 @@ fn backward<P: bytemuck::Pod + Send + Sync>(
             let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.shape.as_slice()).collect();
             for k in kernels {
                 let groups = (k.grid)(&shapes, params)?;
-                dispatch(&g.dev, &op.shader, &k.entry, params, &bindings, groups)?;
+                dispatch(&g.dev, &op.shader, &k.entry, params, &bindings, groups).map_err(|e| {
+                    explain(e, op.name, &k.entry, || {
+                        layout_words(inputs.len(), outputs.len(), true)
+                    })
+                })?;
             }
             Ok(grads
                 .into_iter()

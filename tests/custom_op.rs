@@ -261,7 +261,9 @@ fn device_side_mismatch_is_a_gpu_error() {
         .forward("main", grid)
         .build()
         .unwrap();
-    let dev = shared_device();
+    // A device of its own: device errors are reported per device, and the other tests of this
+    // binary share one.
+    let dev = portagrad::testing::device().unwrap();
     let x = Tensor::from_slice(&dev, &[1.0, 2.0], &[2]).unwrap();
     let r = op.apply(&[&x], &n_of(&x)).and_then(|y| y.to_vec());
     assert!(matches!(r, Err(Error::Gpu(_))), "{r:?}");
@@ -317,4 +319,26 @@ fn shape_count_and_dtype_errors() {
     assert_eq!(y.to_vec().unwrap(), vec![1.0, 0.0]);
     let e = y.sum().unwrap().backward().unwrap_err();
     assert!(e.to_string().contains("no backward"), "{e}");
+}
+
+#[test]
+fn binding_mistake_names_the_convention() {
+    // An input declared read_write: the layout binds inputs read-only.
+    let src = SQRELU.replace("var<storage, read> x", "var<storage, read_write> x");
+    let op = CustomOp::<Params>::builder("rw_input", &src)
+        .forward("main", grid)
+        .build()
+        .unwrap();
+    // A device of its own: device errors are reported per device, and the other tests of this
+    // binary share one.
+    let dev = portagrad::testing::device().unwrap();
+    let x = Tensor::from_slice(&dev, &[1.0, 2.0], &[2]).unwrap();
+    let e = op
+        .apply(&[&x], &n_of(&x))
+        .and_then(|y| y.to_vec())
+        .unwrap_err();
+    println!("{e}");
+    assert!(matches!(e, Error::Gpu(_)), "{e}");
+    assert!(e.to_string().contains("rw_input"), "{e}");
+    assert!(e.to_string().contains("1 = inputs (read)"), "{e}");
 }
