@@ -44,7 +44,9 @@
 //! GPU work. What only the device can check (a `Params` struct larger than `P`, a binding the
 //! convention does not provide, a limit of the adapter) comes back from `apply` (or from the
 //! next readback) as [`Error::Gpu`]. Wrong input counts, element types, devices and shapes are
-//! errors too; nothing here panics on user input.
+//! errors too; nothing here panics on user input. Device-side errors are collected per device
+//! (not per thread), so a test that provokes one on purpose should open a device of its own
+//! ([`testing::device`](crate::testing::device)) rather than share one with other tests.
 //!
 //! # How a custom op reaches the pipeline cache
 //!

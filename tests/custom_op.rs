@@ -342,3 +342,19 @@ fn binding_mistake_names_the_convention() {
     assert!(e.to_string().contains("rw_input"), "{e}");
     assert!(e.to_string().contains("1 = inputs (read)"), "{e}");
 }
+
+#[test]
+fn grids_past_65535_workgroups_fold_into_2d() {
+    let op = sqrelu_op();
+    assert_eq!(groups_1d(65_535 * 64, 64).unwrap(), [65_535, 1, 1]);
+    let n = 65_535 * 64 + 100;
+    let g = groups_1d(n, 64).unwrap();
+    assert_eq!(g[1], 2, "{g:?}");
+    let dev = shared_device();
+    let xs: Vec<f32> = (0..n).map(|i| (i % 7) as f32 - 3.0).collect();
+    let x = Tensor::from_slice(&dev, &xs, &[n]).unwrap();
+    let y = op.apply(&[&x], &n_of(&x)).unwrap().to_vec().unwrap();
+    let want: Vec<f64> = xs.iter().map(|&v| f64::from(v.max(0.0)).powi(2)).collect();
+    assert_close("folded grid", &y, &want, 0.0, 0.0);
+    assert!(groups_1d(10, 0).is_err());
+}
