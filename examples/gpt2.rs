@@ -81,6 +81,7 @@ fn cli() -> Command {
                 .arg(Arg::new("seed").long("seed").default_value("0").value_parser(value_parser!(u64)))
                 .arg(Arg::new("greedy").long("greedy").action(ArgAction::SetTrue).help("argmax decoding"))
                 .arg(Arg::new("no-stop").long("no-stop").action(ArgAction::SetTrue).help("do not stop at <|endoftext|>"))
+                .arg(Arg::new("no-cache").long("no-cache").action(ArgAction::SetTrue).help("re-run the whole context for every token (the uncached reference path, one prompt; for speed comparisons)"))
                 .arg(Arg::new("warmup").long("warmup").action(ArgAction::SetTrue).help("run the prompts once untimed first (compiles the kernels), so the tokens/s are steady-state"))
                 .arg(Arg::new("json").long("json").action(ArgAction::SetTrue).help("print {\"tokens\": [[...]], \"text\": [...]} instead of streaming text")),
         )
@@ -295,14 +296,42 @@ fn generate(m: &ArgMatches) -> Result<()> {
         print!("{}", t.decode(&shown)?);
         let _ = stdout.flush();
     }
-    let out = model.generate_batch(&prompts, &opts, &mut samplers, &mut |_, id| {
+    let mut on_token = |_, id| -> Result<bool> {
         if stream {
             let t = tok.as_ref().expect("checked");
             print!("{}", decoder.push(&t.token_bytes(id)?));
             let _ = stdout.flush();
         }
         Ok(true)
-    })?;
+    };
+    if m.get_flag("no-cache") {
+        if prompts.len() != 1 {
+            return Err(Error::InvalidArgument {
+                op: "gpt2 generate --no-cache",
+                message: "the uncached path takes one prompt".into(),
+            });
+        }
+        let t = Instant::now();
+        let ids = model.generate_full_context(
+            &prompts[0],
+            opts.max_new_tokens,
+            &mut samplers[0],
+            &mut |id| on_token(0, id),
+        )?;
+        let secs = t.elapsed().as_secs_f64();
+        if stream {
+            println!("{}", decoder.finish());
+        } else {
+            println!("{}", serde_json::json!({ "tokens": [ids] }));
+        }
+        eprintln!(
+            "uncached: {} tokens in {secs:.3} s = {:.1} tokens/s (every token re-runs the context)",
+            ids.len(),
+            ids.len() as f64 / secs
+        );
+        return Ok(());
+    }
+    let out = model.generate_batch(&prompts, &opts, &mut samplers, &mut on_token)?;
     if stream {
         println!("{}", decoder.finish());
     } else if json {
