@@ -409,19 +409,20 @@ impl Gpt {
             WeightLayout::InOut,
             Activation::None,
         )?; // (B, T, 3C)
-        let (q, k, v) = crate::split_heads(&qkv, self.cfg.n_head)?; // (B, H, T, D) each
         let y = match attn {
-            Attn::Full => crate::attention(&q, &k, &v, true)?,
+            // One recorded op: its backward writes d(qkv) with a single kernel.
+            Attn::Full => crate::attention_qkv(&qkv, self.cfg.n_head, true)?, // (B, T, C)
             Attn::Prefill(cache) => {
+                let (q, k, v) = crate::split_heads(&qkv, self.cfg.n_head)?; // (B, H, T, D) each
                 cache.append(&k, &v)?;
-                crate::attention(&q, &k, &v, true)?
+                crate::merge_heads(&crate::attention(&q, &k, &v, true)?)?
             }
             Attn::Decode(cache) => {
+                let (q, k, v) = crate::split_heads(&qkv, self.cfg.n_head)?;
                 cache.append(&k, &v)?;
-                crate::attend_cached(&q, cache)?
+                crate::merge_heads(&crate::attend_cached(&q, cache)?)?
             }
-        }; // (B, H, T, D)
-        let y = crate::merge_heads(&y)?; // (B, T, C)
+        }; // (B, T, C)
         let y = y.linear(
             &blk.attn_proj_w,
             Some(&blk.attn_proj_b),
