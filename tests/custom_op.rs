@@ -358,3 +358,65 @@ fn grids_past_65535_workgroups_fold_into_2d() {
     assert_close("folded grid", &y, &want, 0.0, 0.0);
     assert!(groups_1d(10, 0).is_err());
 }
+
+/// Two outputs (exp(x) and x^2); the backward reads output 0 back instead of recomputing it.
+const EXP2: &str = r#"
+struct Params { n: u32 }
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(3) var<storage, read_write> sq: array<f32>;
+@group(0) @binding(4) var<storage, read> gy: array<f32>;
+@group(0) @binding(5) var<storage, read_write> gx: array<f32>;
+
+@compute @workgroup_size(64)
+fn forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.y * nwg.x * 64u + gid.x;
+    if (i >= p.n) { return; }
+    y[i] = exp(x[i]);
+    sq[i] = x[i] * x[i];
+}
+
+@compute @workgroup_size(64)
+fn backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.y * nwg.x * 64u + gid.x;
+    if (i >= p.n) { return; }
+    gx[i] = y[i] * gy[i];
+}
+"#;
+
+#[test]
+fn several_outputs_and_a_backward_that_reads_them() {
+    let op = CustomOp::<Params>::builder("exp_and_square", EXP2)
+        .outputs(|s| Ok(vec![s[0].to_vec(), s[0].to_vec()]))
+        .forward("forward", grid)
+        .backward("backward", grid)
+        .build()
+        .unwrap();
+    let dev = shared_device();
+    let xs = random_vec(70, -2.0, 2.0, 9);
+    let x = Tensor::from_slice(&dev, &xs, &[7, 10]).unwrap().with_grad();
+    let outs = op.apply_all(&[&x], &n_of(&x)).unwrap();
+    assert_eq!(outs.len(), 2);
+    let x64: Vec<f64> = xs.iter().map(|&v| f64::from(v)).collect();
+    let e: Vec<f64> = x64.iter().map(|v| v.exp()).collect();
+    assert_close("exp", &outs[0].to_vec().unwrap(), &e, 1e-6, 1e-7);
+    let sq: Vec<f64> = x64.iter().map(|v| v * v).collect();
+    assert_close("square", &outs[1].to_vec().unwrap(), &sq, 1e-6, 1e-7);
+    assert!(outs[0].requires_grad() && !outs[1].requires_grad());
+    let g = outs[0].sum().unwrap().backward().unwrap();
+    assert_close(
+        "d exp",
+        &g.get(&x).unwrap().to_vec().unwrap(),
+        &e,
+        1e-6,
+        1e-7,
+    );
+
+    GradCheck::new("exp_and_square", &dev)
+        .input(&[3, 33], -2.0, 2.0)
+        .tolerances(1e-5, 1e-4)
+        .assert(&|t| op.apply(&[&t[0]], &n_of(&t[0])), &|x| {
+            x[0].iter().map(|v| v.exp()).collect()
+        });
+}
