@@ -1,5 +1,15 @@
 //! Helpers for testing GPU code against CPU references, used by this crate's own tests and
-//! offered to applications that test what they build on portagrad.
+//! offered to applications that test what they build on portagrad (see `docs/CI.md` for a CI
+//! job that runs such tests on Mesa's software Vulkan driver):
+//!
+//! - [`device`] / [`shared_device`]: an adapter, or a failure that says what to install (a GPU
+//!   test must never pass vacuously).
+//! - [`compare`] / [`assert_close`]: element-wise comparison with a stated tolerance against an
+//!   f64 reference; a failure reports how many elements are off, the first and the worst.
+//! - [`GradCheck`]: a gradient check for any op, built-in or [custom](crate::custom): the GPU
+//!   backward against central finite differences (in f64) of a CPU forward, and optionally
+//!   against an analytic CPU backward.
+//! - [`random_vec`]: deterministic test inputs.
 
 use crate::{Device, Error, Result, Tensor};
 
