@@ -2,7 +2,9 @@
 //! and prints, every 1,000 steps, the figures that show a leak: the device's live, peak and
 //! pooled bytes, compiled pipelines, and the process's resident memory.
 //!
-//! `cargo run --release --example soak -- [steps (10000)] [n_embd (32)] [n_layer (1)]`
+//! `cargo run --release --example soak -- [steps (10000)] [n_embd (32)] [n_layer (1)] [fresh (1)]`
+//!
+//! `fresh` 0 reuses one uploaded batch for every step (to tell upload-path memory from the rest).
 
 use std::time::Instant;
 
@@ -27,6 +29,7 @@ fn arg(i: usize, default: usize) -> usize {
 
 fn main() -> Result<()> {
     let (steps, n_embd, n_layer) = (arg(1, 10_000), arg(2, 32), arg(3, 1));
+    let fresh = arg(4, 1) != 0;
     let dev = Device::new()?;
     println!("{}", dev.info());
     let cfg = GptConfig {
@@ -40,8 +43,13 @@ fn main() -> Result<()> {
     };
     let (b, t) = (8, 32);
     println!(
-        "GPT {n_layer} layer(s), C {n_embd}, {} parameters; batch {b} x {t}; {steps} steps",
-        cfg.num_params()
+        "GPT {n_layer} layer(s), C {n_embd}, {} parameters; batch {b} x {t}; {steps} steps; {}",
+        cfg.num_params(),
+        if fresh {
+            "a fresh batch uploaded every step"
+        } else {
+            "one batch reused"
+        }
     );
     let model = Gpt::new(&dev, cfg.clone(), 0)?;
     let mut opt = Optimizer::adamw(model.parameters(), 1e-3, 0.01)?;
@@ -59,6 +67,7 @@ fn main() -> Result<()> {
         "{:>7} {:>8} {:>9} {:>11} {:>11} {:>11} {:>9} {:>9}",
         "step", "loss", "ms/step", "live B", "peak B", "pooled B", "pipelines", "RSS MiB"
     );
+    let mut fixed: Option<(Tensor, Tensor)> = None;
     for step in 1..=steps {
         let mut ids = Vec::with_capacity(b * t);
         let mut targets = Vec::with_capacity(b * t);
@@ -70,8 +79,17 @@ fn main() -> Result<()> {
             ids.extend_from_slice(&stream[at..at + t]);
             targets.extend_from_slice(&stream[at + 1..at + t + 1]);
         }
-        let ids = Tensor::from_u32(&dev, &ids, &[b, t])?;
-        let targets = Tensor::from_u32(&dev, &targets, &[b, t])?;
+        let (ids, targets) = match &fixed {
+            Some(f) if !fresh => f.clone(),
+            _ => {
+                let pair = (
+                    Tensor::from_u32(&dev, &ids, &[b, t])?,
+                    Tensor::from_u32(&dev, &targets, &[b, t])?,
+                );
+                fixed = Some(pair.clone());
+                pair
+            }
+        };
         let loss = model.loss(&ids, &targets, true)?;
         let grads = loss.backward()?;
         opt.step(&grads)?;

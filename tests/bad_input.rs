@@ -2074,3 +2074,26 @@ fn bad_csv_files() {
     let _ = std::fs::remove_dir_all(&dir);
     c.finish();
 }
+
+/// Known issue, left to the owner of `src/models/gpt.rs` (being edited in parallel):
+/// `GptConfig::validate` puts no bound on `n_layer`, so `Gpt::new` with a huge `n_layer`
+/// panics ("capacity overflow" in `Vec::with_capacity`), and `load_pretrained` on a
+/// config.json with, say, `"n_layer": 1000000000000` builds `Gpt::parameter_shapes` (12 named
+/// shapes per layer) before it compares anything with the file: it allocates until the process
+/// is killed. Not run by that path here (it would take the machine's memory). Fix: bound
+/// `n_layer` in `validate` (e.g. by the `TooLarge` rule: its parameters cannot fit anyway) and
+/// compare the file's tensor count with the config before listing the shapes.
+#[test]
+#[ignore = "known issue: GptConfig accepts any n_layer (see the doc comment)"]
+fn huge_n_layer_is_an_error_not_a_panic() {
+    let dev = shared_device();
+    let cfg = GptConfig {
+        n_layer: 1 << 60,
+        ..tiny_cfg()
+    };
+    let r = catch_unwind(AssertUnwindSafe(|| Gpt::new(&dev, cfg, 0).map(|_| ())));
+    match r {
+        Ok(r) => assert!(r.is_err(), "a 2^60-layer GPT was built"),
+        Err(_) => panic!("Gpt::new panicked on n_layer = 2^60"),
+    }
+}
