@@ -579,6 +579,13 @@ pub fn fit(
     } else {
         (data.clone(), None)
     };
+    if train.is_empty() {
+        // As `evaluate`: without this, every epoch "trains" on nothing and reports a loss of 0.
+        return Err(Error::InvalidArgument {
+            op: "fit",
+            message: format!("no rows to train on ({} rows in the dataset)", data.len()),
+        });
+    }
     let mut history = History {
         metric_name: data.targets.metric_name().to_string(),
         ..History::default()

@@ -283,6 +283,80 @@ fn tensor_construction_and_shapes() {
             "zero-sized dim not empty".into()
         })
     });
+    // Zero-sized operands: every op gives the empty (or, for full reductions, the identity)
+    // result or a Shape error; none panics or hangs.
+    for shape in [vec![0usize], vec![0, 3], vec![3, 0], vec![2, 0, 4]] {
+        let s = shape.clone();
+        let z = move || Tensor::zeros(d, &s).unwrap();
+        let n_out = |v: &[f32], want: usize| ensure(v.len() == want, || format!("{v:?}"));
+        let sh = format!("{shape:?}");
+        let empty_or_shape = |r: portagrad::Result<Tensor>, want: usize| -> Check {
+            match r {
+                Ok(t) => n_out(&ok(t.to_vec())?, want),
+                Err(e) => err::<()>(Err(e), "Shape", &[]),
+            }
+        };
+        let rows: usize = shape[..shape.len() - 1].iter().product();
+        c.case(&format!("{sh}: add, exp, gelu"), || {
+            empty_or_shape(z().add(&z()).and_then(|t| t.exp()?.gelu()), 0)
+        });
+        c.case(&format!("{sh}: sum and mean of nothing"), || {
+            // A full reduction of nothing is a Shape error naming the shape.
+            err(z().sum(), "Shape", &["empty", &sh])?;
+            err(z().mean(), "Shape", &["empty"])
+        });
+        c.case(&format!("{sh}: sum_last, max_last"), || {
+            empty_or_shape(z().sum_last(), rows)?;
+            empty_or_shape(z().max_last(), rows)
+        });
+        c.case(&format!("{sh}: softmax, log_softmax"), || {
+            empty_or_shape(z().softmax(), 0)?;
+            empty_or_shape(z().log_softmax(), 0)
+        });
+        c.case(&format!("{sh}: matmul by a zero-sized operand"), || {
+            let a = z();
+            let k = *a.shape().last().unwrap();
+            let b = ok(Tensor::ones(d, &[k, 2]))?;
+            let out_rows: usize = a.shape()[..a.rank() - 1].iter().product();
+            empty_or_shape(a.matmul(&b), out_rows * 2)
+        });
+        c.case(&format!("{sh}: broadcast_to and gather_rows"), || {
+            empty_or_shape(
+                z().broadcast_to(&[5].iter().chain(&shape).copied().collect::<Vec<_>>()),
+                0,
+            )?;
+            if shape.len() == 2 && shape[0] > 0 {
+                empty_or_shape(z().gather_rows(&ids(d, &[0, 0], &[2])), 0)?;
+            }
+            Ok(())
+        });
+        c.case(
+            &format!("{sh}: backward through an empty elementwise chain"),
+            || {
+                let w = z().with_grad();
+                let y = ok(w.mul(&w))?;
+                let g = ok(y.backward_with(&z()))?;
+                let gw = ok(g.get(&w).ok_or(Error::Gpu("no gradient".into())))?;
+                n_out(&ok(gw.to_vec())?, 0)
+            },
+        );
+    }
+    c.case("cross_entropy of zero rows", || {
+        let logits = ok(Tensor::zeros(d, &[0, 3]))?;
+        let r = logits.cross_entropy(&ok(Tensor::from_u32(d, &[], &[0]))?, None);
+        match r {
+            Ok(l) => {
+                let v = ok(l.to_vec())?;
+                ensure(v == [0.0], || format!("{v:?}"))
+            }
+            Err(e) => err::<()>(Err(e), "Shape", &[]),
+        }
+    });
+    c.case("gather_rows with no ids", || {
+        let table = t(d, &[0.0; 6], &[3, 2]);
+        let v = ok(ok(table.gather_rows(&ok(Tensor::from_u32(d, &[], &[0]))?))?.to_vec())?;
+        ensure(v.is_empty(), || format!("{v:?}"))
+    });
     c.case("reshape two inferred dimensions", || {
         err(
             t(d, &[0.0; 6], &[6]).reshape(&[usize::MAX, usize::MAX]),
@@ -974,6 +1048,24 @@ fn modules_optimizer_training_sampling_tokenizer() {
             )
         })
     });
+    c.case("Dataset with zero rows", || {
+        match Dataset::new(vec![], 2, Targets::Binary(vec![])) {
+            Err(e) => err::<()>(Err(e), "InvalidArgument", &[]),
+            Ok(data) => {
+                let model = ok(nn::mlp(d, &[2, 1], Activation::None, 0))?;
+                let mut opt = ok(Optimizer::sgd(model.parameters(), 0.1))?;
+                let cfg = portagrad::train::FitConfig {
+                    progress: portagrad::train::Progress::Never,
+                    ..Default::default()
+                };
+                err(
+                    portagrad::train::fit(&model, &mut opt, &data, &cfg).map(|_| ()),
+                    "InvalidArgument",
+                    &["no rows to train on"],
+                )
+            }
+        }
+    });
     c.case("Dataset split NaN fraction", || {
         let data = ok(Dataset::new(
             vec![0.0; 8],
@@ -1236,6 +1328,29 @@ fn gpt_inputs_and_configs() {
     c.case("forward of zero positions", || {
         err(m.forward(&ids(d, &[], &[1, 0]), false), "Shape", &[])
     });
+    c.case("forward of zero sequences", || {
+        match m.forward(&ids(d, &[], &[0, 2]), false) {
+            Ok(l) => ensure(l.numel() == 0, || format!("{:?}", l.shape())),
+            Err(e) => err::<()>(Err(e), "Shape", &[]),
+        }
+    });
+    c.case(
+        "generate_batch with one empty prompt among good ones",
+        || {
+            let mut s = ok(Sampler::batch(&SamplingConfig::default(), 2))?;
+            err(
+                m.generate_batch(
+                    &[vec![1], vec![]],
+                    &Default::default(),
+                    &mut s,
+                    &mut |_, _| Ok(true),
+                )
+                .map(|_| ()),
+                "InvalidArgument",
+                &["empty"],
+            )
+        },
+    );
     c.case("loss targets of another shape", || {
         err(
             m.loss(
