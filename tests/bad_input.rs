@@ -2107,6 +2107,11 @@ fn bad_csv_files() {
             vec!["bad.csv"],
         ),
         (
+            "sklearn header with 10^10 features",
+            "5,9999999999,a,b\n1,2,0\n".into(),
+            vec!["line 1", "9999999999 features"],
+        ),
+        (
             "sklearn header huge count",
             "99999999999999999999,2,a,b\n1,2,0\n3,4,1\n".into(),
             vec!["bad.csv"],

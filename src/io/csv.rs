@@ -143,6 +143,17 @@ pub fn parse_csv(path: &Path, text: &str) -> Result<Table> {
                 format!("line {hline}: the header declares 0 features"),
             ));
         }
+        // Each feature takes at least two bytes of a row ("0,"): a count past that is a broken
+        // header (and would otherwise make that many names before the first row is read).
+        if n > text.len() / 2 {
+            return Err(err(
+                path,
+                format!(
+                    "line {hline}: the header declares {n} features, more than a file of {} bytes can hold",
+                    text.len()
+                ),
+            ));
+        }
         let names = (0..n).map(|i| format!("x{i}")).collect();
         let classes: Vec<String> = head[2..].to_vec();
         (n, names, Some(classes), head[0].parse::<usize>().ok())
