@@ -25,6 +25,9 @@
 //! WGSL's uniform rules); it is bound with its size rounded up to 16 bytes. An entry point need
 //! not use every binding.
 //!
+//! A backward binds `2n + m + 1` storage buffers. WebGPU's default limit is 8 per shader stage
+//! (native adapters allow more), so an op meant to run everywhere keeps `2n + m + 1 <= 8`.
+//!
 //! Outputs are **not** zeroed: buffers come from a pool and hold stale data, so the forward must
 //! write every element (or call [`CustomOpBuilder::zeroed_outputs`]). Input gradients *are*
 //! zeroed before the backward entry points run, so a backward may accumulate into them.
