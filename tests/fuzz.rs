@@ -1,7 +1,8 @@
 //! Seeded fuzzing (SplitMix64; no extra dependency): the CSV parser on arbitrary and mutated
 //! text, both safetensors loaders (`io::checkpoint::load_params`, `models::load_pretrained`) on
-//! mutated files and config.json, the character tokenizer (encode then decode is the identity;
-//! decode of arbitrary ids never panics), and random op chains (random shapes through random
+//! mutated files and config.json, the character and GPT-2 tokenizers (encode of arbitrary
+//! Unicode then decode is the identity; decode of arbitrary ids never panics; mutated
+//! vocabulary/merges files never panic), and random op chains (random shapes through random
 //! elementwise / broadcast / reduction / softmax / layout ops: the GPU against a CPU reference
 //! in f64, gradients against f64 finite differences via `testing::GradCheck`).
 //!
@@ -14,7 +15,9 @@ use std::path::{Path, PathBuf};
 
 use portagrad::io::checkpoint;
 use portagrad::io::csv::parse_csv;
-use portagrad::models::{CharTokenizer, Gpt, GptConfig, load_pretrained, save_pretrained};
+use portagrad::models::{
+    BpeTokenizer, CharTokenizer, Gpt, GptConfig, StreamDecoder, load_pretrained, save_pretrained,
+};
 use portagrad::nn::{self, Module};
 use portagrad::optim::Optimizer;
 use portagrad::testing::{GradCheck, compare, random_vec, shared_device};
@@ -407,6 +410,170 @@ fn char_tokenizer_round_trips_and_decode_never_panics() {
             .collect();
         let _ = tok.decode(&junk);
         true
+    });
+}
+
+/// Random text over many scripts and odd characters: whitespace runs, digits, contractions,
+/// combining marks, controls, emoji, surrogate-adjacent and private-use code points.
+fn random_unicode(rng: &mut SplitMix64, max_len: usize) -> String {
+    const PIECES: &[&str] = &[
+        " ",
+        "  ",
+        "\n",
+        "\r\n",
+        "\t",
+        "'s",
+        "'ll",
+        "'",
+        "123",
+        "4",
+        "Hello",
+        "world",
+        "é",
+        "e\u{301}",
+        "ß",
+        "ﬁ",
+        "İ",
+        "日本語",
+        "한국어",
+        "😀",
+        "👩‍👩‍👧",
+        "🦀",
+        "\u{200d}",
+        "\u{feff}",
+        "\0",
+        "\u{7f}",
+        "\u{fffd}",
+        "\u{e000}",
+        "\u{10ffff}",
+        "<|endoftext|>",
+        "Ω",
+        "ـ",
+        "ẞ",
+        "?!",
+        ".",
+        ",",
+        "--",
+        "\\",
+        "$",
+        "\u{a0}",
+        "\u{3000}",
+    ];
+    let mut s = String::new();
+    for _ in 0..rng.below(max_len) {
+        if rng.chance(0.6) {
+            s.push_str(*rng.pick(PIECES));
+        } else {
+            let c = loop {
+                if let Some(c) = char::from_u32(rng.below(0x11_0000) as u32) {
+                    break c;
+                }
+            };
+            s.push(c);
+        }
+    }
+    s
+}
+
+#[test]
+fn gpt2_tokenizer_round_trips_and_decode_never_panics() {
+    let tok = BpeTokenizer::gpt2().expect("data/gpt2-tokenizer");
+    let v = tok.vocab_size();
+    fuzz("gpt2 tokenizer", 300 * scale(), &|rng| {
+        let text = random_unicode(rng, 24);
+        // Ordinary encoding (no special tokens) decodes to the text, byte for byte.
+        let ids = tok.encode_ordinary(&text);
+        assert!(ids.iter().all(|&i| (i as usize) < v), "{text:?}");
+        assert_eq!(tok.decode(&ids).unwrap(), text, "{ids:?}");
+        let ids = tok.encode(&text);
+        assert_eq!(tok.decode(&ids).unwrap(), text, "{ids:?}");
+        // Arbitrary ids: bytes or an error; streaming never panics and, for valid ids, gives
+        // what decoding the whole does (lossy).
+        let junk: Vec<u32> = (0..rng.below(12))
+            .map(|_| match rng.below(4) {
+                0 => rng.next() as u32,
+                1 => (v + rng.below(3)) as u32,
+                _ => rng.below(v) as u32,
+            })
+            .collect();
+        match tok.decode_bytes(&junk) {
+            Ok(bytes) => {
+                let mut sd = StreamDecoder::new();
+                let mut out = String::new();
+                for &id in &junk {
+                    out.push_str(&sd.push(tok.token_bytes(id).expect("valid id")));
+                }
+                out.push_str(&sd.finish());
+                assert_eq!(out, String::from_utf8_lossy(&bytes), "{junk:?}");
+                let _ = tok.decode(&junk);
+            }
+            Err(e) => assert!(
+                matches!(e, portagrad::Error::InvalidArgument { .. }),
+                "{e:?}"
+            ),
+        }
+        true
+    });
+    // Small vocabularies and merges, mutated: parsed or refused, never a panic.
+    // GPT-2's first 300 tokens (the 256 one-byte tokens and the first merges' results) and
+    // the merges that make them.
+    let dir = BpeTokenizer::default_dir();
+    let full: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("vocab.json")).unwrap()).unwrap();
+    let small: serde_json::Map<String, serde_json::Value> = full
+        .into_iter()
+        .filter(|(_, id)| id.as_u64().is_some_and(|i| i < 300))
+        .collect();
+    let vocab = serde_json::Value::Object(small).to_string();
+    let merges: String = std::fs::read_to_string(dir.join("merges.txt"))
+        .unwrap()
+        .lines()
+        .take(1 + 300 - 256)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let base = BpeTokenizer::from_strings(&vocab, &merges).expect("the small tokenizer loads");
+    assert_eq!(
+        base.decode(&base.encode_ordinary("the cat")).unwrap(),
+        "the cat"
+    );
+    let (vocab, merges) = (vocab.as_str(), merges.as_str());
+    fuzz("bpe files", 500 * scale(), &|rng| {
+        let mut vj = vocab.to_string();
+        let mut mt = merges.to_string();
+        for _ in 0..1 + rng.below(3) {
+            let target = if rng.chance(0.5) { &mut vj } else { &mut mt };
+            let piece = String::from(*rng.pick(&[
+                "\"",
+                "{",
+                "}",
+                ":",
+                ",",
+                "99999999999",
+                "-1",
+                "0",
+                " ",
+                "\n",
+                "a",
+                "Ġ",
+                "é",
+                "\\u12",
+                "null",
+                "1.5",
+            ]));
+            let at = rng.below(target.len() + 1);
+            if target.is_char_boundary(at) {
+                target.insert_str(at, &piece);
+            }
+        }
+        match BpeTokenizer::from_strings(&vj, &mt) {
+            Ok(t) => {
+                let ids = t.encode_ordinary("ab ab");
+                let _ = t.decode(&ids);
+                let _ = t.decode(&[u32::MAX]);
+                true
+            }
+            Err(_) => false,
+        }
     });
 }
 
