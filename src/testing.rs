@@ -9,6 +9,7 @@
 //! - [`GradCheck`]: a gradient check for any op, built-in or [custom](crate::custom): the GPU
 //!   backward against central finite differences (in f64) of a CPU forward, and optionally
 //!   against an analytic CPU backward.
+//! - [`compare_tensor`] / [`assert_tensor_close`]: the same for a tensor, read back.
 //! - [`random_vec`]: deterministic test inputs.
 
 use crate::{Device, Error, Result, Tensor};
@@ -110,6 +111,28 @@ pub fn compare(got: &[f32], want: &[f64], rtol: f64, atol: f64) -> std::result::
 #[track_caller]
 pub fn assert_close(what: &str, got: &[f32], want: &[f64], rtol: f64, atol: f64) {
     if let Err(msg) = compare(got, want, rtol, atol) {
+        panic!("{what}: {msg}");
+    }
+}
+
+/// [`compare`] for a tensor: reads `t` back (submitting pending work) and compares it with
+/// `want`, which must have `t`'s element count. Read-back errors are reported too.
+pub fn compare_tensor(
+    t: &Tensor,
+    want: &[f64],
+    rtol: f64,
+    atol: f64,
+) -> std::result::Result<(), String> {
+    let got = t
+        .to_vec()
+        .map_err(|e| format!("reading back a tensor of shape {:?}: {e}", t.shape()))?;
+    compare(&got, want, rtol, atol).map_err(|m| format!("tensor of shape {:?}: {m}", t.shape()))
+}
+
+/// [`compare_tensor`], panicking with the report (for use in `#[test]` functions).
+#[track_caller]
+pub fn assert_tensor_close(what: &str, t: &Tensor, want: &[f64], rtol: f64, atol: f64) {
+    if let Err(msg) = compare_tensor(t, want, rtol, atol) {
         panic!("{what}: {msg}");
     }
 }

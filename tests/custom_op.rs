@@ -356,6 +356,8 @@ fn grids_past_65535_workgroups_fold_into_2d() {
     let y = op.apply(&[&x], &n_of(&x)).unwrap().to_vec().unwrap();
     let want: Vec<f64> = xs.iter().map(|&v| f64::from(v.max(0.0)).powi(2)).collect();
     assert_close("folded grid", &y, &want, 0.0, 0.0);
+    let e = portagrad::testing::compare_tensor(&x, &want, 0.0, 0.0).unwrap_err();
+    assert!(e.contains("worst at"), "{e}");
     assert!(groups_1d(10, 0).is_err());
 }
 
