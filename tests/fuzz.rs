@@ -462,7 +462,8 @@ fn random_unicode(rng: &mut SplitMix64, max_len: usize) -> String {
     let mut s = String::new();
     for _ in 0..rng.below(max_len) {
         if rng.chance(0.6) {
-            s.push_str(*rng.pick(PIECES));
+            let piece: &&str = rng.pick(PIECES);
+            s.push_str(piece);
         } else {
             let c = loop {
                 if let Some(c) = char::from_u32(rng.below(0x11_0000) as u32) {
