@@ -78,12 +78,21 @@ pub(crate) fn gather_rows(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     if let Some(bound) = ids.id_bound
         && bound as usize > vocab
     {
+        // The bound saturates at u32::MAX: name the id itself (and where it is) from the host
+        // copy when there is one.
+        let first_bad = ids.host_ids.as_deref().and_then(|h| {
+            h.iter()
+                .enumerate()
+                .find(|&(_, &i)| i as usize >= vocab)
+                .map(|(p, &i)| (p, i))
+        });
+        let what = match first_bad {
+            Some((pos, id)) => format!("id {id} (at position {pos})"),
+            None => format!("id {}", bound - 1),
+        };
         return Err(Error::InvalidArgument {
             op: "gather_rows",
-            message: format!(
-                "id {} is out of range for a table of {vocab} rows",
-                bound - 1
-            ),
+            message: format!("{what} is out of range for a table of {vocab} rows"),
         });
     }
     let mut shape = ids.shape.clone();
