@@ -1017,6 +1017,104 @@ fn modules_optimizer_training_sampling_tokenizer() {
             &["u32"],
         )
     });
+    // Degenerate sizes: an error naming the problem, or a module that works on empty data.
+    let probe = |r: portagrad::Result<String>| -> String {
+        match r {
+            Ok(s) => format!("Ok {s}"),
+            Err(e) => format!("{} {e}", kind(&e)),
+        }
+    };
+    type Probe<'a> = Box<dyn Fn() -> portagrad::Result<String> + 'a>;
+    let degenerate: Vec<(&str, Probe, &str)> = vec![
+        (
+            "Linear with 0 inputs",
+            Box::new(|| {
+                let l = Linear::new(d, 0, 3, 0)?;
+                let y = l.forward(&Tensor::zeros(d, &[2, 0])?)?;
+                Ok(format!("{:?} {:?}", y.shape(), y.to_vec()?))
+            }),
+            "Ok [2, 3] [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]",
+        ),
+        (
+            "Linear with 0 outputs",
+            Box::new(|| {
+                let l = Linear::new(d, 3, 0, 0)?;
+                Ok(format!(
+                    "{:?}",
+                    l.forward(&Tensor::ones(d, &[2, 3])?)?.shape()
+                ))
+            }),
+            "Ok [2, 0]",
+        ),
+        (
+            "Embedding with 0 rows",
+            Box::new(|| {
+                let e = Embedding::new(d, 0, 4, 0)?;
+                Ok(format!(
+                    "{:?}",
+                    e.forward(&Tensor::from_u32(d, &[0], &[1])?)?.shape()
+                ))
+            }),
+            "InvalidArgument",
+        ),
+        (
+            "LayerNorm over 0 columns",
+            Box::new(|| {
+                let l = LayerNorm::new(d, 0)?;
+                Ok(format!(
+                    "{:?}",
+                    l.forward(&Tensor::zeros(d, &[2, 0])?)?.shape()
+                ))
+            }),
+            "Shape layer_norm: needs a non-empty last axis",
+        ),
+        (
+            "attention over 0 positions",
+            Box::new(|| {
+                let q = Tensor::zeros(d, &[1, 1, 0, 4])?;
+                Ok(format!("{:?}", attention(&q, &q, &q, true)?.shape()))
+            }),
+            "Ok [1, 1, 0, 4]",
+        ),
+        (
+            "optimizer over the same parameter twice (tied: updated once)",
+            Box::new(|| {
+                let p = params().map_err(Error::Gpu)?;
+                let n = p[0].1.numel();
+                let o = Optimizer::sgd(vec![p[0].clone(), p[0].clone()], 0.1)?;
+                Ok(format!("{}", o.num_elements() == n))
+            }),
+            "Ok true",
+        ),
+        (
+            "optimizer step with another model's gradients",
+            Box::new(|| {
+                let mut o = Optimizer::sgd(params().map_err(Error::Gpu)?, 0.1)?;
+                let other = t(d, &[1.0; 2], &[2]).with_grad();
+                let g = other.mul(&other)?.sum()?.backward()?;
+                o.step(&g).map(|_| String::new())
+            }),
+            "InvalidArgument Optimizer::step: none of the optimizer's 2 parameters",
+        ),
+        (
+            "device with max_batch_dispatches 0 (clamped to 1)",
+            Box::new(|| {
+                let dev1 =
+                    Device::with_options(portagrad::DeviceOptions::new().max_batch_dispatches(0))?;
+                let x = Tensor::ones(&dev1, &[4])?;
+                Ok(format!("{:?}", x.add(&x)?.mul_scalar(2.0)?.to_vec()?))
+            }),
+            "Ok [4.0, 4.0, 4.0, 4.0]",
+        ),
+    ];
+    for (name, f, want) in degenerate {
+        c.case(name, || {
+            let got = probe(f());
+            ensure(got.starts_with(want), || {
+                format!("got {got:?}, want {want:?}...")
+            })
+        });
+    }
     c.case("optimizer set_lr NaN", || {
         let mut o = ok(Optimizer::sgd(params()?, 0.1))?;
         err(o.set_lr(f64::NAN), "InvalidArgument", &["learning rate"])
