@@ -29,6 +29,9 @@ fn tmp_dir(name: &str) -> PathBuf {
 
 /// Set in the child process: the directory it writes checkpoints into.
 const CHILD_ENV: &str = "PORTAGRAD_CRASH_CHILD_DIR";
+/// Set in the child process: `save_tensors` to write with `models::save_tensors` (the Hugging
+/// Face form), else `io::checkpoint::save_params`.
+const API_ENV: &str = "PORTAGRAD_CRASH_CHILD_API";
 /// Set in the child process: the first generation it writes.
 const FIRST_ENV: &str = "PORTAGRAD_CRASH_CHILD_FIRST";
 /// Parameter tensors of the crash-test checkpoint: 4 x 2M f32 = 32 MiB per file.
@@ -65,11 +68,38 @@ fn crash_child_writer() {
     let dev = Device::new().unwrap();
     let path = Path::new(&dir).join("ckpt.safetensors");
     let first: u32 = std::env::var(FIRST_ENV).unwrap().parse().unwrap();
+    let hf = std::env::var(API_ENV).is_ok_and(|a| a == "save_tensors");
     for g in first.. {
         let params = crash_params(&dev, g);
-        checkpoint::save_params(&path, &params, None).unwrap();
+        if hf {
+            portagrad::models::save_tensors(&path, &params).unwrap();
+        } else {
+            checkpoint::save_params(&path, &params, None).unwrap();
+        }
         println!("done {g}");
     }
+}
+
+/// The generation a file written by `models::save_tensors` holds, read with the safetensors
+/// crate and checked bit for bit.
+fn file_generation(path: &Path) -> u32 {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("a complete safetensors file");
+    let mut gen_of_file = None;
+    for (k, s) in CRASH_SHAPES.iter().enumerate() {
+        let t = st.tensor(&format!("w{k}")).expect("every tensor");
+        assert_eq!(t.shape(), s);
+        let got: Vec<f32> = bytemuck::pod_collect_to_vec(t.data());
+        let g = *gen_of_file.get_or_insert((got[0] / 4096.0) as u32);
+        let want = generation(g, k, got.len());
+        assert!(
+            got.iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "tensor w{k} is not generation {g} bit for bit"
+        );
+    }
+    gen_of_file.unwrap()
 }
 
 /// Which generation `path` holds, checking every value bit for bit against it.
@@ -101,11 +131,26 @@ fn loaded_generation(dev: &Device, path: &Path) -> u32 {
 /// shows the kill did land mid-write.
 #[test]
 fn killed_mid_write_keeps_the_previous_checkpoint() {
+    kill_mid_write("checkpoint");
+}
+
+/// The same for `models::save_tensors` (what `save_pretrained` writes model.safetensors with).
+#[test]
+fn killed_mid_write_keeps_the_previous_pretrained_tensors() {
+    kill_mid_write("save_tensors");
+}
+
+fn kill_mid_write(api: &str) {
     let dev = shared_device();
-    let dir = tmp_dir("crash");
+    let dir = tmp_dir(&format!("crash-{api}"));
     let path = dir.join("ckpt.safetensors");
+    let hf = api == "save_tensors";
     // Generation 0, written by this process: what must survive the first kill at the least.
-    checkpoint::save_params(&path, &crash_params(&dev, 0), None).unwrap();
+    if hf {
+        portagrad::models::save_tensors(&path, &crash_params(&dev, 0)).unwrap();
+    } else {
+        checkpoint::save_params(&path, &crash_params(&dev, 0), None).unwrap();
+    }
     let exe = std::env::current_exe().unwrap();
     let mut mid_write = 0;
     for round in 0..3u64 {
@@ -117,6 +162,7 @@ fn killed_mid_write_keeps_the_previous_checkpoint() {
                 "--test-threads=1",
             ])
             .env(CHILD_ENV, &dir)
+            .env(API_ENV, api)
             .env(FIRST_ENV, (100 * round + 1).to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -133,7 +179,11 @@ fn killed_mid_write_keeps_the_previous_checkpoint() {
         });
         // Wait for a completed write, then for the next write's temporary file to reach a
         // round-dependent size (empty, some bytes, over half), and kill the child there.
-        let tmp = dir.join(format!(".ckpt.safetensors.tmp{}", child.id()));
+        let tmp = if hf {
+            dir.join(format!("ckpt.safetensors.tmp{}", child.id()))
+        } else {
+            dir.join(format!(".ckpt.safetensors.tmp{}", child.id()))
+        };
         let full = std::fs::metadata(&path).unwrap().len();
         let want = [0, 1, full / 2][round as usize];
         let mut last_done = None;
@@ -169,9 +219,13 @@ fn killed_mid_write_keeps_the_previous_checkpoint() {
             .filter_map(|e| e.ok())
             .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
             .count();
-        let g = loaded_generation(&dev, &path);
+        let g = if hf {
+            file_generation(&path)
+        } else {
+            loaded_generation(&dev, &path)
+        };
         println!(
-            "round {round}: last completed write {last_done}, file holds {g}, temporary files left {tmp_left}"
+            "{api} round {round}: last completed write {last_done}, file holds {g}, temporary files left {tmp_left}"
         );
         assert!(
             g == last_done || g == last_done + 1,
