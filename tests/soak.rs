@@ -1,5 +1,6 @@
 //! Long runs, short version for CI: a tiny GPT trained for 200 steps. After warm-up the
-//! device's live and peak bytes, pooled bytes and compiled-pipeline count stay exactly flat,
+//! device's live and peak bytes and compiled-pipeline count stay exactly flat (pooled bytes
+//! within 256 KiB),
 //! and the process's resident memory grows by less than a small bound. Its own test binary
 //! (and its own device), so no other test moves these figures. The long version is
 //! `cargo run --release --example soak -- 10000`.
@@ -75,9 +76,15 @@ fn tiny_gpt_training_memory_is_flat() {
             match base {
                 None => base = Some((now, rss)),
                 Some((b0, rss0)) => {
-                    assert_eq!(
-                        now, b0,
-                        "step {step}: (live, peak, pooled, pipelines) moved"
+                    let (flat, b0_flat) = ((now.0, now.1, now.3), (b0.0, b0.1, b0.3));
+                    assert_eq!(flat, b0_flat, "step {step}: (live, peak, pipelines) moved");
+                    // The pool may settle a little later (which buffers are free when an
+                    // upload asks depends on GPU timing), but stays bounded.
+                    assert!(
+                        now.2 <= b0.2 + (256 << 10),
+                        "step {step}: pooled bytes grew from {} to {}",
+                        b0.2,
+                        now.2
                     );
                     let grew = rss.saturating_sub(rss0);
                     assert!(grew < 8 << 20, "step {step}: RSS grew by {grew} bytes");
