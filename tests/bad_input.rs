@@ -1540,6 +1540,37 @@ fn gpt_inputs_and_configs() {
             &["stop here"],
         )
     });
+    for keep in [Some(0), Some(1), Some(99), None] {
+        c.case(
+            &format!("generate past the context with context_keep {keep:?}"),
+            || {
+                let mut s = ok(Sampler::batch(&SamplingConfig::default(), 1))?;
+                let opts = portagrad::models::GenerateOptions {
+                    max_new_tokens: 7,
+                    stop_token: Some(99),
+                    context_keep: keep,
+                };
+                let g =
+                    ok(m.generate_batch(&[vec![1, 2, 3]], &opts, &mut s, &mut |_, _| Ok(true)))?;
+                let t = &g.tokens[0];
+                ensure(t.len() == 7 && t.iter().all(|&i| i < 5), || {
+                    format!("{t:?}")
+                })
+            },
+        );
+    }
+    c.case(
+        "generate with max_new usize::MAX stopped by the callback",
+        || {
+            let mut s = ok(Sampler::new(SamplingConfig::default()))?;
+            let mut n = 0;
+            let out = ok(m.generate(&[1], usize::MAX, &mut s, &mut |_| {
+                n += 1;
+                Ok(n < 3)
+            }))?;
+            ensure(out.len() == 3, || format!("{out:?}"))
+        },
+    );
     c.case("set_parameter unknown name", || {
         let mut g = ok(Gpt::new(d, tiny_cfg(), 1))?;
         err(
