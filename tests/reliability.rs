@@ -294,6 +294,60 @@ fn two_threads_on_one_device_match_running_in_turn() {
     }
 }
 
+/// Many threads recording, submitting and reading back on one device at once (plus one that
+/// only syncs and reads the counters): every result is right, nothing panics or deadlocks.
+#[test]
+fn concurrent_readbacks_and_syncs_on_one_device() {
+    let dev = shared_device();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let syncer = s.spawn(|| {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                dev.sync().unwrap();
+                let st = dev.stats();
+                assert!(st.live_bytes <= st.peak_bytes.max(st.live_bytes));
+                n += 1;
+            }
+            n
+        });
+        let workers: Vec<_> = (0..4u64)
+            .map(|w| {
+                let dev = &dev;
+                s.spawn(move || {
+                    for i in 0..40u64 {
+                        let n = 1 + ((w * 131 + i * 17) % 300) as usize;
+                        let v: Vec<f32> = (0..n).map(|k| (k as f32) * 0.5 + w as f32).collect();
+                        let x = Tensor::from_slice(dev, &v, &[n]).unwrap();
+                        let y = x.mul_scalar(2.0).unwrap().add(&x).unwrap();
+                        let got = if i % 3 == 0 {
+                            y.sum().unwrap().to_vec().unwrap()
+                        } else {
+                            y.to_vec().unwrap()
+                        };
+                        let want: Vec<f32> = if i % 3 == 0 {
+                            vec![v.iter().map(|a| 3.0 * f64::from(*a)).sum::<f64>() as f32]
+                        } else {
+                            v.iter().map(|a| 3.0 * a).collect()
+                        };
+                        for (g, e) in got.iter().zip(&want) {
+                            assert!(
+                                (g - e).abs() <= 1e-5 * e.abs().max(1.0),
+                                "thread {w} iteration {i}: {g} != {e}"
+                            );
+                        }
+                    }
+                })
+            })
+            .collect();
+        for h in workers {
+            h.join().expect("a worker panicked");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(syncer.join().expect("the syncing thread panicked") > 0);
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Non-finite training.
 
