@@ -3,9 +3,14 @@
 // no atomics). Backward kernels read the upstream scalar gradient from its buffer.
 // - Elementwise: mean squared error, binary cross-entropy on logits, binary accuracy.
 // - Rows: sparse categorical cross-entropy from logits and u32 ids (fused log-softmax + NLL,
-//   optional ignore index, mean over the counted rows), multi-class accuracy.
+//   optional ignore index, mean over the counted rows), multi-class accuracy. Their row kernels
+//   come in two forms here (chosen in src/kernels/rows.rs): one workgroup per row with a tree
+//   in workgroup memory (GPUs, long rows), and `*_inv`, one invocation per row looping over its
+//   columns without barriers (CPU adapters); the one-subgroup-per-row form is in
+//   loss_subgroup.wgsl.
 
 const WG: u32 = 256u;
+const WG_ROWS: u32 = 64u;
 const KIND_MSE: u32 = 0u;
 const KIND_BCE: u32 = 1u;
 const KIND_BINARY_ACCURACY: u32 = 2u;
@@ -273,4 +278,51 @@ fn accuracy_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
         workgroupBarrier();
     }
     if lid == 0u { acorrect[r] = select(0.0, 1.0, shi[0] == ct[r]); }
+}
+
+// ---- cross-entropy and accuracy rows, one invocation per row ----
+// Loop bounds derive from the row's first index, not from uniforms alone (lavapipe specialises
+// shaders on uniforms that decide loop conditions).
+
+fn row_inv(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.y * nwg.x + wid.x) * WG_ROWS + lid;
+}
+
+// Same results as ce_rows.
+@compute @workgroup_size(WG_ROWS)
+fn ce_rows_inv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = row_inv(wid, nwg, lid);
+    if r >= rp.rows { return; }
+    let base = r * rp.cols;
+    let end = base + rp.cols;
+    var m = cz[base];
+    for (var i = base + 1u; i < end; i++) { m = max(m, cz[i]); }
+    var s = 0.0;
+    for (var i = base; i < end; i++) { s += exp(cz[i] - m); }
+    let ls = log(s);
+    clse[r] = m + ls;
+    let t = ct[r];
+    if rp.has_ignore == 1u && t == rp.ignore {
+        cstat[r] = vec2<f32>(0.0, 0.0);
+    } else if t >= rp.cols {
+        cstat[r] = vec2<f32>(bitcast<f32>(rp.nan_bits), 1.0);
+    } else {
+        cstat[r] = vec2<f32>((m - cz[base + t]) + ls, 1.0);
+    }
+}
+
+// Same results as accuracy_rows: the first index of the row maximum against the target.
+@compute @workgroup_size(WG_ROWS)
+fn accuracy_rows_inv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = row_inv(wid, nwg, lid);
+    if r >= rp.rows { return; }
+    let base = r * rp.cols;
+    let end = base + rp.cols;
+    var best = cz[base];
+    var arg = base;
+    for (var i = base + 1u; i < end; i++) {
+        let v = cz[i];
+        if v > best { best = v; arg = i; }
+    }
+    acorrect[r] = select(0.0, 1.0, arg - base == ct[r]);
 }

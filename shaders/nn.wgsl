@@ -1,11 +1,16 @@
 // Neural-net layers.
 // - LayerNorm over the last axis of (rows, C): the forward saves per-row mean and rstd; the
-//   backward computes dx with one workgroup per row, and dgamma/dbeta as column sums in a fixed
-//   order (partials over chunks of rows, then a column sum), so the same input gives the same bits.
+//   backward computes dx per row, and dgamma/dbeta as column sums in a fixed order (partials
+//   over chunks of rows, then a column sum), so the same input gives the same bits. The row
+//   kernels come in two forms here (chosen in src/kernels/rows.rs): one workgroup per row with
+//   a tree in workgroup memory (GPUs, long rows), and `*_inv`, one invocation per row looping
+//   over its columns without barriers (CPU adapters); the one-subgroup-per-row form is in
+//   nn_subgroup.wgsl.
 // - Dropout with a counter-based mask: keep element i iff hash(keys, i) >= threshold. The
 //   backward is the same kernel applied to the gradient (same keys, same mask), so no mask buffer.
 
 const WG: u32 = 256u;
+const WG_ROWS: u32 = 64u;
 
 fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.y * nwg.x + wid.x) * WG + lid;
@@ -102,6 +107,128 @@ fn layernorm_backward_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
         let h = dg[base + c] * lgamma[c];
         let xhat = (lx[base + c] - mean) * rstd;
         ddx[base + c] = rstd * (h - m.x - xhat * m.y);
+    }
+}
+
+// ---- LayerNorm, one invocation per row ----
+// Loop bounds derive from the row's first index, not from uniforms alone (lavapipe specialises
+// shaders on uniforms that decide loop conditions).
+
+fn row_inv(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.y * nwg.x + wid.x) * WG_ROWS + lid;
+}
+
+// The mean is summed relative to the row's first element, so a large common offset costs
+// no precision in the one long sequential sum.
+@compute @workgroup_size(WG_ROWS)
+fn layernorm_forward_inv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = row_inv(wid, nwg, lid);
+    if r >= lp.rows { return; }
+    let base = r * lp.cols;
+    let end = base + lp.cols;
+    let inv_c = 1.0 / f32(lp.cols);
+    let x0 = lx[base];
+    var s = 0.0;
+    for (var i = base; i < end; i++) { s += lx[i] - x0; }
+    let mean = x0 + s * inv_c;
+    var q = 0.0;
+    for (var i = base; i < end; i++) {
+        let d = lx[i] - mean;
+        q += d * d;
+    }
+    let rstd = 1.0 / sqrt(q * inv_c + lp.eps);
+    for (var i = base; i < end; i++) {
+        let c = i - base;
+        ly[i] = (lx[i] - mean) * rstd * lgamma[c] + lbeta[c];
+    }
+    lmean[r] = mean;
+    lrstd[r] = rstd;
+}
+
+@compute @workgroup_size(WG_ROWS)
+fn layernorm_backward_dx_inv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = row_inv(wid, nwg, lid);
+    if r >= lp.rows { return; }
+    let base = r * lp.cols;
+    let end = base + lp.cols;
+    let mean = dmean[r];
+    let rstd = drstd[r];
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var i = base; i < end; i++) {
+        let h = dg[i] * lgamma[i - base];
+        let xhat = (lx[i] - mean) * rstd;
+        acc += vec2<f32>(h, h * xhat);
+    }
+    let m = acc * (1.0 / f32(lp.cols));
+    for (var i = base; i < end; i++) {
+        let h = dg[i] * lgamma[i - base];
+        let xhat = (lx[i] - mean) * rstd;
+        ddx[i] = rstd * (h - m.x - xhat * m.y);
+    }
+}
+
+// ---- LayerNorm, one invocation per row, vec4 loads (C % 4 == 0) ----
+// A quarter of the storage accesses of the scalar form (each one is a per-lane loop on
+// lavapipe) and four partial sums per quantity.
+
+@group(0) @binding(1) var<storage, read> lx4: array<vec4<f32>>;           // (rows, C / 4)
+@group(0) @binding(2) var<storage, read> lgamma4: array<vec4<f32>>;       // (C / 4)
+@group(0) @binding(3) var<storage, read> lbeta4: array<vec4<f32>>;        // (C / 4)
+@group(0) @binding(4) var<storage, read_write> ly4: array<vec4<f32>>;     // (rows, C / 4)
+@group(0) @binding(5) var<storage, read> dg4: array<vec4<f32>>;           // (rows, C / 4) gradient of y
+@group(0) @binding(6) var<storage, read_write> ddx4: array<vec4<f32>>;    // (rows, C / 4) gradient of x
+
+fn hsum(v: vec4<f32>) -> f32 {
+    return (v.x + v.y) + (v.z + v.w);
+}
+
+@compute @workgroup_size(WG_ROWS)
+fn layernorm_forward_inv4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = row_inv(wid, nwg, lid);
+    if r >= lp.rows { return; }
+    let base = r * (lp.cols / 4u);
+    let end = base + lp.cols / 4u;
+    let inv_c = 1.0 / f32(lp.cols);
+    let x0 = lx4[base].x;
+    var s = vec4<f32>(0.0);
+    for (var i = base; i < end; i++) { s += lx4[i] - x0; }
+    let mean = x0 + hsum(s) * inv_c;
+    var q = vec4<f32>(0.0);
+    for (var i = base; i < end; i++) {
+        let d = lx4[i] - mean;
+        q += d * d;
+    }
+    let rstd = 1.0 / sqrt(hsum(q) * inv_c + lp.eps);
+    for (var i = base; i < end; i++) {
+        let c = i - base;
+        ly4[i] = (lx4[i] - mean) * rstd * lgamma4[c] + lbeta4[c];
+    }
+    lmean[r] = mean;
+    lrstd[r] = rstd;
+}
+
+@compute @workgroup_size(WG_ROWS)
+fn layernorm_backward_dx_inv4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = row_inv(wid, nwg, lid);
+    if r >= lp.rows { return; }
+    let base = r * (lp.cols / 4u);
+    let end = base + lp.cols / 4u;
+    let mean = dmean[r];
+    let rstd = drstd[r];
+    var sh = vec4<f32>(0.0);
+    var shx = vec4<f32>(0.0);
+    for (var i = base; i < end; i++) {
+        let h = dg4[i] * lgamma4[i - base];
+        sh += h;
+        shx += h * ((lx4[i] - mean) * rstd);
+    }
+    let inv_c = 1.0 / f32(lp.cols);
+    let mh = hsum(sh) * inv_c;
+    let mhx = hsum(shx) * inv_c;
+    for (var i = base; i < end; i++) {
+        let h = dg4[i] * lgamma4[i - base];
+        let xhat = (lx4[i] - mean) * rstd;
+        ddx4[i] = rstd * (h - mh - xhat * mhx);
     }
 }
 

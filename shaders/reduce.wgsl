@@ -1,8 +1,14 @@
 // Reductions over the last axis of a (rows, cols) view: sum (scaled, so mean is sum * 1/cols)
-// and max. One workgroup per row, strided loads, a tree in workgroup memory. Reducing over
-// all elements runs this twice: rows of a chunked view first, then the partials.
+// and max. Reducing over all elements runs this twice: rows of a chunked view first, then the
+// partials. Two forms (chosen per adapter and row length in src/kernels/rows.rs):
+// - one workgroup per row, strided loads, a tree in workgroup memory (GPUs, long rows);
+// - `*_inv`: one invocation per row looping over its columns, WG_ROWS rows per workgroup; no
+//   workgroup memory and no barriers (CPU adapters). Loop bounds derive from the row's first
+//   index, not from uniforms alone (lavapipe specialises shaders on such uniforms).
+// The one-subgroup-per-row form is in reduce_subgroup.wgsl.
 
 const WG: u32 = 256u;
+const WG_ROWS: u32 = 64u;
 
 struct Reduce {
     rows: u32,
@@ -58,6 +64,34 @@ fn max_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         workgroupBarrier();
     }
     if lid == 0u { y[r] = sh[0]; }
+}
+
+// ---- one invocation per row ----
+
+fn row_inv(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.y * nwg.x + wid.x) * WG_ROWS + lid;
+}
+
+@compute @workgroup_size(WG_ROWS)
+fn sum_rows_inv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = row_inv(wid, nwg, lid);
+    if r >= p.rows { return; }
+    let base = r * p.cols;
+    let end = min(base + p.cols, p.n);
+    var acc = 0.0;
+    for (var i = base; i < end; i++) { acc += x[i]; }
+    y[r] = acc * p.scale;
+}
+
+@compute @workgroup_size(WG_ROWS)
+fn max_rows_inv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = row_inv(wid, nwg, lid);
+    if r >= p.rows { return; }
+    let base = r * p.cols;
+    let end = min(base + p.cols, p.n);
+    var acc = x[min(base, p.n - 1u)];
+    for (var i = base + 1u; i < end; i++) { acc = max(acc, x[i]); }
+    y[r] = acc;
 }
 
 // ---- sum_to: reduce a broadcast gradient back to an operand's shape ----
@@ -118,4 +152,34 @@ fn sum_to(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         acc += sg[off];
     }
     so[i] = acc;
+}
+
+// ---- sum_cols: column sums of a (rows, cols) view (sum_to over leading dims: bias gradients) ----
+// Invocation (k, c) sums rows [k * chunk, (k + 1) * chunk) of column c, in order, into
+// partials (chunks, cols); neighbouring invocations read neighbouring columns. No index
+// arithmetic per term (the general sum_to divides per term), no barriers. The loop bound comes
+// from the invocation's chunk, not from uniforms alone.
+
+struct SumCols {
+    rows: u32,
+    cols: u32,
+    chunk: u32,  // rows summed by one invocation
+    n: u32,      // invocations: chunks * cols
+}
+
+@group(0) @binding(0) var<uniform> cp: SumCols;
+@group(0) @binding(1) var<storage, read> cg: array<f32>;        // (rows, cols)
+@group(0) @binding(2) var<storage, read_write> co: array<f32>;  // (chunks, cols) partial sums
+
+@compute @workgroup_size(WG)
+fn sum_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let o = (wid.y * nwg.x + wid.x) * WG + lid;
+    if o >= cp.n { return; }
+    let k = o / cp.cols;
+    let c = o % cp.cols;
+    let r1 = min((k + 1u) * cp.chunk, cp.rows);
+    let end = r1 * cp.cols;
+    var acc = 0.0;
+    for (var i = k * cp.chunk * cp.cols + c; i < end; i += cp.cols) { acc += cg[i]; }
+    co[o] = acc;
 }

@@ -152,6 +152,48 @@ pub fn random_vec(n: usize, lo: f32, hi: f32, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// Restores the previous forced row-kernel form when dropped (see [`force_row_kernel`]).
+#[doc(hidden)]
+pub struct RowKernelGuard {
+    prev: Option<crate::kernels::rows::RowKernel>,
+}
+
+impl Drop for RowKernelGuard {
+    fn drop(&mut self) {
+        crate::kernels::rows::set_forced(self.prev);
+    }
+}
+
+/// Force how the row-wise kernels (softmax, sums and maxima over the last axis, LayerNorm,
+/// cross-entropy, accuracy) map rows to invocations, on the calling thread, until the guard
+/// drops: `"workgroup"`, `"subgroup"` or `"invocation"`, or `"auto"` for the adapter's rule.
+/// A form the device cannot run (subgroups missing, a row too long for one invocation)
+/// falls back to the rule. For tests and benchmarks.
+#[doc(hidden)]
+pub fn force_row_kernel(name: &str) -> Result<RowKernelGuard> {
+    let k = match name {
+        "auto" => None,
+        other => Some(
+            crate::kernels::rows::RowKernel::parse(other).ok_or_else(|| Error::InvalidArgument {
+                op: "force_row_kernel",
+                message: format!(
+                    "unknown row kernel {other:?}; expected auto, workgroup, subgroup or invocation"
+                ),
+            })?,
+        ),
+    };
+    Ok(RowKernelGuard {
+        prev: crate::kernels::rows::set_forced(k),
+    })
+}
+
+/// The row-kernel form that rows of `cols` columns get on `dev` from the calling thread now
+/// (the adapter's rule, or the forced form where the device can run it).
+#[doc(hidden)]
+pub fn row_kernel_for(dev: &Device, cols: usize) -> &'static str {
+    crate::kernels::rows::choose(dev, cols).name()
+}
+
 /// One input of a [`GradCheck`]: its shape, the range its random values are drawn from, and
 /// whether the check asks for its gradient.
 #[derive(Clone, Debug)]

@@ -1,13 +1,25 @@
 //! Launcher for `shaders/loss.wgsl`: mean squared error, binary cross-entropy on logits,
 //! sparse categorical cross-entropy (optional ignore index), and binary / multi-class accuracy.
 //! Every result is a shape-`[]` mean computed on the GPU by deterministic reductions.
+//!
+//! The per-row kernels of cross-entropy and accuracy come in three forms (a workgroup, a
+//! subgroup or one invocation per row, `shaders/loss_subgroup.wgsl` for the subgroup one),
+//! chosen per adapter and class count by `rows::choose`, whose rule is documented in
+//! `src/kernels/rows.rs`.
+//! The final sums over rows stay one workgroup each (one barrier tree per loss).
 
+use super::rows;
 use super::{WG, elems_grid, shader};
 use crate::error::{Error, Result};
 use crate::runtime::{Access, Shader, grid_1d};
 use crate::tensor::{DType, Tensor};
 
 pub(crate) const SHADER: Shader = shader("loss", include_str!("../../shaders/loss.wgsl"));
+/// Compiled only when the device has subgroups.
+pub(crate) const SUBGROUP_SHADER: Shader = shader(
+    "loss_subgroup",
+    include_str!("../../shaders/loss_subgroup.wgsl"),
+);
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -261,10 +273,19 @@ pub(crate) fn cross_entropy(
     let loss = Tensor::empty(&z.dev, OP, &[], DType::F32)?;
     let count = Tensor::empty(&z.dev, OP, &[], DType::F32)?;
     let p = rows_params(rows, cols, ignore);
+    let pl = rows::plan(
+        &z.dev,
+        &SHADER,
+        &SUBGROUP_SHADER,
+        "ce_rows",
+        false,
+        rows,
+        cols,
+    )?;
     // z: (rows, C), t: (rows) -> stats: (rows, 2) (loss, counted), lse: (rows)
     z.dev.dispatch(
-        &SHADER,
-        "ce_rows",
+        pl.shader,
+        &pl.entry,
         &[],
         &p,
         &[
@@ -273,7 +294,7 @@ pub(crate) fn cross_entropy(
             (&stats.storage, Access::ReadWrite),
             (&lse.storage, Access::ReadWrite),
         ],
-        grid_1d(rows as u64)?,
+        pl.grid,
     )?;
     // stats: (rows, 2) -> loss: (), count: ()
     z.dev.dispatch(
@@ -327,10 +348,19 @@ pub(crate) fn accuracy(z: &Tensor, t: &Tensor) -> Result<Tensor> {
     let (rows, cols) = check_rows(OP, z, t)?;
     let correct = Tensor::empty(&z.dev, OP, &[rows], DType::F32)?;
     let out = Tensor::empty(&z.dev, OP, &[], DType::F32)?;
+    let pl = rows::plan(
+        &z.dev,
+        &SHADER,
+        &SUBGROUP_SHADER,
+        "accuracy_rows",
+        false,
+        rows,
+        cols,
+    )?;
     // z: (rows, C), t: (rows) -> correct: (rows)
     z.dev.dispatch(
-        &SHADER,
-        "accuracy_rows",
+        pl.shader,
+        &pl.entry,
         &[],
         &rows_params(rows, cols, None),
         &[
@@ -338,7 +368,7 @@ pub(crate) fn accuracy(z: &Tensor, t: &Tensor) -> Result<Tensor> {
             (&t.storage, Access::Read),
             (&correct.storage, Access::ReadWrite),
         ],
-        grid_1d(rows as u64)?,
+        pl.grid,
     )?;
     finish_sum(&correct, rows, (1.0 / rows as f64) as f32, &out)?;
     Ok(out)

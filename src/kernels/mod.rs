@@ -10,6 +10,7 @@ pub(crate) mod matmul;
 pub(crate) mod nn;
 pub(crate) mod optim;
 pub(crate) mod reduce;
+pub(crate) mod rows;
 pub(crate) mod softmax;
 pub(crate) mod train;
 pub(crate) mod unary;
@@ -23,7 +24,9 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("unary", unary::SHADER.source),
     ("init", init::SHADER.source),
     ("reduce", reduce::SHADER.source),
+    ("reduce_subgroup", reduce::SUBGROUP_SHADER.source),
     ("softmax", softmax::SHADER.source),
+    ("softmax_subgroup", softmax::SUBGROUP_SHADER.source),
     ("layout", layout::SHADER.source),
     ("attention", attention::SHADER.source),
     ("optim", optim::SHADER.source),
@@ -31,7 +34,9 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("matmul", matmul::SHADER.source),
     ("matmul_subgroup", matmul::SUBGROUP_SHADER.source),
     ("nn", nn::SHADER.source),
+    ("nn_subgroup", nn::SUBGROUP_SHADER.source),
     ("loss", loss::SHADER.source),
+    ("loss_subgroup", loss::SUBGROUP_SHADER.source),
 ];
 
 /// Invocations per workgroup of the 1-D elementwise kernels (`WG` in their WGSL).

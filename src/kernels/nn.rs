@@ -1,12 +1,22 @@
-//! Launcher for `shaders/nn.wgsl`: fused LayerNorm (forward saving mean and rstd; backward
-//! for x and for gamma/beta) and dropout with a counter-based mask.
+//! Launcher for `shaders/nn.wgsl` and `shaders/nn_subgroup.wgsl`: fused LayerNorm (forward
+//! saving mean and rstd; backward for x and for gamma/beta) and dropout with a counter-based
+//! mask. The LayerNorm row kernels (forward, backward for x) come in three forms (a workgroup,
+//! a subgroup or one invocation per row), chosen per adapter and row length by
+//! `rows::choose`, whose rule is documented in `src/kernels/rows.rs`. The gamma/beta backward
+//! is barrier-free column sums in every case.
 
+use super::rows;
 use super::{elems_grid, reduce, shader};
 use crate::error::{Error, Result};
-use crate::runtime::{Access, Shader, grid_1d};
+use crate::runtime::{Access, Shader};
 use crate::tensor::{DType, Tensor};
 
 pub(crate) const SHADER: Shader = shader("nn", include_str!("../../shaders/nn.wgsl"));
+/// Compiled only when the device has subgroups.
+pub(crate) const SUBGROUP_SHADER: Shader = shader(
+    "nn_subgroup",
+    include_str!("../../shaders/nn_subgroup.wgsl"),
+);
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -90,10 +100,19 @@ pub(crate) fn layer_norm(
     let y = Tensor::empty(&x.dev, OP, &x.shape, DType::F32)?;
     let mean = Tensor::empty(&x.dev, OP, &[rows], DType::F32)?;
     let rstd = Tensor::empty(&x.dev, OP, &[rows], DType::F32)?;
+    let pl = rows::plan(
+        &x.dev,
+        &SHADER,
+        &SUBGROUP_SHADER,
+        "layernorm_forward",
+        true,
+        rows,
+        cols,
+    )?;
     // x: (rows, C), gamma, beta: (C) -> y: (rows, C), mean, rstd: (rows)
     x.dev.dispatch(
-        &SHADER,
-        "layernorm_forward",
+        pl.shader,
+        &pl.entry,
         &[],
         &ln_params(rows, cols, eps),
         &[
@@ -104,7 +123,7 @@ pub(crate) fn layer_norm(
             (&mean.storage, Access::ReadWrite),
             (&rstd.storage, Access::ReadWrite),
         ],
-        grid_1d(rows as u64)?,
+        pl.grid,
     )?;
     Ok((y, mean, rstd))
 }
@@ -120,10 +139,19 @@ pub(crate) fn layer_norm_dx(
     let cols = gamma.numel();
     let rows = x.numel() / cols;
     let dx = Tensor::empty(&x.dev, "layer_norm backward", &x.shape, DType::F32)?;
+    let pl = rows::plan(
+        &x.dev,
+        &SHADER,
+        &SUBGROUP_SHADER,
+        "layernorm_backward_dx",
+        true,
+        rows,
+        cols,
+    )?;
     // x: (rows, C), gamma: (C), mean, rstd: (rows), g: (rows, C) -> dx: (rows, C)
     x.dev.dispatch(
-        &SHADER,
-        "layernorm_backward_dx",
+        pl.shader,
+        &pl.entry,
         &[],
         &ln_params(rows, cols, 0.0),
         &[
@@ -134,7 +162,7 @@ pub(crate) fn layer_norm_dx(
             (&g.storage, Access::Read),
             (&dx.storage, Access::ReadWrite),
         ],
-        grid_1d(rows as u64)?,
+        pl.grid,
     )?;
     Ok(dx)
 }

@@ -1,11 +1,21 @@
-//! Launcher for `shaders/reduce.wgsl`: sum / mean / max over the last axis or all elements.
+//! Launcher for `shaders/reduce.wgsl` and `shaders/reduce_subgroup.wgsl`: sum / mean / max
+//! over the last axis or all elements, and `sum_to` (a broadcast gradient summed back to its
+//! operand's shape). The row reductions come in three forms (a workgroup, a subgroup or one
+//! invocation per row), chosen per adapter and row length by `rows::choose`, whose rule is
+//! documented in `src/kernels/rows.rs`.
 
+use super::rows::{self, RowKernel};
 use super::shader;
 use crate::error::{Error, Result};
-use crate::runtime::{Access, Shader, grid_1d};
+use crate::runtime::{Access, Shader};
 use crate::tensor::{DType, Tensor};
 
 pub(crate) const SHADER: Shader = shader("reduce", include_str!("../../shaders/reduce.wgsl"));
+/// Compiled only when the device has subgroups.
+pub(crate) const SUBGROUP_SHADER: Shader = shader(
+    "reduce_subgroup",
+    include_str!("../../shaders/reduce_subgroup.wgsl"),
+);
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -32,10 +42,14 @@ impl Op {
             Op::Max => "max",
         }
     }
-    fn entry(self) -> &'static str {
-        match self {
-            Op::Max => "max_rows",
-            _ => "sum_rows",
+    fn entry(self, k: RowKernel) -> &'static str {
+        match (self, k) {
+            (Op::Max, RowKernel::Workgroup) => "max_rows",
+            (Op::Max, RowKernel::Subgroup) => "max_rows_sg",
+            (Op::Max, RowKernel::Invocation) => "max_rows_inv",
+            (_, RowKernel::Workgroup) => "sum_rows",
+            (_, RowKernel::Subgroup) => "sum_rows_sg",
+            (_, RowKernel::Invocation) => "sum_rows_inv",
         }
     }
 }
@@ -50,17 +64,23 @@ fn rows_pass(x: &Tensor, out: &Tensor, rows: usize, cols: usize, op: Op, scale: 
         n: x.numel() as u32,
         scale,
     };
+    let k = rows::choose(&x.dev, cols);
+    let shader = if k == RowKernel::Subgroup {
+        &SUBGROUP_SHADER
+    } else {
+        &SHADER
+    };
     // x: (rows, cols) -> out: (rows)
     x.dev.dispatch(
-        &SHADER,
-        op.entry(),
+        shader,
+        op.entry(k),
         &[],
         &p,
         &[
             (&x.storage, Access::Read),
             (&out.storage, Access::ReadWrite),
         ],
-        grid_1d(rows as u64)?,
+        rows::grid(k, rows)?,
     )
 }
 
@@ -135,7 +155,56 @@ const _: () = assert!(std::mem::size_of::<SumToParams>() == 160);
 /// 65,535-iteration loop limit).
 const SUM_TO_CHUNK: usize = 2048;
 
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct SumColsParams {
+    rows: u32,
+    cols: u32,
+    chunk: u32,
+    n: u32,
+}
+const _: () = assert!(std::mem::size_of::<SumColsParams>() == 16);
+
+/// Rows one invocation of `sum_cols` adds (loop trips, far under llvmpipe's 65,535 cap). Short
+/// enough that a bias gradient over a few thousand rows spreads over chunks x columns
+/// invocations; the (chunks, cols) partials are summed the same way until one row is left.
+const SUM_COLS_CHUNK: usize = 256;
+
+/// Column sums of `g` viewed as (rows, cols) -> (cols), in a fixed order.
+fn sum_cols(g: &Tensor, rows: usize, cols: usize) -> Result<Tensor> {
+    let chunks = rows.div_ceil(SUM_COLS_CHUNK);
+    let out = Tensor::empty(&g.dev, "sum_to", &[chunks, cols], DType::F32)?;
+    let n = chunks * cols;
+    let p = SumColsParams {
+        rows: rows as u32,
+        cols: cols as u32,
+        chunk: SUM_COLS_CHUNK as u32,
+        n: n as u32,
+    };
+    // g: (rows, cols) -> out: (chunks, cols) partial sums
+    g.dev.dispatch(
+        &SHADER,
+        "sum_cols",
+        &[],
+        &p,
+        &[
+            (&g.storage, Access::Read),
+            (&out.storage, Access::ReadWrite),
+        ],
+        super::elems_grid(n)?,
+    )?;
+    if chunks == 1 {
+        return Ok(out.view_raw(vec![cols]));
+    }
+    sum_cols(&out, chunks, cols)
+}
+
 /// Sum a gradient of broadcast shape `g.shape` down to `shape` (which broadcasts to it).
+///
+/// When only leading dims are reduced (a bias gradient: (B, T, N) -> (N)) the sum is column
+/// sums of a (rows, N) view ([`sum_cols`]); other patterns take the general strided kernel,
+/// which decomposes every term's index (an integer division per dim and term: ~14 ms for
+/// (2048, 384) -> (384) on lavapipe against ~1 ms for the column sums).
 pub(crate) fn sum_to(g: &Tensor, shape: &[usize]) -> Result<Tensor> {
     if g.shape == shape {
         return Ok(g.clone());
@@ -150,6 +219,15 @@ pub(crate) fn sum_to(g: &Tensor, shape: &[usize]) -> Result<Tensor> {
     let padded: Vec<usize> = std::iter::repeat_n(1, rank - shape.len())
         .chain(shape.iter().copied())
         .collect();
+    // Leading dims reduced (size 1 in `shape`), the trailing ones kept whole.
+    let lead = padded.iter().position(|&s| s != 1).unwrap_or(rank);
+    if lead > 0 && padded[lead..] == g.shape[lead..] {
+        let rows: usize = g.shape[..lead].iter().product();
+        let cols: usize = g.shape[lead..].iter().product();
+        if rows > 0 && cols > 0 {
+            return Ok(sum_cols(g, rows, cols)?.view_raw(shape.to_vec()));
+        }
+    }
     let mut p = SumToParams {
         n_out: 0,
         n_red: 1,

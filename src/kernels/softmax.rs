@@ -1,11 +1,20 @@
-//! Launcher for `shaders/softmax.wgsl`: softmax and log-softmax over the last axis.
+//! Launcher for `shaders/softmax.wgsl` and `shaders/softmax_subgroup.wgsl`: softmax and
+//! log-softmax over the last axis, and their backward. The form (a workgroup, a subgroup or
+//! one invocation per row) is chosen per adapter and row length by `rows::choose`, whose rule
+//! is documented in `src/kernels/rows.rs`.
 
+use super::rows;
 use super::shader;
 use crate::error::{Error, Result};
-use crate::runtime::{Access, Shader, grid_1d};
+use crate::runtime::{Access, Shader};
 use crate::tensor::{DType, Tensor};
 
 pub(crate) const SHADER: Shader = shader("softmax", include_str!("../../shaders/softmax.wgsl"));
+/// Compiled only when the device has subgroups.
+pub(crate) const SUBGROUP_SHADER: Shader = shader(
+    "softmax_subgroup",
+    include_str!("../../shaders/softmax_subgroup.wgsl"),
+);
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -35,17 +44,18 @@ pub(crate) fn softmax(x: &Tensor, log: bool) -> Result<Tensor> {
         cols: cols as u32,
         _pad: [0; 2],
     };
+    let pl = rows::plan(&x.dev, &SHADER, &SUBGROUP_SHADER, name, false, rows, cols)?;
     // x: (rows, cols) -> out: (rows, cols)
     x.dev.dispatch(
-        &SHADER,
-        name,
+        pl.shader,
+        &pl.entry,
         &[],
         &p,
         &[
             (&x.storage, Access::Read),
             (&out.storage, Access::ReadWrite),
         ],
-        grid_1d(rows as u64)?,
+        pl.grid,
     )?;
     Ok(out)
 }
@@ -65,10 +75,11 @@ pub(crate) fn backward(y: &Tensor, g: &Tensor, log: bool) -> Result<Tensor> {
     } else {
         "softmax_backward"
     };
+    let pl = rows::plan(&y.dev, &SHADER, &SUBGROUP_SHADER, entry, false, rows, cols)?;
     // y, g: (rows, cols) -> out: (rows, cols)
     y.dev.dispatch(
-        &SHADER,
-        entry,
+        pl.shader,
+        &pl.entry,
         &[],
         &p,
         &[
@@ -76,7 +87,7 @@ pub(crate) fn backward(y: &Tensor, g: &Tensor, log: bool) -> Result<Tensor> {
             (&g.storage, Access::Read),
             (&out.storage, Access::ReadWrite),
         ],
-        grid_1d(rows as u64)?,
+        pl.grid,
     )?;
     Ok(out)
 }
