@@ -261,6 +261,34 @@ fn layernorm_backward_params(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
     pdbeta[o] = sb;
 }
 
+// Same with vec4 loads when C % 4 == 0: invocation (k, c4) sums columns 4 c4 .. 4 c4 + 3
+// (a quarter of the storage accesses; n = chunks * C / 4).
+@group(0) @binding(1) var<storage, read> px4: array<vec4<f32>>;            // (rows, C / 4)
+@group(0) @binding(4) var<storage, read> pg4: array<vec4<f32>>;            // (rows, C / 4)
+@group(0) @binding(5) var<storage, read_write> pdgamma4: array<vec4<f32>>; // (chunks, C / 4)
+@group(0) @binding(6) var<storage, read_write> pdbeta4: array<vec4<f32>>;  // (chunks, C / 4)
+
+@compute @workgroup_size(WG)
+fn layernorm_backward_params4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let o = flat(wid, nwg, lid);
+    if o >= lp.n { return; }
+    let c4 = lp.cols / 4u;
+    let k = o / c4;
+    let c = o % c4;
+    let r0 = k * lp.chunk;
+    let r1 = min(r0 + lp.chunk, lp.rows);
+    var sg = vec4<f32>(0.0);
+    var sb = vec4<f32>(0.0);
+    for (var r = r0; r < r1; r++) {
+        let i = r * c4 + c;
+        let g = pg4[i];
+        sb += g;
+        sg += g * (px4[i] - pmean[r]) * prstd[r];
+    }
+    pdgamma4[o] = sg;
+    pdbeta4[o] = sb;
+}
+
 // ---- Dropout ----
 
 struct Dropout {

@@ -183,3 +183,22 @@ fn sum_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     for (var i = k * cp.chunk * cp.cols + c; i < end; i += cp.cols) { acc += cg[i]; }
     co[o] = acc;
 }
+
+// Same with vec4 loads when cols % 4 == 0: invocation (k, c4) sums columns 4 c4 .. 4 c4 + 3
+// (a quarter of the storage accesses; n = chunks * cols / 4).
+@group(0) @binding(1) var<storage, read> cg4: array<vec4<f32>>;        // (rows, cols / 4)
+@group(0) @binding(2) var<storage, read_write> co4: array<vec4<f32>>;  // (chunks, cols / 4)
+
+@compute @workgroup_size(WG)
+fn sum_cols4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let o = (wid.y * nwg.x + wid.x) * WG + lid;
+    if o >= cp.n { return; }
+    let c4 = cp.cols / 4u;
+    let k = o / c4;
+    let c = o % c4;
+    let r1 = min((k + 1u) * cp.chunk, cp.rows);
+    let end = r1 * c4;
+    var acc = vec4<f32>(0.0);
+    for (var i = k * cp.chunk * c4 + c; i < end; i += c4) { acc += cg4[i]; }
+    co4[o] = acc;
+}

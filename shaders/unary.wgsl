@@ -165,3 +165,26 @@ fn runb(op: u32, wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
 @compute @workgroup_size(WG) fn gelu_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb(8u, w, n, l); }
 @compute @workgroup_size(WG) fn sigmoid_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb(9u, w, n, l); }
 @compute @workgroup_size(WG) fn tanh_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb(10u, w, n, l); }
+
+// Four elements per invocation when n % 4 == 0 (16-byte loads; a quarter of the invocations).
+@group(0) @binding(1) var<storage, read> bsaved4: array<vec4<f32>>;     // (n / 4)
+@group(0) @binding(2) var<storage, read> bgrad4: array<vec4<f32>>;      // (n / 4)
+@group(0) @binding(3) var<storage, read_write> bout4: array<vec4<f32>>; // (n / 4)
+
+fn runb4(op: u32, wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
+    let i = flat(wid, nwg, lid);
+    if i < p.n / 4u {
+        let s = bsaved4[i];
+        let g = bgrad4[i];
+        bout4[i] = vec4<f32>(dapply(op, s.x, g.x), dapply(op, s.y, g.y), dapply(op, s.z, g.z), dapply(op, s.w, g.w));
+    }
+}
+
+@compute @workgroup_size(WG) fn exp_backward4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb4(3u, w, n, l); }
+@compute @workgroup_size(WG) fn log_backward4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb4(4u, w, n, l); }
+@compute @workgroup_size(WG) fn sqrt_backward4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb4(5u, w, n, l); }
+@compute @workgroup_size(WG) fn pow_scalar_backward4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb4(6u, w, n, l); }
+@compute @workgroup_size(WG) fn relu_backward4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb4(7u, w, n, l); }
+@compute @workgroup_size(WG) fn gelu_backward4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb4(8u, w, n, l); }
+@compute @workgroup_size(WG) fn sigmoid_backward4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb4(9u, w, n, l); }
+@compute @workgroup_size(WG) fn tanh_backward4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb4(10u, w, n, l); }

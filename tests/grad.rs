@@ -17,7 +17,8 @@ fn unary_case(
     lo: f32,
     hi: f32,
 ) {
-    for shape in [&[1usize][..], &[7], &[3, 37]] {
+    // [4, 9]: a multiple of 4, the vec4 forward and backward entry points.
+    for shape in [&[1usize][..], &[7], &[3, 37], &[4, 9]] {
         check_grad(
             &format!("{name} {shape:?}"),
             &[inp(shape, lo, hi)],

@@ -181,13 +181,23 @@ pub(crate) fn layer_norm_dparams(
     let chunks = rows.div_ceil(LN_PARAM_CHUNK).max(1);
     let dgamma = Tensor::empty(&x.dev, op, &[chunks, cols], DType::F32)?;
     let dbeta = Tensor::empty(&x.dev, op, &[chunks, cols], DType::F32)?;
-    let n = chunks * cols;
+    // Four columns to an invocation (vec4 loads) when C % 4 == 0.
+    let vec4 = cols.is_multiple_of(4);
+    let n = if vec4 {
+        chunks * cols / 4
+    } else {
+        chunks * cols
+    };
     let mut p = ln_params(rows, cols, 0.0);
     p.n = n as u32;
     // x: (rows, C), mean, rstd: (rows), g: (rows, C) -> dgamma, dbeta partials: (chunks, C)
     x.dev.dispatch(
         &SHADER,
-        "layernorm_backward_params",
+        if vec4 {
+            "layernorm_backward_params4"
+        } else {
+            "layernorm_backward_params"
+        },
         &[],
         &p,
         &[
