@@ -3,10 +3,15 @@
 
 const WG: u32 = 256u;
 
+// The indexing mode (the params' `mode`), fixed per pipeline: a CPU adapter (lavapipe) runs
+// every branch of a switch on a uniform value masked, so the general path's per-dim integer
+// divisions would cost every element whatever the mode.
+override MODE: u32 = 0u;
+
 struct Binary {
     n: u32,      // output elements
     rank: u32,   // dims used in shape/sa/sb (general mode)
-    mode: u32,   // 0 general strided, 1 same shape, 2 b repeats (ib = i % nb), 3 a repeats
+    mode: u32,   // 0 general strided, 1 same shape, 2 b repeats (ib = i % nb), 3 a repeats (= MODE)
     nb: u32,     // elements of the repeating operand in modes 2/3
     shape: array<vec4<u32>, 2>, // output shape, up to rank 8
     sa: array<vec4<u32>, 2>,    // strides of a per output dim (0 where broadcast)
@@ -28,7 +33,7 @@ fn dim(v: array<vec4<u32>, 2>, d: u32) -> u32 {
 
 // Indices of a and b that feed output element i.
 fn operands(i: u32) -> vec2<u32> {
-    switch bp.mode {
+    switch MODE {
         case 1u: { return vec2<u32>(i, i); }
         case 2u: { return vec2<u32>(i, i % bp.nb); }
         case 3u: { return vec2<u32>(i % bp.nb, i); }
@@ -120,18 +125,29 @@ fn div4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }
 
 // ---- expand: out[i] = a[broadcast index] * scale (the backward of sum/mean, broadcast_to) ----
-// Uses the Binary params in general mode; `nb` carries the f32 scale's bits.
+// Uses the Binary params; `nb` carries the f32 scale's bits. Modes (set by the launcher) avoid
+// the per-dim index decomposition, an integer division per dim and element, for the common
+// layouts: 4 one source element; 5 each source element repeated sb[0] times (a reduced
+// trailing axis: (rows, 1) -> (rows, cols)); 2 the source repeated whole (ia = i % sb[0]);
+// 0 general strided.
 @compute @workgroup_size(WG)
 fn expand(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = flat(wid, nwg, lid);
     if i >= bp.n { return; }
-    var rem = i;
     var ia = 0u;
-    for (var k = 0u; k < bp.rank; k++) {
-        let d = bp.rank - 1u - k;
-        let s = dim(bp.shape, d);
-        ia += (rem % s) * dim(bp.sa, d);
-        rem = rem / s;
+    switch MODE {
+        case 4u: { ia = 0u; }
+        case 5u: { ia = i / bp.sb[0].x; }
+        case 2u: { ia = i % bp.sb[0].x; }
+        default: {
+            var rem = i;
+            for (var k = 0u; k < bp.rank; k++) {
+                let d = bp.rank - 1u - k;
+                let s = dim(bp.shape, d);
+                ia += (rem % s) * dim(bp.sa, d);
+                rem = rem / s;
+            }
+        }
     }
     bo[i] = ba[ia] * bitcast<f32>(bp.nb);
 }

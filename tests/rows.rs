@@ -444,3 +444,55 @@ fn bias_gradients_take_the_column_sum_path() {
         );
     }
 }
+
+#[test]
+fn broadcast_layouts_of_expand() {
+    // expand (broadcast_to, and the backward of sum / mean) has an index path per layout: one
+    // element, each element repeated (a reduced trailing axis), the whole source repeated, and
+    // general strides. Each against a CPU broadcast.
+    let dev = shared_device();
+    let cases: [(&[usize], &[usize]); 7] = [
+        (&[1], &[5, 7]),
+        (&[], &[3, 4]),
+        (&[6, 1], &[6, 9]),
+        (&[2, 3, 1, 1], &[2, 3, 4, 5]),
+        (&[3, 4], &[2, 3, 4]),
+        (&[1, 4], &[5, 4]),
+        (&[3, 1], &[2, 3, 4]),
+    ];
+    for (src, dst) in cases {
+        let nx: usize = src.iter().product();
+        let x = random_vec(nx, -1.0, 1.0, 3);
+        let got = up(&dev, &x, src)
+            .broadcast_to(dst)
+            .unwrap()
+            .to_vec()
+            .unwrap();
+        let rank = dst.len();
+        let padded: Vec<usize> = std::iter::repeat_n(1, rank - src.len())
+            .chain(src.iter().copied())
+            .collect();
+        let n: usize = dst.iter().product();
+        let want: Vec<f64> = (0..n)
+            .map(|i| {
+                let (mut rem, mut ia, mut stride) = (i, 0, 1);
+                for d in (0..rank).rev() {
+                    let c = rem % dst[d];
+                    rem /= dst[d];
+                    if padded[d] != 1 {
+                        ia += c * stride;
+                    }
+                    stride *= padded[d];
+                }
+                f64::from(x[ia])
+            })
+            .collect();
+        assert_close(
+            &format!("broadcast_to {src:?} -> {dst:?}"),
+            &got,
+            &want,
+            0.0,
+            0.0,
+        );
+    }
+}

@@ -157,9 +157,15 @@ pub(crate) fn binary(a: &Tensor, b: &Tensor, op: Op) -> Result<Tensor> {
         p.mode = 3;
         p.nb = a.numel() as u32;
     }
-    // a, b: broadcastable to out -> out: (out_shape)
-    a.dev
-        .dispatch(&SHADER, name, &[], &p, &bindings, elems_grid(n)?)?;
+    // a, b: broadcastable to out -> out: (out_shape); the mode is also a pipeline constant
+    a.dev.dispatch(
+        &SHADER,
+        name,
+        &[("MODE", f64::from(p.mode))],
+        &p,
+        &bindings,
+        elems_grid(n)?,
+    )?;
     Ok(out)
 }
 
@@ -192,11 +198,34 @@ pub(crate) fn expand(x: &Tensor, shape: &[usize], scale: f32) -> Result<Tensor> 
     for (i, &d) in shape.iter().enumerate() {
         p.shape[i] = d as u32;
     }
+    // Cheaper index math for the common layouts (see `expand` in the shader).
+    let nx = x.numel();
+    let lead = shape.len() - x.shape.len();
+    let padded: Vec<usize> = std::iter::repeat_n(1, lead)
+        .chain(x.shape.iter().copied())
+        .collect();
+    // Dims of `x` kept before the first broadcast one; all broadcast after it?
+    let k = padded
+        .iter()
+        .zip(shape)
+        .position(|(a, b)| a != b)
+        .unwrap_or(shape.len());
+    if nx == 0 {
+        // Nothing to read (and nothing to write: n == 0 too).
+    } else if nx == 1 {
+        p.mode = 4;
+    } else if padded[k..].iter().all(|&d| d == 1) {
+        p.mode = 5;
+        p.sb[0] = (n / nx) as u32;
+    } else if is_suffix(&x.shape, shape) {
+        p.mode = 2;
+        p.sb[0] = nx as u32;
+    }
     // x: broadcastable -> out: (shape); b is bound to x as an unused placeholder
     x.dev.dispatch(
         &SHADER,
         "expand",
-        &[],
+        &[("MODE", f64::from(p.mode))],
         &p,
         &[
             (&x.storage, Access::Read),
