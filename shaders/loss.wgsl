@@ -55,13 +55,17 @@ fn sigmoid(z: f32) -> f32 {
 struct Elem {
     n: u32,      // elements
     chunk: u32,  // elements per workgroup of the partial pass
-    kind: u32,   // KIND_*
+    kind: u32,   // KIND_* (= KIND)
     parts: u32,  // workgroups of the partial pass
     scale: f32,  // 1 / n, applied by whichever pass writes the final value
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
 }
+
+// The elementwise loss, fixed per pipeline (a CPU adapter runs every branch of a switch on a
+// uniform value masked).
+override KIND: u32 = 0u;
 
 @group(0) @binding(0) var<uniform> ep: Elem;
 @group(0) @binding(1) var<storage, read> ex: array<f32>;          // (n) input / logits
@@ -70,7 +74,7 @@ struct Elem {
 
 // One element's term of the mean.
 fn elem_term(x: f32, t: f32) -> f32 {
-    switch ep.kind {
+    switch KIND {
         case KIND_MSE: {
             let d = x - t;
             return d * d;
@@ -107,6 +111,23 @@ fn elem_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     }
 }
 
+// The same partial sums with one invocation per chunk, looping over it in order (CPU adapters:
+// no barriers). The loop bound comes from the invocation's chunk, not from uniforms alone.
+@compute @workgroup_size(WG_ROWS)
+fn elem_partial_inv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let k = (wid.y * nwg.x + wid.x) * WG_ROWS + lid;
+    if k >= ep.parts { return; }
+    let start = k * ep.chunk;
+    let end = min(start + ep.chunk, ep.n);
+    var s = 0.0;
+    for (var i = start; i < end; i++) { s += elem_term(ex[i], et[i]); }
+    if ep.parts == 1u {
+        epart[0] = s * ep.scale;
+    } else {
+        epart[k] = s;
+    }
+}
+
 @group(0) @binding(3) var<storage, read> eg: array<f32>;           // () upstream gradient of the loss
 @group(0) @binding(4) var<storage, read_write> edx: array<f32>;    // (n) gradient of the input
 
@@ -118,7 +139,7 @@ fn elem_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     let x = ex[i];
     let t = et[i];
     var d = 0.0;
-    if ep.kind == KIND_MSE {
+    if KIND == KIND_MSE {
         d = 2.0 * (x - t);
     } else {
         d = sigmoid(x) - t;

@@ -496,3 +496,50 @@ fn broadcast_layouts_of_expand() {
         );
     }
 }
+
+#[test]
+fn elementwise_means_in_each_form() {
+    // mse, bce-with-logits and binary accuracy reduce chunks of elements like rows: one
+    // invocation per chunk on CPU adapters, one workgroup per chunk otherwise.
+    let dev = shared_device();
+    for n in [1usize, 1000, 300_007] {
+        let x = random_vec(n, -4.0, 4.0, n as u64);
+        let t: Vec<f32> = random_vec(n, 0.0, 1.0, 2 * n as u64)
+            .iter()
+            .map(|v| v.round())
+            .collect();
+        let (x64, t64) = (f64s(&x), f64s(&t));
+        let mean = |f: &dyn Fn(f64, f64) -> f64| -> f64 {
+            x64.iter().zip(&t64).map(|(&a, &b)| f(a, b)).sum::<f64>() / n as f64
+        };
+        let mse = mean(&|a, b| (a - b) * (a - b));
+        let bce = mean(&|z, y| z.max(0.0) - z * y + (-z.abs()).exp().ln_1p());
+        let acc = mean(&|z, y| f64::from((z > 0.0) == (y > 0.5)));
+        for form in FORMS {
+            let _g = force_row_kernel(form).unwrap();
+            let (xt, tt) = (up(&dev, &x, &[n]), up(&dev, &t, &[n]));
+            let what = format!("{form} n {n}");
+            assert_close(
+                &format!("{what} mse"),
+                &xt.mse_loss(&tt).unwrap().to_vec().unwrap(),
+                &[mse],
+                1e-5,
+                1e-6,
+            );
+            assert_close(
+                &format!("{what} bce"),
+                &xt.bce_with_logits(&tt).unwrap().to_vec().unwrap(),
+                &[bce],
+                1e-5,
+                1e-6,
+            );
+            assert_close(
+                &format!("{what} accuracy"),
+                &xt.binary_accuracy(&tt).unwrap().to_vec().unwrap(),
+                &[acc],
+                1e-6,
+                1e-6,
+            );
+        }
+    }
+}

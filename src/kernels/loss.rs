@@ -8,7 +8,7 @@
 //! `src/kernels/rows.rs`.
 //! The final sums over rows stay one workgroup each (one barrier tree per loss).
 
-use super::rows;
+use super::rows::{self, RowKernel};
 use super::{WG, elems_grid, shader};
 use crate::error::{Error, Result};
 use crate::runtime::{Access, Shader, grid_1d};
@@ -75,6 +75,8 @@ impl Elem {
 
 /// Most partial sums of the first pass (the final pass is one workgroup).
 const MAX_PARTS: usize = 1024;
+/// Elements one invocation of the invocation form of the elementwise means sums (at least).
+const ELEM_INV_CHUNK: usize = 1024;
 
 fn check_pair(op: &'static str, x: &Tensor, t: &Tensor) -> Result<()> {
     x.expect_dtype(op, DType::F32)?;
@@ -124,7 +126,15 @@ pub(crate) fn elem_mean(x: &Tensor, t: &Tensor, kind: Elem) -> Result<Tensor> {
     let op = kind.name();
     check_pair(op, x, t)?;
     let n = x.numel();
-    let chunk = n.div_ceil(MAX_PARTS).max(4 * WG as usize);
+    // The per-row form rule with the chunk as the row: one invocation per chunk looping over
+    // it on CPU adapters (no barriers; parts capped at 65,536, so a chunk stays far under
+    // llvmpipe's loop cap), one workgroup per chunk with a tree elsewhere.
+    let inv = rows::choose(&x.dev, ELEM_INV_CHUNK) == RowKernel::Invocation;
+    let chunk = if inv {
+        n.div_ceil(1 << 16).max(ELEM_INV_CHUNK)
+    } else {
+        n.div_ceil(MAX_PARTS).max(4 * WG as usize)
+    };
     let parts = n.div_ceil(chunk);
     let scale = (1.0 / n as f64) as f32;
     let out = Tensor::empty(&x.dev, op, &[], DType::F32)?;
@@ -141,18 +151,26 @@ pub(crate) fn elem_mean(x: &Tensor, t: &Tensor, kind: Elem) -> Result<Tensor> {
         scale,
         _pad: [0; 3],
     };
+    let (entry, grid) = if inv {
+        (
+            "elem_partial_inv",
+            rows::grid(RowKernel::Invocation, parts)?,
+        )
+    } else {
+        ("elem_partial", grid_1d(parts as u64)?)
+    };
     // x, t: (n) -> partial: (parts), or out: () when parts == 1
     x.dev.dispatch(
         &SHADER,
-        "elem_partial",
-        &[],
+        entry,
+        &[("KIND", f64::from(kind as u32))],
         &p,
         &[
             (&x.storage, Access::Read),
             (&t.storage, Access::Read),
             (&partial.storage, Access::ReadWrite),
         ],
-        grid_1d(parts as u64)?,
+        grid,
     )?;
     if parts > 1 {
         finish_sum(&partial, parts, scale, &out)?;
@@ -176,7 +194,7 @@ pub(crate) fn elem_backward(x: &Tensor, t: &Tensor, g: &Tensor, kind: Elem) -> R
     x.dev.dispatch(
         &SHADER,
         "elem_backward",
-        &[],
+        &[("KIND", f64::from(kind as u32))],
         &p,
         &[
             (&x.storage, Access::Read),
