@@ -398,13 +398,19 @@ fn train(dev: &Device, m: &ArgMatches) -> Result<()> {
                 },
                 false,
             )?;
-            bar.println(format!(
+            let report = format!(
                 "step {:>5}: train loss {:.3}, val loss {vl:.3}, lr {:.2e}\n{}\n",
                 step + 1,
                 loss_acc.0 / loss_acc.1.max(1) as f32,
                 opt.lr(),
                 sample.trim_end()
-            ));
+            );
+            // A hidden bar (stdout not a terminal) drops println: print directly then.
+            if bar.is_hidden() {
+                println!("{report}");
+            } else {
+                bar.println(report);
+            }
             loss_acc = (0.0, 0);
             save_pretrained(&model, &out)?;
             save_vocab(&out, &tok)?;

@@ -66,6 +66,19 @@ impl GptConfig {
                 self.n_embd, self.n_head
             ));
         }
+        // Far beyond any real model, but small enough that counting parameters cannot overflow
+        // and a hostile config.json cannot make the loader list billions of layers.
+        const MAX_LAYERS: usize = 4096;
+        const MAX_DIM: usize = 1 << 24;
+        if self.n_layer > MAX_LAYERS
+            || [self.n_embd, self.block_size, self.vocab_size]
+                .iter()
+                .any(|&d| d > MAX_DIM)
+        {
+            return bad(format!(
+                "sizes out of range (n_layer <= {MAX_LAYERS}, widths, context and vocabulary <= {MAX_DIM}): {self:?}"
+            ));
+        }
         if !(self.ln_eps > 0.0 && self.ln_eps.is_finite()) {
             return bad(format!(
                 "layer norm epsilon {} must be positive",
