@@ -3,6 +3,7 @@
 
 mod attention;
 mod autograd;
+mod gpt;
 mod matmul;
 mod train;
 
@@ -29,6 +30,9 @@ fn main() -> Result<()> {
     }
     if want("train") {
         train::run(&dev)?;
+    }
+    if want("gpt") {
+        gpt::run(&dev)?;
     }
     Ok(())
 }
