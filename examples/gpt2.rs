@@ -132,13 +132,6 @@ fn main() {
     }
 }
 
-fn io_err(path: &Path, source: std::io::Error) -> Error {
-    Error::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
 fn path_arg(m: &ArgMatches, name: &str) -> Option<PathBuf> {
     m.get_one::<String>(name).map(PathBuf::from)
 }
@@ -399,7 +392,7 @@ fn finetune(m: &ArgMatches) -> Result<()> {
         Box::new(move |_| Ok(ids.clone()))
     } else {
         let path = path_arg(m, "text").expect("the data group is required");
-        let text = std::fs::read_to_string(&path).map_err(|e| io_err(&path, e))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         let tok = tokenizer_for(&dir, m, &model)?;
         let ids = tok.encode(&text)?;
         let len = m
@@ -430,7 +423,7 @@ fn finetune(m: &ArgMatches) -> Result<()> {
             for f in ["vocab.json", "merges.txt"] {
                 let src = dir.join(f);
                 if src.exists() {
-                    std::fs::copy(&src, out.join(f)).map_err(|e| io_err(&src, e))?;
+                    std::fs::copy(&src, out.join(f)).map_err(|e| Error::io(&src, e))?;
                 }
             }
         }

@@ -24,6 +24,7 @@ use portagrad::models::{
 };
 use portagrad::optim::{LrSchedule, OptimConfig, Optimizer, decay_groups};
 use portagrad::plot::{Series, line_charts_svg};
+use portagrad::rng::mix;
 use portagrad::{Device, Error, Result, Tensor};
 
 fn cli() -> Command {
@@ -111,16 +112,8 @@ fn plan(dev: &Device, m: &ArgMatches, vocab: usize) -> Plan {
     }
 }
 
-/// SplitMix64: batch offsets are a pure function of (seed, step), so a resumed run sees the
-/// same batches as an uninterrupted one.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// A (B, T) input batch and its (B, T) next-character targets from random offsets.
+/// A (B, T) input batch and its (B, T) next-character targets from random offsets. Offsets are
+/// a pure function of (seed, step), so a resumed run sees the same batches as an uninterrupted one.
 fn batch(dev: &Device, data: &[u32], b: usize, t: usize, seed: u64) -> Result<(Tensor, Tensor)> {
     let span = data.len() - t - 1;
     let mut x = Vec::with_capacity(b * t);
@@ -171,13 +164,6 @@ fn sample_text(
     Ok(out)
 }
 
-fn io_err(path: &Path, source: std::io::Error) -> Error {
-    Error::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
 fn save_vocab(dir: &Path, tok: &CharTokenizer) -> Result<()> {
     let s: String = tok.chars().iter().collect();
     write_atomic(
@@ -188,7 +174,7 @@ fn save_vocab(dir: &Path, tok: &CharTokenizer) -> Result<()> {
 
 fn load_vocab(dir: &Path) -> Result<CharTokenizer> {
     let path = dir.join("vocab.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| io_err(&path, e))?;
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::InvalidArgument {
         op: "shakespeare",
         message: format!("{}: not valid JSON ({e})", path.display()),
@@ -242,7 +228,7 @@ fn run() -> Result<()> {
 
 fn train(dev: &Device, m: &ArgMatches) -> Result<()> {
     let text_path = PathBuf::from(m.get_one::<String>("text").expect("default"));
-    let text = std::fs::read_to_string(&text_path).map_err(|e| io_err(&text_path, e))?;
+    let text = std::fs::read_to_string(&text_path).map_err(|e| Error::io(&text_path, e))?;
     let out = PathBuf::from(m.get_one::<String>("out").expect("default"));
     let resume = m.get_flag("resume");
     let tok = if resume {

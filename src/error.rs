@@ -108,5 +108,15 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// An [`Error::Io`] for `path`.
+    pub fn io(path: &std::path::Path, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
 /// `Result` with portagrad's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -63,15 +63,15 @@ impl SamplingConfig {
 /// A seeded sampler (SplitMix64 stream).
 pub struct Sampler {
     cfg: SamplingConfig,
-    state: u64,
+    rng: crate::rng::SplitMix64,
 }
 
 impl Sampler {
     /// A sampler for `cfg` (validated).
     pub fn new(cfg: SamplingConfig) -> Result<Sampler> {
         cfg.validate()?;
-        let state = cfg.seed ^ 0x5DEE_CE66_D1CE_4E5B;
-        Ok(Sampler { cfg, state })
+        let rng = crate::rng::SplitMix64::new(cfg.seed ^ 0x5DEE_CE66_D1CE_4E5B);
+        Ok(Sampler { cfg, rng })
     }
 
     /// One sampler per sequence of a batch of `n`: sequence `i` draws from seed
@@ -93,11 +93,7 @@ impl Sampler {
     }
 
     fn next_f64(&mut self) -> f64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+        self.rng.next_f64()
     }
 
     /// Pick a token from one row of logits; `history` feeds the repetition penalty.

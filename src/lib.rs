@@ -82,6 +82,7 @@ mod ops_matmul_grad;
 mod ops_nn;
 pub mod optim;
 pub mod plot;
+pub mod rng;
 mod runtime;
 mod tensor;
 pub mod testing;

@@ -139,17 +139,8 @@ pub fn assert_tensor_close(what: &str, t: &Tensor, want: &[f64], rtol: f64, atol
 
 /// Deterministic pseudo-random f32 values in `[lo, hi)` for test inputs (SplitMix64).
 pub fn random_vec(n: usize, lo: f32, hi: f32, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            lo + (hi - lo) * ((z >> 40) as f32 / (1u64 << 24) as f32)
-        })
-        .collect()
+    let mut r = crate::rng::SplitMix64::new(seed);
+    (0..n).map(|_| lo + (hi - lo) * r.next_f32()).collect()
 }
 
 /// Restores the previous forced row-kernel form when dropped (see [`force_row_kernel`]).

@@ -23,15 +23,12 @@ use portagrad::optim::Optimizer;
 use portagrad::testing::{GradCheck, compare, random_vec, shared_device};
 use portagrad::{Activation, Result, Tensor};
 
-struct SplitMix64(u64);
+/// The library's generator with the fuzzer's own helpers.
+struct SplitMix64(portagrad::rng::SplitMix64);
 
 impl SplitMix64 {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     fn below(&mut self, n: usize) -> usize {
         (self.next() % n.max(1) as u64) as usize
@@ -40,7 +37,7 @@ impl SplitMix64 {
         &xs[self.below(xs.len())]
     }
     fn chance(&mut self, p: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
+        self.0.next_f64() <= p
     }
 }
 
@@ -67,7 +64,7 @@ fn fuzz(name: &str, n: usize, f: &dyn Fn(&mut SplitMix64) -> bool) -> usize {
         let seed = base_seed()
             .wrapping_mul(0x1_0000_0001)
             .wrapping_add(i as u64);
-        let mut rng = SplitMix64(seed ^ 0xF0F0_1234);
+        let mut rng = SplitMix64(portagrad::rng::SplitMix64::new(seed ^ 0xF0F0_1234));
         match catch_unwind(AssertUnwindSafe(|| f(&mut rng))) {
             Ok(true) => accepted += 1,
             Ok(false) => {}

@@ -45,13 +45,6 @@ fn bad(path: &Path, message: String) -> Error {
     }
 }
 
-fn io_err(path: &Path, source: std::io::Error) -> Error {
-    Error::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
 /// Save `model`'s parameters and, when given, the optimizer's state and step count.
 pub fn save(path: impl AsRef<Path>, model: &dyn Module, opt: Option<&Optimizer>) -> Result<()> {
     save_params(path, &model.parameters(), opt)
@@ -138,11 +131,11 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     }
     let tmp = temp_path(path);
     let result = (|| -> Result<()> {
-        let mut f = std::fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
-        f.write_all(bytes).map_err(|e| io_err(&tmp, e))?;
-        f.sync_all().map_err(|e| io_err(&tmp, e))?;
+        let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
+        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
         drop(f);
-        std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
         Ok(())
     })();
     if result.is_err() {
@@ -172,7 +165,7 @@ pub fn load_params(
     opt: Option<&mut Optimizer>,
 ) -> Result<CheckpointInfo> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| bad(path, format!("not a readable safetensors file ({e})")))?;
     let (_, meta) =

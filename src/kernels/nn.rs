@@ -220,15 +220,6 @@ pub(crate) fn layer_norm_dparams(
     ))
 }
 
-/// SplitMix64: turns the user's seed into well-mixed mask keys.
-fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// `x * mask / (1 - p)` where element i is kept iff a hash of (seed, i) is at least `p * 2^32`.
 /// Applied to the output gradient with the same `p` and `seed`, it is the input gradient.
 /// `p` must be in (0, 1) (the caller handles 0 and inference mode as the identity).
@@ -237,8 +228,10 @@ pub(crate) fn dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
     let n = x.numel();
     let out = Tensor::empty(&x.dev, "dropout", &x.shape, DType::F32)?;
     // Domain-separate from rand_uniform/rand_normal, which hash the raw seed.
-    let mut state = seed ^ 0xD50F_0E7A_11AD_5EED;
-    let (a, b) = (splitmix64(&mut state), splitmix64(&mut state));
+    let state = seed ^ 0xD50F_0E7A_11AD_5EED;
+    // SplitMix64 turns the user's seed into well-mixed mask keys.
+    let mut keys = crate::rng::SplitMix64::new(state);
+    let (a, b) = (keys.next_u64(), keys.next_u64());
     let threshold = ((f64::from(p) * 4_294_967_296.0).round() as u64).min(u64::from(u32::MAX));
     let params = DropoutParams {
         n: n as u32,

@@ -19,16 +19,9 @@ fn bad(path: &Path, message: String) -> Error {
     }
 }
 
-fn io_err(path: &Path, source: std::io::Error) -> Error {
-    Error::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
 /// Read a Hugging Face GPT-2 `config.json`.
 pub fn load_config(path: &Path) -> Result<GptConfig> {
-    let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| bad(path, format!("not valid JSON ({e})")))?;
     let field = |names: &[&str]| -> Result<usize> {
@@ -141,7 +134,7 @@ fn f16_to_f32(h: u16) -> f32 {
 pub fn load_pretrained(dev: &Device, dir: &Path) -> Result<Gpt> {
     let cfg = load_config(&dir.join("config.json"))?;
     let path = dir.join("model.safetensors");
-    let bytes = std::fs::read(&path).map_err(|e| io_err(&path, e))?;
+    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| bad(&path, format!("not a readable safetensors file ({e})")))?;
     // Map our names to the file's (with or without the `transformer.` prefix).
@@ -209,7 +202,7 @@ pub fn load_pretrained(dev: &Device, dir: &Path) -> Result<Gpt> {
 /// Write `model` as a Hugging Face GPT-2 directory (config.json + model.safetensors), each file
 /// written to a temporary name and renamed, so a failure leaves the previous files intact.
 pub fn save_pretrained(model: &Gpt, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     save_tensors(&dir.join("model.safetensors"), &model.parameters())?;
     write_atomic(
         &dir.join("config.json"),
@@ -260,7 +253,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })();
     if let Err(e) = res {
         let _ = std::fs::remove_file(&tmp);
-        return Err(io_err(path, e));
+        return Err(Error::io(path, e));
     }
     Ok(())
 }
