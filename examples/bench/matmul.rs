@@ -85,7 +85,13 @@ pub fn run(dev: &Device) -> Result<()> {
     println!("\n## matmul");
     println!("| case | M x K x N | kernel | GFLOP/s | GFLOP per CPU-s | ms |");
     println!("|---|---|---|---|---|---|");
-    for s in [256, 512, 1024, 2048] {
+    // 4096³ only where it takes milliseconds, not minutes.
+    let squares: &[usize] = if dev.info().is_cpu {
+        &[256, 512, 1024, 2048]
+    } else {
+        &[256, 512, 1024, 2048, 4096]
+    };
+    for &s in squares {
         product(dev, "square", s, s, s, false, false)?;
     }
     // GPT-2 small, B*T = 1024 tokens: attention qkv, MLP up, MLP down.

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine that has no Rust: run the test binaries and benchmarks built
+# elsewhere. Prepare with scripts/pack_gpu_bins.sh (strips and packs them into .bins/), and carry
+# .gl/ (Vulkan loader .debs) and .bins/. Logs go to $OUT; a summary table prints last.
+set -u
+for f in .gl/*.deb; do dpkg -x "$f" /; done
+ldconfig
+icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+[ -f "$icd" ] && export VK_DRIVER_FILES=$icd
+export XDG_RUNTIME_DIR=/tmp/xdg && mkdir -p $XDG_RUNTIME_DIR && chmod 700 $XDG_RUNTIME_DIR
+# The binaries find data/ and tests/golden/ through the path they were built at.
+built_at=$(cat .bins/built_at)
+[ "$PWD" = "$built_at" ] || { mkdir -p "$(dirname "$built_at")" && ln -sfn "$PWD" "$built_at"; }
+tar xJf .bins/bins.tar.xz -C /tmp
+B=/tmp/bins
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+what=${1:-tests bench shakespeare torch}
+summary=""
+if [[ $what == *tests* ]]; then
+  for t in ${TESTS:-$(ls $B | grep -v "^ex_")}; do
+    s=$(date +%s%N)
+    echo "=== $t" >>"$OUT/tests.log"
+    timeout 120 $B/$t >>"$OUT/tests.log" 2>&1
+    rc=$?
+    line=$(grep -E '^test result' "$OUT/tests.log" | tail -1)
+    summary+="$(printf '%-12s rc=%-3s %6d ms  %s' "$t" "$rc" $(( ($(date +%s%N) - s) / 1000000 )) "$line")"$'\n'
+  done
+  grep -E -B2 -A25 'panicked|FAILED|failures:' "$OUT/tests.log" | head -150
+fi
+if [[ $what == *bench* ]]; then
+  timeout 300 $B/ex_bench ${BENCH:-core matmul attention autograd train gpt} 2>&1 | tee "$OUT/bench.log"
+fi
+if [[ $what == *shakespeare* ]]; then
+  timeout 300 $B/ex_shakespeare ${SHAKESPEARE:---steps 300 --eval-every 150} --out /tmp/sh --svg /tmp/sh.svg 2>&1 | tee "$OUT/shakespeare.log" | tail -25
+fi
+if [[ $what == *torch* ]]; then
+  timeout 120 python3 scripts/torch_matmul_ref.py 2>&1 | tee "$OUT/torch.log"
+fi
+printf '%s' "$summary"
