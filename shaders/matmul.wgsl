@@ -5,6 +5,8 @@
 //                           owns a TM x 4 register block (TM = 4 or 8: 4x4 or 8x4).
 //                           _v4 loads global memory as vec4 (alignment below); the plain entry
 //                           loads scalars through element strides, for any shape and layout.
+//   mm_wide_v4              The GPU kernel for large products: 128 x 128 tiles, 8x8 register
+//                           blocks, the next depth slice prefetched into registers.
 //   mm_rows_v4 / mm_rows    No workgroup memory: each invocation owns RB (1..4) rows x 4 columns
 //                           and streams A and B itself. With RB = M <= 4 it is the GEMV path
 //                           for decode shapes (1 x 768 · 768 x 50257: each B row is read once,
@@ -228,23 +230,39 @@ fn stage_v4(t: Tile, k0: u32, lid: u32) {
 }
 
 // One staged depth: acc[i] += A[row i, k] * B[k, 4 columns] for the invocation's block.
+// Constant indices only: an accumulator indexed through a loop variable can land in local
+// memory on a GPU instead of registers.
 fn tile_fma(acc: ptr<function, array<vec4<f32>, 8>>, tx: u32, ty: u32) {
     let bm4 = WGY * TM / 4u;
     for (var k = 0u; k < BK; k++) {
         let b = sb[k * (BN / 4u) + tx];
-        for (var q = 0u; q < TM / 4u; q++) {
-            let a = sa[k * bm4 + ty * (TM / 4u) + q];
-            (*acc)[4u * q] = fma(vec4<f32>(a.x), b, (*acc)[4u * q]);
-            (*acc)[4u * q + 1u] = fma(vec4<f32>(a.y), b, (*acc)[4u * q + 1u]);
-            (*acc)[4u * q + 2u] = fma(vec4<f32>(a.z), b, (*acc)[4u * q + 2u]);
-            (*acc)[4u * q + 3u] = fma(vec4<f32>(a.w), b, (*acc)[4u * q + 3u]);
+        let a = sa[k * bm4 + ty * (TM / 4u)];
+        (*acc)[0] = fma(vec4<f32>(a.x), b, (*acc)[0]);
+        (*acc)[1] = fma(vec4<f32>(a.y), b, (*acc)[1]);
+        (*acc)[2] = fma(vec4<f32>(a.z), b, (*acc)[2]);
+        (*acc)[3] = fma(vec4<f32>(a.w), b, (*acc)[3]);
+        if TM == 8u {
+            let a2 = sa[k * bm4 + ty * 2u + 1u];
+            (*acc)[4] = fma(vec4<f32>(a2.x), b, (*acc)[4]);
+            (*acc)[5] = fma(vec4<f32>(a2.y), b, (*acc)[5]);
+            (*acc)[6] = fma(vec4<f32>(a2.z), b, (*acc)[6]);
+            (*acc)[7] = fma(vec4<f32>(a2.w), b, (*acc)[7]);
         }
     }
 }
 
 fn tiled_store(t: Tile, acc: ptr<function, array<vec4<f32>, 8>>, tx: u32, ty: u32) {
-    for (var i = 0u; i < TM; i++) {
-        store4(t.co, t.m0 + ty * TM + i, t.n0 + 4u * tx, (*acc)[i]);
+    let r = t.m0 + ty * TM;
+    let c = t.n0 + 4u * tx;
+    store4(t.co, r, c, (*acc)[0]);
+    store4(t.co, r + 1u, c, (*acc)[1]);
+    store4(t.co, r + 2u, c, (*acc)[2]);
+    store4(t.co, r + 3u, c, (*acc)[3]);
+    if TM == 8u {
+        store4(t.co, r + 4u, c, (*acc)[4]);
+        store4(t.co, r + 5u, c, (*acc)[5]);
+        store4(t.co, r + 6u, c, (*acc)[6]);
+        store4(t.co, r + 7u, c, (*acc)[7]);
     }
 }
 
@@ -282,6 +300,166 @@ fn mm_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         workgroupBarrier();
     }
     tiled_store(t, &acc, lid.x, lid.y);
+}
+
+// ---------------------------------------------------------------------------------------------
+// mm_wide_v4: 128 x 128 tiles for large products on GPUs. 256 invocations, each owning 8 rows x
+// 8 columns (two 4-column groups 64 apart, so 16 adjacent invocations read 16 adjacent vec4s of
+// the B tile). Per depth step it reads 4 vec4s from workgroup memory for 64 FMAs, twice the
+// ratio of the 8 x 4 block. The next depth slice is loaded into registers while the current
+// one is multiplied, so global latency overlaps arithmetic. 16 KiB of workgroup memory (the
+// WebGPU default limit). Same operand rules as mm_tiled_v4 (TRANS_A, TRANS_B, vec4 alignment).
+
+const WBK: u32 = 16u;  // depth of a staged slice
+const WB: u32 = 128u;  // tile rows and columns
+const WB4: u32 = 32u;  // WB / 4
+
+// A slice, k-major: element (m, k) is wa[k * WB4 + m / 4][m % 4].
+var<workgroup> wa: array<vec4<f32>, 512>; // WBK * WB4
+// B slice, k-major: element (k, n) is wb[k * WB4 + n / 4][n % 4].
+var<workgroup> wb: array<vec4<f32>, 512>;
+
+// The 4 vec4s this invocation moves per slice: 2 of A, 2 of B (each operand slice holds 512).
+struct Slice {
+    a: array<vec4<f32>, 2>,
+    b: array<vec4<f32>, 2>,
+}
+
+// Global vec4 number `e` (0..512) of the A slice at depth k0, zero outside the matrix.
+fn wide_a(t: Tile, k0: u32, e: u32) -> vec4<f32> {
+    if TRANS_A {
+        // (K, M): vec4 along m.
+        let gk = k0 + e / WB4;
+        let gm = t.m0 + 4u * (e % WB4);
+        let v = a4[(t.off.x + min(gk, p.kc - 1u) * p.m + min(gm, p.m - 4u)) / 4u];
+        return select(vec4<f32>(0.0), v, gm < p.m && gk < p.kc);
+    }
+    // (M, K): vec4 along k; 4 adjacent invocations cover 16 floats of one row.
+    let gm = t.m0 + e / 4u;
+    let gk = k0 + 4u * (e % 4u);
+    let v = a4[(t.off.x + min(gm, p.m - 1u) * p.k + min(gk, p.kc - 4u)) / 4u];
+    return select(vec4<f32>(0.0), v, gm < p.m && gk < p.kc);
+}
+
+fn wide_b(t: Tile, k0: u32, e: u32) -> vec4<f32> {
+    if TRANS_B {
+        // (N, K): vec4 along k.
+        let gn = t.n0 + e / 4u;
+        let gk = k0 + 4u * (e % 4u);
+        let v = b4[(t.off.y + min(gn, p.n - 1u) * p.k + min(gk, p.kc - 4u)) / 4u];
+        return select(vec4<f32>(0.0), v, gn < p.n && gk < p.kc);
+    }
+    // (K, N): vec4 along n.
+    let gk = k0 + e / WB4;
+    let gn = t.n0 + 4u * (e % WB4);
+    let v = b4[(t.off.y + min(gk, p.kc - 1u) * p.n + min(gn, p.n - 4u)) / 4u];
+    return select(vec4<f32>(0.0), v, gn < p.n && gk < p.kc);
+}
+
+fn wide_load(t: Tile, k0: u32, li: u32) -> Slice {
+    var s: Slice;
+    s.a[0] = wide_a(t, k0, li);
+    s.a[1] = wide_a(t, k0, li + 256u);
+    s.b[0] = wide_b(t, k0, li);
+    s.b[1] = wide_b(t, k0, li + 256u);
+    return s;
+}
+
+// Write vec4 number `e` of an operand slice into its k-major tile; a vec4 that runs along k
+// (row-major A, or Bᵀ) is scattered over 4 depths.
+fn wide_put_a(e: u32, v: vec4<f32>) {
+    if TRANS_A {
+        wa[e] = v;
+    } else {
+        let m = e / 4u;
+        let s = 4u * (e % 4u) * WB4 + m / 4u;
+        wa[s][m % 4u] = v.x;
+        wa[s + WB4][m % 4u] = v.y;
+        wa[s + 2u * WB4][m % 4u] = v.z;
+        wa[s + 3u * WB4][m % 4u] = v.w;
+    }
+}
+
+fn wide_put_b(e: u32, v: vec4<f32>) {
+    if TRANS_B {
+        let n = e / 4u;
+        let s = 4u * (e % 4u) * WB4 + n / 4u;
+        wb[s][n % 4u] = v.x;
+        wb[s + WB4][n % 4u] = v.y;
+        wb[s + 2u * WB4][n % 4u] = v.z;
+        wb[s + 3u * WB4][n % 4u] = v.w;
+    } else {
+        wb[e] = v;
+    }
+}
+
+// acc[2 r + g] += A[row r] * B[group g] over one staged slice (constant accumulator indices).
+fn wide_fma(acc: ptr<function, array<vec4<f32>, 16>>, tx: u32, ty: u32) {
+    for (var k = 0u; k < WBK; k++) {
+        let a0 = wa[k * WB4 + 2u * ty];
+        let a1 = wa[k * WB4 + 2u * ty + 1u];
+        let b0 = wb[k * WB4 + tx];
+        let b1 = wb[k * WB4 + 16u + tx];
+        (*acc)[0] = fma(vec4<f32>(a0.x), b0, (*acc)[0]);
+        (*acc)[1] = fma(vec4<f32>(a0.x), b1, (*acc)[1]);
+        (*acc)[2] = fma(vec4<f32>(a0.y), b0, (*acc)[2]);
+        (*acc)[3] = fma(vec4<f32>(a0.y), b1, (*acc)[3]);
+        (*acc)[4] = fma(vec4<f32>(a0.z), b0, (*acc)[4]);
+        (*acc)[5] = fma(vec4<f32>(a0.z), b1, (*acc)[5]);
+        (*acc)[6] = fma(vec4<f32>(a0.w), b0, (*acc)[6]);
+        (*acc)[7] = fma(vec4<f32>(a0.w), b1, (*acc)[7]);
+        (*acc)[8] = fma(vec4<f32>(a1.x), b0, (*acc)[8]);
+        (*acc)[9] = fma(vec4<f32>(a1.x), b1, (*acc)[9]);
+        (*acc)[10] = fma(vec4<f32>(a1.y), b0, (*acc)[10]);
+        (*acc)[11] = fma(vec4<f32>(a1.y), b1, (*acc)[11]);
+        (*acc)[12] = fma(vec4<f32>(a1.z), b0, (*acc)[12]);
+        (*acc)[13] = fma(vec4<f32>(a1.z), b1, (*acc)[13]);
+        (*acc)[14] = fma(vec4<f32>(a1.w), b0, (*acc)[14]);
+        (*acc)[15] = fma(vec4<f32>(a1.w), b1, (*acc)[15]);
+    }
+}
+
+@compute @workgroup_size(16, 16)
+fn mm_wide_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let tid = flat_id(wid, nwg);
+    if tid >= p.total {
+        return;
+    }
+    let t = tile_of(tid, WB, WB);
+    var acc: array<vec4<f32>, 16>;
+    var next = wide_load(t, 0u, li);
+    for (var k0 = 0u; k0 < p.kc; k0 += WBK) {
+        wide_put_a(li, next.a[0]);
+        wide_put_a(li + 256u, next.a[1]);
+        wide_put_b(li, next.b[0]);
+        wide_put_b(li + 256u, next.b[1]);
+        workgroupBarrier();
+        if k0 + WBK < p.kc {
+            next = wide_load(t, k0 + WBK, li);
+        }
+        wide_fma(&acc, lid.x, lid.y);
+        workgroupBarrier();
+    }
+    let row = t.m0 + 8u * lid.y;
+    let c0 = t.n0 + 4u * lid.x;
+    // Unrolled: constant accumulator indices keep acc in registers.
+    store4(t.co, row + 0u, c0, acc[0]);
+    store4(t.co, row + 0u, c0 + 64u, acc[1]);
+    store4(t.co, row + 1u, c0, acc[2]);
+    store4(t.co, row + 1u, c0 + 64u, acc[3]);
+    store4(t.co, row + 2u, c0, acc[4]);
+    store4(t.co, row + 2u, c0 + 64u, acc[5]);
+    store4(t.co, row + 3u, c0, acc[6]);
+    store4(t.co, row + 3u, c0 + 64u, acc[7]);
+    store4(t.co, row + 4u, c0, acc[8]);
+    store4(t.co, row + 4u, c0 + 64u, acc[9]);
+    store4(t.co, row + 5u, c0, acc[10]);
+    store4(t.co, row + 5u, c0 + 64u, acc[11]);
+    store4(t.co, row + 6u, c0, acc[12]);
+    store4(t.co, row + 6u, c0 + 64u, acc[13]);
+    store4(t.co, row + 7u, c0, acc[14]);
+    store4(t.co, row + 7u, c0 + 64u, acc[15]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -416,4 +594,99 @@ fn mm_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     if CB > 1u { rows_store(t, &acc, 1u, c0 + cs); }
     if CB > 2u { rows_store(t, &acc, 2u, c0 + 2u * cs); }
     if CB > 3u { rows_store(t, &acc, 3u, c0 + 3u * cs); }
+}
+
+// ---------------------------------------------------------------------------------------------
+// mm_gemv_v4: M <= 4 rows (decode) on GPUs. Memory bound, so the aim is many loads in flight:
+// K is split over the invocations of a workgroup and the partial sums are added through
+// workgroup memory. B (K, N): 32 invocations per 4-column group x 8 slices of K, 128 columns
+// per workgroup. Bᵀ stored (N, K): 32 invocations along K per column, 8 columns per workgroup,
+// so a warp reads 512 contiguous bytes of a row. RB rows of A (override), vec4 operands.
+
+const GL: u32 = 32u; // lanes along K (Bᵀ) or along columns (B)
+const GS: u32 = 8u;  // slices of K (B) or columns (Bᵀ) per workgroup
+
+var<workgroup> gpart: array<vec4<f32>, 1024>; // (RB <= 4, 256) partial sums
+
+@compute @workgroup_size(256)
+fn mm_gemv_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) li: u32) {
+    let tid = flat_id(wid, nwg);
+    if tid >= p.total {
+        return; // whole workgroups only: the barrier below stays uniform
+    }
+    let lane = li % GL;
+    let slot = li / GL;
+    let k4 = p.kc / 4u;
+    var acc: array<vec4<f32>, 4>;
+    if TRANS_B {
+        let t = tile_of(tid, RB, GS);
+        let col = t.n0 + slot;
+        let br = (t.off.y + min(col, p.n - 1u) * p.k) / 4u;
+        let a0 = (t.off.x + min(t.m0, p.m - 1u) * p.k) / 4u;
+        let a1 = (t.off.x + min(t.m0 + 1u, p.m - 1u) * p.k) / 4u;
+        let a2 = (t.off.x + min(t.m0 + 2u, p.m - 1u) * p.k) / 4u;
+        let a3 = (t.off.x + min(t.m0 + 3u, p.m - 1u) * p.k) / 4u;
+        for (var k = lane; k < k4; k += GL) {
+            let b = b4[br + k];
+            acc[0].x += dot(a4[a0 + k], b);
+            if RB > 1u { acc[1].x += dot(a4[a1 + k], b); }
+            if RB > 2u { acc[2].x += dot(a4[a2 + k], b); }
+            if RB > 3u { acc[3].x += dot(a4[a3 + k], b); }
+        }
+        gpart[li] = acc[0];
+        gpart[256u + li] = acc[1];
+        gpart[512u + li] = acc[2];
+        gpart[768u + li] = acc[3];
+        workgroupBarrier();
+        // One invocation per (row, column) adds the 32 lanes' partials.
+        if li < RB * GS {
+            let r = li / GS;
+            let j = li % GS;
+            var sum = 0.0;
+            for (var l = 0u; l < GL; l++) {
+                sum += gpart[256u * r + GL * j + l].x;
+            }
+            let row = t.m0 + r;
+            let c = t.n0 + j;
+            if row < p.m && c < p.n {
+                put(t.co + row * p.n + c, c, sum);
+            }
+        }
+        return;
+    }
+    let t = tile_of(tid, RB, 4u * GL);
+    let col = t.n0 + 4u * lane;
+    let n4 = p.n / 4u;
+    let bc = t.off.y / 4u + min(col / 4u, n4 - 1u);
+    let a0 = (t.off.x + min(t.m0, p.m - 1u) * p.k) / 4u;
+    let a1 = (t.off.x + min(t.m0 + 1u, p.m - 1u) * p.k) / 4u;
+    let a2 = (t.off.x + min(t.m0 + 2u, p.m - 1u) * p.k) / 4u;
+    let a3 = (t.off.x + min(t.m0 + 3u, p.m - 1u) * p.k) / 4u;
+    for (var k = slot; k < k4; k += GS) {
+        let q = bc + 4u * k * n4;
+        let b0 = b4[q];
+        let b1v = b4[q + n4];
+        let b2 = b4[q + 2u * n4];
+        let b3 = b4[q + 3u * n4];
+        acc[0] = fr(acc[0], a4[a0 + k], b0, b1v, b2, b3);
+        if RB > 1u { acc[1] = fr(acc[1], a4[a1 + k], b0, b1v, b2, b3); }
+        if RB > 2u { acc[2] = fr(acc[2], a4[a2 + k], b0, b1v, b2, b3); }
+        if RB > 3u { acc[3] = fr(acc[3], a4[a3 + k], b0, b1v, b2, b3); }
+    }
+    gpart[li] = acc[0];
+    gpart[256u + li] = acc[1];
+    gpart[512u + li] = acc[2];
+    gpart[768u + li] = acc[3];
+    workgroupBarrier();
+    // The first slice adds the other slices' partials for its 4 columns, row by row.
+    if slot == 0u {
+        for (var r = 0u; r < RB; r++) {
+            var sum = vec4<f32>(0.0);
+            for (var sl = 0u; sl < GS; sl++) {
+                sum += gpart[256u * r + GL * sl + lane];
+            }
+            store4(t.co, t.m0 + r, col, sum);
+        }
+    }
 }

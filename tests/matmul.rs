@@ -20,13 +20,15 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// Every kernel configuration, forced whatever the adapter rule would pick: the rule's choice,
-/// the tiled kernel with 4x4 and 8x4 register blocks, the rows (GEMV) kernel with the GPU and
+/// the tiled kernel with 4x4 and 8x4 register blocks, the 128 x 128 one, the rows (GEMV) kernel with the GPU and
 /// the CPU workgroup shapes, and where the subgroup kernel applies, its entry point for this
 /// adapter's subgroup size and the one for the *other* size, whose in-kernel fallback must
 /// then give the same results.
 fn kernels() -> Vec<&'static str> {
     let dev = shared_device();
-    let mut k = vec!["auto", "tiled4", "tiled8", "rows_gpu", "rows_cpu"];
+    let mut k = vec![
+        "auto", "tiled4", "tiled8", "wide", "gemv_gpu", "rows_gpu", "rows_cpu",
+    ];
     if dev.has_subgroups() {
         match dev.info().subgroup_sizes {
             Some((8, 8)) => k.extend(["subgroup", "subgroup16"]),
@@ -165,6 +167,8 @@ fn aligned_shapes_that_are_not_tile_multiples() {
     check_mkn(68, 44, 36, 4);
     check_mkn(4, 8, 12, 5);
     check_mkn(132, 20, 200, 6);
+    // Several 128 x 128 tiles with ragged edges, K not a multiple of the 16-deep slices.
+    check_mkn(260, 52, 388, 60);
 }
 
 #[test]
@@ -187,6 +191,7 @@ fn transposed_forms() {
     for (i, &(m, k, n)) in [
         (67usize, 45usize, 33usize),
         (68, 44, 36),
+        (132, 20, 136),
         (5, 12, 70),
         (3, 16, 9),
     ]
@@ -214,6 +219,9 @@ fn batched_with_broadcast() {
     check(&[2, 3, 16, 20], &[2, 3, 16, 20], false, true, 46);
     check(&[2, 3, 20, 16], &[1, 3, 20, 12], true, false, 47);
     check(&[5, 1, 2, 7, 9], &[1, 4, 1, 9, 6], false, false, 48);
+    // Batched decode shapes (M <= 4, vec4 operands), B and Bᵀ.
+    check(&[3, 2, 8], &[3, 8, 12], false, false, 49);
+    check(&[2, 1, 16], &[2, 20, 16], false, true, 51);
 }
 
 #[test]
@@ -230,6 +238,8 @@ fn long_k_is_split_across_dispatches() {
     // over several dispatches; aligned (vec4 entries) and not.
     check(&[70, 40_004], &[40_004, 9], false, false, 55);
     check(&[40_001, 6], &[7, 40_001], true, true, 56);
+    check(&[2, 40_000], &[40_000, 12], false, false, 59);
+    check(&[1, 40_000], &[9, 40_000], false, true, 61);
     let dev = shared_device();
     let (m, k, n) = (3, 33_333, 5);
     let xv = random_vec(m * k, -1.0, 1.0, 57);

@@ -6,7 +6,9 @@
 //! No single kernel is fast everywhere (see the lavapipe notes in DESIGN.md), so [`choose`]
 //! picks one per adapter and shape:
 //!
-//! 1. `M <= 4`, or `M <= 16` on a software adapter → [`Kernel::Rows`] with one register row
+//! 1. `M <= 4` on a GPU → [`Kernel::Gemv`]: K split over each workgroup's invocations so that
+//!    many loads are in flight, partial sums added in workgroup memory.
+//!    `M <= 4`, or `M <= 16` on a software adapter → [`Kernel::Rows`] with one register row
 //!    per output row (up to 4): a GEMV. Decode shapes such as `1 x 768 · 768 x 50257` are
 //!    bound by reading B once; a tiled kernel wastes most of its rows there (lavapipe,
 //!    `8 x 768 · 768 x 2304`: 7.5 GFLOP/s here against 3.3 for the subgroup kernel; from
@@ -18,7 +20,9 @@
 //! 3. Other software adapters (no subgroups, or a variable subgroup size) → [`Kernel::Rows`]
 //!    with 4 rows per invocation: no workgroup memory and no barriers, which only cost there.
 //! 4. Everything else (discrete and integrated GPUs) → [`Kernel::Tiled`]: workgroup-memory
-//!    tiles with a 4x4 register block per invocation, 8x4 once there are enough tiles.
+//!    tiles: 128 x 128 with 8x8 register blocks (`mm_wide_v4`) once there are enough tiles to
+//!    fill a large GPU, else 64 x 64 with 4x4 blocks (`mm_tiled_v4`, or `mm_tiled` when the
+//!    operands are not vec4-aligned).
 //!
 //! Each kernel has a vec4 entry point and a scalar one; the vec4 one is used when the operands
 //! are aligned for it ([`vec4_ok`]), the scalar one (element strides) for everything else.
@@ -84,6 +88,12 @@ pub(crate) enum Kernel {
     Rows,
     /// Tests: the tiled kernel with TM rows per invocation (4 or 8) whatever the shape.
     TiledTm(u32),
+    /// Tests and benchmarks: the 128 x 128 tiled kernel (8x8 blocks) whatever the shape (vec4
+    /// operands only; others take the scalar tiled entry).
+    Wide,
+    /// GPUs, M <= 4: K split over a workgroup, partial sums added in workgroup memory (vec4
+    /// operands, A not transposed; others take the rows kernel).
+    Gemv,
     /// Tests: the subgroup kernel's entry point for subgroup size 8 or 16 whatever the adapter
     /// runs (on a mismatch the kernel must take its slow but correct fallback).
     SubgroupEntry(u32),
@@ -94,7 +104,7 @@ pub(crate) enum Kernel {
 
 impl Kernel {
     /// Parse a kernel name: `tiled`, `subgroup`, `rows` (or `gemv`), and for tests `tiled4`,
-    /// `tiled8`, `subgroup8`, `subgroup16`, `rows_gpu`, `rows_cpu`.
+    /// `tiled8`, `wide`, `gemv_gpu`, `subgroup8`, `subgroup16`, `rows_gpu`, `rows_cpu`.
     pub(crate) fn parse(name: &str) -> Option<Kernel> {
         match name {
             "tiled" => Some(Kernel::Tiled),
@@ -102,6 +112,8 @@ impl Kernel {
             "rows" | "gemv" => Some(Kernel::Rows),
             "tiled4" => Some(Kernel::TiledTm(4)),
             "tiled8" => Some(Kernel::TiledTm(8)),
+            "wide" => Some(Kernel::Wide),
+            "gemv_gpu" => Some(Kernel::Gemv),
             "subgroup8" => Some(Kernel::SubgroupEntry(8)),
             "subgroup16" => Some(Kernel::SubgroupEntry(16)),
             "rows_gpu" => Some(Kernel::RowsShape(true)),
@@ -163,7 +175,9 @@ fn fixed_subgroup_size(dev: &Device) -> Option<u32> {
 /// The kernel the rule in the module docs picks for this adapter and shape.
 pub(crate) fn choose(dev: &Device, m: usize, _n: usize, _k: usize) -> Kernel {
     let cpu = dev.info().is_cpu;
-    if m <= 4 || (cpu && m <= 16) {
+    if m <= 4 && !cpu {
+        Kernel::Gemv
+    } else if m <= 4 || (cpu && m <= 16) {
         Kernel::Rows
     } else if cpu {
         if fixed_subgroup_size(dev).is_some() {
@@ -174,6 +188,34 @@ pub(crate) fn choose(dev: &Device, m: usize, _n: usize, _k: usize) -> Kernel {
     } else {
         Kernel::Tiled
     }
+}
+
+/// Whether the 128 x 128 tiles of `mm_wide_v4` beat the 64 x 64 ones of `mm_tiled_v4`: only
+/// when there are enough of them to keep every multiprocessor of a large GPU busy (H100:
+/// 4096³ 29.6 TFLOP/s against 22.6; 1024³, 64 tiles, 11.0 against 12.3; 1024 x 768 x 3072,
+/// 192 tiles, 20.7 against 20.0).
+fn wide_pays(batch: usize, m: usize, n: usize) -> bool {
+    batch * m.div_ceil(128) * n.div_ceil(128) >= 128
+}
+
+/// Workgroups a GPU product should have in flight; fewer leave multiprocessors idle.
+const GPU_TARGET_TILES: usize = 512;
+
+/// Length of the K slices the automatic choice records a product in (partial products are
+/// summed). Software adapters: [`MAX_K_PER_DISPATCH`]. GPUs: a product with few output tiles
+/// and a long K — a weight gradient such as `Xᵀ · dY`, 384 x 16384 x 1152 — keeps a few
+/// workgroups busy for a long time, so K is cut into slices until the grid has about
+/// [`GPU_TARGET_TILES`] workgroups, each slice at least 1,024 deep and a multiple of 16 (the
+/// vec4 loads stay aligned).
+pub(crate) fn k_slice(gpu: bool, batch: usize, m: usize, n: usize, k: usize) -> usize {
+    let tiles = batch * m.div_ceil(64) * n.div_ceil(64);
+    if !gpu || k < 2048 || tiles * 2 >= GPU_TARGET_TILES {
+        return MAX_K_PER_DISPATCH;
+    }
+    let slices = GPU_TARGET_TILES.div_ceil(tiles).min(k / 1024).max(1);
+    k.div_ceil(slices)
+        .next_multiple_of(16)
+        .min(MAX_K_PER_DISPATCH)
 }
 
 /// Column groups per invocation (CB) and invocations per workgroup (RW) of the rows kernel.
@@ -275,12 +317,16 @@ pub(crate) fn gemm(g: &Gemm, kernel: Option<Kernel>) -> Result<Option<&'static s
                 // 64 x (8 * S) tiles, one subgroup per workgroup.
                 (&SUBGROUP_SHADER, entry, 64, 8 * s as usize, 1)
             }
-            Kernel::Tiled | Kernel::TiledTm(_) => {
-                // 8x4 register blocks (128 x 64 tiles) once there are enough tiles to fill a
-                // GPU; 4x4 (64 x 64) below that.
+            Kernel::Wide | Kernel::Tiled
+                if v4 && (kernel == Kernel::Wide || wide_pays(batch, g.m, g.n)) =>
+            {
+                constants.push(("TRANS_A", f64::from(u8::from(g.trans_a))));
+                constants.push(("TRANS_B", f64::from(u8::from(g.trans_b))));
+                (&SHADER, "mm_wide_v4", 128, 128, 1)
+            }
+            Kernel::Tiled | Kernel::TiledTm(_) | Kernel::Wide => {
                 let tm = match kernel {
                     Kernel::TiledTm(tm) => tm,
-                    _ if g.m >= 512 && batch * g.m.div_ceil(128) * g.n.div_ceil(64) >= 128 => 8,
                     _ => 4,
                 };
                 constants.push(("TM", f64::from(tm)));
@@ -294,7 +340,14 @@ pub(crate) fn gemm(g: &Gemm, kernel: Option<Kernel>) -> Result<Option<&'static s
                 };
                 (&SHADER, entry, 16 * tm as usize, 64, 1)
             }
-            Kernel::Rows | Kernel::RowsShape(_) => {
+            Kernel::Gemv if v4 && !g.trans_a && g.m <= 4 => {
+                constants.push(("RB", g.m as f64));
+                constants.push(("TRANS_B", f64::from(u8::from(g.trans_b))));
+                // Bᵀ: 8 columns per workgroup; B: 128.
+                let bn = if g.trans_b { 8 } else { 128 };
+                (&SHADER, "mm_gemv_v4", g.m, bn, 1)
+            }
+            Kernel::Rows | Kernel::RowsShape(_) | Kernel::Gemv => {
                 let rb = g.m.min(4);
                 let gpu = match kernel {
                     Kernel::RowsShape(gpu) => gpu,
@@ -356,4 +409,27 @@ pub(crate) fn gemm(g: &Gemm, kernel: Option<Kernel>) -> Result<Option<&'static s
         grid_1d(total as u64)?,
     )?;
     Ok(Some(entry))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn k_slices_cover_k_and_stay_aligned() {
+        // Software adapters and well-filled grids: one slice up to the loop-cap limit.
+        assert_eq!(k_slice(false, 1, 384, 1152, 16_384), MAX_K_PER_DISPATCH);
+        assert_eq!(k_slice(true, 1, 4096, 4096, 16_384), MAX_K_PER_DISPATCH);
+        assert_eq!(k_slice(true, 1, 384, 1152, 1_000), MAX_K_PER_DISPATCH);
+        // A weight gradient: 108 tiles of 64 x 64, so 5 slices of 3,280.
+        assert_eq!(k_slice(true, 1, 384, 1152, 16_384), 3_280);
+        for (b, m, n, k) in [(1, 1, 1, 2_048), (3, 70, 9, 40_004), (1, 384, 384, 16_388)] {
+            let s = k_slice(true, b, m, n, k);
+            assert!(
+                s.is_multiple_of(16) && (1_024..=MAX_K_PER_DISPATCH).contains(&s),
+                "{s}"
+            );
+            assert!(k.div_ceil(s) * 1_024 <= k + s, "slices of {s} for K {k}");
+        }
+    }
 }
