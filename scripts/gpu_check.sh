@@ -15,7 +15,7 @@ tar xJf .bins/bins.tar.xz -C /tmp
 B=/tmp/bins
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-what=${1:-tests bench shakespeare torch}
+what=${1:-tests bench shakespeare torch gpt2}
 summary=""
 if [[ $what == *tests* ]]; then
   for t in ${TESTS:-$(ls $B | grep -v "^ex_")}; do
@@ -36,5 +36,11 @@ if [[ $what == *shakespeare* ]]; then
 fi
 if [[ $what == *torch* ]]; then
   timeout 120 python3 scripts/torch_matmul_ref.py 2>&1 | tee "$OUT/torch.log"
+fi
+if [[ $what == *gpt2* ]]; then
+  # Real-size (random) gpt2-small: load, score against PyTorch, decode speed against HF.
+  timeout 180 python3 scripts/gpu_gpt2_ref.py /tmp/gpt2r /tmp/gpt2r-ids.json 2>&1 | grep -v Warning | tee "$OUT/gpt2.log"
+  timeout 120 $B/ex_gpt2 score --model /tmp/gpt2r --ids /tmp/gpt2r-ids.json 2>&1 | tail -2 | tee -a "$OUT/gpt2.log"
+  timeout 120 $B/ex_gpt2 generate --model /tmp/gpt2r --prompt "The" --max-new-tokens 128 --greedy --warmup 2>&1 | tail -2 | tee -a "$OUT/gpt2.log"
 fi
 printf '%s' "$summary"

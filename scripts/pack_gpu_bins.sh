@@ -15,6 +15,6 @@ done
 cargo build --release --examples
 for e in bench shakespeare gpt2 classify; do cp "target/release/examples/$e" "/tmp/pg-bins/ex_$e"; done
 strip /tmp/pg-bins/*
-tar cf - -C /tmp pg-bins --transform 's/^pg-bins/bins/' | xz -9e -T2 > .bins/bins.tar.xz
+tar cf - -C /tmp pg-bins --transform 's/^pg-bins/bins/' | xz -7 -T2 > .bins/bins.tar.xz
 pwd > .bins/built_at
 ls -la .bins

@@ -147,12 +147,68 @@ pub fn run(dev: &Device) -> Result<()> {
         };
         row(&case, m, k, n, ran.unwrap_or("-"), secs);
     }
+    // The GPT LM head as it runs: logits = x · wteᵀ, wte stored (V, C).
+    if (768 * 50257 * 4) as u64 <= dev.info().max_storage_binding {
+        product(dev, "decode GEMV, A·Bᵀ", 1, 768, 50257, false, true)?;
+    }
     for (case, ta, tb) in [
         ("Aᵀ·B", true, false),
         ("A·Bᵀ", false, true),
         ("Aᵀ·Bᵀ", true, true),
     ] {
         product(dev, case, 1024, 1024, 1024, ta, tb)?;
+    }
+    if !dev.info().is_cpu {
+        variants(dev)?;
+    }
+    Ok(())
+}
+
+/// GPUs: every tiled configuration on the same shapes, so the rule in `kernels/matmul.rs` can
+/// be checked against measurements on the card at hand.
+fn variants(dev: &Device) -> Result<()> {
+    println!("\n| forced kernel | M x K x N | entry | GFLOP/s | ms |");
+    println!("|---|---|---|---|---|");
+    let shapes = [
+        (1024, 1024, 1024, false, false),
+        (4096, 4096, 4096, false, false),
+        (1024, 768, 3072, false, false),
+        (1024, 3072, 768, false, false),
+        (16384, 384, 1152, false, false),
+        (16384, 384, 384, false, true),
+        (384, 16384, 1152, true, false),
+        (256, 64, 256, false, true),
+        (1, 768, 50257, false, false),
+        (1, 768, 50257, false, true),
+        (4, 768, 3072, false, false),
+        (1, 3072, 768, false, false),
+    ];
+    for (m, k, n, ta, tb) in shapes {
+        let sa = if ta { [k, m] } else { [m, k] };
+        let sb = if tb { [n, k] } else { [k, n] };
+        let a = Tensor::rand_uniform(dev, &sa, -1.0, 1.0, 1)?;
+        let b = Tensor::rand_uniform(dev, &sb, -1.0, 1.0, 2)?;
+        let kernels: &[&str] = if m <= 4 {
+            &["rows_gpu", "gemv_gpu", "auto"]
+        } else {
+            &["tiled4", "tiled8", "wide", "auto"]
+        };
+        for &kernel in kernels {
+            let (_, ran) = a.matmul_with_kernel(&b, ta, tb, kernel)?;
+            let (wall, _) = time(dev, || a.matmul_with_kernel(&b, ta, tb, kernel).map(drop))?;
+            let t = match (ta, tb) {
+                (true, true) => "ᵀ·ᵀ",
+                (true, false) => "ᵀ·",
+                (false, true) => "·ᵀ",
+                _ => "",
+            };
+            println!(
+                "| {kernel} | {m} x {k} x {n} {t} | {} | {:.1} | {:.3} |",
+                ran.unwrap_or("-"),
+                2.0 * (m * k * n) as f64 / wall / 1e9,
+                wall * 1e3
+            );
+        }
     }
     Ok(())
 }
