@@ -33,6 +33,8 @@ pub(crate) const TILED_SHADER: Shader = shader(
 );
 /// vec4s per staged block of the tiled kernels (`TILE`): two blocks, 16 KiB of workgroup memory.
 const TILE: u32 = 512;
+// WebGPU's default maxComputeWorkgroupStorageSize: every adapter runs them.
+const _: () = assert!(2 * TILE * 16 <= 16384);
 
 /// Rows per tile (`TW` in the WGSL); the CPU kernels broadcast from this many lanes.
 const TW: u32 = 8;
