@@ -348,9 +348,18 @@ pub fn attention_cpu_shader_source(head_dim: usize) -> String {
 
 /// Which attention kernels run on `dev` for head size `head_dim`: `"subgroup-cpu"`
 /// (straight-line kernels generated per head size for CPU adapters such as lavapipe, tiles
-/// shared through subgroup broadcasts) or `"portable"` (one row per invocation, tiles read from
-/// storage; GPUs and adapters without subgroups). For benchmarks and bug reports;
-/// `PORTAGRAD_ATTENTION=portable` forces the portable kernels.
+/// shared through subgroup broadcasts), `"tiled"` (GPUs: blocks staged in workgroup memory) or
+/// `"portable"` (one row per invocation, tiles read from storage; CPU adapters without
+/// subgroups). For benchmarks and bug reports; `PORTAGRAD_ATTENTION=portable` or `=tiled`
+/// forces a kind.
 pub fn attention_variant(dev: &Device, head_dim: usize) -> &'static str {
     kern::plan_name(dev, head_dim)
+}
+
+/// Run `f` with the attention kernels forced to `kind` (`"portable"`, `"tiled"`, or
+/// `"default"`: the adapter's choice) for the calls made on this thread, e.g. to test or time
+/// every kind in one process. Overrides `PORTAGRAD_ATTENTION`.
+#[doc(hidden)]
+pub fn with_attention_kernels<R>(kind: &'static str, f: impl FnOnce() -> R) -> R {
+    kern::with_kernels(kind, f)
 }

@@ -9,7 +9,7 @@ use common::{check_grad, inp};
 use portagrad::testing::{assert_close, random_vec, shared_device};
 use portagrad::{
     Error, KvCache, Tensor, attend_cached, attention, attention_qkv, attention_variant,
-    merge_heads, split_heads,
+    merge_heads, split_heads, with_attention_kernels,
 };
 
 /// (B, H, T, D)
@@ -107,6 +107,23 @@ fn qkv_data(dims: Dims, seed: u64) -> [Vec<f32>; 3] {
     ]
 }
 
+/// Run `f` once per kind of kernel this adapter can run: its default (CPU adapters: the
+/// generated subgroup kernels), the portable and the tiled ones. The kind is forced per thread,
+/// so tests running in parallel do not disturb each other.
+fn each_kind(f: impl Fn()) {
+    let dev = shared_device();
+    let default = with_attention_kernels("default", || attention_variant(&dev, 64));
+    for kind in ["default", "portable", "tiled"] {
+        if kind != "default" && kind == default {
+            continue;
+        }
+        with_attention_kernels(kind, || {
+            eprintln!("attention kernels: {}", attention_variant(&dev, 64));
+            f()
+        });
+    }
+}
+
 fn shape(d: Dims) -> [usize; 4] {
     [d.0, d.1, d.2, d.3]
 }
@@ -125,100 +142,106 @@ const FORWARD_CASES: &[Dims] = &[
 
 #[test]
 fn forward_matches_cpu() {
-    for (n, &dims) in FORWARD_CASES.iter().enumerate() {
-        let [q, k, v] = qkv_data(dims, 10 * n as u64);
-        let s = shape(dims);
-        let (qt, kt, vt) = (upload(&q, &s), upload(&k, &s), upload(&v, &s));
-        for causal in [false, true] {
-            let o = attention(&qt, &kt, &vt, causal).expect("attention");
-            assert_eq!(o.shape(), &s);
-            let want = cpu_attention(&to64(&q), &to64(&k), &to64(&v), dims, causal);
-            assert_close(
-                &format!("attention {dims:?} causal={causal}"),
-                &o.to_vec().unwrap(),
-                &want,
-                1e-4,
-                2e-5,
-            );
+    each_kind(|| {
+        for (n, &dims) in FORWARD_CASES.iter().enumerate() {
+            let [q, k, v] = qkv_data(dims, 10 * n as u64);
+            let s = shape(dims);
+            let (qt, kt, vt) = (upload(&q, &s), upload(&k, &s), upload(&v, &s));
+            for causal in [false, true] {
+                let o = attention(&qt, &kt, &vt, causal).expect("attention");
+                assert_eq!(o.shape(), &s);
+                let want = cpu_attention(&to64(&q), &to64(&k), &to64(&v), dims, causal);
+                assert_close(
+                    &format!("attention {dims:?} causal={causal}"),
+                    &o.to_vec().unwrap(),
+                    &want,
+                    1e-4,
+                    2e-5,
+                );
+            }
         }
-    }
+    });
 }
 
 /// Large scores (|s| up to ~60): the online softmax must not overflow or lose rows.
 #[test]
 fn forward_with_large_scores() {
-    let dims = (1, 2, 77, 32);
-    let n = 2 * 77 * 32;
-    let q = random_vec(n, -8.0, 8.0, 5);
-    let k = random_vec(n, -8.0, 8.0, 6);
-    let v = random_vec(n, -1.0, 1.0, 7);
-    let s = shape(dims);
-    for causal in [false, true] {
-        let o = attention(&upload(&q, &s), &upload(&k, &s), &upload(&v, &s), causal).unwrap();
-        let want = cpu_attention(&to64(&q), &to64(&k), &to64(&v), dims, causal);
-        assert_close(
-            &format!("large scores causal={causal}"),
-            &o.to_vec().unwrap(),
-            &want,
-            1e-3,
-            1e-4,
-        );
-    }
-}
-
-/// The fused kernel against the unfused composition on the GPU: softmax(q kᵀ · scale + mask) v.
-#[test]
-fn forward_and_gradients_match_unfused_gpu_composition() {
-    let dev = shared_device();
-    for (dims, causal) in [((2, 2, 37, 32), true), ((1, 3, 20, 16), false)] {
-        let (_, _, t, d) = dims;
-        let [q, k, v] = qkv_data(dims, 40);
+    each_kind(|| {
+        let dims = (1, 2, 77, 32);
+        let n = 2 * 77 * 32;
+        let q = random_vec(n, -8.0, 8.0, 5);
+        let k = random_vec(n, -8.0, 8.0, 6);
+        let v = random_vec(n, -1.0, 1.0, 7);
         let s = shape(dims);
-        let (qt, kt, vt) = (
-            upload(&q, &s).with_grad(),
-            upload(&k, &s).with_grad(),
-            upload(&v, &s).with_grad(),
-        );
-        let mask: Vec<f32> = (0..t * t)
-            .map(|x| if causal && x % t > x / t { -1e30 } else { 0.0 })
-            .collect();
-        let mask = Tensor::from_slice(&dev, &mask, &[t, t]).unwrap();
-        let scores = qt
-            .matmul_t(&kt, false, true)
-            .unwrap()
-            .mul_scalar(1.0 / (d as f32).sqrt())
-            .unwrap()
-            .add(&mask)
-            .unwrap();
-        let unfused = scores.softmax().unwrap().matmul(&vt).unwrap();
-        let fused = attention(&qt, &kt, &vt, causal).unwrap();
-        let want = to64(&unfused.to_vec().unwrap());
-        assert_close(
-            &format!("fused vs unfused {dims:?}"),
-            &fused.to_vec().unwrap(),
-            &want,
-            1e-4,
-            2e-5,
-        );
-        if !unfused.requires_grad() {
-            // matmul records no backward yet: only the forward can be compared.
-            eprintln!("matmul has no autograd yet: unfused gradients not compared");
-            continue;
-        }
-        let w = Tensor::from_slice(&dev, &random_vec(q.len(), -1.0, 1.0, 3), &s).unwrap();
-        let gf = fused.mul(&w).unwrap().sum().unwrap().backward().unwrap();
-        let gu = unfused.mul(&w).unwrap().sum().unwrap().backward().unwrap();
-        for (name, x) in [("dq", &qt), ("dk", &kt), ("dv", &vt)] {
-            let want = to64(&gu.get(x).unwrap().to_vec().unwrap());
+        for causal in [false, true] {
+            let o = attention(&upload(&q, &s), &upload(&k, &s), &upload(&v, &s), causal).unwrap();
+            let want = cpu_attention(&to64(&q), &to64(&k), &to64(&v), dims, causal);
             assert_close(
-                &format!("{name} fused vs unfused {dims:?}"),
-                &gf.get(x).unwrap().to_vec().unwrap(),
+                &format!("large scores causal={causal}"),
+                &o.to_vec().unwrap(),
                 &want,
                 1e-3,
                 1e-4,
             );
         }
-    }
+    });
+}
+
+/// The fused kernel against the unfused composition on the GPU: softmax(q kᵀ · scale + mask) v.
+#[test]
+fn forward_and_gradients_match_unfused_gpu_composition() {
+    each_kind(|| {
+        let dev = shared_device();
+        for (dims, causal) in [((2, 2, 37, 32), true), ((1, 3, 20, 16), false)] {
+            let (_, _, t, d) = dims;
+            let [q, k, v] = qkv_data(dims, 40);
+            let s = shape(dims);
+            let (qt, kt, vt) = (
+                upload(&q, &s).with_grad(),
+                upload(&k, &s).with_grad(),
+                upload(&v, &s).with_grad(),
+            );
+            let mask: Vec<f32> = (0..t * t)
+                .map(|x| if causal && x % t > x / t { -1e30 } else { 0.0 })
+                .collect();
+            let mask = Tensor::from_slice(&dev, &mask, &[t, t]).unwrap();
+            let scores = qt
+                .matmul_t(&kt, false, true)
+                .unwrap()
+                .mul_scalar(1.0 / (d as f32).sqrt())
+                .unwrap()
+                .add(&mask)
+                .unwrap();
+            let unfused = scores.softmax().unwrap().matmul(&vt).unwrap();
+            let fused = attention(&qt, &kt, &vt, causal).unwrap();
+            let want = to64(&unfused.to_vec().unwrap());
+            assert_close(
+                &format!("fused vs unfused {dims:?}"),
+                &fused.to_vec().unwrap(),
+                &want,
+                1e-4,
+                2e-5,
+            );
+            if !unfused.requires_grad() {
+                // matmul records no backward yet: only the forward can be compared.
+                eprintln!("matmul has no autograd yet: unfused gradients not compared");
+                continue;
+            }
+            let w = Tensor::from_slice(&dev, &random_vec(q.len(), -1.0, 1.0, 3), &s).unwrap();
+            let gf = fused.mul(&w).unwrap().sum().unwrap().backward().unwrap();
+            let gu = unfused.mul(&w).unwrap().sum().unwrap().backward().unwrap();
+            for (name, x) in [("dq", &qt), ("dk", &kt), ("dv", &vt)] {
+                let want = to64(&gu.get(x).unwrap().to_vec().unwrap());
+                assert_close(
+                    &format!("{name} fused vs unfused {dims:?}"),
+                    &gf.get(x).unwrap().to_vec().unwrap(),
+                    &want,
+                    1e-3,
+                    1e-4,
+                );
+            }
+        }
+    });
 }
 
 fn attention_grad_case(dims: Dims, causal: bool) {
@@ -236,41 +259,47 @@ fn attention_grad_case(dims: Dims, causal: bool) {
 
 #[test]
 fn gradients_small() {
-    for t in [1, 7, 13] {
-        for causal in [false, true] {
-            attention_grad_case((2, 2, t, 16), causal);
+    each_kind(|| {
+        for t in [1, 7, 13] {
+            for causal in [false, true] {
+                attention_grad_case((2, 2, t, 16), causal);
+            }
         }
-    }
+    });
 }
 
 /// Several tiles, several row groups and workgroups, D = 64 and 80.
 #[test]
 fn gradients_multi_tile() {
-    attention_grad_case((1, 1, 129, 64), true);
-    attention_grad_case((1, 2, 70, 80), false);
+    each_kind(|| {
+        attention_grad_case((1, 1, 129, 64), true);
+        attention_grad_case((1, 2, 70, 80), false);
+    });
 }
 
 /// Same inputs, same gradients, bit for bit (no atomics).
 #[test]
 fn backward_is_deterministic() {
-    let dims = (1, 2, 100, 32);
-    let [q, k, v] = qkv_data(dims, 90);
-    let s = shape(dims);
-    let run = || {
-        let (qt, kt, vt) = (
-            upload(&q, &s).with_grad(),
-            upload(&k, &s).with_grad(),
-            upload(&v, &s).with_grad(),
-        );
-        let g = attention(&qt, &kt, &vt, true)
-            .unwrap()
-            .sum()
-            .unwrap()
-            .backward()
-            .unwrap();
-        [&qt, &kt, &vt].map(|x| g.get(x).unwrap().to_vec().unwrap())
-    };
-    assert_eq!(run(), run());
+    each_kind(|| {
+        let dims = (1, 2, 100, 32);
+        let [q, k, v] = qkv_data(dims, 90);
+        let s = shape(dims);
+        let run = || {
+            let (qt, kt, vt) = (
+                upload(&q, &s).with_grad(),
+                upload(&k, &s).with_grad(),
+                upload(&v, &s).with_grad(),
+            );
+            let g = attention(&qt, &kt, &vt, true)
+                .unwrap()
+                .sum()
+                .unwrap()
+                .backward()
+                .unwrap();
+            [&qt, &kt, &vt].map(|x| g.get(x).unwrap().to_vec().unwrap())
+        };
+        assert_eq!(run(), run());
+    });
 }
 
 /// Forward and backward at T = 1024 hold far less than one (T, T) f32 matrix.
@@ -474,36 +503,38 @@ fn split_and_merge_heads_gradients() {
 /// three ops and as the fused `attention_qkv`.
 #[test]
 fn gradients_through_split_attention_merge() {
-    type Gpu = fn(&Tensor, usize) -> portagrad::Result<Tensor>;
-    let three: Gpu = |x, h| {
-        let (q, k, v) = split_heads(x, h)?;
-        merge_heads(&attention(&q, &k, &v, true)?)
-    };
-    let fused: Gpu = |x, h| attention_qkv(x, h, true);
-    for (name, gpu) in [
-        ("split -> attention -> merge", three),
-        ("attention_qkv", fused),
-    ] {
-        let (b, t, c, h) = (2, 9, 32, 2);
-        let dims = (b, h, t, c / h);
-        check_grad(
-            name,
-            &[inp(&[b, t, 3 * c], -1.0, 1.0)],
-            &|x| gpu(&x[0], h),
-            &|x| {
-                let [q, k, v] = cpu_split(&x[0], b, t, c, h);
-                cpu_merge(&cpu_attention(&q, &k, &v, dims, true), b, h, t, c / h)
-            },
-            &|x, g| {
-                let [q, k, v] = cpu_split(&x[0], b, t, c, h);
-                let gh = cpu_unmerge(g, b, h, t, c / h);
-                let grads = cpu_attention_backward(&q, &k, &v, &gh, dims, true);
-                vec![cpu_merge3(&grads, b, h, t, c / h)]
-            },
-            1e-4,
-            1e-3,
-        );
-    }
+    each_kind(|| {
+        type Gpu = fn(&Tensor, usize) -> portagrad::Result<Tensor>;
+        let three: Gpu = |x, h| {
+            let (q, k, v) = split_heads(x, h)?;
+            merge_heads(&attention(&q, &k, &v, true)?)
+        };
+        let fused: Gpu = |x, h| attention_qkv(x, h, true);
+        for (name, gpu) in [
+            ("split -> attention -> merge", three),
+            ("attention_qkv", fused),
+        ] {
+            let (b, t, c, h) = (2, 9, 32, 2);
+            let dims = (b, h, t, c / h);
+            check_grad(
+                name,
+                &[inp(&[b, t, 3 * c], -1.0, 1.0)],
+                &|x| gpu(&x[0], h),
+                &|x| {
+                    let [q, k, v] = cpu_split(&x[0], b, t, c, h);
+                    cpu_merge(&cpu_attention(&q, &k, &v, dims, true), b, h, t, c / h)
+                },
+                &|x, g| {
+                    let [q, k, v] = cpu_split(&x[0], b, t, c, h);
+                    let gh = cpu_unmerge(g, b, h, t, c / h);
+                    let grads = cpu_attention_backward(&q, &k, &v, &gh, dims, true);
+                    vec![cpu_merge3(&grads, b, h, t, c / h)]
+                },
+                1e-4,
+                1e-3,
+            );
+        }
+    });
 }
 
 #[test]
@@ -543,35 +574,37 @@ fn rows(x: &[f32], dims: Dims, t0: usize, n: usize) -> Vec<f32> {
 
 #[test]
 fn decode_step_t_equals_row_t_of_causal_forward() {
-    for (dims, max_len) in [((2, 3, 9, 32), 16), ((1, 2, 5, 80), 5)] {
-        let (b, h, t, d) = dims;
-        let [q, k, v] = qkv_data(dims, 60);
-        let s = shape(dims);
-        let full = attention(&upload(&q, &s), &upload(&k, &s), &upload(&v, &s), true).unwrap();
-        let full = full.to_vec().unwrap();
-        let mut cache = KvCache::new(&shared_device(), b, h, max_len, d).unwrap();
-        assert!(cache.is_empty());
-        for step in 0..t {
-            let one = [b, h, 1, d];
-            cache
-                .append(
-                    &upload(&rows(&k, dims, step, 1), &one),
-                    &upload(&rows(&v, dims, step, 1), &one),
-                )
-                .unwrap();
-            assert_eq!(cache.len(), step + 1);
-            let o = attend_cached(&upload(&rows(&q, dims, step, 1), &one), &cache).unwrap();
-            assert_eq!(o.shape(), &one);
-            let want = to64(&rows(&full, dims, step, 1));
-            assert_close(
-                &format!("decode {dims:?} step {step}"),
-                &o.to_vec().unwrap(),
-                &want,
-                1e-5,
-                1e-6,
-            );
+    each_kind(|| {
+        for (dims, max_len) in [((2, 3, 9, 32), 16), ((1, 2, 5, 80), 5)] {
+            let (b, h, t, d) = dims;
+            let [q, k, v] = qkv_data(dims, 60);
+            let s = shape(dims);
+            let full = attention(&upload(&q, &s), &upload(&k, &s), &upload(&v, &s), true).unwrap();
+            let full = full.to_vec().unwrap();
+            let mut cache = KvCache::new(&shared_device(), b, h, max_len, d).unwrap();
+            assert!(cache.is_empty());
+            for step in 0..t {
+                let one = [b, h, 1, d];
+                cache
+                    .append(
+                        &upload(&rows(&k, dims, step, 1), &one),
+                        &upload(&rows(&v, dims, step, 1), &one),
+                    )
+                    .unwrap();
+                assert_eq!(cache.len(), step + 1);
+                let o = attend_cached(&upload(&rows(&q, dims, step, 1), &one), &cache).unwrap();
+                assert_eq!(o.shape(), &one);
+                let want = to64(&rows(&full, dims, step, 1));
+                assert_close(
+                    &format!("decode {dims:?} step {step}"),
+                    &o.to_vec().unwrap(),
+                    &want,
+                    1e-5,
+                    1e-6,
+                );
+            }
         }
-    }
+    });
 }
 
 /// Several positions appended at once, and a chunk of queries attended causally; longer
@@ -692,47 +725,66 @@ fn bad_shapes_are_errors_naming_shapes() {
     ));
 }
 
-/// On an adapter that runs the generated CPU kernels, re-runs the numeric tests of this file
-/// with the portable kernels forced (the ones GPUs run), so both are tested.
+/// The per-thread override picks the kernels (and wins over `PORTAGRAD_ATTENTION`), and the
+/// adapter's default is the generated kernels on CPU adapters with subgroups, else the tiled
+/// ones on GPUs.
 #[test]
-fn portable_kernels_pass_the_same_tests() {
+fn kernel_kinds_can_be_forced() {
     let dev = shared_device();
-    if let Ok(forced) = std::env::var("PORTAGRAD_ATTENTION") {
-        // The child run below: check the kernels really are the forced ones.
-        assert_eq!(attention_variant(&dev, 64), forced);
-        return;
+    for kind in ["portable", "tiled"] {
+        assert_eq!(
+            with_attention_kernels(kind, || attention_variant(&dev, 64)),
+            kind
+        );
     }
-    let default = attention_variant(&dev, 64);
+    let default = with_attention_kernels("default", || attention_variant(&dev, 64));
     eprintln!("attention kernels on this adapter: {default}");
-    if default == "portable" {
-        return; // the tests above ran them
+    if !dev.info().is_cpu {
+        assert_eq!(default, "tiled");
     }
-    let tests = [
-        "forward_matches_cpu",
-        "forward_with_large_scores",
-        "gradients_small",
-        "gradients_multi_tile",
-        "backward_is_deterministic",
-        "decode_step_t_equals_row_t_of_causal_forward",
-        "decode_chunks_long_cache_and_reset",
-        "portable_kernels_pass_the_same_tests",
-    ];
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .env("PORTAGRAD_ATTENTION", "portable")
-        // One test at a time: less load, and no concurrent device polls (wgpu-core 30 can
-        // panic when two threads poll while a long submission's wait times out).
-        .arg("--test-threads=1")
-        .args(tests)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "portable kernels failed:\n{text}");
-    let passed = format!("test result: ok. {} passed", tests.len());
-    assert!(text.contains(&passed), "{text}");
+}
+
+/// Needs no GPU: the tiled kernels validate and translate with the override values the
+/// launcher sets for each head size (BC rows of D per staged block).
+#[test]
+fn tiled_kernels_validate_for_every_block_shape() {
+    use naga::back::{hlsl, msl, spv};
+    use naga::valid::{Capabilities, ValidationFlags, Validator};
+    let (_, src) = portagrad::shader_sources()
+        .iter()
+        .find(|(n, _)| *n == "attention_tiled")
+        .expect("attention_tiled is registered");
+    let module = naga::front::wgsl::parse_str(src).expect("parses");
+    let info = Validator::new(ValidationFlags::all(), Capabilities::empty())
+        .validate(&module)
+        .expect("validates");
+    // (D, BC) as the launcher picks them: 512 vec4s per block, whole steps of 8, at most 64.
+    for (d, bc) in [(4, 64), (32, 64), (64, 32), (80, 24), (96, 16), (128, 16)] {
+        let constants = [("D4", (d / 4) as f64), ("BC", bc as f64)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        let (module, info) =
+            naga::back::pipeline_constants::process_overrides(&module, &info, None, &constants)
+                .unwrap_or_else(|e| panic!("D = {d}: {e}"));
+        spv::write_vec(&module, &info, &spv::Options::default(), None).expect("SPIR-V");
+        let msl_opts = msl::Options {
+            lang_version: (2, 4),
+            fake_missing_bindings: true,
+            ..Default::default()
+        };
+        msl::write_string(&module, &info, &msl_opts, &msl::PipelineOptions::default())
+            .expect("MSL");
+        let mut out = String::new();
+        let hlsl_opts = hlsl::Options {
+            shader_model: hlsl::ShaderModel::V6_0,
+            fake_missing_bindings: true,
+            ..Default::default()
+        };
+        hlsl::Writer::new(&mut out, &hlsl_opts, &hlsl::PipelineOptions::default())
+            .write(&module, &info, None)
+            .expect("HLSL");
+    }
 }
 
 /// Needs no GPU: the straight-line kernels generated for CPU adapters parse, validate and

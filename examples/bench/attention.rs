@@ -4,7 +4,10 @@
 
 use std::time::Instant;
 
-use portagrad::{Device, KvCache, Result, Tensor, attend_cached, attention, attention_variant};
+use portagrad::{
+    Device, KvCache, Result, Tensor, attend_cached, attention, attention_variant,
+    with_attention_kernels,
+};
 
 /// CPU seconds this process has used (user + system), where Linux reports them. On a CPU
 /// adapter (lavapipe) this is the work done, independent of other processes on the machine.
@@ -92,30 +95,55 @@ pub fn run(dev: &Device) -> Result<()> {
         Ok(())
     })?;
     println!("first calls (pipeline compilation, D = 64): {compile:.1} s\n");
+    // GPUs: the portable and the tiled kernels side by side; CPU adapters: their own kind only.
+    let kinds: &[&'static str] = if dev.info().is_cpu {
+        &["default"]
+    } else {
+        &["portable", "tiled"]
+    };
+    for &kind in kinds.iter().filter(|&&k| k != "default") {
+        with_attention_kernels(kind, || -> Result<()> {
+            case(dev, [1, 1, 64, 64], true, 1)?;
+            case(dev, [1, 1, 64, 64], false, 1)?;
+            Ok(())
+        })?;
+    }
     println!(
-        "| B, H, T, D | mask | forward | forward+backward | forward GFLOP/s | process CPU-s fwd / fwd+bwd | peak bytes fwd+bwd (above inputs) | naive (T, T) scores + probabilities |"
+        "| kernels | B, H, T, D | mask | forward | forward+backward | forward GFLOP/s | fwd+bwd GFLOP/s | process CPU-s fwd / fwd+bwd | peak bytes fwd+bwd (above inputs) | naive (T, T) scores + probabilities |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
-    let mut cases = [([4, 12, 1024, 64], true), ([4, 12, 1024, 64], false)];
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let mut cases = vec![([4, 12, 1024, 64], true), ([4, 12, 1024, 64], false)];
+    if !dev.info().is_cpu {
+        // The Shakespeare GPT's attention (6 heads of 64, T = 256, batch 64).
+        cases.push(([64, 6, 256, 64], true));
+    }
     let mut i = 0;
     while i < cases.len() {
         let (dims @ [b, h, t, d], causal) = cases[i];
-        let r = case(dev, dims, causal, 2)?;
-        // QKᵀ and PV: 2 · 2·T·T·D flops per head, half of it under a causal mask.
-        let flops = 4.0 * (b * h * t * t * d) as f64 * if causal { 0.5 } else { 1.0 };
-        let naive = 2 * (b * h * t * t * 4) as u64;
-        println!(
-            "| {b}, {h}, {t}, {d} | {} | {:.1} ms | {:.1} ms | {:.1} | {} / {} | {} | {} |",
-            if causal { "causal" } else { "none" },
-            r.fwd.0 * 1e3,
-            r.both.0 * 1e3,
-            flops / r.fwd.0 / 1e9,
-            cpu(r.fwd.1),
-            cpu(r.both.1),
-            mib(r.peak),
-            mib(naive),
-        );
-        if i == 0 && r.both.0 > 60.0 {
+        let mut slow = false;
+        for &kind in kinds {
+            let r = with_attention_kernels(kind, || case(dev, dims, causal, 2))?;
+            // QKᵀ and PV: 2 · 2·T·T·D flops per head, half of it under a causal mask. The
+            // backward counts as 2.5 forwards (FlashAttention's convention: five T·T·D
+            // products), though the dQ and dK/dV kernels each recompute S and dP.
+            let flops = 4.0 * (b * h * t * t * d) as f64 * if causal { 0.5 } else { 1.0 };
+            let naive = 2 * (b * h * t * t * 4) as u64;
+            println!(
+                "| {} | {b}, {h}, {t}, {d} | {} | {:.1} ms | {:.1} ms | {:.1} | {:.1} | {} / {} | {} | {} |",
+                with_attention_kernels(kind, || attention_variant(dev, d)),
+                if causal { "causal" } else { "none" },
+                r.fwd.0 * 1e3,
+                r.both.0 * 1e3,
+                flops / r.fwd.0 / 1e9,
+                3.5 * flops / r.both.0 / 1e9,
+                cpu(r.fwd.1),
+                cpu(r.both.1),
+                mib(r.peak),
+                mib(naive),
+            );
+            slow |= r.both.0 > 60.0;
+        }
+        if i == 0 && slow {
             println!("(over a minute on this adapter: a smaller case follows instead)");
             cases[1] = ([1, 4, 512, 64], true);
         }

@@ -6,11 +6,14 @@
 //! - `portable` (`attention.wgsl`): one row per invocation, tiles of the other side read
 //!   straight from storage; on a GPU all invocations of a workgroup read the same tile rows, a
 //!   cache-served broadcast. Every adapter.
+//! - `tiled` (`attention_tiled.wgsl`): GPUs. Blocks of the other side staged in workgroup
+//!   memory (FlashAttention-2 style), one row per invocation; decode as `portable`.
 //! - `subgroup-cpu`: CPU adapters with subgroups of at least 8 lanes (lavapipe). Straight-line
 //!   kernels generated here for the head size at hand ([`mod@cpu`]): tiles exchanged with
 //!   subgroup broadcasts, several rows per lane.
 //!
-//! `PORTAGRAD_ATTENTION=portable` forces the portable kernels (the tests run both).
+//! `PORTAGRAD_ATTENTION=portable` or `=tiled` forces a kind for the process;
+//! [`with_kernels`] forces one for a closure on the calling thread (tests, benchmarks).
 
 use super::{elems_grid, shader};
 use crate::error::Result;
@@ -19,6 +22,19 @@ use crate::tensor::{DType, Tensor};
 
 /// The portable kernels, decode, append and layout: every adapter.
 pub(crate) const SHADER: Shader = shader("attention", include_str!("../../shaders/attention.wgsl"));
+
+/// The portable module plus the tiled kernels (which use its struct, bindings and constants).
+pub(crate) const TILED_SHADER: Shader = shader(
+    "attention_tiled",
+    concat!(
+        include_str!("../../shaders/attention.wgsl"),
+        include_str!("../../shaders/attention_tiled.wgsl")
+    ),
+);
+/// vec4s per staged block of the tiled kernels (`TILE`): two blocks, 16 KiB of workgroup memory.
+const TILE: u32 = 512;
+// WebGPU's default maxComputeWorkgroupStorageSize: every adapter runs them.
+const _: () = assert!(2 * TILE * 16 <= 16384);
 
 /// Rows per tile (`TW` in the WGSL); the CPU kernels broadcast from this many lanes.
 const TW: u32 = 8;
@@ -65,6 +81,8 @@ struct Plan {
     rows: [u32; 3],
     /// Whether the straight-line CPU kernels run.
     cpu: bool,
+    /// Rows per staged block (`BC`) of the tiled kernels; 0 for the others.
+    bc: u32,
     /// Reported by [`plan_name`].
     name: &'static str,
 }
@@ -73,39 +91,84 @@ impl Plan {
     fn entry(&self, kernel: usize) -> String {
         if self.cpu {
             format!("{}_cpu", ENTRIES[kernel])
+        } else if self.bc > 0 {
+            format!("{}_tiled", ENTRIES[kernel])
         } else {
             ENTRIES[kernel].to_string()
         }
     }
 }
 
+thread_local! {
+    /// Kernel kind forced on this thread by [`with_kernels`].
+    static FORCED: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
+}
+
+/// Run `f` with the row kernels forced to `kind` (`"portable"`, `"tiled"`, or `"default"` for
+/// the adapter's choice) on this thread. A thread-local, not the environment, so tests running
+/// in parallel threads can each pick their own.
+pub(crate) fn with_kernels<R>(kind: &'static str, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<&'static str>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            FORCED.set(self.0);
+        }
+    }
+    let _restore = Restore(FORCED.replace(Some(kind)));
+    f()
+}
+
+fn portable() -> Plan {
+    Plan {
+        shader: &SHADER,
+        wg: WG,
+        rows: [1; 3],
+        cpu: false,
+        bc: 0,
+        name: "portable",
+    }
+}
+
 /// Choose the kernels: straight-line subgroup kernels generated for the head size on CPU
-/// adapters with subgroups of at least TW lanes, else the portable ones.
-/// `PORTAGRAD_ATTENTION=portable` forces the portable ones.
+/// adapters with subgroups of at least TW lanes, the portable ones on other CPU adapters, the
+/// tiled ones on GPUs. [`with_kernels`], else `PORTAGRAD_ATTENTION=portable|tiled`, overrides.
 fn plan(dev: &Device, d: usize) -> Plan {
     let info = dev.info();
-    let forced = std::env::var("PORTAGRAD_ATTENTION").is_ok_and(|v| v == "portable");
+    let forced = FORCED
+        .get()
+        .map(str::to_string)
+        .or_else(|| std::env::var("PORTAGRAD_ATTENTION").ok());
+    let tiled = || Plan {
+        shader: &TILED_SHADER,
+        wg: WG,
+        rows: [1; 3],
+        cpu: false,
+        // As many rows as fit TILE vec4s, whole TW steps, at most 64 (D = 64: 32, D = 128: 16).
+        bc: (TILE / (d as u32 / 4)).min(64) / TW * TW,
+        name: "tiled",
+    };
+    match forced.as_deref() {
+        Some("portable") => return portable(),
+        Some("tiled") => return tiled(),
+        _ => {}
+    }
     match info.subgroup_sizes {
-        Some((lo, hi)) if info.is_cpu && dev.has_subgroups() && lo >= TW && !forced => Plan {
+        Some((lo, hi)) if info.is_cpu && dev.has_subgroups() && lo >= TW => Plan {
             shader: cpu_shader(d),
             // One subgroup per workgroup: small T leaves no idle subgroups.
             wg: hi,
             rows: cpu::rows(d),
             cpu: true,
+            bc: 0,
             name: "subgroup-cpu",
         },
-        _ => Plan {
-            shader: &SHADER,
-            wg: WG,
-            rows: [1; 3],
-            cpu: false,
-            name: "portable",
-        },
+        _ if info.is_cpu => portable(),
+        _ => tiled(),
     }
 }
 
 /// Which kernels [`forward`], [`backward`] and [`decode`] use on `dev` for head size `d`:
-/// `"subgroup-cpu"` or `"portable"`.
+/// `"subgroup-cpu"`, `"portable"` or `"tiled"`.
 pub(crate) fn plan_name(dev: &Device, d: usize) -> &'static str {
     plan(dev, d).name
 }
@@ -137,8 +200,12 @@ fn row_params(
     Ok((p, grid_1d((blocks * bh) as u64)?))
 }
 
-fn consts(d: usize, wg: u32) -> [(&'static str, f64); 2] {
-    [("D4", (d / 4) as f64), ("WG", f64::from(wg))]
+fn consts(d: usize, pl: &Plan) -> Vec<(&'static str, f64)> {
+    let mut c = vec![("D4", (d / 4) as f64), ("WG", f64::from(pl.wg))];
+    if pl.bc > 0 {
+        c.push(("BC", f64::from(pl.bc)));
+    }
+    c
 }
 
 /// Forward: q, k, v (B, H, T, D) -> (o (B, H, T, D), lse (B, H, T)). Shapes checked by the caller.
@@ -158,7 +225,7 @@ pub(crate) fn forward(
     dev.dispatch(
         pl.shader,
         &pl.entry(FWD),
-        &consts(d, pl.wg),
+        &consts(d, &pl),
         &p,
         &[
             (&q.storage, Access::Read),
@@ -195,7 +262,7 @@ pub(crate) fn backward(
     dev.dispatch(
         pl.shader,
         &pl.entry(DQ),
-        &consts(d, pl.wg),
+        &consts(d, &pl),
         &p,
         &[
             (&q.storage, Access::Read),
@@ -214,7 +281,7 @@ pub(crate) fn backward(
     dev.dispatch(
         pl.shader,
         &pl.entry(DKV),
-        &consts(d, pl.wg),
+        &consts(d, &pl),
         &p,
         &[
             (&q.storage, Access::Read),

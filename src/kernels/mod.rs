@@ -29,6 +29,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("softmax_subgroup", softmax::SUBGROUP_SHADER.source),
     ("layout", layout::SHADER.source),
     ("attention", attention::SHADER.source),
+    ("attention_tiled", attention::TILED_SHADER.source),
     ("optim", optim::SHADER.source),
     ("train", train::SHADER.source),
     ("matmul", matmul::SHADER.source),
