@@ -91,8 +91,9 @@ pub mod train;
 pub use autograd::{Gradients, NoGradGuard, inference, is_grad_enabled, no_grad};
 pub use error::{Error, Result};
 pub use ops_attention::{
-    KvCache, MAX_HEAD_DIM, attend_cached, attention, attention_cpu_shader_source, attention_qkv,
-    attention_variant, merge_heads, split_heads, with_attention_kernels,
+    KvCache, MAX_HEAD_DIM, attend_cached, attention, attention_cpu_shader_source,
+    attention_gpu_shader_source, attention_qkv, attention_variant, merge_heads, split_heads,
+    with_attention_kernels,
 };
 pub use ops_matmul::{Activation, WeightLayout};
 pub use runtime::{Device, DeviceInfo, DeviceOptions, Stats};

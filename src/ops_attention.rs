@@ -346,6 +346,13 @@ pub fn attention_cpu_shader_source(head_dim: usize) -> String {
     kern::cpu_source(head_dim)
 }
 
+/// WGSL of the module GPUs run for head size `head_dim`: the portable kernels, plus the tiled
+/// ones when `tiled`, with the head size built in as a constant. For the shader validation test.
+#[doc(hidden)]
+pub fn attention_gpu_shader_source(head_dim: usize, tiled: bool) -> String {
+    kern::fixed_d_source(head_dim, tiled)
+}
+
 /// Which attention kernels run on `dev` for head size `head_dim`: `"subgroup-cpu"`
 /// (straight-line kernels generated per head size for CPU adapters such as lavapipe, tiles
 /// shared through subgroup broadcasts), `"tiled"` (GPUs: blocks staged in workgroup memory) or

@@ -750,40 +750,42 @@ fn kernel_kinds_can_be_forced() {
 fn tiled_kernels_validate_for_every_block_shape() {
     use naga::back::{hlsl, msl, spv};
     use naga::valid::{Capabilities, ValidationFlags, Validator};
-    let (_, src) = portagrad::shader_sources()
-        .iter()
-        .find(|(n, _)| *n == "attention_tiled")
-        .expect("attention_tiled is registered");
-    let module = naga::front::wgsl::parse_str(src).expect("parses");
-    let info = Validator::new(ValidationFlags::all(), Capabilities::empty())
-        .validate(&module)
-        .expect("validates");
     // (D, BC) as the launcher picks them: 512 vec4s per block, whole steps of 8, at most 64.
+    // GPUs run modules with D built in; BC stays an override.
     for (d, bc) in [(4, 64), (32, 64), (64, 32), (80, 24), (96, 16), (128, 16)] {
-        let constants = [("D4", (d / 4) as f64), ("BC", bc as f64)]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
-        let (module, info) =
-            naga::back::pipeline_constants::process_overrides(&module, &info, None, &constants)
-                .unwrap_or_else(|e| panic!("D = {d}: {e}"));
-        spv::write_vec(&module, &info, &spv::Options::default(), None).expect("SPIR-V");
-        let msl_opts = msl::Options {
-            lang_version: (2, 4),
-            fake_missing_bindings: true,
-            ..Default::default()
-        };
-        msl::write_string(&module, &info, &msl_opts, &msl::PipelineOptions::default())
-            .expect("MSL");
-        let mut out = String::new();
-        let hlsl_opts = hlsl::Options {
-            shader_model: hlsl::ShaderModel::V6_0,
-            fake_missing_bindings: true,
-            ..Default::default()
-        };
-        hlsl::Writer::new(&mut out, &hlsl_opts, &hlsl::PipelineOptions::default())
-            .write(&module, &info, None)
-            .expect("HLSL");
+        for tiled in [true, false] {
+            let src = portagrad::attention_gpu_shader_source(d, tiled);
+            let module = naga::front::wgsl::parse_str(&src)
+                .unwrap_or_else(|e| panic!("D = {d}: {}", e.emit_to_string(&src)));
+            let info = Validator::new(ValidationFlags::all(), Capabilities::empty())
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("D = {d}, tiled {tiled}: {e:?}"));
+            let constants = if tiled {
+                [("BC".to_string(), bc as f64)].into_iter().collect()
+            } else {
+                Default::default()
+            };
+            let (module, info) =
+                naga::back::pipeline_constants::process_overrides(&module, &info, None, &constants)
+                    .unwrap_or_else(|e| panic!("D = {d}: {e}"));
+            spv::write_vec(&module, &info, &spv::Options::default(), None).expect("SPIR-V");
+            let msl_opts = msl::Options {
+                lang_version: (2, 4),
+                fake_missing_bindings: true,
+                ..Default::default()
+            };
+            msl::write_string(&module, &info, &msl_opts, &msl::PipelineOptions::default())
+                .expect("MSL");
+            let mut out = String::new();
+            let hlsl_opts = hlsl::Options {
+                shader_model: hlsl::ShaderModel::V6_0,
+                fake_missing_bindings: true,
+                ..Default::default()
+            };
+            hlsl::Writer::new(&mut out, &hlsl_opts, &hlsl::PipelineOptions::default())
+                .write(&module, &info, None)
+                .expect("HLSL");
+        }
     }
 }
 

@@ -118,9 +118,9 @@ pub(crate) fn with_kernels<R>(kind: &'static str, f: impl FnOnce() -> R) -> R {
     f()
 }
 
-fn portable() -> Plan {
+fn portable(d: usize) -> Plan {
     Plan {
-        shader: &SHADER,
+        shader: fixed_d_shader(d, false),
         wg: WG,
         rows: [1; 3],
         cpu: false,
@@ -139,7 +139,7 @@ fn plan(dev: &Device, d: usize) -> Plan {
         .map(str::to_string)
         .or_else(|| std::env::var("PORTAGRAD_ATTENTION").ok());
     let tiled = || Plan {
-        shader: &TILED_SHADER,
+        shader: fixed_d_shader(d, true),
         wg: WG,
         rows: [1; 3],
         cpu: false,
@@ -148,7 +148,7 @@ fn plan(dev: &Device, d: usize) -> Plan {
         name: "tiled",
     };
     match forced.as_deref() {
-        Some("portable") => return portable(),
+        Some("portable") => return portable(d),
         Some("tiled") => return tiled(),
         _ => {}
     }
@@ -162,7 +162,7 @@ fn plan(dev: &Device, d: usize) -> Plan {
             bc: 0,
             name: "subgroup-cpu",
         },
-        _ if info.is_cpu => portable(),
+        _ if info.is_cpu => portable(d),
         _ => tiled(),
     }
 }
@@ -201,7 +201,11 @@ fn row_params(
 }
 
 fn consts(d: usize, pl: &Plan) -> Vec<(&'static str, f64)> {
-    let mut c = vec![("D4", (d / 4) as f64), ("WG", f64::from(pl.wg))];
+    let mut c = vec![("WG", f64::from(pl.wg))];
+    // The portable and tiled modules have D4 built in (`fixed_d_shader`).
+    if pl.cpu {
+        c.push(("D4", (d / 4) as f64));
+    }
     if pl.bc > 0 {
         c.push(("BC", f64::from(pl.bc)));
     }
@@ -353,13 +357,13 @@ pub(crate) fn decode(q: &Tensor, cache_k: &Tensor, cache_v: &Tensor, len: usize)
         (
             pl.shader,
             "attn_decode_cpu",
-            [("D4", (d / 4) as f64), ("WG", f64::from(pl.wg))],
+            vec![("D4", (d / 4) as f64), ("WG", f64::from(pl.wg))],
         )
     } else {
         (
-            &SHADER,
+            fixed_d_shader(d, false),
             "attn_decode",
-            [("D4", (d / 4) as f64), ("DWG", f64::from(DWG))],
+            vec![("DWG", f64::from(DWG))],
         )
     };
     // q: (B, H, n, D), cache_k, cache_v: (B, H, max, D) -> o: (B, H, n, D)
@@ -912,6 +916,50 @@ mod cpu {
         decode(&mut o, d / 4);
         o
     }
+}
+
+/// The portable module (plus the tiled kernels when `tiled`) with the head size built in:
+/// `D4` a `const` instead of an override, and the private row arrays sized to it, so every loop
+/// over a row has a constant trip count and the driver can keep rows in registers. (On an H100,
+/// loops bounded by an override that index private arrays were left rolled, the arrays in local
+/// memory: the matmul's 8x4 register blocks ran 5x slower that way.) Built once per process.
+fn fixed_d_shader(d: usize, tiled: bool) -> &'static Shader {
+    static CACHE: std::sync::Mutex<Vec<(usize, bool, &'static Shader)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(&(_, _, sh)) = cache.iter().find(|(k, t, _)| *k == d && *t == tiled) {
+        return sh;
+    }
+    // Leaked: at most two modules per head size, each needed until exit.
+    let kind = if tiled { "tiled" } else { "portable" };
+    let name: &'static str = Box::leak(format!("attention_{kind}_d{d}").into_boxed_str());
+    let source: &'static str = Box::leak(fixed_d_source(d, tiled).into_boxed_str());
+    let sh: &'static Shader = Box::leak(Box::new(shader(name, source)));
+    cache.push((d, tiled, sh));
+    sh
+}
+
+/// Full WGSL of [`fixed_d_shader`] (also for the shader validation test).
+pub(crate) fn fixed_d_source(d: usize, tiled: bool) -> String {
+    let base = if tiled {
+        TILED_SHADER.source
+    } else {
+        SHADER.source
+    };
+    let d4 = d / 4;
+    let out = base
+        .replacen(
+            "override D4: u32 = 16u;",
+            &format!("const D4: u32 = {d4}u;"),
+            1,
+        )
+        .replacen(
+            "const MAXC: u32 = 32u;",
+            &format!("const MAXC: u32 = {d4}u;"),
+            1,
+        );
+    debug_assert!(out.contains(&format!("const D4: u32 = {d4}u;")));
+    out
 }
 
 /// The portable module plus the CPU kernels for head size `d`, built once per process.
