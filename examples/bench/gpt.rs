@@ -7,9 +7,9 @@ use portagrad::models::{Gpt, GptConfig};
 use portagrad::optim::{OptimConfig, Optimizer, decay_groups};
 use portagrad::{Device, Result, Tensor};
 
-fn preset(name: &str) -> (GptConfig, usize, usize) {
+fn preset(name: &str, is_cpu: bool) -> (GptConfig, usize, usize) {
     let (l, h, c, t, b, steps) = if name == "gpu" {
-        (6, 6, 384, 256, 64, 2)
+        (6, 6, 384, 256, 64, if is_cpu { 2 } else { 10 })
     } else {
         (4, 4, 128, 128, 16, 5)
     };
@@ -32,7 +32,7 @@ pub fn run(dev: &Device) -> Result<()> {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for name in ["cpu", "gpu"] {
-        let (cfg, b, steps) = preset(name);
+        let (cfg, b, steps) = preset(name, dev.info().is_cpu);
         let t = cfg.block_size;
         let model = Gpt::new(dev, cfg.clone(), 1)?;
         let mut opt = Optimizer::with_groups(
@@ -78,5 +78,71 @@ pub fn run(dev: &Device) -> Result<()> {
             st.peak_bytes as f64 / (1 << 20) as f64
         );
     }
+    if !dev.info().is_cpu {
+        parts(dev)?;
+    }
+    Ok(())
+}
+
+/// Seconds per call of `f` (after a warm-up), up to the final sync.
+fn timed(dev: &Device, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    dev.sync()?;
+    let reps = 5;
+    let t = Instant::now();
+    for _ in 0..reps {
+        f()?;
+    }
+    dev.sync()?;
+    Ok(t.elapsed().as_secs_f64() / reps as f64)
+}
+
+/// GPUs: the matrix products of one gpu-preset step (6 layers, B·T = 16384, C = 384), timed
+/// alone, so the step's time splits into matmul, attention (see the attention table) and the
+/// rest.
+fn parts(dev: &Device) -> Result<()> {
+    let (cfg, b, _) = preset("gpu", false);
+    let (bt, c, l) = (b * cfg.block_size, cfg.n_embd, cfg.n_layer);
+    // (K, N) of each dense layer: qkv, attention projection, MLP up, MLP down.
+    let layers = [(c, 3 * c), (c, c), (c, 4 * c), (4 * c, c)];
+    let mut rows = Vec::new();
+    for (what, ta, tb) in [
+        ("forward X·W", false, false),
+        ("backward dY·Wᵀ", false, true),
+        ("backward Xᵀ·dY", true, false),
+    ] {
+        let mut ops = Vec::new();
+        let mut flop = 0.0;
+        for &(k, n) in &layers {
+            // Operands as the product reads them: forward (M,K)·(K,N); dX (M,N)·(K,N)ᵀ;
+            // dW (M,K)ᵀ·(M,N).
+            let (sa, sb) = match (ta, tb) {
+                (false, false) => ([bt, k], [k, n]),
+                (false, true) => ([bt, n], [k, n]),
+                _ => ([bt, k], [bt, n]),
+            };
+            let a = Tensor::rand_uniform(dev, &sa, -1.0, 1.0, 1)?;
+            let w = Tensor::rand_uniform(dev, &sb, -1.0, 1.0, 2)?;
+            ops.push((a, w));
+            flop += 2.0 * (bt * k * n) as f64 * l as f64;
+        }
+        let s = timed(dev, || {
+            for _ in 0..l {
+                for (a, w) in &ops {
+                    drop(a.matmul_t(w, ta, tb)?);
+                }
+            }
+            Ok(())
+        })?;
+        rows.push((what, s, flop));
+    }
+    println!("\n| gpu-preset step part ({l} layers) | ms | GFLOP/s |");
+    println!("|---|---|---|");
+    let mut total = 0.0;
+    for (what, s, flop) in rows {
+        total += s;
+        println!("| {what} | {:.2} | {:.0} |", s * 1e3, flop / s / 1e9);
+    }
+    println!("| all dense-layer products | {:.2} | |", total * 1e3);
     Ok(())
 }
