@@ -3,7 +3,6 @@
 //! tied to the token embedding. Parameter names and layouts follow Hugging Face GPT-2
 //! (`transformer.h.0.attn.c_attn.weight`, Conv1D weights stored (in, out)).
 
-
 use std::ops::Range;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -214,7 +213,8 @@ impl Gpt {
         })
     }
 
-    /// The parameter names and shapes of a config, in [`parameters`](Self::parameters) order.
+    /// The parameter names and shapes of a config, in [`parameters`](Self::parameters) order,
+    /// with the token embedding whole (as files hold it) even where a device splits it.
     pub fn parameter_shapes(cfg: &GptConfig) -> Vec<(String, Vec<usize>)> {
         let c = cfg.n_embd;
         let mut v = vec![
@@ -673,6 +673,7 @@ impl Gpt {
         }
         targets.expect_dtype("Gpt::loss", crate::DType::U32)?;
         targets.expect_shape("Gpt::loss", &[b, t])?;
+        // Each chunk's targets are uploaded from the host (read back once if made on the GPU).
         let tgt: Vec<u32> = match &targets.host_ids {
             Some(h) => h.to_vec(),
             None => targets.to_vec_u32()?,
