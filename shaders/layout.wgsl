@@ -1,4 +1,5 @@
-// Data movement: transpose of the last two axes, and gathering rows by u32 ids (embedding lookup).
+// Data movement: transpose of the last two axes, gathering rows by u32 ids (embedding lookup),
+// and copying a block of columns between row-major matrices (concat / split on the last axis).
 
 const WG: u32 = 256u;
 
@@ -34,7 +35,7 @@ struct Gather {
     n: u32,      // ids * dim output elements
     dim: u32,    // row length D
     vocab: u32,  // rows in the table V
-    _pad: u32,
+    offset: u32, // id of the table's first row (a row chunk of a larger table; else 0)
 }
 
 @group(0) @binding(0) var<uniform> gp: Gather;
@@ -42,12 +43,13 @@ struct Gather {
 @group(0) @binding(2) var<storage, read> ids: array<u32>;       // (n / D)
 @group(0) @binding(3) var<storage, read_write> gy: array<f32>;  // (n / D, D)
 
-// Ids past the table give zero rows; ids known on the host are range-checked before dispatch.
+// Ids outside the table give zero rows; ids known on the host are range-checked before dispatch
+// unless the table is a row chunk. Ids below the offset wrap past the table.
 @compute @workgroup_size(WG)
 fn gather_rows(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) l: u32) {
     let o = flat(w, nw, l);
     if o >= gp.n { return; }
-    let id = ids[o / gp.dim];
+    let id = ids[o / gp.dim] - gp.offset;
     var v = 0.0;
     if id < gp.vocab { v = table[id * gp.dim + o % gp.dim]; }
     gy[o] = v;
@@ -73,17 +75,17 @@ struct Embed {
     pad_n: u32,  // n rounded up to a power of two (bitonic sort)
     j: u32,      // bitonic: compare distance
     k: u32,      // bitonic: sequence size
-    _pad0: u32,
+    offset: u32, // id of the table's first row (as in Gather)
     _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> ep: Embed;
 @group(0) @binding(1) var<storage, read> eids: array<u32>;   // (n) ids
 
-// Sort key of a position: (id, position); ids past the table sort last, padding after them.
+// Sort key of a position: (row, position); ids outside the table sort last, padding after them.
 fn embed_key(p: u32) -> vec2<u32> {
     if p >= ep.n { return vec2<u32>(0xffffffffu, 0xffffffffu); }
-    return vec2<u32>(min(eids[p], ep.vocab), p);
+    return vec2<u32>(min(eids[p] - ep.offset, ep.vocab), p);
 }
 
 fn key_less(a: vec2<u32>, b: vec2<u32>) -> bool {
@@ -180,4 +182,31 @@ fn embed_rows(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) nw: 
         h = (h / SEG + 1u) * SEG;
     }
     rout[o] = acc;
+}
+
+// ---- copy_cols: columns src_off .. src_off + width of each row of src into dst_off .. of dst ----
+// concat_last writes each part's block of the output; its backward reads each part's block back.
+
+struct CopyCols {
+    n: u32,        // rows * width elements copied
+    width: u32,    // columns copied per row
+    src_cols: u32, // row length of src
+    src_off: u32,  // first column read
+    dst_cols: u32, // row length of dst
+    dst_off: u32,  // first column written
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> cp: CopyCols;
+@group(0) @binding(1) var<storage, read> csrc: array<f32>;        // (rows, src_cols)
+@group(0) @binding(2) var<storage, read_write> cdst: array<f32>;  // (rows, dst_cols)
+
+@compute @workgroup_size(WG)
+fn copy_cols(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let o = flat(w, nw, l);
+    if o >= cp.n { return; }
+    let r = o / cp.width;
+    let j = o % cp.width;
+    cdst[r * cp.dst_cols + cp.dst_off + j] = csrc[r * cp.src_cols + cp.src_off + j];
 }

@@ -248,10 +248,101 @@ impl Tensor {
         let back: crate::autograd::BackwardFn = Box::new(move |g| {
             let host = ids.host_ids.as_deref();
             Ok(vec![Some(layout::gather_rows_backward(
-                g, &ids, host, vocab,
+                g, &ids, host, vocab, 0,
             )?)])
         });
         Ok(out.record("gather_rows", &[self], back))
+    }
+    /// [`gather_rows`](Self::gather_rows) from one row chunk of a larger table: `self` (R, D)
+    /// holds rows `offset .. offset + R`, so id `i` in that range picks `self[i - offset]`, and
+    /// any other id gives a row of zeros (and sends no gradient). Summing this over the chunks
+    /// of a table is the lookup in the whole table; each chunk's gradient gets only its rows.
+    /// Same deterministic scatter-add backward as `gather_rows`.
+    pub fn gather_rows_masked(&self, ids: &Tensor, offset: usize) -> Result<Tensor> {
+        let offset = u32::try_from(offset).map_err(|_| Error::InvalidArgument {
+            op: "gather_rows_masked",
+            message: format!("row offset {offset} does not fit u32 ids"),
+        })?;
+        let out = layout::gather_rows_at(self, ids, Some(offset))?;
+        if !Tensor::should_record(&[self]) {
+            return Ok(out);
+        }
+        let rows = self.shape[0];
+        let ids = ids.detach();
+        let back: crate::autograd::BackwardFn = Box::new(move |g| {
+            let host = ids.host_ids.as_deref();
+            Ok(vec![Some(layout::gather_rows_backward(
+                g, &ids, host, rows, offset,
+            )?)])
+        });
+        Ok(out.record("gather_rows_masked", &[self], back))
+    }
+    /// Concatenate along the last axis: parts (..., Nᵢ) with equal leading dimensions ->
+    /// (..., ΣNᵢ). One copy per part; the backward hands each part its block of columns.
+    pub fn concat_last(parts: &[Tensor]) -> Result<Tensor> {
+        const OP: &str = "concat_last";
+        let Some(first) = parts.first() else {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                message: "no tensors to concatenate".into(),
+            });
+        };
+        let lead = match first.shape.split_last() {
+            Some((_, lead)) => lead.to_vec(),
+            None => {
+                return Err(Error::Shape {
+                    op: OP,
+                    message: "tensors must have rank >= 1, got a scalar".into(),
+                });
+            }
+        };
+        for p in parts {
+            p.expect_dtype(OP, crate::DType::F32)?;
+            first.same_device(OP, p)?;
+            if p.shape.len() != lead.len() + 1 || p.shape[..lead.len()] != lead[..] {
+                return Err(Error::Shape {
+                    op: OP,
+                    message: format!(
+                        "leading dimensions must agree: {:?} and {:?}",
+                        first.shape, p.shape
+                    ),
+                });
+            }
+        }
+        let widths: Vec<usize> = parts.iter().map(|p| p.shape[lead.len()]).collect();
+        let total: usize = widths.iter().sum();
+        let rows: usize = lead.iter().product();
+        let mut shape = lead.clone();
+        shape.push(total);
+        let out = Tensor::empty(&first.dev, OP, &shape, crate::DType::F32)?;
+        let mut off = 0;
+        for (p, &w) in parts.iter().zip(&widths) {
+            layout::copy_cols(p, 0, &out, off, rows, w)?; // (rows, w) -> (rows, total)
+            off += w;
+        }
+        let refs: Vec<&Tensor> = parts.iter().collect();
+        if !Tensor::should_record(&refs) {
+            return Ok(out);
+        }
+        let wanted: Vec<bool> = parts.iter().map(|p| p.requires_grad).collect();
+        let back: crate::autograd::BackwardFn = Box::new(move |g| {
+            let mut grads = Vec::with_capacity(widths.len());
+            let mut off = 0;
+            for (&w, &want) in widths.iter().zip(&wanted) {
+                grads.push(if want {
+                    let mut s = lead.clone();
+                    s.push(w);
+                    let gp = Tensor::empty(&g.dev, "concat_last backward", &s, crate::DType::F32)?;
+                    layout::copy_cols(g, off, &gp, 0, rows, w)?; // (rows, total) -> (rows, w)
+                    Some(gp)
+                } else {
+                    None
+                });
+                off += w;
+            }
+            Ok(grads)
+        });
+        Ok(out.record(OP, &refs, back))
     }
     /// Flatten to one dimension (no copy).
     pub fn flatten(&self) -> Result<Tensor> {

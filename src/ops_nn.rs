@@ -218,4 +218,56 @@ mod tests {
             crate::testing::assert_close("embedding backward", &got, &want, 1e-4, 1e-3);
         }
     }
+
+    #[test]
+    fn masked_gather_backward_gpu_path_matches_host_path_and_the_whole_table() {
+        let dev = shared_device();
+        // A chunk of rows 5..14 of a (20, 4) table; ids cover the whole table, repeated.
+        let (v, d, n, off, rows) = (20usize, 4usize, 300usize, 5usize, 9usize);
+        let id: Vec<u32> = random_vec(n, 0.0, v as f32, 7)
+            .iter()
+            .map(|&x| (x as u32).min(v as u32 - 1))
+            .collect();
+        let ids = Tensor::from_u32(&dev, &id, &[n]).unwrap();
+        let full = Tensor::rand_normal(&dev, &[v, d], 0.0, 1.0, 3).unwrap();
+        let sel: Vec<u32> = (off as u32..(off + rows) as u32).collect();
+        let sel = Tensor::from_u32(&dev, &sel, &[rows]).unwrap();
+        let chunk = full.gather_rows(&sel).unwrap().with_grad(); // (rows, D)
+        let full = full.with_grad();
+        let w = Tensor::rand_normal(&dev, &[n, d], 0.0, 1.0, 4).unwrap();
+        let masked = |ids: &Tensor| -> Vec<u32> {
+            let g = chunk
+                .gather_rows_masked(ids, off)
+                .unwrap()
+                .mul(&w)
+                .unwrap()
+                .sum()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let v = g.get(&chunk).unwrap().to_vec().unwrap();
+            v.iter().map(|x| x.to_bits()).collect()
+        };
+        let host = masked(&ids);
+        assert_eq!(host, masked(&gpu_only(&ids)), "GPU sort path, same bits");
+        // The chunk's rows of the whole table's gradient, bit for bit.
+        let whole = table_grad(&full, &ids, &w);
+        assert_eq!(host, whole[off * d..(off + rows) * d]);
+        // Forward: the chunk's rows where the id falls in it, zeros elsewhere.
+        let got = chunk
+            .gather_rows_masked(&ids, off)
+            .unwrap()
+            .to_vec()
+            .unwrap();
+        let fv = full.to_vec().unwrap();
+        for (k, &i) in id.iter().enumerate() {
+            let i = i as usize;
+            let want = if (off..off + rows).contains(&i) {
+                &fv[i * d..(i + 1) * d]
+            } else {
+                &[0.0; 4][..]
+            };
+            assert_eq!(&got[k * d..(k + 1) * d], want, "position {k}, id {i}");
+        }
+    }
 }

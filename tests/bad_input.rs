@@ -1380,13 +1380,28 @@ fn gpt_inputs_and_configs() {
             err(Gpt::new(d, cfg, 0).map(|_| ()), "InvalidArgument", &[word])
         });
     }
-    c.case("Gpt with a vocabulary past the adapter limit", || {
-        let cfg = GptConfig {
-            vocab_size: (limit(d) / 16 + 1) as usize,
-            ..tiny_cfg()
-        };
-        err(Gpt::new(d, cfg, 0).map(|_| ()), "TooLarge", &["bytes"])
-    });
+    // A vocabulary past one binding is held in row chunks; what cannot be split is a layer's
+    // matrix. Here c_fc (C, 4C) passes the adapter's limit next to a wte of three bindings'
+    // worth: TooLarge naming that matrix, found before anything is allocated (on any adapter:
+    // the sizes follow its limit and stay inside GptConfig's bounds).
+    c.case(
+        "Gpt with a matrix past the adapter limit next to a split vocabulary",
+        || {
+            let lim = limit(d);
+            let c = ((lim / 16) as f64).sqrt() as usize + 1;
+            let cfg = GptConfig {
+                n_embd: c,
+                vocab_size: (3 * lim / (4 * c as u64)) as usize,
+                ..tiny_cfg()
+            };
+            let shape = format!("[{c}, {}]", 4 * c);
+            err(
+                Gpt::new(d, cfg, 0).map(|_| ()),
+                "TooLarge",
+                &["Gpt", &shape, "bytes"],
+            )
+        },
+    );
     c.case("Gpt with sizes whose product overflows", || {
         let cfg = GptConfig {
             vocab_size: usize::MAX / 2,

@@ -3,6 +3,10 @@
 //! The same golden values are also matched through the `gpt2` example's task functions
 //! (`models::lm`: score, grad written to a file, finetune). Plus: overfitting a tiny batch,
 //! reproducible seeded generation, loader errors.
+//!
+//! The golden tests run twice: on the shared device, and on one that plans with bindings of
+//! [`SPLIT_BYTES`], so the tiny model's (67, 32) embedding is held in 3 uneven row chunks and
+//! the loss is computed over chunks of positions, as GPT-2's is on a 128 MiB binding limit.
 
 use std::path::{Path, PathBuf};
 
@@ -10,8 +14,42 @@ use portagrad::models::lm::{self, DecayMode, FinetuneConfig, IdBatch};
 use portagrad::models::{Gpt, GptConfig, load_pretrained, save_pretrained};
 use portagrad::optim::Optimizer;
 use portagrad::testing::{assert_close, shared_device};
-use portagrad::{Error, Tensor};
+use portagrad::{Device, DeviceOptions, Error, Tensor};
 use safetensors::SafeTensors;
+
+/// 27 rows of 32 floats: wte (67, 32) in chunks of 27, 27 and 13 rows; 12 positions of
+/// logits (67 floats) per loss chunk, so the golden batch's 20 positions take 2 chunks.
+const SPLIT_BYTES: u64 = 27 * 32 * 4;
+
+/// A device that splits at [`SPLIT_BYTES`] (one per test binary).
+fn split_device() -> Device {
+    static DEV: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
+    DEV.get_or_init(|| {
+        Device::with_options(DeviceOptions::new().plan_binding_bytes(SPLIT_BYTES))
+            .expect("a device")
+    })
+    .clone()
+}
+
+/// The tiny model on `dev`; on the split device, check it is held as the 3 chunks planned.
+fn load_on(dev: &Device) -> Gpt {
+    load_dir(dev, &golden_dir())
+}
+
+fn load_dir(dev: &Device, dir: &Path) -> Gpt {
+    let model = load_pretrained(dev, dir).expect("load tiny gpt2");
+    let chunks: Vec<_> = model
+        .parameters()
+        .iter()
+        .filter_map(|(n, _)| Gpt::wte_chunk_rows(n))
+        .collect();
+    if dev.plan_binding_bytes() == SPLIT_BYTES {
+        assert_eq!(chunks, [0..27, 27..54, 54..67]);
+    } else {
+        assert!(chunks.is_empty(), "one wte chunk under the HF name");
+    }
+    model
+}
 
 fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/tiny_gpt2")
@@ -75,9 +113,18 @@ fn batch(g: &Golden) -> (usize, usize, Vec<u32>, Vec<u32>, Vec<u32>) {
 // relative; gradients 1e-3 relative + 2e-6 absolute of their scale — llm.c accepts 1e-2 / 2e-2.
 #[test]
 fn logits_loss_and_every_gradient_match_pytorch() {
-    let dev = shared_device();
+    logits_loss_and_every_gradient(&shared_device());
+}
+
+#[test]
+fn split_embedding_and_loss_match_pytorch() {
+    logits_loss_and_every_gradient(&split_device());
+}
+
+fn logits_loss_and_every_gradient(dev: &Device) {
+    let dev = dev.clone();
     let g = Golden::load();
-    let model = load_pretrained(&dev, &golden_dir()).expect("load tiny gpt2");
+    let model = load_on(&dev);
     let (b, t, ids, inp, tgt) = batch(&g);
 
     let full = Tensor::from_u32(&dev, &ids, &[b, t]).unwrap();
@@ -92,17 +139,23 @@ fn logits_loss_and_every_gradient_match_pytorch() {
     assert_close("loss", &[loss.item().unwrap()], &want_loss, 1e-5, 0.0);
 
     let grads = loss.backward().unwrap();
+    let named: Vec<(String, Tensor)> = model
+        .parameters()
+        .into_iter()
+        .map(|(name, p)| {
+            let g = grads
+                .get(&p)
+                .unwrap_or_else(|| panic!("no gradient for {name}"));
+            (name, g.clone())
+        })
+        .collect();
     let mut checked = 0;
-    for (name, p) in model.parameters() {
+    // Row chunks of the wte gradient joined into the whole (V, C) tensor.
+    for (name, shape_got, got) in Gpt::join_wte_chunks(&named).unwrap() {
         let key = format!("grad.{name}");
         assert!(g.names().contains(&key), "golden file lacks {key}");
         let (shape, want) = g.f64s(&key);
-        assert_eq!(p.shape(), &shape[..], "{name}");
-        let got = grads
-            .get(&p)
-            .unwrap_or_else(|| panic!("no gradient for {name}"))
-            .to_vec()
-            .unwrap();
+        assert_eq!(shape_got, shape, "{name}");
         let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
         assert_close(
             &format!("grad {name}"),
@@ -118,9 +171,18 @@ fn logits_loss_and_every_gradient_match_pytorch() {
 
 #[test]
 fn eight_adamw_steps_match_pytorch() {
-    let dev = shared_device();
+    eight_adamw_steps(&shared_device());
+}
+
+#[test]
+fn eight_adamw_steps_split_match_pytorch() {
+    eight_adamw_steps(&split_device());
+}
+
+fn eight_adamw_steps(dev: &Device) {
+    let dev = dev.clone();
     let g = Golden::load();
-    let model = load_pretrained(&dev, &golden_dir()).unwrap();
+    let model = load_on(&dev);
     let (b, t, _, inp, tgt) = batch(&g);
     let x = Tensor::from_u32(&dev, &inp, &[b, t - 1]).unwrap();
     let y = Tensor::from_u32(&dev, &tgt, &[b, t - 1]).unwrap();
@@ -147,18 +209,28 @@ fn id_batch(g: &Golden) -> IdBatch {
 // example writes and are read back by name.
 #[test]
 fn example_tasks_score_grad_finetune_match_pytorch() {
-    let dev = shared_device();
+    example_tasks(&shared_device());
+}
+
+#[test]
+fn example_tasks_split_match_pytorch() {
+    example_tasks(&split_device());
+}
+
+fn example_tasks(dev: &Device) {
+    let dev = dev.clone();
     let g = Golden::load();
     let ids = id_batch(&g);
     let (_, want_loss) = g.f64s("loss");
 
-    let model = load_pretrained(&dev, &golden_dir()).unwrap();
+    let model = load_on(&dev);
     let loss = lm::score(&model, &ids).unwrap();
     assert_close("score", &[loss], &want_loss, 1e-5, 0.0);
 
     let path = std::env::temp_dir().join(format!(
-        "portagrad-grads-{}.safetensors",
-        std::process::id()
+        "portagrad-grads-{}-{}.safetensors",
+        std::process::id(),
+        dev.plan_binding_bytes()
     ));
     let loss = lm::save_gradients(&model, &ids, &path).unwrap();
     assert_close("grad loss", &[loss], &want_loss, 1e-5, 0.0);
@@ -189,7 +261,7 @@ fn example_tasks_score_grad_finetune_match_pytorch() {
     }
     std::fs::remove_file(&path).ok();
 
-    let model = load_pretrained(&dev, &golden_dir()).unwrap();
+    let model = load_on(&dev);
     let cfg = FinetuneConfig {
         steps: 8,
         lr: 1e-3,
@@ -220,6 +292,32 @@ fn save_then_load_round_trips_bit_exact() {
         assert_eq!(a.to_vec().unwrap(), b.to_vec().unwrap(), "{n1}");
     }
     std::fs::remove_dir_all(&dir).ok();
+}
+
+// A model held in row chunks saves the whole (V, C) wte under the HF name: loaded whole on
+// the shared device and in chunks again, every value is the same; the whole wte set on the
+// split model is split again.
+#[test]
+fn split_save_then_load_round_trips_bit_exact() {
+    let dev = shared_device();
+    let split = load_on(&split_device());
+    let dir = std::env::temp_dir().join(format!("portagrad-gpt-split-{}", std::process::id()));
+    save_pretrained(&split, &dir).unwrap();
+    let whole = load_on(&dev);
+    let again = load_dir(&dev, &dir);
+    let again_split = load_dir(&split_device(), &dir);
+    std::fs::remove_dir_all(&dir).ok();
+    let host = |m: &Gpt| Gpt::join_wte_chunks(&m.parameters()).unwrap();
+    let want = host(&whole);
+    assert_eq!(want, host(&again));
+    assert_eq!(want, host(&again_split));
+    assert_eq!(want, host(&split));
+    let mut split = split;
+    let doubled: Vec<f32> = want[0].2.iter().map(|x| x * 2.0).collect();
+    let wte = Tensor::from_slice(&split_device(), &doubled, &want[0].1).unwrap();
+    split.set_parameter("transformer.wte.weight", &wte).unwrap();
+    assert_eq!(host(&split)[0].2, doubled);
+    assert_eq!(split.parameters().len(), whole.parameters().len() + 2);
 }
 
 #[test]

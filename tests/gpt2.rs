@@ -433,3 +433,45 @@ fn loader_rejects_more_disagreements() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+// GPT-2's real embedding, (50257, 768) = 154 MB, past a 128 MiB binding (lavapipe's limit and
+// WebGPU's default; the device plans with it on every adapter): held in 2 row chunks, it
+// scores and generates. One layer and a short context keep it to a few seconds.
+#[test]
+fn a_gpt2_sized_embedding_scores_and_generates_in_chunks() {
+    use portagrad::{Device, DeviceOptions, Tensor};
+    let dev = Device::with_options(DeviceOptions::new().plan_binding_bytes(128 << 20)).unwrap();
+    let cfg = GptConfig {
+        n_layer: 1,
+        n_head: 12,
+        n_embd: 768,
+        block_size: 32,
+        ..GptConfig::default()
+    };
+    let model = Gpt::new(&dev, cfg, 7).unwrap();
+    let chunks: Vec<_> = model
+        .parameters()
+        .iter()
+        .filter_map(|(n, _)| Gpt::wte_chunk_rows(n))
+        .collect();
+    assert_eq!(chunks.len(), 2, "{chunks:?}");
+    assert_eq!(chunks[1].end, 50257);
+    // Ids from both chunks, the last id included.
+    let ids = IdBatch::from_rows(&[vec![50256, 3, 40000, 25000, 0, 50256, 17, 43690]]).unwrap();
+    let loss = lm::score(&model, &ids).unwrap();
+    // Logits of std about 0.02·sqrt(768) = 0.55 around zero: ln(50257) + 0.55² / 2 = 10.98.
+    assert!((loss - 10.98).abs() < 0.1, "loss {loss}");
+    // One greedy step is the argmax of the last position's logits.
+    let x = Tensor::from_u32(&dev, &ids.ids, &[1, 8]).unwrap();
+    let logits = portagrad::inference(|| model.forward(&x, false)).unwrap();
+    let last = logits.to_vec().unwrap()[7 * 50257..].to_vec();
+    let argmax = (0..last.len())
+        .max_by(|&a, &b| last[a].total_cmp(&last[b]))
+        .unwrap() as u32;
+    let next = model
+        .generate(&ids.ids, 1, &mut greedy(), &mut |_| Ok(true))
+        .unwrap();
+    assert_eq!(next, [argmax]);
+    let e = lm::score(&model, &IdBatch::from_rows(&[vec![1, 50257]]).unwrap()).unwrap_err();
+    assert!(e.to_string().contains("50257"), "{e}");
+}

@@ -653,3 +653,102 @@ fn linear_gradients_for_each_layout_and_epilogue() {
         }
     }
 }
+
+// The row-chunk ops of a split embedding and lm_head, on awkward shapes: a masked gather whose
+// ids fall below, inside and past the chunk (repeats included), and a concatenation of three
+// uneven parts with a constant in the middle.
+#[test]
+fn row_chunk_op_gradients() {
+    let dev = shared_device();
+    let (rows, d, off) = (6usize, 5usize, 4usize);
+    let id: Vec<u32> = vec![0, 4, 5, 9, 4, 11, 3, 6, 6, 10, 9, 2];
+    let gather_fwd = |x: &[Vec<f64>]| -> Vec<f64> {
+        id.iter()
+            .flat_map(|&i| {
+                let r = (i as usize).wrapping_sub(off);
+                (0..d).map(move |c| if r < rows { x[0][r * d + c] } else { 0.0 })
+            })
+            .collect()
+    };
+    check_grad(
+        "gather_rows_masked",
+        &[inp(&[rows, d], -1.0, 1.0)],
+        &|t| {
+            let ids = Tensor::from_u32(&shared_device(), &id, &[3, 4])?;
+            t[0].gather_rows_masked(&ids, off)
+        },
+        &gather_fwd,
+        &|_, g| {
+            let mut gx = vec![0.0; rows * d];
+            for (k, &i) in id.iter().enumerate() {
+                let r = (i as usize).wrapping_sub(off);
+                if r < rows {
+                    for c in 0..d {
+                        gx[r * d + c] += g[k * d + c];
+                    }
+                }
+            }
+            vec![gx]
+        },
+        1e-6,
+        1e-4,
+    );
+    // An id past every chunk is no error here (the model checks ids against the vocabulary).
+    let t = Tensor::ones(&dev, &[2, 3]).unwrap();
+    let far = Tensor::from_u32(&dev, &[u32::MAX, 1], &[2]).unwrap();
+    assert_eq!(
+        t.gather_rows_masked(&far, 1).unwrap().to_vec().unwrap(),
+        [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
+    );
+
+    let widths = [4usize, 1, 7];
+    let lead = 2 * 3;
+    let total: usize = widths.iter().sum();
+    let concat_fwd = |x: &[Vec<f64>]| -> Vec<f64> {
+        (0..lead)
+            .flat_map(|r| {
+                widths
+                    .iter()
+                    .enumerate()
+                    .flat_map(move |(p, &w)| (0..w).map(move |j| (p, r * w + j)))
+            })
+            .map(|(p, i)| x[p][i])
+            .collect()
+    };
+    check_grad(
+        "concat_last",
+        &[
+            inp(&[2, 3, widths[0]], -1.0, 1.0),
+            constant(&[2, 3, widths[1]], -1.0, 1.0),
+            inp(&[2, 3, widths[2]], -1.0, 1.0),
+        ],
+        &|t| Tensor::concat_last(t),
+        &concat_fwd,
+        &|_, g| {
+            let mut out: Vec<Vec<f64>> = widths.iter().map(|&w| vec![0.0; lead * w]).collect();
+            for r in 0..lead {
+                let mut off = 0;
+                for (p, &w) in widths.iter().enumerate() {
+                    for j in 0..w {
+                        out[p][r * w + j] = g[r * total + off + j];
+                    }
+                    off += w;
+                }
+            }
+            out
+        },
+        1e-6,
+        1e-4,
+    );
+    let a = Tensor::zeros(&dev, &[2, 3]).unwrap();
+    let b = Tensor::zeros(&dev, &[3, 3]).unwrap();
+    assert!(matches!(
+        Tensor::concat_last(&[a.clone(), b]),
+        Err(Error::Shape { .. })
+    ));
+    assert!(matches!(
+        Tensor::concat_last(&[]),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert_eq!(Tensor::concat_last(&[a]).unwrap().shape(), &[2, 3]);
+}

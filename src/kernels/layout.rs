@@ -1,4 +1,5 @@
-//! Launcher for `shaders/layout.wgsl`: transpose of the last two axes, row gather.
+//! Launcher for `shaders/layout.wgsl`: transpose of the last two axes, row gather (of a whole
+//! table or of one row chunk of a larger one), and column-block copies (concat / split).
 
 use super::{elems_grid, shader};
 use crate::error::{Error, Result};
@@ -23,7 +24,7 @@ struct GatherParams {
     n: u32,
     dim: u32,
     vocab: u32,
-    _pad: u32,
+    offset: u32,
 }
 const _: () = assert!(std::mem::size_of::<GatherParams>() == 16);
 
@@ -65,6 +66,13 @@ pub(crate) fn transpose(x: &Tensor) -> Result<Tensor> {
 
 /// table (V, D) gathered by ids (...) -> (..., D).
 pub(crate) fn gather_rows(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    gather_rows_at(table, ids, None)
+}
+
+/// With `offset`, `table` holds rows `offset .. offset + V` of a larger table: id `i` picks
+/// row `i - offset`, and ids outside that range give zero rows (no range error). Without it,
+/// every id must be a row of `table`.
+pub(crate) fn gather_rows_at(table: &Tensor, ids: &Tensor, offset: Option<u32>) -> Result<Tensor> {
     table.expect_dtype("gather_rows", DType::F32)?;
     ids.expect_dtype("gather_rows", DType::U32)?;
     table.same_device("gather_rows", ids)?;
@@ -76,6 +84,7 @@ pub(crate) fn gather_rows(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     }
     let (vocab, dim) = (table.shape[0], table.shape[1]);
     if let Some(bound) = ids.id_bound
+        && offset.is_none()
         && bound as usize > vocab
     {
         // The bound saturates at u32::MAX: name the id itself (and where it is) from the host
@@ -103,7 +112,7 @@ pub(crate) fn gather_rows(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
         n: total as u32,
         dim: dim as u32,
         vocab: vocab as u32,
-        _pad: 0,
+        offset: offset.unwrap_or(0),
     };
     // table: (V, D), ids: (n), out: (n, D)
     table.dev.dispatch(
@@ -130,7 +139,8 @@ struct EmbedParams {
     pad_n: u32,
     j: u32,
     k: u32,
-    _pad: [u32; 2],
+    offset: u32,
+    _pad: u32,
 }
 const _: () = assert!(std::mem::size_of::<EmbedParams>() == 32);
 
@@ -141,11 +151,13 @@ const _: () = assert!(std::mem::size_of::<EmbedParams>() == 32);
 /// and the per-id offsets are computed on the host and uploaded (two small u32 buffers); ids
 /// that exist only on the GPU are sorted there (a bitonic network, about log2(n)^2 / 2
 /// dispatches). Both paths add the same numbers in the same order, so they give the same bits.
+/// With `offset` (a row chunk, see [`gather_rows_at`]) row `r` collects the ids `offset + r`.
 pub(crate) fn gather_rows_backward(
     g: &Tensor,
     ids: &Tensor,
     host_ids: Option<&[u32]>,
     vocab: usize,
+    offset: u32,
 ) -> Result<Tensor> {
     const OP: &str = "gather_rows backward";
     ids.expect_dtype(OP, DType::U32)?;
@@ -169,17 +181,21 @@ pub(crate) fn gather_rows_backward(
         pad_n: pad_n as u32,
         j: 0,
         k: 0,
-        _pad: [0; 2],
+        offset,
+        _pad: 0,
     };
     let (sorted, offsets) = match host_ids {
         Some(h) => {
-            // Stable sort by id: each id's positions stay ascending, i.e. sorted by (id, position).
+            // The row of each position, ids outside the table past the last (as the GPU keys).
+            let row = |id: u32| (id.wrapping_sub(offset) as usize).min(vocab);
+            // Stable sort by row: each row's positions stay ascending, i.e. by (row, position).
             let mut order: Vec<u32> = (0..n as u32).collect();
-            order.sort_by_key(|&i| h[i as usize]);
+            order.sort_by_key(|&i| row(h[i as usize]));
             let mut offsets = vec![0u32; vocab + 1];
             for &id in h {
-                if (id as usize) < vocab {
-                    offsets[id as usize + 1] += 1;
+                let r = row(id);
+                if r < vocab {
+                    offsets[r + 1] += 1;
                 }
             }
             for v in 0..vocab {
@@ -273,4 +289,61 @@ pub(crate) fn gather_rows_backward(
         elems_grid(vocab * dim)?,
     )?;
     Ok(out)
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct CopyColsParams {
+    n: u32,
+    width: u32,
+    src_cols: u32,
+    src_off: u32,
+    dst_cols: u32,
+    dst_off: u32,
+    _pad: [u32; 2],
+}
+const _: () = assert!(std::mem::size_of::<CopyColsParams>() == 32);
+
+/// Copy columns `src_off .. src_off + width` of every row of `src` (rows, src_cols) into
+/// columns `dst_off ..` of `dst` (rows, dst_cols); both are row-major views of `rows` rows.
+pub(crate) fn copy_cols(
+    src: &Tensor,
+    src_off: usize,
+    dst: &Tensor,
+    dst_off: usize,
+    rows: usize,
+    width: usize,
+) -> Result<()> {
+    let (src_cols, dst_cols) = (
+        *src.shape.last().unwrap_or(&1),
+        *dst.shape.last().unwrap_or(&1),
+    );
+    debug_assert!(src_off + width <= src_cols && dst_off + width <= dst_cols);
+    debug_assert!(src.numel() == rows * src_cols && dst.numel() == rows * dst_cols);
+    let n = rows * width;
+    if n == 0 {
+        return Ok(());
+    }
+    let p = CopyColsParams {
+        n: n as u32,
+        width: width as u32,
+        src_cols: src_cols as u32,
+        src_off: src_off as u32,
+        dst_cols: dst_cols as u32,
+        dst_off: dst_off as u32,
+        _pad: [0; 2],
+    };
+    // src: (rows, src_cols) -> dst: (rows, dst_cols), columns dst_off .. dst_off + width
+    src.dev.dispatch(
+        &SHADER,
+        "copy_cols",
+        &[],
+        &p,
+        &[
+            (&src.storage, Access::Read),
+            (&dst.storage, Access::ReadWrite),
+        ],
+        elems_grid(n)?,
+    )?;
+    Ok(())
 }

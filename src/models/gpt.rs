@@ -3,8 +3,11 @@
 //! tied to the token embedding. Parameter names and layouts follow Hugging Face GPT-2
 //! (`transformer.h.0.attn.c_attn.weight`, Conv1D weights stored (in, out)).
 
+use std::ops::Range;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::gpt_io::HostTensor;
 use crate::error::{Error, Result};
 use crate::generate::Sampler;
 use crate::{Activation, Device, KvCache, Tensor, WeightLayout};
@@ -110,6 +113,30 @@ enum Attn<'a> {
     Decode(&'a mut KvCache),
 }
 
+/// The Hugging Face name of the token embedding.
+const WTE: &str = "transformer.wte.weight";
+
+/// The row ranges the (V, C) token embedding is held in on `dev`: as many rows per chunk as
+/// fit [`Device::plan_binding_bytes`] (at least one), the last chunk takes the rest.
+fn wte_chunks(dev: &Device, cfg: &GptConfig) -> Vec<Range<usize>> {
+    let row = (cfg.n_embd as u64 * 4).max(1);
+    let per = (dev.plan_binding_bytes() / row).clamp(1, cfg.vocab_size as u64) as usize;
+    (0..cfg.vocab_size)
+        .step_by(per)
+        .map(|s| s..(s + per).min(cfg.vocab_size))
+        .collect()
+}
+
+/// The parameter name of the chunk `rows` of the embedding: the Hugging Face name when the
+/// embedding is one chunk, else `transformer.wte.weight[start:end]`.
+fn wte_name(rows: &Range<usize>, chunks: usize) -> String {
+    if chunks == 1 {
+        WTE.to_string()
+    } else {
+        format!("{WTE}[{}:{}]", rows.start, rows.end)
+    }
+}
+
 /// One Transformer block's parameters.
 struct Block {
     ln_1_w: Tensor,      // (C)
@@ -138,11 +165,22 @@ impl std::fmt::Debug for Gpt {
 }
 
 /// A GPT-2-architecture language model whose parameters live on the GPU.
+///
+/// **Large vocabularies.** A token embedding (V, C) larger than one storage binding
+/// ([`Device::plan_binding_bytes`]: 128 MiB on lavapipe and in WebGPU's defaults, so GPT-2's
+/// 154 MB wte) is held as row chunks, contiguous row ranges each within the limit, named
+/// `transformer.wte.weight[start:end]` in [`Gpt::parameters`]. The lookup sums one masked gather
+/// per chunk ([`Tensor::gather_rows_masked`]), the tied lm_head concatenates the chunks'
+/// products ([`Tensor::concat_last`]), and [`Gpt::loss`] runs over chunks of positions so no
+/// logits tensor passes the limit. When the embedding fits (the usual case on GPUs) there is
+/// one chunk under the Hugging Face name and none of this runs. Files always hold the whole
+/// (V, C) tensor ([`save_pretrained`](super::save_pretrained) joins the chunks on the host).
 pub struct Gpt {
     cfg: GptConfig,
     dev: Device,
-    wte: Tensor, // (V, C), also the lm_head
-    wpe: Tensor, // (block_size, C)
+    wte: Vec<Tensor>, // row chunks (rows_i, C) of the (V, C) token embedding, also the lm_head
+    wte_rows: Vec<Range<usize>>, // the rows of each chunk: 0..V when there is one
+    wpe: Tensor,      // (block_size, C)
     blocks: Vec<Block>,
     ln_f_w: Tensor, // (C)
     ln_f_b: Tensor, // (C)
@@ -175,7 +213,8 @@ impl Gpt {
         })
     }
 
-    /// The parameter names and shapes of a config, in [`parameters`](Self::parameters) order.
+    /// The parameter names and shapes of a config, in [`parameters`](Self::parameters) order,
+    /// with the token embedding whole (as files hold it) even where a device splits it.
     pub fn parameter_shapes(cfg: &GptConfig) -> Vec<(String, Vec<usize>)> {
         let c = cfg.n_embd;
         let mut v = vec![
@@ -211,8 +250,77 @@ impl Gpt {
         v
     }
 
+    /// The rows of the token embedding that the parameter `name` holds, when it is a row chunk
+    /// (`transformer.wte.weight[start:end]`, see [`Gpt`]); `None` for any
+    /// other name, the whole embedding included.
+    pub fn wte_chunk_rows(name: &str) -> Option<Range<usize>> {
+        let (a, b) = name
+            .strip_prefix(WTE)?
+            .strip_prefix('[')?
+            .strip_suffix(']')?
+            .split_once(':')?;
+        let (a, b) = (a.parse().ok()?, b.parse().ok()?);
+        (a < b).then_some(a..b)
+    }
+
+    /// Parameters read back to the host under Hugging Face names, with the token embedding's
+    /// row chunks (or their gradients: pass `(name, tensor)` pairs in [`parameters`] order)
+    /// joined into one (V, C) `transformer.wte.weight`. Each entry: name, shape, values.
+    ///
+    /// [`parameters`]: Self::parameters
+    pub fn join_wte_chunks(named: &[(String, Tensor)]) -> Result<Vec<HostTensor>> {
+        let mut out: Vec<HostTensor> = Vec::with_capacity(named.len());
+        for (name, t) in named {
+            let Some(rows) = Self::wte_chunk_rows(name) else {
+                out.push((name.clone(), t.shape().to_vec(), t.to_vec()?));
+                continue;
+            };
+            let c = t.shape().get(1).copied().unwrap_or(0);
+            // Chunks come in row order: a chunk starting at row 0 opens the joined tensor.
+            let joined = match out.last_mut() {
+                Some((n, shape, data)) if n == WTE && rows.start == shape[0] => {
+                    data.extend(t.to_vec()?);
+                    shape[0] = rows.end;
+                    None
+                }
+                _ if rows.start == 0 => Some((WTE.to_string(), vec![rows.end, c], t.to_vec()?)),
+                _ => {
+                    return Err(Error::InvalidArgument {
+                        op: "Gpt::join_wte_chunks",
+                        message: format!("{name} does not follow the chunk before it"),
+                    });
+                }
+            };
+            out.extend(joined);
+        }
+        Ok(out)
+    }
+
+    /// Bytes past the adapter's limit for a parameter that is not split, found before anything
+    /// is allocated (the embedding is split, so only its rows and a logits row must fit).
+    fn check_sizes(dev: &Device, cfg: &GptConfig) -> Result<()> {
+        const OP: &str = "Gpt (a parameter that cannot be split)";
+        let (v, c) = (cfg.vocab_size, cfg.n_embd);
+        for (name, shape) in Self::parameter_shapes(cfg) {
+            // One embedding row, and one row of logits (V): the loss splits positions only.
+            let shapes = if name == WTE {
+                vec![vec![1, c], vec![1, v]]
+            } else {
+                vec![shape]
+            };
+            for s in shapes {
+                let bytes = s.iter().map(|&d| d as u64).product::<u64>() * 4;
+                dev.check_size(OP, &s, bytes)?;
+            }
+        }
+        Ok(())
+    }
+
     /// A model whose parameters come from `make(name, shape)` (each must return a tensor of
-    /// that shape; it is made a gradient leaf here).
+    /// that shape; it is made a gradient leaf here). A token embedding held in row chunks on
+    /// this device (see [`Gpt`]) is asked for chunk by chunk, under the names
+    /// [`wte_chunk_rows`](Self::wte_chunk_rows) reads. Sizes are checked against the adapter
+    /// before the first call, so a model that cannot fit fails without allocating.
     pub fn build(
         dev: &Device,
         cfg: GptConfig,
@@ -230,8 +338,13 @@ impl Gpt {
             }
             Ok(if t.requires_grad() { t } else { t.with_grad() })
         };
+        Self::check_sizes(dev, &cfg)?;
         let c = cfg.n_embd;
-        let wte = get("transformer.wte.weight", &[cfg.vocab_size, c])?;
+        let wte_rows = wte_chunks(dev, &cfg);
+        let wte = wte_rows
+            .iter()
+            .map(|r| get(&wte_name(r, wte_rows.len()), &[r.len(), c]))
+            .collect::<Result<Vec<_>>>()?;
         let wpe = get("transformer.wpe.weight", &[cfg.block_size, c])?;
         let mut blocks = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
@@ -256,6 +369,7 @@ impl Gpt {
         Ok(Gpt {
             dev: dev.clone(),
             wte,
+            wte_rows,
             wpe,
             blocks,
             ln_f_w,
@@ -276,12 +390,18 @@ impl Gpt {
         &self.dev
     }
 
-    /// Every parameter under its Hugging Face name (the tied lm_head appears once, as wte).
+    /// Every parameter under its Hugging Face name (the tied lm_head appears once, as wte; a
+    /// wte held in row chunks appears as its chunks, `transformer.wte.weight[start:end]`, see
+    /// [`join_wte_chunks`](Self::join_wte_chunks)).
     pub fn parameters(&self) -> Vec<(String, Tensor)> {
-        let mut p = vec![
-            ("transformer.wte.weight".to_string(), self.wte.clone()),
-            ("transformer.wpe.weight".to_string(), self.wpe.clone()),
-        ];
+        let n = self.wte.len();
+        let mut p: Vec<(String, Tensor)> = self
+            .wte
+            .iter()
+            .zip(&self.wte_rows)
+            .map(|(t, r)| (wte_name(r, n), t.clone()))
+            .collect();
+        p.push(("transformer.wpe.weight".to_string(), self.wpe.clone()));
         for (i, b) in self.blocks.iter().enumerate() {
             let h = format!("transformer.h.{i}");
             for (name, t) in [
@@ -306,12 +426,17 @@ impl Gpt {
         p
     }
 
-    /// Mutable handles on every parameter, by name (for loaders).
+    /// Mutable handles on every parameter, by name (for loaders), as in
+    /// [`parameters`](Self::parameters).
     pub fn parameters_mut(&mut self) -> Vec<(String, &mut Tensor)> {
-        let mut p: Vec<(String, &mut Tensor)> = vec![
-            ("transformer.wte.weight".to_string(), &mut self.wte),
-            ("transformer.wpe.weight".to_string(), &mut self.wpe),
-        ];
+        let n = self.wte.len();
+        let mut p: Vec<(String, &mut Tensor)> = self
+            .wte
+            .iter_mut()
+            .zip(&self.wte_rows)
+            .map(|(t, r)| (wte_name(r, n), t))
+            .collect();
+        p.push(("transformer.wpe.weight".to_string(), &mut self.wpe));
         for (i, b) in self.blocks.iter_mut().enumerate() {
             let h = format!("transformer.h.{i}");
             for (name, t) in [
@@ -337,8 +462,25 @@ impl Gpt {
     }
 
     /// Replace the parameter `name` with `value` (same shape required); it becomes a leaf
-    /// that collects gradients.
+    /// that collects gradients. The whole (V, C) `transformer.wte.weight` is accepted also
+    /// when the model holds it in row chunks (it is split on the device).
     pub fn set_parameter(&mut self, name: &str, value: &Tensor) -> Result<()> {
+        if name == WTE && self.wte.len() > 1 {
+            let want = [self.cfg.vocab_size, self.cfg.n_embd];
+            if value.shape() != want {
+                return Err(Error::Shape {
+                    op: "Gpt::set_parameter",
+                    message: format!("{name}: model expects {want:?}, got {:?}", value.shape()),
+                });
+            }
+            let _g = crate::no_grad();
+            for (t, r) in self.wte.iter_mut().zip(&self.wte_rows) {
+                let rows: Vec<u32> = (r.start as u32..r.end as u32).collect();
+                let rows = Tensor::from_u32(&self.dev, &rows, &[r.len()])?;
+                *t = value.gather_rows(&rows)?.with_grad(); // (rows_i, C)
+            }
+            return Ok(());
+        }
         for (n, t) in self.parameters_mut() {
             if n == name {
                 if t.shape() != value.shape() {
@@ -375,13 +517,18 @@ impl Gpt {
     /// Logits (B, T, V) for token ids (B, T). `train` turns dropout on.
     pub fn forward(&self, ids: &Tensor, train: bool) -> Result<Tensor> {
         let (b, t) = self.check_ids("Gpt::forward", ids)?;
+        let logits = self.lm_head(&self.hidden(ids, train)?)?; // (B, T, V)
+        debug_assert_eq!(logits.shape(), &[b, t, self.cfg.vocab_size]);
+        Ok(logits)
+    }
+
+    /// The final hidden states (B, T, C), after ln_f, for checked ids (B, T).
+    fn hidden(&self, ids: &Tensor, train: bool) -> Result<Tensor> {
         let mut x = self.embed(ids, 0, train)?; // (B, T, C)
         for blk in &self.blocks {
             x = self.block(blk, x, train, Attn::Full)?;
         }
-        let logits = self.head(&x)?; // (B, T, V)
-        debug_assert_eq!(logits.shape(), &[b, t, self.cfg.vocab_size]);
-        Ok(logits)
+        x.layer_norm(&self.ln_f_w, &self.ln_f_b, self.cfg.ln_eps)
     }
 
     fn check_ids(&self, op: &'static str, ids: &Tensor) -> Result<(usize, usize)> {
@@ -408,9 +555,46 @@ impl Gpt {
         let t = ids.shape()[1];
         let pos: Vec<u32> = (start as u32..(start + t) as u32).collect();
         let pos = Tensor::from_u32(&self.dev, &pos, &[t])?;
-        let tok = self.wte.gather_rows(ids)?; // (B, T, C)
+        let tok = self.lookup(ids)?; // (B, T, C)
         let pe = self.wpe.gather_rows(&pos)?; // (T, C)
         self.dropout(tok.add(&pe)?, train)
+    }
+
+    /// Rows of the token embedding for ids (B, T) -> (B, T, C): one gather, or with row chunks
+    /// the sum of each chunk's masked gather (exact: every row comes from one chunk, the
+    /// others add zeros).
+    fn lookup(&self, ids: &Tensor) -> Result<Tensor> {
+        if let [wte] = &self.wte[..] {
+            return wte.gather_rows(ids);
+        }
+        // Masked gathers skip the range check a whole-table gather does.
+        let v = self.cfg.vocab_size;
+        if let Some(bound) = ids.id_bound
+            && bound as usize > v
+        {
+            let bad = ids.host_ids.as_deref().and_then(|h| {
+                h.iter()
+                    .enumerate()
+                    .find(|&(_, &i)| i as usize >= v)
+                    .map(|(p, &i)| format!("id {i} (at position {p})"))
+            });
+            return Err(Error::InvalidArgument {
+                op: "gather_rows",
+                message: format!(
+                    "{} is out of range for a table of {v} rows",
+                    bad.unwrap_or_else(|| format!("id {}", bound - 1))
+                ),
+            });
+        }
+        let mut tok: Option<Tensor> = None;
+        for (w, r) in self.wte.iter().zip(&self.wte_rows) {
+            let part = w.gather_rows_masked(ids, r.start)?; // (B, T, C)
+            tok = Some(match tok {
+                None => part,
+                Some(acc) => acc.add(&part)?,
+            });
+        }
+        Ok(tok.expect("at least one chunk"))
     }
 
     /// One Transformer block on x (B, T, C); `attn` says where keys and values come from.
@@ -462,13 +646,55 @@ impl Gpt {
     /// Final LayerNorm and the tied lm_head: x (..., C) -> logits (..., V) = ln_f(x) · wteᵀ.
     fn head(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.layer_norm(&self.ln_f_w, &self.ln_f_b, self.cfg.ln_eps)?;
-        x.linear(&self.wte, None, WeightLayout::OutIn, Activation::None)
+        self.lm_head(&x)
     }
 
-    /// Mean cross-entropy of next-token prediction: logits of `ids` (B, T) against `targets` (B, T).
+    /// The tied lm_head on normalised x (..., C) -> (..., V): x · wteᵀ, or with row chunks the
+    /// chunks' products x · chunkᵢᵀ side by side.
+    fn lm_head(&self, x: &Tensor) -> Result<Tensor> {
+        let prod = |w: &Tensor| x.linear(w, None, WeightLayout::OutIn, Activation::None);
+        match &self.wte[..] {
+            [wte] => prod(wte),
+            chunks => Tensor::concat_last(&chunks.iter().map(prod).collect::<Result<Vec<_>>>()?),
+        }
+    }
+
+    /// Mean cross-entropy of next-token prediction: logits of `ids` (B, T) against `targets`
+    /// (B, T). When the (B·T, V) logits would pass [`Device::plan_binding_bytes`], they are
+    /// made and scored a chunk of positions at a time, each chunk's mean weighted by its share
+    /// of the positions: the same mean, without a tensor past the limit.
     pub fn loss(&self, ids: &Tensor, targets: &Tensor, train: bool) -> Result<Tensor> {
-        let logits = self.forward(ids, train)?;
-        logits.cross_entropy(targets, None)
+        let (b, t) = self.check_ids("Gpt::loss", ids)?;
+        let (n, v, c) = (b * t, self.cfg.vocab_size, self.cfg.n_embd);
+        let per = (self.dev.plan_binding_bytes() / (v as u64 * 4)).max(1) as usize;
+        let x = self.hidden(ids, train)?; // (B, T, C)
+        if n <= per {
+            return self.lm_head(&x)?.cross_entropy(targets, None);
+        }
+        targets.expect_dtype("Gpt::loss", crate::DType::U32)?;
+        targets.expect_shape("Gpt::loss", &[b, t])?;
+        // Each chunk's targets are uploaded from the host (read back once if made on the GPU).
+        let tgt: Vec<u32> = match &targets.host_ids {
+            Some(h) => h.to_vec(),
+            None => targets.to_vec_u32()?,
+        };
+        let x = x.reshape(&[n, c])?;
+        let mut total: Option<Tensor> = None;
+        for s in (0..n).step_by(per) {
+            let e = (s + per).min(n);
+            let rows: Vec<u32> = (s as u32..e as u32).collect();
+            let rows = Tensor::from_u32(&self.dev, &rows, &[e - s])?;
+            let y = Tensor::from_u32(&self.dev, &tgt[s..e], &[e - s])?;
+            let logits = self.lm_head(&x.gather_rows(&rows)?)?; // (e - s, V)
+            let part = logits
+                .cross_entropy(&y, None)?
+                .mul_scalar((e - s) as f32 / n as f32)?;
+            total = Some(match total {
+                None => part,
+                Some(acc) => acc.add(&part)?,
+            });
+        }
+        Ok(total.expect("n >= 1 position"))
     }
 
     /// Continue `prompt` by up to `max_new` tokens, calling `on_token` with each new token as

@@ -167,22 +167,36 @@ pub fn load_pretrained(dev: &Device, dir: &Path) -> Result<Gpt> {
         ));
     }
     let model = Gpt::build(dev, cfg.clone(), 0, &mut |name, shape| {
+        // A row chunk of the embedding reads its rows of the file's whole (V, C) tensor.
+        let rows = Gpt::wte_chunk_rows(name);
+        let (name, full) = match &rows {
+            Some(_) => ("transformer.wte.weight", vec![cfg.vocab_size, cfg.n_embd]),
+            None => (name, shape.to_vec()),
+        };
         let file_name = names
             .get(name)
-            .ok_or_else(|| bad(&path, format!("tensor {name} (shape {shape:?}) is missing")))?;
+            .ok_or_else(|| bad(&path, format!("tensor {name} (shape {full:?}) is missing")))?;
         let t = st
             .tensor(file_name)
             .map_err(|e| bad(&path, format!("{name}: {e}")))?;
-        if t.shape() != shape {
+        if t.shape() != full {
             return Err(bad(
                 &path,
                 format!(
-                    "tensor {name} has shape {:?} but config.json implies {shape:?}",
+                    "tensor {name} has shape {:?} but config.json implies {full:?}",
                     t.shape()
                 ),
             ));
         }
-        let v = to_f32(&path, name, t.dtype(), t.data())?;
+        let data = match rows {
+            Some(r) => {
+                // Bytes per row: the shape was checked, so the data holds V rows of them.
+                let row = t.data().len() / cfg.vocab_size;
+                &t.data()[r.start * row..r.end * row]
+            }
+            None => t.data(),
+        };
+        let v = to_f32(&path, name, t.dtype(), data)?;
         Tensor::from_slice(dev, &v, shape)
     })?;
     if let Some(lm) = names.get("lm_head.weight") {
@@ -203,7 +217,10 @@ pub fn load_pretrained(dev: &Device, dir: &Path) -> Result<Gpt> {
 /// written to a temporary name and renamed, so a failure leaves the previous files intact.
 pub fn save_pretrained(model: &Gpt, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    save_tensors(&dir.join("model.safetensors"), &model.parameters())?;
+    save_host_tensors(
+        &dir.join("model.safetensors"),
+        &Gpt::join_wte_chunks(&model.parameters())?,
+    )?;
     write_atomic(
         &dir.join("config.json"),
         config_json(model.config()).as_bytes(),
@@ -216,6 +233,25 @@ pub fn save_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     let mut host = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         host.push((name.clone(), t.shape().to_vec(), t.to_vec()?));
+    }
+    save_host_tensors(path, &host)
+}
+
+/// A tensor read back to the host: name, shape, values (row-major).
+pub type HostTensor = (String, Vec<usize>, Vec<f32>);
+
+/// [`save_tensors`] of values already on the host: (name, shape, values) each, as
+/// [`Gpt::join_wte_chunks`] returns them (a tensor larger than one device buffer can be
+/// written).
+pub fn save_host_tensors(path: &Path, host: &[HostTensor]) -> Result<()> {
+    if let Some((n, s, v)) = host
+        .iter()
+        .find(|(_, s, v)| s.iter().product::<usize>() != v.len())
+    {
+        return Err(Error::Shape {
+            op: "save_tensors",
+            message: format!("{n}: shape {s:?} but {} values", v.len()),
+        });
     }
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = host
         .iter()

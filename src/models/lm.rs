@@ -8,7 +8,7 @@ use std::path::Path;
 use super::bpe::BpeTokenizer;
 use super::char_tokenizer::CharTokenizer;
 use super::gpt::Gpt;
-use super::gpt_io::save_tensors;
+use super::gpt_io::save_host_tensors;
 use crate::Tensor;
 use crate::error::{Error, Result};
 use crate::optim::{OptimConfig, Optimizer, ParamGroup, decay_groups};
@@ -197,7 +197,8 @@ pub fn score(model: &Gpt, batch: &IdBatch) -> Result<f32> {
 
 /// The [`lm_loss`] of `batch` (no dropout) and its gradient for every parameter, under
 /// Hugging Face names in [`Gpt::parameters`] order. The tied `transformer.wte.weight` gets the
-/// sum of its two uses (embedding and lm_head), as in PyTorch.
+/// sum of its two uses (embedding and lm_head), as in PyTorch; a wte held in row chunks has
+/// one gradient per chunk ([`Gpt::join_wte_chunks`] joins them).
 pub fn gradients(model: &Gpt, batch: &IdBatch) -> Result<(f32, Vec<(String, Tensor)>)> {
     let loss = lm_loss(model, batch, false)?;
     let grads = loss.backward()?;
@@ -213,11 +214,11 @@ pub fn gradients(model: &Gpt, batch: &IdBatch) -> Result<(f32, Vec<(String, Tens
     Ok((loss.item()?, out))
 }
 
-/// [`gradients`] written to a safetensors file (f32, Hugging Face names and layouts); returns
-/// the loss.
+/// [`gradients`] written to a safetensors file (f32, Hugging Face names and layouts, the
+/// whole (V, C) wte gradient even when the model holds wte in row chunks); returns the loss.
 pub fn save_gradients(model: &Gpt, batch: &IdBatch, path: &Path) -> Result<f32> {
     let (loss, grads) = gradients(model, batch)?;
-    save_tensors(path, &grads)?;
+    save_host_tensors(path, &Gpt::join_wte_chunks(&grads)?)?;
     Ok(loss)
 }
 

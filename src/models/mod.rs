@@ -14,5 +14,6 @@ pub use bpe::{BpeTokenizer, END_OF_TEXT, StreamDecoder, pre_tokenize};
 pub use char_tokenizer::CharTokenizer;
 pub use gpt::{GenerateOptions, Generation, Gpt, GptConfig};
 pub use gpt_io::{
-    config_json, load_config, load_pretrained, save_pretrained, save_tensors, write_atomic,
+    HostTensor, config_json, load_config, load_pretrained, save_host_tensors, save_pretrained,
+    save_tensors, write_atomic,
 };

@@ -27,6 +27,13 @@ pub struct DeviceOptions {
     pub backend: Option<String>,
     /// Submit the batch once this many dispatches are recorded (default 65,536).
     pub max_batch_dispatches: Option<u32>,
+    /// Plan work as if no storage binding could exceed this many bytes (default and cap: the
+    /// adapter's limit, see [`Device::plan_binding_bytes`]). Where the library can split work,
+    /// it splits at this size: a GPT token embedding larger than this is held as row chunks,
+    /// and its losses are computed over chunks of positions so no logits tensor exceeds it.
+    /// Tensors are still checked against the adapter's real limits only. Lower it to exercise
+    /// the split paths with small models, or to keep single buffers small.
+    pub plan_binding_bytes: Option<u64>,
 }
 
 impl DeviceOptions {
@@ -47,6 +54,11 @@ impl DeviceOptions {
     /// Bound on dispatches per submit.
     pub fn max_batch_dispatches(mut self, n: u32) -> Self {
         self.max_batch_dispatches = Some(n.max(1));
+        self
+    }
+    /// Split work at bindings of `bytes` (see [`plan_binding_bytes`](Self::plan_binding_bytes)).
+    pub fn plan_binding_bytes(mut self, bytes: u64) -> Self {
+        self.plan_binding_bytes = Some(bytes.max(4));
         self
     }
 }
@@ -201,6 +213,8 @@ struct Inner {
     features: wgpu::Features,
     uniform_align: u64,
     max_batch: u32,
+    /// [`DeviceOptions::plan_binding_bytes`] (u64::MAX when unset).
+    plan_binding: u64,
     batch: Mutex<Batch>,
     pool: Mutex<Pool>,
     modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
@@ -375,6 +389,7 @@ impl Device {
                 features,
                 uniform_align: u64::from(limits.min_uniform_buffer_offset_alignment).max(16),
                 max_batch: opts.max_batch_dispatches.unwrap_or(65_536),
+                plan_binding: opts.plan_binding_bytes.unwrap_or(u64::MAX).max(4),
                 batch: Mutex::new(Batch {
                     encoder: None,
                     pass: None,
@@ -404,6 +419,16 @@ impl Device {
     /// Name, backend, driver, type and limits of the adapter.
     pub fn info(&self) -> &DeviceInfo {
         &self.inner.info
+    }
+
+    /// The largest binding, in bytes, that work is planned for where it can be split: the
+    /// adapter's max storage binding and max buffer size, lowered by
+    /// [`DeviceOptions::plan_binding_bytes`] when set.
+    pub fn plan_binding_bytes(&self) -> u64 {
+        let info = &self.inner.info;
+        info.max_storage_binding
+            .min(info.max_buffer_size)
+            .min(self.inner.plan_binding)
     }
 
     /// Whether the device has subgroup operations (used to pick kernel variants).
