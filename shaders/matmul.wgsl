@@ -47,8 +47,8 @@ struct Params {
     sbn: u32,      // element stride of B along n
     a0: u32,       // element offset of A's column k0 (k0 * sak)
     b0: u32,       // element offset of B's row k0 (k0 * sbk)
-    _pad0: u32,
-    _pad1: u32,
+    slices: u32,   // slices of K in this dispatch (split-K on GPUs; 1 otherwise)
+    ks: u32,       // K per slice; slice s sums k0 + s * ks .. and writes C block s
     bdims: vec4<u32>, // batch shape of C, leading 1s
     bsa: vec4<u32>,   // element offset of A per batch index (0 where broadcast)
     bsb: vec4<u32>,   // element offset of B per batch index (0 where broadcast)
@@ -68,26 +68,34 @@ var<workgroup> sa: array<vec4<f32>, BK * TM * 4u>;
 var<workgroup> sb: array<vec4<f32>, BK * 16u>;
 
 struct Tile {
-    off: vec2<u32>, // element offsets of this batch item's A and B
+    off: vec2<u32>, // element offsets of this batch item's A and B (at its slice's first k)
     co: u32,        // element offset of this batch item's C
     m0: u32,        // first row of the tile
     n0: u32,        // first column of the tile
+    kc: u32,        // K this tile sums over
 }
 
-// Tile `t` of the dispatch with `bm` x `bn` tiles.
-fn tile_of(t: u32, bm: u32, bn: u32) -> Tile {
+// Tile `t` of the dispatch with `bm` x `bn` tiles. With split-K the slice is the outermost
+// index: slice s covers K from s * ks and writes its partial C to block s of the output.
+fn tile_of(t_in: u32, bm: u32, bn: u32) -> Tile {
+    let per = p.total / p.slices;
+    let s = t_in / per;
+    let t = t_in % per;
     let bi = t / p.tiles;
     let tile = t % p.tiles;
     var rem = bi;
     var o = vec2<u32>(0u, 0u);
     for (var i = 0u; i < 4u; i++) {
         let d = 3u - i;
-        let s = p.bdims[d];
-        let j = rem % s;
-        rem = rem / s;
+        let sz = p.bdims[d];
+        let j = rem % sz;
+        rem = rem / sz;
         o += j * vec2<u32>(p.bsa[d], p.bsb[d]);
     }
-    return Tile(o + vec2<u32>(p.a0, p.b0), bi * p.m * p.n, (tile % p.tiles_m) * bm, (tile / p.tiles_m) * bn);
+    let kb = s * p.ks;
+    let ko = vec2<u32>(kb * p.sak, kb * p.sbk);
+    let co = (s * (per / p.tiles) + bi) * p.m * p.n;
+    return Tile(o + vec2<u32>(p.a0, p.b0) + ko, co, (tile % p.tiles_m) * bm, (tile / p.tiles_m) * bn, min(p.ks, p.kc - kb));
 }
 
 // Same formula as gelu_f in unary.wgsl (GPT-2's tanh approximation, overflow-safe tanh).
@@ -137,14 +145,14 @@ fn flat_id(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
 
 // Element (m, k) of A, zero outside the matrix; scalar entry.
 fn a_at(t: Tile, m: u32, k: u32) -> f32 {
-    let v = a1[t.off.x + min(m, p.m - 1u) * p.sam + min(k, p.kc - 1u) * p.sak];
-    return select(0.0, v, m < p.m && k < p.kc);
+    let v = a1[t.off.x + min(m, p.m - 1u) * p.sam + min(k, t.kc - 1u) * p.sak];
+    return select(0.0, v, m < p.m && k < t.kc);
 }
 
 // Element (k, n) of B, zero outside the matrix; scalar entry.
 fn b_at(t: Tile, k: u32, n: u32) -> f32 {
-    let v = b1[t.off.y + min(k, p.kc - 1u) * p.sbk + min(n, p.n - 1u) * p.sbn];
-    return select(0.0, v, k < p.kc && n < p.n);
+    let v = b1[t.off.y + min(k, t.kc - 1u) * p.sbk + min(n, p.n - 1u) * p.sbn];
+    return select(0.0, v, k < t.kc && n < p.n);
 }
 
 // Stage the A and B tiles at depth k0 through scalar loads. Consecutive invocations read
@@ -188,15 +196,15 @@ fn stage_v4(t: Tile, k0: u32, lid: u32) {
             let mq = e % (bm / 4u);
             let gm = t.m0 + 4u * mq;
             let gk = k0 + k;
-            let v = a4[(t.off.x + min(gk, p.kc - 1u) * p.m + min(gm, p.m - 4u)) / 4u];
-            sa[e] = select(vec4<f32>(0.0), v, gm < p.m && gk < p.kc);
+            let v = a4[(t.off.x + min(gk, t.kc - 1u) * p.m + min(gm, p.m - 4u)) / 4u];
+            sa[e] = select(vec4<f32>(0.0), v, gm < p.m && gk < t.kc);
         } else {
             // A is (M, K): vec4 along k, transposed into the k-major tile.
             let m = e / (BK / 4u);
             let kq = e % (BK / 4u);
             let gm = t.m0 + m;
             let gk = k0 + 4u * kq;
-            let v = select(vec4<f32>(0.0), a4[(t.off.x + min(gm, p.m - 1u) * p.k + min(gk, p.kc - 4u)) / 4u], gm < p.m && gk < p.kc);
+            let v = select(vec4<f32>(0.0), a4[(t.off.x + min(gm, p.m - 1u) * p.k + min(gk, t.kc - 4u)) / 4u], gm < p.m && gk < t.kc);
             let s = (4u * kq) * (bm / 4u) + m / 4u;
             sa[s][m % 4u] = v.x;
             sa[s + bm / 4u][m % 4u] = v.y;
@@ -211,7 +219,7 @@ fn stage_v4(t: Tile, k0: u32, lid: u32) {
             let kq = e % (BK / 4u);
             let gn = t.n0 + n;
             let gk = k0 + 4u * kq;
-            let v = select(vec4<f32>(0.0), b4[(t.off.y + min(gn, p.n - 1u) * p.k + min(gk, p.kc - 4u)) / 4u], gn < p.n && gk < p.kc);
+            let v = select(vec4<f32>(0.0), b4[(t.off.y + min(gn, p.n - 1u) * p.k + min(gk, t.kc - 4u)) / 4u], gn < p.n && gk < t.kc);
             let s = (4u * kq) * (BN / 4u) + n / 4u;
             sb[s][n % 4u] = v.x;
             sb[s + BN / 4u][n % 4u] = v.y;
@@ -223,8 +231,8 @@ fn stage_v4(t: Tile, k0: u32, lid: u32) {
             let nq = e % (BN / 4u);
             let gk = k0 + k;
             let gn = t.n0 + 4u * nq;
-            let v = b4[(t.off.y + min(gk, p.kc - 1u) * p.n + min(gn, p.n - 4u)) / 4u];
-            sb[e] = select(vec4<f32>(0.0), v, gn < p.n && gk < p.kc);
+            let v = b4[(t.off.y + min(gk, t.kc - 1u) * p.n + min(gn, p.n - 4u)) / 4u];
+            sb[e] = select(vec4<f32>(0.0), v, gn < p.n && gk < t.kc);
         }
     }
 }
@@ -275,7 +283,7 @@ fn mm_tiled_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     }
     let t = tile_of(tid, WGY * TM, BN);
     var acc: array<vec4<f32>, 8>;
-    for (var k0 = 0u; k0 < p.kc; k0 += BK) {
+    for (var k0 = 0u; k0 < t.kc; k0 += BK) {
         stage_v4(t, k0, li);
         workgroupBarrier();
         tile_fma(&acc, lid.x, lid.y);
@@ -293,7 +301,7 @@ fn mm_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     }
     let t = tile_of(tid, WGY * TM, BN);
     var acc: array<vec4<f32>, 8>;
-    for (var k0 = 0u; k0 < p.kc; k0 += BK) {
+    for (var k0 = 0u; k0 < t.kc; k0 += BK) {
         stage_scalar(t, k0, li);
         workgroupBarrier();
         tile_fma(&acc, lid.x, lid.y);
@@ -331,14 +339,14 @@ fn wide_a(t: Tile, k0: u32, e: u32) -> vec4<f32> {
         // (K, M): vec4 along m.
         let gk = k0 + e / WB4;
         let gm = t.m0 + 4u * (e % WB4);
-        let v = a4[(t.off.x + min(gk, p.kc - 1u) * p.m + min(gm, p.m - 4u)) / 4u];
-        return select(vec4<f32>(0.0), v, gm < p.m && gk < p.kc);
+        let v = a4[(t.off.x + min(gk, t.kc - 1u) * p.m + min(gm, p.m - 4u)) / 4u];
+        return select(vec4<f32>(0.0), v, gm < p.m && gk < t.kc);
     }
     // (M, K): vec4 along k; 4 adjacent invocations cover 16 floats of one row.
     let gm = t.m0 + e / 4u;
     let gk = k0 + 4u * (e % 4u);
-    let v = a4[(t.off.x + min(gm, p.m - 1u) * p.k + min(gk, p.kc - 4u)) / 4u];
-    return select(vec4<f32>(0.0), v, gm < p.m && gk < p.kc);
+    let v = a4[(t.off.x + min(gm, p.m - 1u) * p.k + min(gk, t.kc - 4u)) / 4u];
+    return select(vec4<f32>(0.0), v, gm < p.m && gk < t.kc);
 }
 
 fn wide_b(t: Tile, k0: u32, e: u32) -> vec4<f32> {
@@ -346,14 +354,14 @@ fn wide_b(t: Tile, k0: u32, e: u32) -> vec4<f32> {
         // (N, K): vec4 along k.
         let gn = t.n0 + e / 4u;
         let gk = k0 + 4u * (e % 4u);
-        let v = b4[(t.off.y + min(gn, p.n - 1u) * p.k + min(gk, p.kc - 4u)) / 4u];
-        return select(vec4<f32>(0.0), v, gn < p.n && gk < p.kc);
+        let v = b4[(t.off.y + min(gn, p.n - 1u) * p.k + min(gk, t.kc - 4u)) / 4u];
+        return select(vec4<f32>(0.0), v, gn < p.n && gk < t.kc);
     }
     // (K, N): vec4 along n.
     let gk = k0 + e / WB4;
     let gn = t.n0 + 4u * (e % WB4);
-    let v = b4[(t.off.y + min(gk, p.kc - 1u) * p.n + min(gn, p.n - 4u)) / 4u];
-    return select(vec4<f32>(0.0), v, gn < p.n && gk < p.kc);
+    let v = b4[(t.off.y + min(gk, t.kc - 1u) * p.n + min(gn, p.n - 4u)) / 4u];
+    return select(vec4<f32>(0.0), v, gn < p.n && gk < t.kc);
 }
 
 fn wide_load(t: Tile, k0: u32, li: u32) -> Slice {
@@ -429,13 +437,13 @@ fn mm_wide_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     let t = tile_of(tid, WB, WB);
     var acc: array<vec4<f32>, 16>;
     var next = wide_load(t, 0u, li);
-    for (var k0 = 0u; k0 < p.kc; k0 += WBK) {
+    for (var k0 = 0u; k0 < t.kc; k0 += WBK) {
         wide_put_a(li, next.a[0]);
         wide_put_a(li + 256u, next.a[1]);
         wide_put_b(li, next.b[0]);
         wide_put_b(li + 256u, next.b[1]);
         workgroupBarrier();
-        if k0 + WBK < p.kc {
+        if k0 + WBK < t.kc {
             next = wide_load(t, k0 + WBK, li);
         }
         wide_fma(&acc, lid.x, lid.y);
@@ -689,4 +697,20 @@ fn mm_gemv_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
             store4(t.co, t.m0 + r, col, sum);
         }
     }
+}
+
+// Split-K epilogue: C[i] = act(sum over slices of the partial products + bias). The partials
+// are bound as A: (slices, batch.., M, N); p.total = elements of C; p.slices = slices.
+@compute @workgroup_size(256)
+fn mm_sum_slices(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) li: u32) {
+    let i = flat_id(wid, nwg) * 256u + li;
+    if i >= p.total {
+        return;
+    }
+    var acc = 0.0;
+    for (var s = 0u; s < p.slices; s++) {
+        acc += a1[s * p.total + i];
+    }
+    put(i, i % p.n, acc);
 }

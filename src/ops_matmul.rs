@@ -412,23 +412,58 @@ struct Job<'a> {
     act: Activation,
 }
 
-/// Record the product: one dispatch, or one per slice of K ([`mm::k_slice`]), summed, with the
-/// bias and activation applied after the sum.
+/// Record the product: one dispatch; on GPUs with split-K ([`mm::split_k`]) two (the slices,
+/// then their sum with the bias and activation); for K past [`mm::MAX_K_PER_DISPATCH`] one per
+/// slice of K, summed, with the bias and activation applied after the sum.
 fn execute(
     op: &'static str,
     j: Job,
     kernel: Option<Kernel>,
 ) -> Result<(Tensor, Option<&'static str>)> {
     let dev = &j.a.dev;
-    // A forced kernel (tests, benchmarks) runs as asked; the automatic choice may also cut K
-    // so that a GPU has enough workgroups.
-    let slice = match kernel {
-        None => {
-            let batch = j.batch.dims.iter().product();
-            mm::k_slice(!dev.info().is_cpu, batch, j.m, j.n, j.k)
+    let batch: usize = j.batch.dims.iter().product();
+    // Split-K in one dispatch: chosen on GPUs for few tiles and a long K, or forced by tests.
+    let vec4 = mm::vec4_ok(j.m, j.n, j.k, j.trans_a, j.trans_b);
+    let split = match kernel {
+        None => mm::split_k(!dev.info().is_cpu, batch, j.m, j.n, j.k, vec4),
+        Some(Kernel::Split(s)) if j.k > 1 && j.m > 0 && j.n > 0 && batch > 0 => {
+            let depth =
+                j.k.div_ceil(s)
+                    .next_multiple_of(16)
+                    .min(mm::MAX_K_PER_DISPATCH);
+            Some((j.k.div_ceil(depth), depth))
         }
-        Some(_) => mm::MAX_K_PER_DISPATCH,
+        _ => None,
     };
+    if let Some((slices, ks)) = split {
+        let mut part_shape = vec![slices];
+        part_shape.extend_from_slice(&j.out_shape);
+        let parts = Tensor::empty(dev, op, &part_shape, DType::F32)?;
+        let ran = mm::gemm(
+            &Gemm {
+                a: j.a,
+                b: j.b,
+                out: &parts,
+                bias: None,
+                m: j.m,
+                n: j.n,
+                k: j.k,
+                k0: 0,
+                kc: j.k,
+                slices,
+                ks,
+                trans_a: j.trans_a,
+                trans_b: j.trans_b,
+                batch: j.batch.clone(),
+                act: Act::None,
+            },
+            Some(Kernel::Tiled),
+        )?;
+        let y = Tensor::empty(dev, op, &j.out_shape, DType::F32)?;
+        mm::sum_slices(&parts, &y, j.bias, j.act.code(), slices, j.n)?;
+        return Ok((y, ran));
+    }
+    let slice = mm::MAX_K_PER_DISPATCH;
     let slices = j.k.div_ceil(slice).max(1);
     let mut sum: Option<Tensor> = None;
     let mut ran = None;
@@ -448,6 +483,8 @@ fn execute(
                 k: j.k,
                 k0,
                 kc,
+                slices: 1,
+                ks: kc,
                 trans_a: j.trans_a,
                 trans_b: j.trans_b,
                 batch: j.batch.clone(),

@@ -20,7 +20,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// Every kernel configuration, forced whatever the adapter rule would pick: the rule's choice,
-/// the tiled kernel with 4x4 and 8x4 register blocks, the 128 x 128 one, the rows (GEMV) kernel with the GPU and
+/// the tiled kernel with 4x4 and 8x4 register blocks, the 128 x 128 one, split-K, the rows (GEMV) kernel with the GPU and
 /// the CPU workgroup shapes, and where the subgroup kernel applies, its entry point for this
 /// adapter's subgroup size and the one for the *other* size, whose in-kernel fallback must
 /// then give the same results.

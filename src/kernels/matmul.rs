@@ -28,6 +28,8 @@
 //! are aligned for it ([`vec4_ok`]), the scalar one (element strides) for everything else.
 //! A K longer than [`MAX_K_PER_DISPATCH`] is split by the caller (`ops_matmul`).
 
+use bytemuck::Zeroable;
+
 use super::shader;
 use crate::error::{Error, Result};
 use crate::runtime::{Access, Device, Shader, grid_1d};
@@ -63,7 +65,9 @@ struct Params {
     sbn: u32,
     a0: u32,
     b0: u32,
-    _pad: [u32; 2],
+    /// Split-K: slices of K in this dispatch, and K per slice.
+    slices: u32,
+    ks: u32,
     bdims: [u32; 4],
     bsa: [u32; 4],
     bsb: [u32; 4],
@@ -91,6 +95,8 @@ pub(crate) enum Kernel {
     /// Tests and benchmarks: the 128 x 128 tiled kernel (8x8 blocks) whatever the shape (vec4
     /// operands only; others take the scalar tiled entry).
     Wide,
+    /// Tests: the tiled kernel with K split into this many slices in one dispatch.
+    Split(usize),
     /// GPUs, M <= 4: K split over a workgroup, partial sums added in workgroup memory (vec4
     /// operands, A not transposed; others take the rows kernel).
     Gemv,
@@ -104,7 +110,7 @@ pub(crate) enum Kernel {
 
 impl Kernel {
     /// Parse a kernel name: `tiled`, `subgroup`, `rows` (or `gemv`), and for tests `tiled4`,
-    /// `tiled8`, `wide`, `gemv_gpu`, `subgroup8`, `subgroup16`, `rows_gpu`, `rows_cpu`.
+    /// `tiled8`, `wide`, `split3`, `gemv_gpu`, `subgroup8`, `subgroup16`, `rows_gpu`, `rows_cpu`.
     pub(crate) fn parse(name: &str) -> Option<Kernel> {
         match name {
             "tiled" => Some(Kernel::Tiled),
@@ -113,6 +119,7 @@ impl Kernel {
             "tiled4" => Some(Kernel::TiledTm(4)),
             "tiled8" => Some(Kernel::TiledTm(8)),
             "wide" => Some(Kernel::Wide),
+            "split3" => Some(Kernel::Split(3)),
             "gemv_gpu" => Some(Kernel::Gemv),
             "subgroup8" => Some(Kernel::SubgroupEntry(8)),
             "subgroup16" => Some(Kernel::SubgroupEntry(16)),
@@ -156,6 +163,10 @@ pub(crate) struct Gemm<'a> {
     /// [`MAX_K_PER_DISPATCH`]).
     pub k0: usize,
     pub kc: usize,
+    /// Split-K in one dispatch: slices of `ks` (`slices` = 1: none). `out` is then
+    /// (slices, batch.., M, N), the partial products.
+    pub slices: usize,
+    pub ks: usize,
     /// `a` holds each matrix as (K, M).
     pub trans_a: bool,
     /// `b` holds each matrix as (N, K).
@@ -201,21 +212,68 @@ fn wide_pays(batch: usize, m: usize, n: usize) -> bool {
 /// Workgroups a GPU product should have in flight; fewer leave multiprocessors idle.
 const GPU_TARGET_TILES: usize = 512;
 
-/// Length of the K slices the automatic choice records a product in (partial products are
-/// summed). Software adapters: [`MAX_K_PER_DISPATCH`]. GPUs: a product with few output tiles
-/// and a long K — a weight gradient such as `Xᵀ · dY`, 384 x 16384 x 1152 — keeps a few
-/// workgroups busy for a long time, so K is cut into slices until the grid has about
-/// [`GPU_TARGET_TILES`] workgroups, each slice at least 1,024 deep and a multiple of 16 (the
-/// vec4 loads stay aligned).
-pub(crate) fn k_slice(gpu: bool, batch: usize, m: usize, n: usize, k: usize) -> usize {
+/// Split-K for the automatic choice on GPUs: `Some((slices, depth))` when a product has few
+/// output tiles and a long K — a weight gradient such as `Xᵀ · dY`, 384 x 16384 x 1152, has
+/// 108 tiles of 64 x 64 that each walk all of K (H100: 7 TFLOP/s, against 22 for the same
+/// work as `X · W`). The slices run in the same dispatch (separate dispatches would run one
+/// after another) and write partial products that `mm_sum_slices` adds. Each slice is at least
+/// 512 deep and a multiple of 16, so vec4 loads stay aligned; at most `MAX_K_PER_DISPATCH`.
+pub(crate) fn split_k(
+    gpu: bool,
+    batch: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    vec4: bool,
+) -> Option<(usize, usize)> {
     let tiles = batch * m.div_ceil(64) * n.div_ceil(64);
-    if !gpu || k < 2048 || tiles * 2 >= GPU_TARGET_TILES {
-        return MAX_K_PER_DISPATCH;
+    if !gpu || !vec4 || m <= 4 || k < 1024 || tiles * 2 >= GPU_TARGET_TILES {
+        return None;
     }
-    let slices = GPU_TARGET_TILES.div_ceil(tiles).min(k / 1024).max(1);
-    k.div_ceil(slices)
+    let want = GPU_TARGET_TILES.div_ceil(tiles).min(k / 512);
+    let depth = k
+        .div_ceil(want.max(1))
         .next_multiple_of(16)
-        .min(MAX_K_PER_DISPATCH)
+        .min(MAX_K_PER_DISPATCH);
+    let slices = k.div_ceil(depth);
+    (slices > 1).then_some((slices, depth))
+}
+
+/// Record `out = act(sum over slices of partials + bias)`; `partials` (slices, batch.., M, N),
+/// `out` (batch.., M, N), `n` = N.
+pub(crate) fn sum_slices(
+    partials: &Tensor,
+    out: &Tensor,
+    bias: Option<&Tensor>,
+    act: Act,
+    slices: usize,
+    n: usize,
+) -> Result<()> {
+    let dev = &out.dev;
+    let total = out.numel();
+    let p = Params {
+        n: u32_of("N", n)?,
+        flags: u32::from(bias.is_some()) | (act as u32) << 1,
+        total: u32_of("tensor size", total)?,
+        slices: u32_of("slices", slices)?,
+        ..Zeroable::zeroed()
+    };
+    u32_of("tensor size", partials.numel())?;
+    let bias = bias.unwrap_or(partials);
+    // partials: (slices, batch.., M, N); bias: (N); out: (batch.., M, N)
+    dev.dispatch(
+        &SHADER,
+        "mm_sum_slices",
+        &[],
+        &p,
+        &[
+            (&partials.storage, Access::Read),
+            (&partials.storage, Access::Read),
+            (&bias.storage, Access::Read),
+            (&out.storage, Access::ReadWrite),
+        ],
+        grid_1d(total.div_ceil(256) as u64)?,
+    )
 }
 
 /// Column groups per invocation (CB) and invocations per workgroup (RW) of the rows kernel.
@@ -257,7 +315,9 @@ pub(crate) fn gemm(g: &Gemm, kernel: Option<Kernel>) -> Result<Option<&'static s
         return Ok(None);
     }
     let kernel = kernel.unwrap_or_else(|| choose(dev, g.m, g.n, g.k));
-    debug_assert!(g.k0 + g.kc <= g.k && g.kc <= MAX_K_PER_DISPATCH);
+    debug_assert!(
+        g.k0 + g.kc <= g.k && (if g.slices > 1 { g.ks } else { g.kc }) <= MAX_K_PER_DISPATCH
+    );
     // The chunk's start must keep vec4 loads aligned (k0 is a multiple of 4 when K is).
     let v4 = vec4_ok(g.m, g.n, g.k, g.trans_a, g.trans_b) && g.kc.is_multiple_of(4) && g.kc > 0;
     // Element counts must fit the kernels' u32 indices.
@@ -317,14 +377,14 @@ pub(crate) fn gemm(g: &Gemm, kernel: Option<Kernel>) -> Result<Option<&'static s
                 // 64 x (8 * S) tiles, one subgroup per workgroup.
                 (&SUBGROUP_SHADER, entry, 64, 8 * s as usize, 1)
             }
-            Kernel::Wide | Kernel::Tiled
+            Kernel::Wide | Kernel::Tiled | Kernel::Split(_)
                 if v4 && (kernel == Kernel::Wide || wide_pays(batch, g.m, g.n)) =>
             {
                 constants.push(("TRANS_A", f64::from(u8::from(g.trans_a))));
                 constants.push(("TRANS_B", f64::from(u8::from(g.trans_b))));
                 (&SHADER, "mm_wide_v4", 128, 128, 1)
             }
-            Kernel::Tiled | Kernel::TiledTm(_) | Kernel::Wide => {
+            Kernel::Tiled | Kernel::TiledTm(_) | Kernel::Wide | Kernel::Split(_) => {
                 let tm = match kernel {
                     Kernel::TiledTm(tm) => tm,
                     _ => 4,
@@ -370,7 +430,7 @@ pub(crate) fn gemm(g: &Gemm, kernel: Option<Kernel>) -> Result<Option<&'static s
 
     let tiles_m = g.m.div_ceil(bm);
     let tiles = tiles_m * g.n.div_ceil(bn);
-    let total = batch * tiles * wg_per_tile;
+    let total = batch * tiles * wg_per_tile * g.slices;
     let p = Params {
         m: u32_of("M", g.m)?,
         n: u32_of("N", g.n)?,
@@ -386,7 +446,8 @@ pub(crate) fn gemm(g: &Gemm, kernel: Option<Kernel>) -> Result<Option<&'static s
         sbn: sbn as u32,
         a0: u32_of("K offset", g.k0 * sak)?,
         b0: u32_of("K offset", g.k0 * sbk)?,
-        _pad: [0; 2],
+        slices: u32_of("slices", g.slices)?,
+        ks: u32_of("K", if g.slices > 1 { g.ks } else { g.kc })?,
         bdims,
         bsa,
         bsb,
@@ -416,20 +477,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn k_slices_cover_k_and_stay_aligned() {
-        // Software adapters and well-filled grids: one slice up to the loop-cap limit.
-        assert_eq!(k_slice(false, 1, 384, 1152, 16_384), MAX_K_PER_DISPATCH);
-        assert_eq!(k_slice(true, 1, 4096, 4096, 16_384), MAX_K_PER_DISPATCH);
-        assert_eq!(k_slice(true, 1, 384, 1152, 1_000), MAX_K_PER_DISPATCH);
+    fn split_k_slices_cover_k_and_stay_aligned() {
+        // Software adapters, well-filled grids, short K, decode rows: no split.
+        assert_eq!(split_k(false, 1, 384, 1152, 16_384, true), None);
+        assert_eq!(split_k(true, 1, 4096, 4096, 16_384, true), None);
+        assert_eq!(split_k(true, 1, 384, 1152, 1_000, true), None);
+        assert_eq!(split_k(true, 1, 384, 1152, 16_384, false), None);
+        assert_eq!(split_k(true, 1, 2, 1152, 16_384, true), None);
         // A weight gradient: 108 tiles of 64 x 64, so 5 slices of 3,280.
-        assert_eq!(k_slice(true, 1, 384, 1152, 16_384), 3_280);
-        for (b, m, n, k) in [(1, 1, 1, 2_048), (3, 70, 9, 40_004), (1, 384, 384, 16_388)] {
-            let s = k_slice(true, b, m, n, k);
+        assert_eq!(split_k(true, 1, 384, 1152, 16_384, true), Some((5, 3_280)));
+        for (b, m, n, k) in [(1, 8, 8, 2_048), (3, 70, 9, 40_004), (1, 384, 384, 16_388)] {
+            let (s, d) = split_k(true, b, m, n, k, true).expect("split");
             assert!(
-                s.is_multiple_of(16) && (1_024..=MAX_K_PER_DISPATCH).contains(&s),
-                "{s}"
+                d.is_multiple_of(16) && (512..=MAX_K_PER_DISPATCH).contains(&d),
+                "{d}"
             );
-            assert!(k.div_ceil(s) * 1_024 <= k + s, "slices of {s} for K {k}");
+            assert!(s * d >= k && (s - 1) * d < k, "{s} slices of {d} for K {k}");
         }
     }
 }
