@@ -52,27 +52,29 @@ struct Optim {
 }
 
 @group(0) @binding(0) var<uniform> u: Optim;
-@group(0) @binding(1) var<storage, read_write> p0: array<f32>; // (slots[0].len) parameter, updated in place
-@group(0) @binding(2) var<storage, read_write> p1: array<f32>; // (slots[1].len)
-@group(0) @binding(3) var<storage, read_write> p2: array<f32>; // (slots[2].len)
-@group(0) @binding(4) var<storage, read_write> p3: array<f32>; // (slots[3].len)
-@group(0) @binding(5) var<storage, read_write> p4: array<f32>; // (slots[4].len)
-@group(0) @binding(6) var<storage, read_write> p5: array<f32>; // (slots[5].len)
-@group(0) @binding(7) var<storage, read_write> p6: array<f32>; // (slots[6].len)
-@group(0) @binding(8) var<storage, read_write> p7: array<f32>; // (slots[7].len)
-@group(0) @binding(9) var<storage, read> g0: array<f32>;  // (slots[0].len) gradient of p0
-@group(0) @binding(10) var<storage, read> g1: array<f32>; // (slots[1].len)
-@group(0) @binding(11) var<storage, read> g2: array<f32>; // (slots[2].len)
-@group(0) @binding(12) var<storage, read> g3: array<f32>; // (slots[3].len)
-@group(0) @binding(13) var<storage, read> g4: array<f32>; // (slots[4].len)
-@group(0) @binding(14) var<storage, read> g5: array<f32>; // (slots[5].len)
-@group(0) @binding(15) var<storage, read> g6: array<f32>; // (slots[6].len)
-@group(0) @binding(16) var<storage, read> g7: array<f32>; // (slots[7].len)
-@group(0) @binding(17) var<storage, read_write> m: array<f32>;   // (state elements) Adam exp_avg / SGD momentum, flat
-@group(0) @binding(18) var<storage, read_write> v: array<f32>;   // (state elements) Adam exp_avg_sq, flat
-@group(0) @binding(19) var<storage, read_write> aux: array<f32>; // (2 + partials): clip coefficient, norm, partial sums
-
 var<workgroup> sh: array<f32, WG>;
+
+// BEGIN SLOTS: generated for fewer slots by src/kernels/optim.rs (WebGPU's default limit is
+// 8 storage buffers per stage: 2 slots there); keep this region in that generator's form.
+@group(0) @binding(1) var<storage, read_write> p0: array<f32>; // (slots[0].len) parameter, updated in place
+@group(0) @binding(2) var<storage, read_write> p1: array<f32>; // (slots[1].len) parameter, updated in place
+@group(0) @binding(3) var<storage, read_write> p2: array<f32>; // (slots[2].len) parameter, updated in place
+@group(0) @binding(4) var<storage, read_write> p3: array<f32>; // (slots[3].len) parameter, updated in place
+@group(0) @binding(5) var<storage, read_write> p4: array<f32>; // (slots[4].len) parameter, updated in place
+@group(0) @binding(6) var<storage, read_write> p5: array<f32>; // (slots[5].len) parameter, updated in place
+@group(0) @binding(7) var<storage, read_write> p6: array<f32>; // (slots[6].len) parameter, updated in place
+@group(0) @binding(8) var<storage, read_write> p7: array<f32>; // (slots[7].len) parameter, updated in place
+@group(0) @binding(9) var<storage, read> g0: array<f32>; // (slots[0].len) gradient of p0
+@group(0) @binding(10) var<storage, read> g1: array<f32>; // (slots[1].len) gradient of p1
+@group(0) @binding(11) var<storage, read> g2: array<f32>; // (slots[2].len) gradient of p2
+@group(0) @binding(12) var<storage, read> g3: array<f32>; // (slots[3].len) gradient of p3
+@group(0) @binding(13) var<storage, read> g4: array<f32>; // (slots[4].len) gradient of p4
+@group(0) @binding(14) var<storage, read> g5: array<f32>; // (slots[5].len) gradient of p5
+@group(0) @binding(15) var<storage, read> g6: array<f32>; // (slots[6].len) gradient of p6
+@group(0) @binding(16) var<storage, read> g7: array<f32>; // (slots[7].len) gradient of p7
+@group(0) @binding(17) var<storage, read_write> m: array<f32>; // (state elements) Adam exp_avg / SGD momentum, flat
+@group(0) @binding(18) var<storage, read_write> v: array<f32>; // (state elements) Adam exp_avg_sq, flat
+@group(0) @binding(19) var<storage, read_write> aux: array<f32>; // (2 + partials): clip coefficient, norm, partial sums
 
 // Binding of slot s. With NSLOTS = k the k-th test is constant true, so the chain is k long
 // (CPU adapters run every branch of a chain with lanes masked: shorter is faster).
@@ -108,6 +110,8 @@ fn load_g(s: u32, j: u32) -> f32 {
     if NSLOTS == 7u || s == 6u { return g6[j]; }
     return g7[j];
 }
+
+// END SLOTS
 
 // The slot that owns workgroup w (slots are laid out in ascending wg0).
 fn slot_of(w: u32) -> u32 {

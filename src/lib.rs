@@ -86,6 +86,13 @@ pub mod rng;
 mod runtime;
 mod tensor;
 pub mod testing;
+/// `Instant` that also works in a browser (std's panics on wasm32-unknown-unknown).
+pub(crate) mod time {
+    #[cfg(not(target_arch = "wasm32"))]
+    pub use std::time::Instant;
+    #[cfg(target_arch = "wasm32")]
+    pub use web_time::Instant;
+}
 pub mod train;
 
 pub use autograd::{Gradients, NoGradGuard, inference, is_grad_enabled, no_grad};

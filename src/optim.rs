@@ -28,8 +28,14 @@ use crate::kernels::optim as kernel;
 use crate::runtime::{Device, Storage};
 use crate::tensor::{DType, Tensor};
 
-/// Parameter tensors one fused dispatch updates.
+/// Parameter tensors one fused dispatch updates at most (where an adapter allows 19 storage
+/// buffers per shader stage; under WebGPU's default limit of 8, two).
 pub const TENSORS_PER_DISPATCH: usize = kernel::SLOTS;
+
+/// Parameter tensors one fused dispatch updates on `dev` (its storage-buffer limit decides).
+pub fn tensors_per_dispatch(dev: &Device) -> usize {
+    kernel::slots_for(dev)
+}
 
 /// The update rule and its constants.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -701,7 +707,7 @@ impl Optimizer {
                 aux: &self.aux.storage,
             };
             let mut parts = 0u32;
-            for chunk in live.chunks(kernel::SLOTS) {
+            for chunk in live.chunks(kernel::slots_for(&self.dev)) {
                 let slots: Vec<kernel::Slot<'_>> = chunk
                     .iter()
                     .map(|x| make_slot(entries, x, lr, beta1_t))
@@ -738,7 +744,7 @@ impl Optimizer {
                 .iter()
                 .filter(|(i, _)| self.entries[*i].bank == b)
                 .collect();
-            for chunk in mine.chunks(kernel::SLOTS) {
+            for chunk in mine.chunks(kernel::slots_for(&self.dev)) {
                 let slots: Vec<kernel::Slot<'_>> = chunk
                     .iter()
                     .map(|x| make_slot(entries, x, lr, beta1_t))

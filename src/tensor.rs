@@ -232,6 +232,27 @@ impl Tensor {
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
+    /// [`to_vec`](Self::to_vec) for async code: in a browser (WebGPU) it awaits the copy while
+    /// the page runs; native targets wait as `to_vec` does.
+    pub async fn to_vec_async(&self) -> Result<Vec<f32>> {
+        self.expect_dtype("to_vec_async", DType::F32)?;
+        let bytes = self
+            .dev
+            .read_async(&self.storage, 4 * self.numel() as u64)
+            .await?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// [`to_vec_u32`](Self::to_vec_u32) for async code (see [`to_vec_async`](Self::to_vec_async)).
+    pub async fn to_vec_u32_async(&self) -> Result<Vec<u32>> {
+        self.expect_dtype("to_vec_u32_async", DType::U32)?;
+        let bytes = self
+            .dev
+            .read_async(&self.storage, 4 * self.numel() as u64)
+            .await?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
     /// Copy a u32 tensor to the host.
     pub fn to_vec_u32(&self) -> Result<Vec<u32>> {
         self.expect_dtype("to_vec_u32", DType::U32)?;
@@ -241,9 +262,20 @@ impl Tensor {
 
     /// The single value of a one-element tensor.
     pub fn item(&self) -> Result<f32> {
+        self.expect_one("item")?;
+        Ok(self.to_vec()?[0])
+    }
+
+    /// [`item`](Self::item) for async code (see [`to_vec_async`](Self::to_vec_async)).
+    pub async fn item_async(&self) -> Result<f32> {
+        self.expect_one("item_async")?;
+        Ok(self.to_vec_async().await?[0])
+    }
+
+    fn expect_one(&self, op: &'static str) -> Result<()> {
         if self.numel() != 1 {
             return Err(Error::Shape {
-                op: "item",
+                op,
                 message: format!(
                     "tensor of shape {:?} has {} elements, not 1",
                     self.shape,
@@ -251,7 +283,7 @@ impl Tensor {
                 ),
             });
         }
-        Ok(self.to_vec()?[0])
+        Ok(())
     }
 
     pub(crate) fn expect_dtype(&self, op: &'static str, want: DType) -> Result<()> {

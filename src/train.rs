@@ -11,8 +11,8 @@
 //! per step. A NaN or infinite loss stops training with [`Error::NonFiniteLoss`] naming the
 //! epoch, batch and optimizer step where it first appeared.
 
+use crate::time::Instant;
 use std::io::IsTerminal;
-use std::time::Instant;
 
 use crate::autograd::no_grad;
 use crate::error::{Error, Result};

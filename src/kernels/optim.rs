@@ -7,8 +7,118 @@ use crate::runtime::{Access, Device, Shader, Storage, grid_1d};
 
 pub(crate) const SHADER: Shader = shader("optim", include_str!("../../shaders/optim.wgsl"));
 
-/// Parameter tensors one dispatch updates (`SLOTS` in the WGSL).
+/// Parameter tensors one dispatch updates at most (`SLOTS` in the WGSL).
 pub(crate) const SLOTS: usize = 8;
+
+/// Slots a dispatch can take on `dev`: each binds a parameter and its gradient, besides m, v
+/// and aux, so 8 where an adapter allows 19 storage buffers per stage and 2 under WebGPU's
+/// default limit of 8.
+pub(crate) fn slots_for(dev: &Device) -> usize {
+    let max = dev.info().max_storage_buffers_per_stage as usize;
+    (max.saturating_sub(3) / 2).clamp(1, SLOTS)
+}
+
+/// The module for `slots` slots: `optim.wgsl` with its SLOTS region regenerated (only the
+/// bindings a slot count uses, numbered consecutively). Built once per count.
+fn shader_for(slots: usize) -> &'static Shader {
+    if slots == SLOTS {
+        return &SHADER;
+    }
+    static CACHE: std::sync::Mutex<Vec<(usize, &'static Shader)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(&(_, sh)) = cache.iter().find(|(n, _)| *n == slots) {
+        return sh;
+    }
+    // Leaked: at most SLOTS modules per process, each needed until exit.
+    let name: &'static str = Box::leak(format!("optim_{slots}slots").into_boxed_str());
+    let source: &'static str = Box::leak(source_for(slots).into_boxed_str());
+    let sh: &'static Shader = Box::leak(Box::new(shader(name, source)));
+    cache.push((slots, sh));
+    sh
+}
+
+/// WGSL of the module for `slots` slots (also for the shader validation test).
+pub(crate) fn source_for(slots: usize) -> String {
+    const BEGIN: &str = "// BEGIN SLOTS";
+    const END: &str = "// END SLOTS\n";
+    let src = SHADER.source;
+    let (Some(a), Some(b)) = (src.find(BEGIN), src.find(END)) else {
+        unreachable!("optim.wgsl marks its SLOTS region");
+    };
+    format!(
+        "{}{}{}",
+        &src[..a],
+        slot_region(slots),
+        &src[b + END.len()..]
+    )
+}
+
+/// The SLOTS region of `optim.wgsl` for `n` slots (the file holds it for 8).
+fn slot_region(n: usize) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    o += "// BEGIN SLOTS: generated for fewer slots by src/kernels/optim.rs (WebGPU's default limit is\n";
+    o += "// 8 storage buffers per stage: 2 slots there); keep this region in that generator's form.\n";
+    for i in 0..n {
+        let _ = writeln!(
+            o,
+            "@group(0) @binding({}) var<storage, read_write> p{i}: array<f32>; // (slots[{i}].len) parameter, updated in place",
+            i + 1
+        );
+    }
+    for i in 0..n {
+        let _ = writeln!(
+            o,
+            "@group(0) @binding({}) var<storage, read> g{i}: array<f32>; // (slots[{i}].len) gradient of p{i}",
+            n + 1 + i
+        );
+    }
+    let _ = writeln!(
+        o,
+        "@group(0) @binding({}) var<storage, read_write> m: array<f32>; // (state elements) Adam exp_avg / SGD momentum, flat",
+        2 * n + 1
+    );
+    let _ = writeln!(
+        o,
+        "@group(0) @binding({}) var<storage, read_write> v: array<f32>; // (state elements) Adam exp_avg_sq, flat",
+        2 * n + 2
+    );
+    let _ = writeln!(
+        o,
+        "@group(0) @binding({}) var<storage, read_write> aux: array<f32>; // (2 + partials): clip coefficient, norm, partial sums",
+        2 * n + 3
+    );
+    o += "\n// Binding of slot s. With NSLOTS = k the k-th test is constant true, so the chain is k long\n";
+    o += "// (CPU adapters run every branch of a chain with lanes masked: shorter is faster).\n";
+    for (head, each, last) in [
+        (
+            "fn load_p(s: u32, j: u32) -> f32 {",
+            "return p{i}[j];",
+            "    return p{i}[j];",
+        ),
+        (
+            "fn store_p(s: u32, j: u32, x: f32) {",
+            "p{i}[j] = x; return;",
+            "    p{i}[j] = x;",
+        ),
+        (
+            "fn load_g(s: u32, j: u32) -> f32 {",
+            "return g{i}[j];",
+            "    return g{i}[j];",
+        ),
+    ] {
+        let _ = writeln!(o, "{head}");
+        for i in 0..n - 1 {
+            let body = each.replace("{i}", &i.to_string());
+            let _ = writeln!(o, "    if NSLOTS == {}u || s == {i}u {{ {body} }}", i + 1);
+        }
+        let _ = writeln!(o, "{}", last.replace("{i}", &(n - 1).to_string()));
+        o += "}\n\n";
+    }
+    o += "// END SLOTS\n";
+    o
+}
 /// Invocations per workgroup (`WG` in the WGSL).
 pub(crate) const WG: u32 = 256;
 
@@ -100,17 +210,17 @@ pub(crate) struct Buffers<'a> {
     pub aux: &'a Storage,
 }
 
-fn bindings<'a>(slots: &[Slot<'a>], b: &Buffers<'a>) -> Vec<(&'a Storage, Access)> {
+fn bindings<'a>(n: usize, slots: &[Slot<'a>], b: &Buffers<'a>) -> Vec<(&'a Storage, Access)> {
     let (fill, m, v, aux) = (&b.fill, b.m, b.v, b.aux);
-    let mut b = Vec::with_capacity(2 * SLOTS + 3);
-    for i in 0..SLOTS {
+    let mut b = Vec::with_capacity(2 * n + 3);
+    for i in 0..n {
         // p_i: (len_i) parameter, updated in place
         b.push((
             slots.get(i).map_or(fill.param[i], |s| s.param),
             Access::ReadWrite,
         ));
     }
-    for i in 0..SLOTS {
+    for i in 0..n {
         // g_i: (len_i) gradient
         b.push((slots.get(i).map_or(fill.grad, |s| s.grad), Access::Read));
     }
@@ -122,11 +232,12 @@ fn bindings<'a>(slots: &[Slot<'a>], b: &Buffers<'a>) -> Vec<(&'a Storage, Access
 }
 
 /// Slot table with each slot's first workgroup when a workgroup covers `per_wg` elements.
-fn table(slots: &[Slot<'_>], per_wg: u32) -> Result<(Params, u32)> {
-    if slots.is_empty() || slots.len() > SLOTS {
+fn table(dev: &Device, slots: &[Slot<'_>], per_wg: u32) -> Result<(Params, u32)> {
+    let most = slots_for(dev);
+    if slots.is_empty() || slots.len() > most {
         return Err(Error::InvalidArgument {
             op: "optimizer step",
-            message: format!("a dispatch takes 1..={SLOTS} tensors, got {}", slots.len()),
+            message: format!("a dispatch takes 1..={most} tensors, got {}", slots.len()),
         });
     }
     let mut p = Params {
@@ -165,7 +276,7 @@ pub(crate) fn update(
     bufs: &Buffers<'_>,
     clip: bool,
 ) -> Result<()> {
-    let (mut p, groups) = table(slots, WG)?;
+    let (mut p, groups) = table(dev, slots, WG)?;
     p.clip = u32::from(clip);
     let entry = match rule {
         Rule::Sgd {
@@ -199,9 +310,17 @@ pub(crate) fn update(
             "adam"
         }
     };
-    let b = bindings(slots, bufs);
+    let n = slots_for(dev);
+    let b = bindings(n, slots, bufs);
     let nslots = [("NSLOTS", slots.len() as f64)];
-    dev.dispatch(&SHADER, entry, &nslots, &p, &b, grid_1d(u64::from(groups))?)
+    dev.dispatch(
+        shader_for(n),
+        entry,
+        &nslots,
+        &p,
+        &b,
+        grid_1d(u64::from(groups))?,
+    )
 }
 
 /// Partial sums of squares a [`sumsq`] pass over `lens` writes with `chunk` elements per workgroup.
@@ -218,13 +337,14 @@ pub(crate) fn sumsq(
     chunk: u32,
     part_base: u32,
 ) -> Result<u32> {
-    let (mut p, groups) = table(slots, chunk)?;
+    let (mut p, groups) = table(dev, slots, chunk)?;
     p.chunk = chunk;
     p.part_base = part_base;
-    let b = bindings(slots, bufs);
+    let n = slots_for(dev);
+    let b = bindings(n, slots, bufs);
     let nslots = [("NSLOTS", slots.len() as f64)];
     dev.dispatch(
-        &SHADER,
+        shader_for(n),
         "sumsq",
         &nslots,
         &p,
@@ -246,6 +366,15 @@ pub(crate) fn clip_finalize(
         max_norm,
         ..Params::default()
     };
-    let b = bindings(&[], bufs);
-    dev.dispatch(&SHADER, "clip_finalize", &[], &p, &b, [1, 1, 1])
+    let n = slots_for(dev);
+    let b = bindings(n, &[], bufs);
+    dev.dispatch(shader_for(n), "clip_finalize", &[], &p, &b, [1, 1, 1])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_generator_reproduces_the_file() {
+        assert_eq!(super::source_for(super::SLOTS), super::SHADER.source);
+    }
 }

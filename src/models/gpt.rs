@@ -856,7 +856,7 @@ impl Gpt {
             .collect::<Result<Vec<_>>>()?;
         // The tokens fed at positions 0..pos, per sequence (equal lengths; for rebuilds).
         let mut fed: Vec<Vec<u32>> = seqs.iter().map(|s| s[..p0].to_vec()).collect();
-        let t0 = std::time::Instant::now();
+        let t0 = crate::time::Instant::now();
         let mut logits = self.prefill(&fed, &mut caches)?;
         out.prefill_tokens += b * p0;
         out.prefill_secs += t0.elapsed().as_secs_f64();
@@ -891,7 +891,7 @@ impl Gpt {
             for (f, &id) in fed.iter_mut().zip(&feed) {
                 f.push(id);
             }
-            let t = std::time::Instant::now();
+            let t = crate::time::Instant::now();
             if pos == cap {
                 // The context is full: rebuild the caches from the last `keep` tokens.
                 let window: Vec<Vec<u32>> =

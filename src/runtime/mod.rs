@@ -34,6 +34,12 @@ pub struct DeviceOptions {
     /// Tensors are still checked against the adapter's real limits only. Lower it to exercise
     /// the split paths with small models, or to keep single buffers small.
     pub plan_binding_bytes: Option<u64>,
+    /// Ask for WebGPU's default limits (128 MiB bindings, 16 KiB of workgroup memory, 256
+    /// invocations per workgroup, 8 storage buffers per stage, ...) instead of the adapter's
+    /// own: what a browser grants without asking. `PORTAGRAD_WEBGPU_LIMITS=1` sets it for every
+    /// device of the process; CI runs the whole test suite that way too, to prove every kernel
+    /// fits.
+    pub webgpu_default_limits: bool,
 }
 
 impl DeviceOptions {
@@ -61,6 +67,12 @@ impl DeviceOptions {
         self.plan_binding_bytes = Some(bytes.max(4));
         self
     }
+    /// Request WebGPU's default limits (see
+    /// [`webgpu_default_limits`](Self::webgpu_default_limits)).
+    pub fn webgpu_default_limits(mut self) -> Self {
+        self.webgpu_default_limits = true;
+        self
+    }
 }
 
 /// What the chosen adapter is and the limits that matter for tensor work.
@@ -86,6 +98,8 @@ pub struct DeviceInfo {
     pub max_workgroup_storage: u32,
     /// Workgroups per grid dimension.
     pub max_workgroups_per_dim: u32,
+    /// Storage buffers one shader stage may bind (WebGPU's default: 8).
+    pub max_storage_buffers_per_stage: u32,
     /// Subgroup size range when the SUBGROUP feature is available.
     pub subgroup_sizes: Option<(u32, u32)>,
 }
@@ -283,7 +297,33 @@ impl Device {
     }
 
     /// Open an adapter chosen by `opts` (environment variables still take precedence).
-    pub fn with_options(mut opts: DeviceOptions) -> Result<Device> {
+    /// Blocks until the device is ready; in a browser use [`Device::new_async`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn with_options(opts: DeviceOptions) -> Result<Device> {
+        // One device opens at a time in this process. On an H100 (Vulkan, driver 580.159.04) a
+        // test binary that opened nine devices from nine threads at once hung in about one
+        // run in five; run one test at a time it never did. Opening is rare and slow anyway.
+        static OPENING: Mutex<()> = Mutex::new(());
+        let _one_at_a_time = lock(&OPENING);
+        pollster::block_on(Self::open(opts))
+    }
+
+    /// In a browser nothing may block: use [`Device::new_async`].
+    #[cfg(target_arch = "wasm32")]
+    pub fn with_options(_opts: DeviceOptions) -> Result<Device> {
+        Err(Error::InvalidArgument {
+            op: "Device::with_options",
+            message: "a browser cannot block while the GPU opens: use Device::new_async".into(),
+        })
+    }
+
+    /// Open an adapter chosen by `opts` without blocking: the way to open a device in a
+    /// browser (WebGPU), and usable from async code anywhere.
+    pub async fn new_async(opts: DeviceOptions) -> Result<Device> {
+        Self::open(opts).await
+    }
+
+    async fn open(mut opts: DeviceOptions) -> Result<Device> {
         if let Ok(v) = std::env::var("PORTAGRAD_ADAPTER")
             && !v.is_empty()
         {
@@ -294,19 +334,17 @@ impl Device {
         {
             opts.backend = Some(v);
         }
+        if std::env::var("PORTAGRAD_WEBGPU_LIMITS").is_ok_and(|v| v == "1") {
+            opts.webgpu_default_limits = true;
+        }
         let backends = match &opts.backend {
             Some(b) => parse_backend(b)?,
             None => wgpu::Backends::PRIMARY,
         };
-        // One device opens at a time in this process. On an H100 (Vulkan, driver 580.159.04) a
-        // test binary that opened nine devices from nine threads at once hung in about one
-        // run in five; run one test at a time it never did. Opening is rare and slow anyway.
-        static OPENING: Mutex<()> = Mutex::new(());
-        let _one_at_a_time = lock(&OPENING);
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
         desc.backends = backends;
         let instance = wgpu::Instance::new(desc);
-        let adapters = pollster::block_on(instance.enumerate_adapters(backends));
+        let adapters = Self::adapters(&instance, backends).await;
         let seen: Vec<String> = adapters
             .iter()
             .map(|a| {
@@ -337,27 +375,47 @@ impl Device {
             }
             return Err(Error::NoAdapter { detail });
         };
-        Self::from_adapter(adapter, &opts)
+        Self::from_adapter(adapter, &opts).await
     }
 
-    fn from_adapter(adapter: wgpu::Adapter, opts: &DeviceOptions) -> Result<Device> {
+    /// Every adapter of `backends`. WebGPU offers one, on request, instead of a list.
+    async fn adapters(instance: &wgpu::Instance, backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
+        if cfg!(target_arch = "wasm32") {
+            let want = wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            };
+            instance.request_adapter(&want).await.into_iter().collect()
+        } else {
+            instance.enumerate_adapters(backends).await
+        }
+    }
+
+    async fn from_adapter(adapter: wgpu::Adapter, opts: &DeviceOptions) -> Result<Device> {
         let ai = adapter.get_info();
-        let limits = adapter.limits();
+        // The adapter's real limits, not wgpu's conservative defaults, unless WebGPU's defaults
+        // are asked for.
+        let limits = if opts.webgpu_default_limits {
+            wgpu::Limits::default()
+        } else {
+            adapter.limits()
+        };
         let wanted = wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16;
         let features = adapter.features() & wanted;
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("portagrad"),
-            required_features: features,
-            // The adapter's real limits, not wgpu's conservative defaults.
-            required_limits: limits.clone(),
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
-            memory_hints: wgpu::MemoryHints::Performance,
-            trace: wgpu::Trace::Off,
-        }))
-        .map_err(|e| Error::RequestDevice {
-            adapter: ai.name.clone(),
-            message: e.to_string(),
-        })?;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("portagrad"),
+                required_features: features,
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| Error::RequestDevice {
+                adapter: ai.name.clone(),
+                message: e.to_string(),
+            })?;
 
         let errors: Arc<Mutex<Vec<wgpu::Error>>> = Arc::default();
         let sink = errors.clone();
@@ -384,6 +442,7 @@ impl Device {
             max_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
             max_workgroup_storage: limits.max_compute_workgroup_storage_size,
             max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,
+            max_storage_buffers_per_stage: limits.max_storage_buffers_per_shader_stage,
             subgroup_sizes,
         };
         Ok(Device {
@@ -620,6 +679,60 @@ impl Device {
         if bytes == 0 {
             return Ok(Vec::new());
         }
+        let (staging, class, idx) = self.start_read(src, bytes)?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging
+            .slice(..bytes)
+            .map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send(r);
+            });
+        if let Some(idx) = idx {
+            self.wait(idx)?;
+        }
+        let mapped = loop {
+            match rx.try_recv() {
+                Ok(r) => break r,
+                Err(_) => {
+                    self.check_lost()?;
+                    let _one_at_a_time = lock(&self.inner.poll);
+                    let _ = self.inner.device.poll(wgpu::PollType::Poll);
+                    std::thread::yield_now();
+                }
+            }
+        };
+        self.finish_read(staging, class, bytes, mapped)
+    }
+
+    /// [`read`](Self::read) for async code. In a browser the copy completes while the page's
+    /// event loop runs (nothing may block there); native targets wait as `read` does.
+    pub(crate) async fn read_async(&self, src: &Storage, bytes: u64) -> Result<Vec<u8>> {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            self.read(src, bytes)
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            if bytes == 0 {
+                return Ok(Vec::new());
+            }
+            let (staging, class, _) = self.start_read(src, bytes)?;
+            let (done, tx) = oneshot::channel();
+            staging
+                .slice(..bytes)
+                .map_async(wgpu::MapMode::Read, move |r| tx.send(r));
+            let mapped = done.await;
+            self.check_lost()?;
+            self.take_errors()?;
+            self.finish_read(staging, class, bytes, mapped)
+        }
+    }
+
+    /// Record the copy of `src` into a staging buffer and submit everything pending.
+    fn start_read(
+        &self,
+        src: &Storage,
+        bytes: u64,
+    ) -> Result<(wgpu::Buffer, u64, Option<wgpu::SubmissionIndex>)> {
         let inner = &self.inner;
         let class = size_class(bytes);
         let staging = lock(&inner.pool)
@@ -640,26 +753,17 @@ impl Device {
             enc.copy_buffer_to_buffer(src.buffer(), 0, &staging, 0, bytes);
             self.flush_locked(&mut b)?
         };
-        let (tx, rx) = std::sync::mpsc::channel();
-        staging
-            .slice(..bytes)
-            .map_async(wgpu::MapMode::Read, move |r| {
-                let _ = tx.send(r);
-            });
-        if let Some(idx) = idx {
-            self.wait(idx)?;
-        }
-        let mapped = loop {
-            match rx.try_recv() {
-                Ok(r) => break r,
-                Err(_) => {
-                    self.check_lost()?;
-                    let _one_at_a_time = lock(&inner.poll);
-                    let _ = inner.device.poll(wgpu::PollType::Poll);
-                    std::thread::yield_now();
-                }
-            }
-        };
+        Ok((staging, class, idx))
+    }
+
+    /// Copy the mapped staging buffer out and return it to the pool.
+    fn finish_read(
+        &self,
+        staging: wgpu::Buffer,
+        class: u64,
+        bytes: u64,
+        mapped: std::result::Result<(), wgpu::BufferAsyncError>,
+    ) -> Result<Vec<u8>> {
         mapped.map_err(|e| Error::Gpu(format!("readback map failed: {e}")))?;
         let out = staging
             .slice(..bytes)
@@ -667,8 +771,8 @@ impl Device {
             .map_err(|e| Error::Gpu(format!("readback map failed: {e}")))?
             .to_vec();
         staging.unmap();
-        inner.readbacks.fetch_add(1, Ordering::Relaxed);
-        lock(&inner.pool).put(
+        self.inner.readbacks.fetch_add(1, Ordering::Relaxed);
+        lock(&self.inner.pool).put(
             BufKind::Readback,
             class,
             FreeBuf {
@@ -901,4 +1005,51 @@ pub(crate) fn grid_1d(n: u64) -> Result<[u32; 3]> {
         return Err(Error::Gpu(format!("{n} workgroups exceed a 2-D grid")));
     }
     Ok([n.div_ceil(y) as u32, y as u32, 1])
+}
+
+/// A one-value channel whose receiver is a future: the browser's event loop runs the map
+/// callback that sends, and wakes the task awaiting the readback.
+#[cfg(target_arch = "wasm32")]
+mod oneshot {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll, Waker};
+
+    type Slot<T> = Arc<Mutex<(Option<T>, Option<Waker>)>>;
+
+    pub struct Receiver<T>(Slot<T>);
+    pub struct Sender<T>(Slot<T>);
+
+    pub fn channel<T>() -> (Receiver<T>, Sender<T>) {
+        let slot: Slot<T> = Arc::new(Mutex::new((None, None)));
+        (Receiver(slot.clone()), Sender(slot))
+    }
+
+    impl<T> Sender<T> {
+        pub fn send(self, v: T) {
+            let waker = {
+                let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+                s.0 = Some(v);
+                s.1.take()
+            };
+            if let Some(w) = waker {
+                w.wake();
+            }
+        }
+    }
+
+    impl<T> Future for Receiver<T> {
+        type Output = T;
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+            let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            match s.0.take() {
+                Some(v) => Poll::Ready(v),
+                None => {
+                    s.1 = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        }
+    }
 }
