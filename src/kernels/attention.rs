@@ -924,19 +924,10 @@ mod cpu {
 /// loops bounded by an override that index private arrays were left rolled, the arrays in local
 /// memory: the matmul's 8x4 register blocks ran 5x slower that way.) Built once per process.
 fn fixed_d_shader(d: usize, tiled: bool) -> &'static Shader {
-    static CACHE: std::sync::Mutex<Vec<(usize, bool, &'static Shader)>> =
-        std::sync::Mutex::new(Vec::new());
-    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(&(_, _, sh)) = cache.iter().find(|(k, t, _)| *k == d && *t == tiled) {
-        return sh;
-    }
-    // Leaked: at most two modules per head size, each needed until exit.
     let kind = if tiled { "tiled" } else { "portable" };
-    let name: &'static str = Box::leak(format!("attention_{kind}_d{d}").into_boxed_str());
-    let source: &'static str = Box::leak(fixed_d_source(d, tiled).into_boxed_str());
-    let sh: &'static Shader = Box::leak(Box::new(shader(name, source)));
-    cache.push((d, tiled, sh));
-    sh
+    super::generated_shader(format!("attention_{kind}_d{d}"), || {
+        fixed_d_source(d, tiled)
+    })
 }
 
 /// Full WGSL of [`fixed_d_shader`] (also for the shader validation test).
@@ -964,18 +955,7 @@ pub(crate) fn fixed_d_source(d: usize, tiled: bool) -> String {
 
 /// The portable module plus the CPU kernels for head size `d`, built once per process.
 fn cpu_shader(d: usize) -> &'static Shader {
-    static CACHE: std::sync::Mutex<Vec<(usize, &'static Shader)>> =
-        std::sync::Mutex::new(Vec::new());
-    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(&(_, sh)) = cache.iter().find(|(k, _)| *k == d) {
-        return sh;
-    }
-    // Leaked: at most MAX_HEAD_DIM / 4 modules per process, each needed until exit.
-    let name: &'static str = Box::leak(format!("attention_cpu_d{d}").into_boxed_str());
-    let source: &'static str = Box::leak(cpu_source(d).into_boxed_str());
-    let sh: &'static Shader = Box::leak(Box::new(shader(name, source)));
-    cache.push((d, sh));
-    sh
+    super::generated_shader(format!("attention_cpu_d{d}"), || cpu_source(d))
 }
 
 /// Full WGSL of the CPU-adapter module for head size `d` (for the shader validation test).

@@ -51,3 +51,19 @@ pub(crate) fn elems_grid(n: usize) -> Result<[u32; 3]> {
 pub(crate) const fn shader(name: &'static str, source: &'static str) -> Shader {
     Shader { name, source }
 }
+
+/// A module whose source is generated at run time (per head size, per slot count, ...), built
+/// once per `name` and kept for the process: the runtime caches pipelines by `&'static` shader.
+/// At most a few dozen distinct names per process, so leaking them is bounded.
+pub(crate) fn generated_shader(name: String, source: impl FnOnce() -> String) -> &'static Shader {
+    static CACHE: std::sync::Mutex<Vec<&'static Shader>> = std::sync::Mutex::new(Vec::new());
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(&sh) = cache.iter().find(|s| s.name == name) {
+        return sh;
+    }
+    let name: &'static str = Box::leak(name.into_boxed_str());
+    let source: &'static str = Box::leak(source().into_boxed_str());
+    let sh: &'static Shader = Box::leak(Box::new(shader(name, source)));
+    cache.push(sh);
+    sh
+}

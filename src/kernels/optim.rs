@@ -19,23 +19,12 @@ pub(crate) fn slots_for(dev: &Device) -> usize {
 }
 
 /// The module for `slots` slots: `optim.wgsl` with its SLOTS region regenerated (only the
-/// bindings a slot count uses, numbered consecutively). Built once per count.
+/// bindings a slot count uses, numbered consecutively).
 fn shader_for(slots: usize) -> &'static Shader {
     if slots == SLOTS {
         return &SHADER;
     }
-    static CACHE: std::sync::Mutex<Vec<(usize, &'static Shader)>> =
-        std::sync::Mutex::new(Vec::new());
-    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(&(_, sh)) = cache.iter().find(|(n, _)| *n == slots) {
-        return sh;
-    }
-    // Leaked: at most SLOTS modules per process, each needed until exit.
-    let name: &'static str = Box::leak(format!("optim_{slots}slots").into_boxed_str());
-    let source: &'static str = Box::leak(source_for(slots).into_boxed_str());
-    let sh: &'static Shader = Box::leak(Box::new(shader(name, source)));
-    cache.push((slots, sh));
-    sh
+    super::generated_shader(format!("optim_{slots}slots"), || source_for(slots))
 }
 
 /// WGSL of the module for `slots` slots (also for the shader validation test).
