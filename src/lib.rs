@@ -110,3 +110,13 @@ pub use tensor::{DType, Tensor};
 pub fn shader_sources() -> &'static [(&'static str, &'static str)] {
     kernels::SHADERS
 }
+
+/// The modules generated at run time from those sources, by name: the optimizer for each slot
+/// count below the file's (WebGPU's default limits take 2). For the shader validation test;
+/// the attention modules per head size are checked in tests/attention.rs.
+#[doc(hidden)]
+pub fn generated_shader_sources() -> Vec<(String, String)> {
+    (1..kernels::optim::SLOTS)
+        .map(|n| (format!("optim_{n}slots"), kernels::optim::source_for(n)))
+        .collect()
+}

@@ -63,6 +63,13 @@ fn every_shader_validates_and_translates_to_all_backends() {
             failures.push(format!("shaders/{name}.wgsl: {e}"));
         }
     }
+    let generated = portagrad::generated_shader_sources();
+    assert!(!generated.is_empty());
+    for (name, src) in &generated {
+        if let Err(e) = check(name, src) {
+            failures.push(format!("generated {name}: {e}"));
+        }
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
