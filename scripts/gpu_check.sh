@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine that has no Rust: run the test binaries and benchmarks built
-# elsewhere. Prepare with scripts/pack_gpu_bins.sh (strips and packs them into .bins/), and carry
-# .gl/ (Vulkan loader .debs) and .bins/. Logs go to $OUT; a summary table prints last.
+# Tests and benchmarks on a GPU machine that has no Rust toolchain: runs the test binaries and
+# examples built elsewhere by scripts/pack_gpu_bins.sh (stripped, packed into .bins/). Copy the
+# repository there with .bins/ and, if that machine lacks the Vulkan loader, .gl/ holding the
+# Debian packages libvulkan1 (and libglvnd's) to unpack. Logs go to $OUT (default /tmp/out); a
+# summary table prints last. Usage: scripts/gpu_check.sh ["tests bench shakespeare torch gpt2"]
+# with TESTS="matmul ops ..." and BENCH="matmul gpt ..." to narrow the runs.
 set -u
-for f in .gl/*.deb; do dpkg -x "$f" /; done
-ldconfig
+if [ -d .gl ]; then
+  for f in .gl/*.deb; do dpkg -x "$f" /; done
+  ldconfig
+fi
 icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 [ -f "$icd" ] && export VK_DRIVER_FILES=$icd
 export XDG_RUNTIME_DIR=/tmp/xdg && mkdir -p $XDG_RUNTIME_DIR && chmod 700 $XDG_RUNTIME_DIR
