@@ -14,6 +14,12 @@ pub enum Error {
         /// What was searched for and what was seen.
         detail: String,
     },
+    /// In a browser: no WebGPU adapter was offered.
+    #[error(
+        "this browser offers no WebGPU adapter: WebGPU is off or unsupported here \
+         (headless Chromium needs --enable-unsafe-webgpu)"
+    )]
+    NoWebGpu,
     /// An adapter was found but refused to give a device.
     #[error("could not open a device on adapter {adapter}: {message}")]
     RequestDevice {

@@ -38,6 +38,7 @@ use portagrad::{generate::Sampler, generate::SamplingConfig};
 fn kind(e: &Error) -> &'static str {
     match e {
         Error::NoAdapter { .. } => "NoAdapter",
+        Error::NoWebGpu => "NoWebGpu",
         Error::RequestDevice { .. } => "RequestDevice",
         Error::Shape { .. } => "Shape",
         Error::DType { .. } => "DType",

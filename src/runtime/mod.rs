@@ -363,6 +363,9 @@ impl Device {
             .collect();
         candidates.sort_by_key(|a| type_rank(a.get_info().device_type));
         let Some(adapter) = candidates.into_iter().next() else {
+            if cfg!(target_arch = "wasm32") {
+                return Err(Error::NoWebGpu);
+            }
             let mut detail = String::new();
             if let Some(a) = &opts.adapter {
                 detail += &format!(" matching adapter name {a:?}");
@@ -430,7 +433,12 @@ impl Device {
             .contains(wgpu::Features::SUBGROUP)
             .then_some((ai.subgroup_min_size, ai.subgroup_max_size));
         let info = DeviceInfo {
-            name: ai.name.clone(),
+            // Browsers keep the adapter's name to themselves.
+            name: if ai.name.is_empty() {
+                format!("unnamed {:?} adapter", ai.backend)
+            } else {
+                ai.name.clone()
+            },
             backend: format!("{:?}", ai.backend),
             driver: format!("{} {}", ai.driver, ai.driver_info)
                 .trim()
