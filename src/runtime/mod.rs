@@ -687,6 +687,14 @@ impl Device {
         if bytes == 0 {
             return Ok(Vec::new());
         }
+        if cfg!(target_arch = "wasm32") {
+            // The map callback runs on the page's event loop, which waiting here would block
+            // forever: an error instead of a frozen page.
+            return Err(Error::InvalidArgument {
+                op: "readback",
+                message: "a browser cannot wait for the GPU: use to_vec_async / item_async".into(),
+            });
+        }
         let (staging, class, idx) = self.start_read(src, bytes)?;
         let (tx, rx) = std::sync::mpsc::channel();
         staging
