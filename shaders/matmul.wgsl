@@ -498,6 +498,11 @@ fn rows_store(t: Tile, acc: ptr<function, array<vec4<f32>, 16>>, j: u32, col: u3
     if RB > 3u { store4(t.co, t.m0 + 3u, col, (*acc)[12u + j]); }
 }
 
+// vec4 index of row m0 + r of A as (M, K), clamped into A: its output is never stored.
+fn a_row4(t: Tile, r: u32) -> u32 {
+    return (t.off.x + min(t.m0 + r, p.m - 1u) * p.k) / 4u;
+}
+
 // Rows 4k..4k+4 of B at the 4 columns from `col` (vec4 entry); Bᵀ is transposed in registers.
 fn rows_b4(t: Tile, col: u32, k: u32) -> array<vec4<f32>, 4> {
     if TRANS_B {
@@ -527,11 +532,10 @@ fn mm_rows_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     let t = tile_of(tid, RB, 4u * RW * CB);
     let c0 = t.n0 + 4u * li;
     let cs = 4u * RW;
-    // Row indices clamped into A; their outputs are never stored.
-    let ar0 = (t.off.x + min(t.m0, p.m - 1u) * p.k) / 4u;
-    let ar1 = (t.off.x + min(t.m0 + 1u, p.m - 1u) * p.k) / 4u;
-    let ar2 = (t.off.x + min(t.m0 + 2u, p.m - 1u) * p.k) / 4u;
-    let ar3 = (t.off.x + min(t.m0 + 3u, p.m - 1u) * p.k) / 4u;
+    let ar0 = a_row4(t, 0u);
+    let ar1 = a_row4(t, 1u);
+    let ar2 = a_row4(t, 2u);
+    let ar3 = a_row4(t, 3u);
     var acc: array<vec4<f32>, 16>;
     for (var k = 0u; k < p.kc / 4u; k++) {
         var a: array<vec4<f32>, 4>;
@@ -631,10 +635,10 @@ fn mm_gemv_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
         let t = tile_of(tid, RB, GS);
         let col = t.n0 + slot;
         let br = (t.off.y + min(col, p.n - 1u) * p.k) / 4u;
-        let a0 = (t.off.x + min(t.m0, p.m - 1u) * p.k) / 4u;
-        let a1 = (t.off.x + min(t.m0 + 1u, p.m - 1u) * p.k) / 4u;
-        let a2 = (t.off.x + min(t.m0 + 2u, p.m - 1u) * p.k) / 4u;
-        let a3 = (t.off.x + min(t.m0 + 3u, p.m - 1u) * p.k) / 4u;
+        let a0 = a_row4(t, 0u);
+        let a1 = a_row4(t, 1u);
+        let a2 = a_row4(t, 2u);
+        let a3 = a_row4(t, 3u);
         for (var k = lane; k < k4; k += GL) {
             let b = b4[br + k];
             acc[0].x += dot(a4[a0 + k], b);
@@ -667,10 +671,10 @@ fn mm_gemv_v4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     let col = t.n0 + 4u * lane;
     let n4 = p.n / 4u;
     let bc = t.off.y / 4u + min(col / 4u, n4 - 1u);
-    let a0 = (t.off.x + min(t.m0, p.m - 1u) * p.k) / 4u;
-    let a1 = (t.off.x + min(t.m0 + 1u, p.m - 1u) * p.k) / 4u;
-    let a2 = (t.off.x + min(t.m0 + 2u, p.m - 1u) * p.k) / 4u;
-    let a3 = (t.off.x + min(t.m0 + 3u, p.m - 1u) * p.k) / 4u;
+    let a0 = a_row4(t, 0u);
+    let a1 = a_row4(t, 1u);
+    let a2 = a_row4(t, 2u);
+    let a3 = a_row4(t, 3u);
     for (var k = slot; k < k4; k += GS) {
         let q = bc + 4u * k * n4;
         let b0 = b4[q];

@@ -435,28 +435,46 @@ fn execute(
         }
         _ => None,
     };
-    if let Some((slices, ks)) = split {
-        let mut part_shape = vec![slices];
-        part_shape.extend_from_slice(&j.out_shape);
-        let parts = Tensor::empty(dev, op, &part_shape, DType::F32)?;
-        let ran = mm::gemm(
+    // One dispatch of the product over K range k0 .. k0 + kc (in `slices` slices of `ks`).
+    let record = |out: &Tensor,
+                  k0: usize,
+                  kc: usize,
+                  (slices, ks): (usize, usize),
+                  bias: Option<&Tensor>,
+                  act: Act,
+                  kernel: Option<Kernel>| {
+        mm::gemm(
             &Gemm {
                 a: j.a,
                 b: j.b,
-                out: &parts,
-                bias: None,
+                out,
+                bias,
                 m: j.m,
                 n: j.n,
                 k: j.k,
-                k0: 0,
-                kc: j.k,
+                k0,
+                kc,
                 slices,
                 ks,
                 trans_a: j.trans_a,
                 trans_b: j.trans_b,
                 batch: j.batch.clone(),
-                act: Act::None,
+                act,
             },
+            kernel,
+        )
+    };
+    if let Some((slices, ks)) = split {
+        let mut part_shape = vec![slices];
+        part_shape.extend_from_slice(&j.out_shape);
+        let parts = Tensor::empty(dev, op, &part_shape, DType::F32)?;
+        let ran = record(
+            &parts,
+            0,
+            j.k,
+            (slices, ks),
+            None,
+            Act::None,
             Some(Kernel::Tiled),
         )?;
         let y = Tensor::empty(dev, op, &j.out_shape, DType::F32)?;
@@ -472,24 +490,13 @@ fn execute(
         let kc = (j.k - k0).min(slice);
         let whole = slices == 1;
         let out = Tensor::empty(dev, op, &j.out_shape, DType::F32)?;
-        ran = mm::gemm(
-            &Gemm {
-                a: j.a,
-                b: j.b,
-                out: &out,
-                bias: if whole { j.bias } else { None },
-                m: j.m,
-                n: j.n,
-                k: j.k,
-                k0,
-                kc,
-                slices: 1,
-                ks: kc,
-                trans_a: j.trans_a,
-                trans_b: j.trans_b,
-                batch: j.batch.clone(),
-                act: if whole { j.act.code() } else { Act::None },
-            },
+        ran = record(
+            &out,
+            k0,
+            kc,
+            (1, kc),
+            if whole { j.bias } else { None },
+            if whole { j.act.code() } else { Act::None },
             kernel,
         )?;
         sum = Some(match sum {

@@ -227,7 +227,12 @@ impl Tensor {
 
     /// Copy the data to the host (submits pending work and waits for it).
     pub fn to_vec(&self) -> Result<Vec<f32>> {
-        self.expect_dtype("to_vec", DType::F32)?;
+        self.host("to_vec", DType::F32)
+    }
+
+    /// The elements of a `dtype` tensor, read back (submits pending work and waits).
+    fn host<T: bytemuck::Pod>(&self, op: &'static str, dtype: DType) -> Result<Vec<T>> {
+        self.expect_dtype(op, dtype)?;
         let bytes = self.dev.read(&self.storage, 4 * self.numel() as u64)?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
@@ -235,17 +240,17 @@ impl Tensor {
     /// [`to_vec`](Self::to_vec) for async code: in a browser (WebGPU) it awaits the copy while
     /// the page runs; native targets wait as `to_vec` does.
     pub async fn to_vec_async(&self) -> Result<Vec<f32>> {
-        self.expect_dtype("to_vec_async", DType::F32)?;
-        let bytes = self
-            .dev
-            .read_async(&self.storage, 4 * self.numel() as u64)
-            .await?;
-        Ok(bytemuck::pod_collect_to_vec(&bytes))
+        self.host_async("to_vec_async", DType::F32).await
     }
 
     /// [`to_vec_u32`](Self::to_vec_u32) for async code (see [`to_vec_async`](Self::to_vec_async)).
     pub async fn to_vec_u32_async(&self) -> Result<Vec<u32>> {
-        self.expect_dtype("to_vec_u32_async", DType::U32)?;
+        self.host_async("to_vec_u32_async", DType::U32).await
+    }
+
+    /// The elements of a `dtype` tensor, read back without blocking.
+    async fn host_async<T: bytemuck::Pod>(&self, op: &'static str, dtype: DType) -> Result<Vec<T>> {
+        self.expect_dtype(op, dtype)?;
         let bytes = self
             .dev
             .read_async(&self.storage, 4 * self.numel() as u64)
@@ -255,9 +260,7 @@ impl Tensor {
 
     /// Copy a u32 tensor to the host.
     pub fn to_vec_u32(&self) -> Result<Vec<u32>> {
-        self.expect_dtype("to_vec_u32", DType::U32)?;
-        let bytes = self.dev.read(&self.storage, 4 * self.numel() as u64)?;
-        Ok(bytemuck::pod_collect_to_vec(&bytes))
+        self.host("to_vec_u32", DType::U32)
     }
 
     /// The single value of a one-element tensor.

@@ -924,10 +924,12 @@ mod cpu {
 /// loops bounded by an override that index private arrays were left rolled, the arrays in local
 /// memory: the matmul's 8x4 register blocks ran 5x slower that way.) Built once per process.
 fn fixed_d_shader(d: usize, tiled: bool) -> &'static Shader {
-    let kind = if tiled { "tiled" } else { "portable" };
-    super::generated_shader(format!("attention_{kind}_d{d}"), || {
-        fixed_d_source(d, tiled)
-    })
+    let family = if tiled {
+        "attention_tiled_d"
+    } else {
+        "attention_portable_d"
+    };
+    super::generated_shader(family, d, || fixed_d_source(d, tiled))
 }
 
 /// Full WGSL of [`fixed_d_shader`] (also for the shader validation test).
@@ -955,7 +957,7 @@ pub(crate) fn fixed_d_source(d: usize, tiled: bool) -> String {
 
 /// The portable module plus the CPU kernels for head size `d`, built once per process.
 fn cpu_shader(d: usize) -> &'static Shader {
-    super::generated_shader(format!("attention_cpu_d{d}"), || cpu_source(d))
+    super::generated_shader("attention_cpu_d", d, || cpu_source(d))
 }
 
 /// Full WGSL of the CPU-adapter module for head size `d` (for the shader validation test).

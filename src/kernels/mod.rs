@@ -53,17 +53,23 @@ pub(crate) const fn shader(name: &'static str, source: &'static str) -> Shader {
 }
 
 /// A module whose source is generated at run time (per head size, per slot count, ...), built
-/// once per `name` and kept for the process: the runtime caches pipelines by `&'static` shader.
-/// At most a few dozen distinct names per process, so leaking them is bounded.
-pub(crate) fn generated_shader(name: String, source: impl FnOnce() -> String) -> &'static Shader {
-    static CACHE: std::sync::Mutex<Vec<&'static Shader>> = std::sync::Mutex::new(Vec::new());
+/// once per (`family`, `key`) and kept for the process: the runtime caches pipelines by
+/// `&'static` shader. At most a few dozen per process, so leaking them is bounded. Looked up
+/// on every dispatch that uses one, so the lookup allocates nothing.
+pub(crate) fn generated_shader(
+    family: &'static str,
+    key: usize,
+    source: impl FnOnce() -> String,
+) -> &'static Shader {
+    type Entry = (&'static str, usize, &'static Shader);
+    static CACHE: std::sync::Mutex<Vec<Entry>> = std::sync::Mutex::new(Vec::new());
     let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(&sh) = cache.iter().find(|s| s.name == name) {
+    if let Some(&(_, _, sh)) = cache.iter().find(|(f, k, _)| *f == family && *k == key) {
         return sh;
     }
-    let name: &'static str = Box::leak(name.into_boxed_str());
+    let name: &'static str = Box::leak(format!("{family}_{key}").into_boxed_str());
     let source: &'static str = Box::leak(source().into_boxed_str());
     let sh: &'static Shader = Box::leak(Box::new(shader(name, source)));
-    cache.push(sh);
+    cache.push((family, key, sh));
     sh
 }

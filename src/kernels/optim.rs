@@ -24,7 +24,7 @@ fn shader_for(slots: usize) -> &'static Shader {
     if slots == SLOTS {
         return &SHADER;
     }
-    super::generated_shader(format!("optim_{slots}slots"), || source_for(slots))
+    super::generated_shader("optim_slots", slots, || source_for(slots))
 }
 
 /// WGSL of the module for `slots` slots (also for the shader validation test).
