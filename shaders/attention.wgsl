@@ -10,7 +10,7 @@
 // invocations of a workgroup read the same tile rows at about the same time, so on a GPU the
 // caches serve them (a broadcast load). On CPU adapters (lavapipe) the launcher appends
 // straight-line kernels generated per head size that exchange tiles through subgroup
-// broadcasts instead (src/kernels/attention.rs, `mod cpu`); on GPUs it appends the tiled
+// broadcasts instead (src/ops/attention/launch.rs, `mod cpu`); on GPUs it appends the tiled
 // kernels of attention_tiled.wgsl, which stage the tiles in workgroup memory.
 // Scores are kept in base-2 units (q pre-scaled by scale * log2 e) so the softmax uses exp2.
 

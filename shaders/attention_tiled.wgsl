@@ -1,5 +1,5 @@
 // Tiled attention kernels for GPUs (FlashAttention-2 style), appended to attention.wgsl (its
-// struct, bindings and constants) by the launcher: src/kernels/attention.rs, plan "tiled".
+// struct, bindings and constants) by the launcher: src/ops/attention/launch.rs, plan "tiled".
 //
 // A workgroup owns BR = WG consecutive rows of one (b, h): query rows in the forward and dQ
 // kernels, key rows in the dK/dV kernel. Invocation lid owns row lid of the block and keeps it

@@ -4,7 +4,7 @@
 // - Elementwise: mean squared error, binary cross-entropy on logits, binary accuracy.
 // - Rows: sparse categorical cross-entropy from logits and u32 ids (fused log-softmax + NLL,
 //   optional ignore index, mean over the counted rows), multi-class accuracy. Their row kernels
-//   come in two forms here (chosen in src/kernels/rows.rs): one workgroup per row with a tree
+//   come in two forms here (chosen in src/ops/rows.rs): one workgroup per row with a tree
 //   in workgroup memory (GPUs, long rows), and `*_inv`, one invocation per row looping over its
 //   columns without barriers (CPU adapters); the one-subgroup-per-row form is in
 //   loss_subgroup.wgsl.

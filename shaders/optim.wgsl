@@ -54,7 +54,7 @@ struct Optim {
 @group(0) @binding(0) var<uniform> u: Optim;
 var<workgroup> sh: array<f32, WG>;
 
-// BEGIN SLOTS: generated for fewer slots by src/kernels/optim.rs (WebGPU's default limit is
+// BEGIN SLOTS: generated for fewer slots by src/ops/optim/launch.rs (WebGPU's default limit is
 // 8 storage buffers per stage: 2 slots there); keep this region in that generator's form.
 @group(0) @binding(1) var<storage, read_write> p0: array<f32>; // (slots[0].len) parameter, updated in place
 @group(0) @binding(2) var<storage, read_write> p1: array<f32>; // (slots[1].len) parameter, updated in place

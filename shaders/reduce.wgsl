@@ -1,6 +1,6 @@
 // Reductions over the last axis of a (rows, cols) view: sum (scaled, so mean is sum * 1/cols)
 // and max. Reducing over all elements runs this twice: rows of a chunked view first, then the
-// partials. Two forms (chosen per adapter and row length in src/kernels/rows.rs):
+// partials. Two forms (chosen per adapter and row length in src/ops/rows.rs):
 // - one workgroup per row, strided loads, a tree in workgroup memory (GPUs, long rows);
 // - `*_inv`: one invocation per row looping over its columns, WG_ROWS rows per workgroup; no
 //   workgroup memory and no barriers (CPU adapters). Loop bounds derive from the row's first

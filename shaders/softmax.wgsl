@@ -1,5 +1,5 @@
 // Softmax and log-softmax over the last axis of (rows, cols), max-subtracted so large logits
-// never overflow. Two forms (chosen per adapter and row length in src/kernels/rows.rs):
+// never overflow. Two forms (chosen per adapter and row length in src/ops/rows.rs):
 // - one workgroup per row, tree reductions in workgroup memory (GPUs, long rows);
 // - `*_inv`: one invocation per row looping over its columns, WG_ROWS rows per workgroup; no
 //   workgroup memory and no barriers (CPU adapters, where each barrier switches every

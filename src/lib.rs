@@ -72,14 +72,9 @@ pub mod custom;
 mod error;
 pub mod generate;
 pub mod io;
-mod kernels;
 pub mod models;
 pub mod nn;
 mod ops;
-mod ops_attention;
-mod ops_matmul;
-mod ops_matmul_grad;
-mod ops_nn;
 pub mod optim;
 pub mod plot;
 pub mod rng;
@@ -97,18 +92,18 @@ pub mod train;
 
 pub use autograd::{Gradients, NoGradGuard, inference, is_grad_enabled, no_grad};
 pub use error::{Error, Result};
-pub use ops_attention::{
+pub use ops::attention::{
     KvCache, MAX_HEAD_DIM, attend_cached, attention, attention_cpu_shader_source,
     attention_gpu_shader_source, attention_qkv, attention_variant, merge_heads, split_heads,
     with_attention_kernels,
 };
-pub use ops_matmul::{Activation, WeightLayout};
+pub use ops::matmul::{Activation, WeightLayout};
 pub use runtime::{Device, DeviceInfo, DeviceOptions, Stats};
 pub use tensor::{DType, Tensor};
 
 /// WGSL sources of every kernel, by family name (used by the shader validation test).
 pub fn shader_sources() -> &'static [(&'static str, &'static str)] {
-    kernels::SHADERS
+    ops::SHADERS
 }
 
 /// The modules generated at run time from those sources, by name: the optimizer for each slot
@@ -116,7 +111,7 @@ pub fn shader_sources() -> &'static [(&'static str, &'static str)] {
 /// the attention modules per head size are checked in tests/attention.rs.
 #[doc(hidden)]
 pub fn generated_shader_sources() -> Vec<(String, String)> {
-    (1..kernels::optim::SLOTS)
-        .map(|n| (format!("optim_{n}slots"), kernels::optim::source_for(n)))
+    (1..ops::optim::launch::SLOTS)
+        .map(|n| (format!("optim_{n}slots"), ops::optim::launch::source_for(n)))
         .collect()
 }

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use crate::autograd::Gradients;
 use crate::error::{Error, Result};
-use crate::kernels::optim as kernel;
+use crate::ops::optim::launch as kernel;
 use crate::runtime::{Device, Storage};
 use crate::tensor::{DType, Tensor};
 

@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::autograd::Node;
 use crate::error::{Error, Result};
-use crate::kernels;
 use crate::runtime::{Device, Storage};
 
 /// Element type of a tensor.
@@ -148,7 +147,7 @@ impl Tensor {
     /// A tensor filled with `value`.
     pub fn full(dev: &Device, shape: &[usize], value: f32) -> Result<Tensor> {
         let t = Self::empty(dev, "full", shape, DType::F32)?;
-        kernels::init::fill(&t, value)?;
+        crate::ops::init::launch::fill(&t, value)?;
         Ok(t)
     }
 
@@ -177,7 +176,13 @@ impl Tensor {
             });
         }
         let t = Self::empty(dev, "rand_uniform", shape, DType::F32)?;
-        kernels::init::random(&t, kernels::init::Dist::Uniform, low, high, seed)?;
+        crate::ops::init::launch::random(
+            &t,
+            crate::ops::init::launch::Dist::Uniform,
+            low,
+            high,
+            seed,
+        )?;
         Ok(t)
     }
 
@@ -196,7 +201,13 @@ impl Tensor {
             });
         }
         let t = Self::empty(dev, "rand_normal", shape, DType::F32)?;
-        kernels::init::random(&t, kernels::init::Dist::Normal, mean, std, seed)?;
+        crate::ops::init::launch::random(
+            &t,
+            crate::ops::init::launch::Dist::Normal,
+            mean,
+            std,
+            seed,
+        )?;
         Ok(t)
     }
 

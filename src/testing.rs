@@ -146,12 +146,12 @@ pub fn random_vec(n: usize, lo: f32, hi: f32, seed: u64) -> Vec<f32> {
 /// Restores the previous forced row-kernel form when dropped (see [`force_row_kernel`]).
 #[doc(hidden)]
 pub struct RowKernelGuard {
-    prev: Option<crate::kernels::rows::RowKernel>,
+    prev: Option<crate::ops::rows::RowKernel>,
 }
 
 impl Drop for RowKernelGuard {
     fn drop(&mut self) {
-        crate::kernels::rows::set_forced(self.prev);
+        crate::ops::rows::set_forced(self.prev);
     }
 }
 
@@ -164,17 +164,17 @@ impl Drop for RowKernelGuard {
 pub fn force_row_kernel(name: &str) -> Result<RowKernelGuard> {
     let k = match name {
         "auto" => None,
-        other => Some(
-            crate::kernels::rows::RowKernel::parse(other).ok_or_else(|| Error::InvalidArgument {
+        other => Some(crate::ops::rows::RowKernel::parse(other).ok_or_else(|| {
+            Error::InvalidArgument {
                 op: "force_row_kernel",
                 message: format!(
                     "unknown row kernel {other:?}; expected auto, workgroup, subgroup or invocation"
                 ),
-            })?,
-        ),
+            }
+        })?),
     };
     Ok(RowKernelGuard {
-        prev: crate::kernels::rows::set_forced(k),
+        prev: crate::ops::rows::set_forced(k),
     })
 }
 
@@ -182,7 +182,7 @@ pub fn force_row_kernel(name: &str) -> Result<RowKernelGuard> {
 /// (the adapter's rule, or the forced form where the device can run it).
 #[doc(hidden)]
 pub fn row_kernel_for(dev: &Device, cols: usize) -> &'static str {
-    crate::kernels::rows::choose(dev, cols).name()
+    crate::ops::rows::choose(dev, cols).name()
 }
 
 /// One input of a [`GradCheck`]: its shape, the range its random values are drawn from, and

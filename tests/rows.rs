@@ -1,5 +1,5 @@
 //! The row-wise kernels in each of their forms (one workgroup, one subgroup or one invocation
-//! per row; see `src/kernels/rows.rs`), forced one at a time whatever the adapter's rule picks:
+//! per row; see `src/ops/rows.rs`), forced one at a time whatever the adapter's rule picks:
 //! softmax and log-softmax with their backward, sum / mean / max over the last axis and over
 //! all elements, LayerNorm forward and backward, cross-entropy forward and backward (with an
 //! ignore index), accuracy with ties. Against f64 CPU references, on row lengths below, at

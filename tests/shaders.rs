@@ -86,7 +86,7 @@ fn every_wgsl_file_is_registered() {
             let stem = path.file_stem().unwrap().to_string_lossy().to_string();
             assert!(
                 names.contains(&stem.as_str()),
-                "{} is not in kernels::SHADERS, so it is never validated",
+                "{} is not in ops::SHADERS, so it is never validated",
                 path.display()
             );
         }

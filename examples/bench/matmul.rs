@@ -164,7 +164,7 @@ pub fn run(dev: &Device) -> Result<()> {
     Ok(())
 }
 
-/// GPUs: every tiled configuration on the same shapes, so the rule in `kernels/matmul.rs` can
+/// GPUs: every tiled configuration on the same shapes, so the rule in `src/ops/matmul/launch.rs` can
 /// be checked against measurements on the card at hand.
 fn variants(dev: &Device) -> Result<()> {
     println!("\n| forced kernel | M x K x N | entry | GFLOP/s | ms |");

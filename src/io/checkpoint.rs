@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 use crate::error::{Error, Result};
-use crate::kernels::train::copy_into;
 use crate::nn::Module;
+use crate::ops::copy::launch::copy_into;
 use crate::optim::Optimizer;
 use crate::tensor::Tensor;
 

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::Module;
 use crate::error::{Error, Result};
-use crate::ops_matmul::{Activation, WeightLayout};
+use crate::ops::matmul::{Activation, WeightLayout};
 use crate::runtime::Device;
 use crate::tensor::Tensor;
 
@@ -149,7 +149,7 @@ impl Module for Linear {
         inputs.extend(self.bias.as_ref());
         if Tensor::should_record(&inputs) && !y.requires_grad() {
             // The fused linear does not record its backward yet (it is being added to
-            // ops_matmul); until then this layer attaches the same backward itself.
+            // ops::matmul); until then this layer attaches the same backward itself.
             return attach_linear_backward(x, &self.weight, self.bias.as_ref(), self.act, y);
         }
         Ok(y)
@@ -174,7 +174,7 @@ fn attach_linear_backward(
     act: Activation,
     y: Tensor,
 ) -> Result<Tensor> {
-    use crate::kernels::{reduce, unary};
+    use crate::ops::{reduce::launch as reduce, unary::launch as unary};
     let (k, n) = (w.shape()[0], w.shape()[1]);
     let rows = x.numel() / k.max(1);
     let x2 = x.view_raw(vec![rows, k]);

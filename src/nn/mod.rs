@@ -25,7 +25,7 @@ mod layers;
 pub use layers::{Dropout, Embedding, Gelu, Init, LayerNorm, Linear, Relu, Sigmoid, Tanh};
 
 use crate::error::Result;
-use crate::ops_matmul::Activation;
+use crate::ops::matmul::Activation;
 use crate::runtime::Device;
 use crate::tensor::Tensor;
 

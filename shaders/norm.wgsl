@@ -2,10 +2,10 @@
 // - LayerNorm over the last axis of (rows, C): the forward saves per-row mean and rstd; the
 //   backward computes dx per row, and dgamma/dbeta as column sums in a fixed order (partials
 //   over chunks of rows, then a column sum), so the same input gives the same bits. The row
-//   kernels come in two forms here (chosen in src/kernels/rows.rs): one workgroup per row with
+//   kernels come in two forms here (chosen in src/ops/rows.rs): one workgroup per row with
 //   a tree in workgroup memory (GPUs, long rows), and `*_inv`, one invocation per row looping
 //   over its columns without barriers (CPU adapters); the one-subgroup-per-row form is in
-//   nn_subgroup.wgsl.
+//   norm_subgroup.wgsl.
 // - Dropout with a counter-based mask: keep element i iff hash(keys, i) >= threshold. The
 //   backward is the same kernel applied to the gradient (same keys, same mask), so no mask buffer.
 

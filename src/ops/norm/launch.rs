@@ -1,21 +1,22 @@
-//! Launcher for `shaders/nn.wgsl` and `shaders/nn_subgroup.wgsl`: fused LayerNorm (forward
+//! Launcher for `shaders/norm.wgsl` and `shaders/norm_subgroup.wgsl`: fused LayerNorm (forward
 //! saving mean and rstd; backward for x and for gamma/beta) and dropout with a counter-based
 //! mask. The LayerNorm row kernels (forward, backward for x) come in three forms (a workgroup,
 //! a subgroup or one invocation per row), chosen per adapter and row length by
-//! `rows::choose`, whose rule is documented in `src/kernels/rows.rs`. The gamma/beta backward
+//! `rows::choose`, whose rule is documented in `src/ops/rows.rs`. The gamma/beta backward
 //! is barrier-free column sums in every case.
 
-use super::rows;
-use super::{elems_grid, reduce, shader};
 use crate::error::{Error, Result};
+use crate::ops::reduce::launch as reduce;
+use crate::ops::rows;
+use crate::ops::{elems_grid, shader};
 use crate::runtime::{Access, Shader};
 use crate::tensor::{DType, Tensor};
 
-pub(crate) const SHADER: Shader = shader("nn", include_str!("../../shaders/nn.wgsl"));
+pub(crate) const SHADER: Shader = shader("norm", include_str!("../../../shaders/norm.wgsl"));
 /// Compiled only when the device has subgroups.
 pub(crate) const SUBGROUP_SHADER: Shader = shader(
-    "nn_subgroup",
-    include_str!("../../shaders/nn_subgroup.wgsl"),
+    "norm_subgroup",
+    include_str!("../../../shaders/norm_subgroup.wgsl"),
 );
 
 #[repr(C)]

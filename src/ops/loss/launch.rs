@@ -5,20 +5,20 @@
 //! The per-row kernels of cross-entropy and accuracy come in three forms (a workgroup, a
 //! subgroup or one invocation per row, `shaders/loss_subgroup.wgsl` for the subgroup one),
 //! chosen per adapter and class count by `rows::choose`, whose rule is documented in
-//! `src/kernels/rows.rs`.
+//! `src/ops/rows.rs`.
 //! The final sums over rows stay one workgroup each (one barrier tree per loss).
 
-use super::rows::{self, RowKernel};
-use super::{WG, elems_grid, shader};
 use crate::error::{Error, Result};
+use crate::ops::rows::{self, RowKernel};
+use crate::ops::{WG, elems_grid, shader};
 use crate::runtime::{Access, Shader, grid_1d};
 use crate::tensor::{DType, Tensor};
 
-pub(crate) const SHADER: Shader = shader("loss", include_str!("../../shaders/loss.wgsl"));
+pub(crate) const SHADER: Shader = shader("loss", include_str!("../../../shaders/loss.wgsl"));
 /// Compiled only when the device has subgroups.
 pub(crate) const SUBGROUP_SHADER: Shader = shader(
     "loss_subgroup",
-    include_str!("../../shaders/loss_subgroup.wgsl"),
+    include_str!("../../../shaders/loss_subgroup.wgsl"),
 );
 
 #[repr(C)]

@@ -1,13 +1,13 @@
 //! Launcher for `shaders/elementwise.wgsl`: broadcasting binary ops.
 
-use super::{elems_grid, shader};
 use crate::error::{Error, Result};
+use crate::ops::{elems_grid, shader};
 use crate::runtime::{Access, Shader};
 use crate::tensor::{DType, Tensor, numel};
 
 pub(crate) const SHADER: Shader = shader(
     "elementwise",
-    include_str!("../../shaders/elementwise.wgsl"),
+    include_str!("../../../shaders/elementwise.wgsl"),
 );
 
 /// Highest rank the strided kernel indexes (`array<vec4<u32>, 2>` in WGSL).

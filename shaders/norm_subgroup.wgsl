@@ -7,7 +7,7 @@
 // A workgroup of WG_ROWS invocations owns SG_ROWS consecutive rows; its subgroups take them in
 // turn, so any subgroup size works. Lanes stride the row; subgroupAdd reduces it: no workgroup
 // memory, no barriers. Same parameters, bindings and arithmetic as the LayerNorm row kernels of
-// nn.wgsl (two-pass variance, biased as PyTorch).
+// norm.wgsl (two-pass variance, biased as PyTorch).
 
 const WG_ROWS: u32 = 64u;
 const SG_ROWS: u32 = 8u;

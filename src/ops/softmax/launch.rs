@@ -1,19 +1,19 @@
 //! Launcher for `shaders/softmax.wgsl` and `shaders/softmax_subgroup.wgsl`: softmax and
 //! log-softmax over the last axis, and their backward. The form (a workgroup, a subgroup or
 //! one invocation per row) is chosen per adapter and row length by `rows::choose`, whose rule
-//! is documented in `src/kernels/rows.rs`.
+//! is documented in `src/ops/rows.rs`.
 
-use super::rows;
-use super::shader;
 use crate::error::{Error, Result};
+use crate::ops::rows;
+use crate::ops::shader;
 use crate::runtime::{Access, Shader};
 use crate::tensor::{DType, Tensor};
 
-pub(crate) const SHADER: Shader = shader("softmax", include_str!("../../shaders/softmax.wgsl"));
+pub(crate) const SHADER: Shader = shader("softmax", include_str!("../../../shaders/softmax.wgsl"));
 /// Compiled only when the device has subgroups.
 pub(crate) const SUBGROUP_SHADER: Shader = shader(
     "softmax_subgroup",
-    include_str!("../../shaders/softmax_subgroup.wgsl"),
+    include_str!("../../../shaders/softmax_subgroup.wgsl"),
 );
 
 #[repr(C)]

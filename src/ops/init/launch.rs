@@ -1,11 +1,11 @@
 //! Launcher for `shaders/init.wgsl`: fill and seeded random.
 
-use super::{elems_grid, shader};
 use crate::error::Result;
+use crate::ops::{elems_grid, shader};
 use crate::runtime::{Access, Shader};
 use crate::tensor::Tensor;
 
-pub(crate) const SHADER: Shader = shader("init", include_str!("../../shaders/init.wgsl"));
+pub(crate) const SHADER: Shader = shader("init", include_str!("../../../shaders/init.wgsl"));
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]

@@ -1,11 +1,11 @@
 //! Launcher for `shaders/optim.wgsl`: fused SGD / Adam / AdamW updates over up to [`SLOTS`]
 //! parameter tensors per dispatch, and the two passes of global-norm gradient clipping.
 
-use super::shader;
 use crate::error::{Error, Result};
+use crate::ops::shader;
 use crate::runtime::{Access, Device, Shader, Storage, grid_1d};
 
-pub(crate) const SHADER: Shader = shader("optim", include_str!("../../shaders/optim.wgsl"));
+pub(crate) const SHADER: Shader = shader("optim", include_str!("../../../shaders/optim.wgsl"));
 
 /// Parameter tensors one dispatch updates at most (`SLOTS` in the WGSL).
 pub(crate) const SLOTS: usize = 8;
@@ -24,7 +24,7 @@ fn shader_for(slots: usize) -> &'static Shader {
     if slots == SLOTS {
         return &SHADER;
     }
-    super::generated_shader("optim_slots", slots, || source_for(slots))
+    crate::ops::generated_shader("optim_slots", slots, || source_for(slots))
 }
 
 /// WGSL of the module for `slots` slots (also for the shader validation test).
@@ -47,7 +47,7 @@ pub(crate) fn source_for(slots: usize) -> String {
 fn slot_region(n: usize) -> String {
     use std::fmt::Write;
     let mut o = String::new();
-    o += "// BEGIN SLOTS: generated for fewer slots by src/kernels/optim.rs (WebGPU's default limit is\n";
+    o += "// BEGIN SLOTS: generated for fewer slots by src/ops/optim/launch.rs (WebGPU's default limit is\n";
     o += "// 8 storage buffers per stage: 2 slots there); keep this region in that generator's form.\n";
     for i in 0..n {
         let _ = writeln!(

@@ -26,20 +26,20 @@
 //!
 //! Each kernel has a vec4 entry point and a scalar one; the vec4 one is used when the operands
 //! are aligned for it ([`vec4_ok`]), the scalar one (element strides) for everything else.
-//! A K longer than [`MAX_K_PER_DISPATCH`] is split by the caller (`ops_matmul`).
+//! A K longer than [`MAX_K_PER_DISPATCH`] is split by the caller (`ops::matmul`).
 
 use bytemuck::Zeroable;
 
-use super::shader;
 use crate::error::{Error, Result};
+use crate::ops::shader;
 use crate::runtime::{Access, Device, Shader, grid_1d};
 use crate::tensor::Tensor;
 
-pub(crate) const SHADER: Shader = shader("matmul", include_str!("../../shaders/matmul.wgsl"));
+pub(crate) const SHADER: Shader = shader("matmul", include_str!("../../../shaders/matmul.wgsl"));
 /// Compiled only when the device has subgroups.
 pub(crate) const SUBGROUP_SHADER: Shader = shader(
     "matmul_subgroup",
-    include_str!("../../shaders/matmul_subgroup.wgsl"),
+    include_str!("../../../shaders/matmul_subgroup.wgsl"),
 );
 
 /// Batch dimensions the kernels index (after merging; so C may have up to 4 + 2 dims).

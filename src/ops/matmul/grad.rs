@@ -1,10 +1,10 @@
 //! Backward passes of matmul and the fused linear layer, built from the transposed matmul forms
 //! (no transpose is ever materialised) and `sum_to` for broadcast batch dims and biases.
 
+use super::{Activation, WeightLayout};
 use crate::autograd::BackwardFn;
 use crate::error::Result;
-use crate::kernels::{reduce, unary};
-use crate::ops_matmul::{Activation, WeightLayout};
+use crate::ops::{reduce::launch as reduce, unary::launch as unary};
 use crate::tensor::Tensor;
 
 /// Attach the gradient of `out = op(a) · op(b)` (op transposes when its flag is set).

@@ -2,19 +2,19 @@
 //! over the last axis or all elements, and `sum_to` (a broadcast gradient summed back to its
 //! operand's shape). The row reductions come in three forms (a workgroup, a subgroup or one
 //! invocation per row), chosen per adapter and row length by `rows::choose`, whose rule is
-//! documented in `src/kernels/rows.rs`.
+//! documented in `src/ops/rows.rs`.
 
-use super::rows::{self, RowKernel};
-use super::shader;
 use crate::error::{Error, Result};
+use crate::ops::rows::{self, RowKernel};
+use crate::ops::shader;
 use crate::runtime::{Access, Shader};
 use crate::tensor::{DType, Tensor};
 
-pub(crate) const SHADER: Shader = shader("reduce", include_str!("../../shaders/reduce.wgsl"));
+pub(crate) const SHADER: Shader = shader("reduce", include_str!("../../../shaders/reduce.wgsl"));
 /// Compiled only when the device has subgroups.
 pub(crate) const SUBGROUP_SHADER: Shader = shader(
     "reduce_subgroup",
-    include_str!("../../shaders/reduce_subgroup.wgsl"),
+    include_str!("../../../shaders/reduce_subgroup.wgsl"),
 );
 
 #[repr(C)]
@@ -197,7 +197,7 @@ fn sum_cols(g: &Tensor, rows: usize, cols: usize) -> Result<Tensor> {
             (&g.storage, Access::Read),
             (&out.storage, Access::ReadWrite),
         ],
-        super::elems_grid(n)?,
+        crate::ops::elems_grid(n)?,
     )?;
     if chunks == 1 {
         return Ok(out.view_raw(vec![cols]));
@@ -299,7 +299,7 @@ pub(crate) fn sum_to(g: &Tensor, shape: &[usize]) -> Result<Tensor> {
             (&g.storage, Access::Read),
             (&out.storage, Access::ReadWrite),
         ],
-        super::elems_grid(n_out * chunks)?,
+        crate::ops::elems_grid(n_out * chunks)?,
     )?;
     if chunks == 1 {
         return Ok(out);

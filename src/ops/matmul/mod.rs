@@ -1,9 +1,12 @@
 //! Matrix products: [`Tensor::matmul`], [`Tensor::matmul_t`] and the fused dense layer
 //! [`Tensor::linear`]. Each is one dispatch; transposed operands are read in place, never
-//! copied. Which kernel runs is decided per adapter and shape in `kernels::matmul`.
+//! copied. Which kernel runs is decided per adapter and shape in `launch.rs`.
 
 use crate::error::{Error, Result};
-use crate::kernels::matmul::{self as mm, Act, Batch, Gemm, Kernel};
+pub(crate) mod grad;
+pub(crate) mod launch;
+
+use self::launch::{self as mm, Act, Batch, Gemm, Kernel};
 use crate::tensor::{DType, Tensor};
 
 /// How a weight matrix is stored, for [`Tensor::linear`].
@@ -222,9 +225,7 @@ impl Tensor {
     /// A zero-sized M or N gives an empty result; K = 0 gives zeros.
     pub fn matmul(&self, b: &Tensor) -> Result<Tensor> {
         let out = self.matmul_impl("matmul", b, false, false, None)?.0;
-        Ok(crate::ops_matmul_grad::record_matmul(
-            out, self, b, false, false,
-        ))
+        Ok(grad::record_matmul(out, self, b, false, false))
     }
 
     /// `op(self) · op(b)` where `op` transposes the last two dims when its flag is set:
@@ -237,9 +238,7 @@ impl Tensor {
     /// Batching, broadcasting and errors as for [`matmul`](Self::matmul).
     pub fn matmul_t(&self, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
         let out = self.matmul_impl("matmul_t", b, trans_a, trans_b, None)?.0;
-        Ok(crate::ops_matmul_grad::record_matmul(
-            out, self, b, trans_a, trans_b,
-        ))
+        Ok(grad::record_matmul(out, self, b, trans_a, trans_b))
     }
 
     /// A dense layer in one dispatch: `act(x·W + bias)` with the bias add and the activation
@@ -258,7 +257,7 @@ impl Tensor {
         layout: WeightLayout,
         act: Activation,
     ) -> Result<Tensor> {
-        crate::ops_matmul_grad::linear(self, w, bias, layout, act, &|a| {
+        grad::linear(self, w, bias, layout, act, &|a| {
             self.linear_impl(w, bias, layout, a, None)
         })
     }

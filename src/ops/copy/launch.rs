@@ -1,11 +1,11 @@
-//! Launcher for `shaders/train.wgsl`: per-step scalars logged on the device, in-place copies.
+//! Launcher for `shaders/copy.wgsl`: per-step scalars logged on the device, in-place copies.
 
-use super::{elems_grid, shader};
 use crate::error::{Error, Result};
+use crate::ops::{elems_grid, shader};
 use crate::runtime::{Access, Shader};
 use crate::tensor::{DType, Tensor};
 
-pub(crate) const SHADER: Shader = shader("train", include_str!("../../shaders/train.wgsl"));
+pub(crate) const SHADER: Shader = shader("copy", include_str!("../../../shaders/copy.wgsl"));
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]

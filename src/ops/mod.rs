@@ -1,18 +1,18 @@
-//! Launchers: one file per WGSL file under `shaders/`, each owning its params struct,
-//! entry points and dispatch sizes.
+//! The op families. Each `ops/<family>/` holds `mod.rs` (the `Tensor` methods and their
+//! backward), `launch.rs` (buffers in, dispatch out) and its WGSL in `shaders/<family>*.wgsl`.
 
 pub(crate) mod attention;
+pub(crate) mod copy;
 pub(crate) mod elementwise;
 pub(crate) mod init;
 pub(crate) mod layout;
 pub(crate) mod loss;
 pub(crate) mod matmul;
-pub(crate) mod nn;
+pub(crate) mod norm;
 pub(crate) mod optim;
 pub(crate) mod reduce;
 pub(crate) mod rows;
 pub(crate) mod softmax;
-pub(crate) mod train;
 pub(crate) mod unary;
 
 use crate::error::Result;
@@ -20,24 +20,24 @@ use crate::runtime::{Shader, grid_1d};
 
 /// Every shader of the crate, for the naga validation test.
 pub const SHADERS: &[(&str, &str)] = &[
-    ("elementwise", elementwise::SHADER.source),
-    ("unary", unary::SHADER.source),
-    ("init", init::SHADER.source),
-    ("reduce", reduce::SHADER.source),
-    ("reduce_subgroup", reduce::SUBGROUP_SHADER.source),
-    ("softmax", softmax::SHADER.source),
-    ("softmax_subgroup", softmax::SUBGROUP_SHADER.source),
-    ("layout", layout::SHADER.source),
-    ("attention", attention::SHADER.source),
-    ("attention_tiled", attention::TILED_SHADER.source),
-    ("optim", optim::SHADER.source),
-    ("train", train::SHADER.source),
-    ("matmul", matmul::SHADER.source),
-    ("matmul_subgroup", matmul::SUBGROUP_SHADER.source),
-    ("nn", nn::SHADER.source),
-    ("nn_subgroup", nn::SUBGROUP_SHADER.source),
-    ("loss", loss::SHADER.source),
-    ("loss_subgroup", loss::SUBGROUP_SHADER.source),
+    ("elementwise", elementwise::launch::SHADER.source),
+    ("unary", unary::launch::SHADER.source),
+    ("init", init::launch::SHADER.source),
+    ("reduce", reduce::launch::SHADER.source),
+    ("reduce_subgroup", reduce::launch::SUBGROUP_SHADER.source),
+    ("softmax", softmax::launch::SHADER.source),
+    ("softmax_subgroup", softmax::launch::SUBGROUP_SHADER.source),
+    ("layout", layout::launch::SHADER.source),
+    ("attention", attention::launch::SHADER.source),
+    ("attention_tiled", attention::launch::TILED_SHADER.source),
+    ("optim", optim::launch::SHADER.source),
+    ("copy", copy::launch::SHADER.source),
+    ("matmul", matmul::launch::SHADER.source),
+    ("matmul_subgroup", matmul::launch::SUBGROUP_SHADER.source),
+    ("norm", norm::launch::SHADER.source),
+    ("norm_subgroup", norm::launch::SUBGROUP_SHADER.source),
+    ("loss", loss::launch::SHADER.source),
+    ("loss_subgroup", loss::launch::SUBGROUP_SHADER.source),
 ];
 
 /// Invocations per workgroup of the 1-D elementwise kernels (`WG` in their WGSL).

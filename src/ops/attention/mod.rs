@@ -29,7 +29,9 @@
 
 use crate::autograd::BackwardFn;
 use crate::error::{Error, Result};
-use crate::kernels::attention as kern;
+pub(crate) mod launch;
+
+use self::launch as kern;
 use crate::runtime::Device;
 use crate::tensor::{DType, Tensor};
 

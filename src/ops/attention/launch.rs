@@ -15,20 +15,21 @@
 //! `PORTAGRAD_ATTENTION=portable` or `=tiled` forces a kind for the process;
 //! [`with_kernels`] forces one for a closure on the calling thread (tests, benchmarks).
 
-use super::{elems_grid, shader};
 use crate::error::Result;
+use crate::ops::{elems_grid, shader};
 use crate::runtime::{Access, Device, Shader, grid_1d};
 use crate::tensor::{DType, Tensor};
 
 /// The portable kernels, decode, append and layout: every adapter.
-pub(crate) const SHADER: Shader = shader("attention", include_str!("../../shaders/attention.wgsl"));
+pub(crate) const SHADER: Shader =
+    shader("attention", include_str!("../../../shaders/attention.wgsl"));
 
 /// The portable module plus the tiled kernels (which use its struct, bindings and constants).
 pub(crate) const TILED_SHADER: Shader = shader(
     "attention_tiled",
     concat!(
-        include_str!("../../shaders/attention.wgsl"),
-        include_str!("../../shaders/attention_tiled.wgsl")
+        include_str!("../../../shaders/attention.wgsl"),
+        include_str!("../../../shaders/attention_tiled.wgsl")
     ),
 );
 /// vec4s per staged block of the tiled kernels (`TILE`): two blocks, 16 KiB of workgroup memory.
@@ -929,7 +930,7 @@ fn fixed_d_shader(d: usize, tiled: bool) -> &'static Shader {
     } else {
         "attention_portable_d"
     };
-    super::generated_shader(family, d, || fixed_d_source(d, tiled))
+    crate::ops::generated_shader(family, d, || fixed_d_source(d, tiled))
 }
 
 /// Full WGSL of [`fixed_d_shader`] (also for the shader validation test).
@@ -957,7 +958,7 @@ pub(crate) fn fixed_d_source(d: usize, tiled: bool) -> String {
 
 /// The portable module plus the CPU kernels for head size `d`, built once per process.
 fn cpu_shader(d: usize) -> &'static Shader {
-    super::generated_shader("attention_cpu_d", d, || cpu_source(d))
+    crate::ops::generated_shader("attention_cpu_d", d, || cpu_source(d))
 }
 
 /// Full WGSL of the CPU-adapter module for head size `d` (for the shader validation test).

@@ -1,12 +1,12 @@
 //! Launcher for `shaders/layout.wgsl`: transpose of the last two axes, row gather (of a whole
 //! table or of one row chunk of a larger one), and column-block copies (concat / split).
 
-use super::{elems_grid, shader};
 use crate::error::{Error, Result};
+use crate::ops::{elems_grid, shader};
 use crate::runtime::{Access, Shader};
 use crate::tensor::{DType, Tensor};
 
-pub(crate) const SHADER: Shader = shader("layout", include_str!("../../shaders/layout.wgsl"));
+pub(crate) const SHADER: Shader = shader("layout", include_str!("../../../shaders/layout.wgsl"));
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]

@@ -1,11 +1,11 @@
 //! Launcher for `shaders/unary.wgsl`: elementwise maps and scalar ops.
 
-use super::{elems_grid, shader};
 use crate::error::Result;
+use crate::ops::{elems_grid, shader};
 use crate::runtime::{Access, Shader};
 use crate::tensor::{DType, Tensor};
 
-pub(crate) const SHADER: Shader = shader("unary", include_str!("../../shaders/unary.wgsl"));
+pub(crate) const SHADER: Shader = shader("unary", include_str!("../../../shaders/unary.wgsl"));
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]

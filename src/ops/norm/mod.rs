@@ -1,0 +1,67 @@
+//! LayerNorm and dropout of [`Tensor`]: fused kernels forward and backward (`launch.rs`,
+//! `shaders/norm*.wgsl`). The backward closures call the launchers directly, never these
+//! methods (the backward runs with recording off, which would turn dropout into the identity).
+
+pub(crate) mod launch;
+
+use self::launch as nn;
+use crate::autograd::{BackwardFn, is_grad_enabled};
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Tensor};
+
+impl Tensor {
+    /// Layer normalisation over the last axis: `(x - mean) / sqrt(var + eps) * gamma + beta`
+    /// for `self` (..., C) with `gamma`, `beta` (C); biased variance, as PyTorch.
+    ///
+    /// One fused kernel (a workgroup per row) that saves each row's mean and reciprocal standard
+    /// deviation for the backward. The gradients of gamma and beta are column sums in a fixed
+    /// order (no atomics), so they are bitwise reproducible.
+    pub fn layer_norm(&self, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<Tensor> {
+        let (y, mean, rstd) = nn::layer_norm(self, gamma, beta, eps)?;
+        if !Tensor::should_record(&[self, gamma, beta]) {
+            return Ok(y);
+        }
+        let need_dx = self.requires_grad;
+        let need_params = gamma.requires_grad || beta.requires_grad;
+        let cols = gamma.numel();
+        let (xd, gd) = (self.detach(), gamma.detach());
+        let back: BackwardFn = Box::new(move |g| {
+            let dx = if need_dx {
+                Some(nn::layer_norm_dx(&xd, &gd, &mean, &rstd, g)?)
+            } else {
+                None
+            };
+            let (dgamma, dbeta) = if need_params {
+                let (a, b) = nn::layer_norm_dparams(&xd, &mean, &rstd, g, cols)?;
+                (Some(a), Some(b))
+            } else {
+                (None, None)
+            };
+            Ok(vec![dx, dgamma, dbeta])
+        });
+        Ok(y.record("layer_norm", &[self, gamma, beta], back))
+    }
+
+    /// Dropout: zeroes each element with probability `p` and scales the kept ones by
+    /// `1 / (1 - p)`. The mask is a counter-based hash of `(seed, element index)`: the same seed
+    /// gives the same mask, and the backward regenerates it instead of storing it (no mask
+    /// buffer; the gradient is `mask / (1 - p) * g`). Use a fresh seed each step.
+    ///
+    /// The identity (the same tensor) when `p == 0` or in inference mode
+    /// (`!portagrad::is_grad_enabled()`). `p` outside `[0, 1)` is an error.
+    pub fn dropout(&self, p: f32, seed: u64) -> Result<Tensor> {
+        if !(0.0..1.0).contains(&p) {
+            return Err(Error::InvalidArgument {
+                op: "dropout",
+                message: format!("p = {p} must be in [0, 1)"),
+            });
+        }
+        self.expect_dtype("dropout", DType::F32)?;
+        if p == 0.0 || !is_grad_enabled() {
+            return Ok(self.clone());
+        }
+        let y = nn::dropout(self, p, seed)?;
+        let back: BackwardFn = Box::new(move |g| Ok(vec![Some(nn::dropout(g, p, seed)?)]));
+        Ok(y.record("dropout", &[self], back))
+    }
+}
