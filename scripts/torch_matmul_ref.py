@@ -1,6 +1,7 @@
 """cuBLAS (through PyTorch) on the shapes of `cargo run --release --example bench -- matmul`,
 for comparison on the same GPU in the same call. f32 with TF32 off is the like-for-like
-figure (portagrad's kernels are plain f32 FMA); TF32 on is shown for what the tensor cores add.
+figure (portagrad's kernels are plain f32 FMA); TF32 on is shown for what the tensor cores add,
+and f16 inputs (f32 accumulation) for the cooperative-matrix kernels of `bench -- coop`.
 """
 import torch
 
@@ -9,12 +10,13 @@ CASES = [("square", s, s, s) for s in (256, 512, 1024, 2048, 4096)] + [
     ("GPT-2 layer", 1024, 768, 3072),
     ("GPT-2 layer", 1024, 3072, 768),
     ("decode GEMV", 1, 768, 50257),
+    ("awkward", 1000, 1000, 1000),
 ]
 
 
-def bench(m, k, n):
-    a = torch.rand(m, k, device="cuda") * 2 - 1
-    b = torch.rand(k, n, device="cuda") * 2 - 1
+def bench(m, k, n, dtype=torch.float32):
+    a = (torch.rand(m, k, device="cuda") * 2 - 1).to(dtype)
+    b = (torch.rand(k, n, device="cuda") * 2 - 1).to(dtype)
     for _ in range(3):
         a @ b
     torch.cuda.synchronize()
@@ -33,11 +35,12 @@ def bench(m, k, n):
 
 
 print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}")
-print("| case | M x K x N | cuBLAS f32 GFLOP/s | ms | cuBLAS TF32 GFLOP/s | ms |")
-print("|---|---|---|---|---|---|")
+print("| case | M x K x N | cuBLAS f32 GFLOP/s | ms | cuBLAS TF32 GFLOP/s | ms | cuBLAS f16 GFLOP/s | ms |")
+print("|---|---|---|---|---|---|---|---|")
 for case, m, k, n in CASES:
     torch.backends.cuda.matmul.allow_tf32 = False
     f, t = bench(m, k, n)
     torch.backends.cuda.matmul.allow_tf32 = True
     f2, t2 = bench(m, k, n)
-    print(f"| {case} | {m} x {k} x {n} | {f:.0f} | {t:.3f} | {f2:.0f} | {t2:.3f} |")
+    f3, t3 = bench(m, k, n, torch.float16)
+    print(f"| {case} | {m} x {k} x {n} | {f:.0f} | {t:.3f} | {f2:.0f} | {t2:.3f} | {f3:.0f} | {t3:.3f} |")
