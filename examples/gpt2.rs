@@ -26,8 +26,8 @@ use clap::{Arg, ArgAction, ArgMatches, Command, value_parser};
 use portagrad::generate::{Sampler, SamplingConfig};
 use portagrad::models::lm::{self, DecayMode, FinetuneConfig, IdBatch, TextTokenizer};
 use portagrad::models::{
-    BpeTokenizer, GenerateOptions, Gpt, StreamDecoder, load_pretrained, save_pretrained,
-    save_tensors,
+    BpeTokenizer, GenerateOptions, Gpt, StreamDecoder, load_pretrained, save_host_tensors,
+    save_pretrained,
 };
 use portagrad::{Device, Error, Result};
 
@@ -173,7 +173,13 @@ fn run() -> Result<()> {
             let (_, _, model) = open_model(s)?;
             let loss = lm::score(&model, &ids)?;
             if let Some(p) = path_arg(s, "logits-out") {
-                save_tensors(&p, &[("logits".to_string(), lm::logits(&model, &ids)?)])?;
+                // In chunks, joined on the host: (B, T, V) may pass one storage binding.
+                let mut all = Vec::new();
+                for chunk in lm::logits_chunks(&model, &ids)? {
+                    all.extend(chunk.to_vec()?);
+                }
+                let shape = vec![ids.batch, ids.len, model.config().vocab_size];
+                save_host_tensors(&p, &[("logits".to_string(), shape, all)])?;
             }
             println!("{}", serde_json::json!({ "loss": loss }));
             Ok(())

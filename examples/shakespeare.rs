@@ -253,7 +253,7 @@ fn train(dev: &Device, m: &ArgMatches) -> Result<()> {
         .min(val_ids.len() - 1)
         .min(train_ids.len() - 1);
     let seed: u64 = *m.get_one("seed").expect("default");
-    let model = if resume {
+    let mut model = if resume {
         let model = load_pretrained(dev, &out)?;
         if model.config().vocab_size != tok.vocab_size() {
             return Err(Error::InvalidArgument {
@@ -279,8 +279,12 @@ fn train(dev: &Device, m: &ArgMatches) -> Result<()> {
     let state_path = out.join("train_state.safetensors");
     let mut start = 0usize;
     if resume {
-        start = checkpoint::load_params(&state_path, &model.parameters(), Some(&mut opt))?.step
-            as usize;
+        let info = checkpoint::load_params(&state_path, &model.parameters(), Some(&mut opt))?;
+        start = info.step as usize;
+        // The masks the uninterrupted run would draw next (older checkpoints have no state).
+        if let Some(d) = info.dropout {
+            model.set_dropout_state(d);
+        }
         println!("resumed from {} at step {start}", out.display());
     }
     let c = &p.cfg;
@@ -400,7 +404,12 @@ fn train(dev: &Device, m: &ArgMatches) -> Result<()> {
             loss_acc = (0.0, 0);
             save_pretrained(&model, &out)?;
             save_vocab(&out, &tok)?;
-            checkpoint::save_params(&state_path, &model.parameters(), Some(&opt))?;
+            checkpoint::save_params_with_dropout(
+                &state_path,
+                &model.parameters(),
+                Some(&opt),
+                model.dropout_state(),
+            )?;
             let after = dev.stats();
             eval_stats.dispatches += after.dispatches - before.dispatches;
             eval_stats.submits += after.submits - before.submits;

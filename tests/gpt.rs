@@ -419,3 +419,144 @@ fn forward_rejects_bad_ids() {
         Err(Error::Shape { .. })
     ));
 }
+
+/// A small GPT with dropout, its AdamW, and one fixed batch, for the resume test.
+fn dropout_run(seed: u64) -> (Gpt, Optimizer, Tensor, Tensor) {
+    let dev = shared_device();
+    let cfg = GptConfig {
+        n_layer: 2,
+        n_head: 2,
+        n_embd: 16,
+        block_size: 8,
+        vocab_size: 11,
+        dropout: 0.2,
+        ln_eps: 1e-5,
+    };
+    let model = Gpt::new(&dev, cfg, seed).unwrap();
+    let opt = Optimizer::adamw(model.parameters(), 1e-2, 0.1).unwrap();
+    let seq: Vec<u32> = (0..18).map(|i| ((i * 7 + 3) % 11) as u32).collect();
+    let x = Tensor::from_u32(&dev, &[&seq[0..8], &seq[9..17]].concat(), &[2, 8]).unwrap();
+    let y = Tensor::from_u32(&dev, &[&seq[1..9], &seq[10..18]].concat(), &[2, 8]).unwrap();
+    (model, opt, x, y)
+}
+
+/// One training step with dropout on; the loss's bits.
+fn dropout_step(model: &Gpt, opt: &mut Optimizer, x: &Tensor, y: &Tensor) -> u32 {
+    let loss = model.loss(x, y, true).unwrap();
+    let g = loss.backward().unwrap();
+    opt.step(&g).unwrap();
+    loss.item().unwrap().to_bits()
+}
+
+fn gpt_bits(model: &Gpt) -> Vec<(String, Vec<u32>)> {
+    model
+        .parameters()
+        .into_iter()
+        .map(|(n, t)| (n, t.to_vec().unwrap().iter().map(|v| v.to_bits()).collect()))
+        .collect()
+}
+
+#[test]
+fn resume_with_dropout_is_bit_exact() {
+    use portagrad::io::checkpoint;
+    let dir = std::env::temp_dir().join(format!("portagrad-gpt-resume-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("state.safetensors");
+    // 6 steps straight.
+    let (model, mut opt, x, y) = dropout_run(1);
+    let want_losses: Vec<u32> = (0..6)
+        .map(|_| dropout_step(&model, &mut opt, &x, &y))
+        .collect();
+    let want = gpt_bits(&model);
+    // 3 steps, save, load into a fresh model and optimizer (another seed), 3 more steps.
+    let (model_a, mut opt_a, x, y) = dropout_run(1);
+    let mut losses: Vec<u32> = (0..3)
+        .map(|_| dropout_step(&model_a, &mut opt_a, &x, &y))
+        .collect();
+    let state = model_a.dropout_state();
+    checkpoint::save_params_with_dropout(&path, &model_a.parameters(), Some(&opt_a), state)
+        .unwrap();
+    let (mut model_b, mut opt_b, _, _) = dropout_run(99);
+    let info = checkpoint::load_params(&path, &model_b.parameters(), Some(&mut opt_b)).unwrap();
+    assert_eq!(info.step, 3);
+    assert_eq!(info.dropout, Some(state));
+    assert!(state.calls > 0, "the run drew dropout masks");
+    model_b.set_dropout_state(info.dropout.unwrap());
+    losses.extend((0..3).map(|_| dropout_step(&model_b, &mut opt_b, &x, &y)));
+    assert_eq!(
+        losses, want_losses,
+        "losses of 6 steps == 3, save, load, 3 (bitwise)"
+    );
+    assert_eq!(
+        gpt_bits(&model_b),
+        want,
+        "parameters after resuming (bitwise)"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Logits past the binding plan come in position chunks, each within the plan, which joined
+/// are the logits of a device that needs no chunks (and PyTorch's).
+#[test]
+fn forward_chunks_keep_each_chunk_within_the_binding_plan() {
+    let g = Golden::load();
+    let (b, t, ids, ..) = batch(&g);
+    let v = 67;
+    let normal = shared_device();
+    let whole = load_on(&normal);
+    let x = Tensor::from_u32(&normal, &ids, &[b, t]).unwrap();
+    let want = portagrad::inference(|| whole.forward(&x, false))
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    // On a device that fits them, one chunk: the logits of forward, bit for bit.
+    let one = portagrad::inference(|| whole.forward_chunks(&x, false)).unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].shape(), &[b * t, v]);
+    let bits = |d: &[f32]| d.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&one[0].to_vec().unwrap()), bits(&want));
+
+    // 12 positions of logits per chunk on the split device: b·t positions take several.
+    let dev = split_device();
+    let split = load_on(&dev);
+    let per = (SPLIT_BYTES / (v as u64 * 4)) as usize;
+    assert!(b * t > per, "the golden batch needs chunks");
+    let chunks = lm::logits_chunks(&split, &id_batch(&g)).unwrap();
+    assert_eq!(chunks.len(), (b * t).div_ceil(per));
+    let mut got = Vec::new();
+    for (i, c) in chunks.iter().enumerate() {
+        let rows = per.min(b * t - i * per);
+        assert_eq!(c.shape(), &[rows, v], "chunk {i}");
+        assert!(
+            c.numel() as u64 * 4 <= SPLIT_BYTES,
+            "chunk {i} within the plan"
+        );
+        got.extend(c.to_vec().unwrap());
+    }
+    let want: Vec<f64> = want.iter().map(|&w| f64::from(w)).collect();
+    assert_close("chunked logits", &got, &want, 0.0, 2e-5);
+    let (_, golden) = g.f64s("logits");
+    assert_close("chunked logits vs PyTorch", &got, &golden, 0.0, 2e-5);
+}
+
+/// Logits past the adapter's binding limit are one error, found before anything runs, that
+/// names the chunked method.
+#[test]
+fn forward_past_one_binding_points_at_forward_chunks() {
+    let dev = shared_device();
+    let cfg = GptConfig {
+        n_layer: 1,
+        n_head: 1,
+        n_embd: 8,
+        block_size: 64,
+        vocab_size: 1 << 20,
+        dropout: 0.0,
+        ln_eps: 1e-5,
+    };
+    let model = Gpt::new(&dev, cfg, 1).unwrap();
+    // (16, 64, 2^20) logits: 4 GiB, past any adapter's binding.
+    let ids = Tensor::from_u32(&dev, &[0; 16 * 64], &[16, 64]).unwrap();
+    let e = model.forward(&ids, false).unwrap_err();
+    assert!(matches!(e, Error::TooLarge { .. }), "{e:?}");
+    assert!(e.to_string().contains("forward_chunks"), "{e}");
+}

@@ -169,6 +169,7 @@ fn resume_is_exact() {
     let info = checkpoint::load(&path, &model_b, Some(&mut opt_b)).unwrap();
     assert_eq!(info.step, 5);
     assert_eq!(info.optimizer.as_deref(), Some("adamw"));
+    assert_eq!(info.dropout, None, "saved without dropout state");
     assert_eq!(opt_b.step_count(), 5);
     assert_eq!(bits(&model_b), bits(&model_a), "loaded parameters");
     for i in 5..10 {
@@ -312,4 +313,45 @@ fn load_checks_names_shapes_dtypes_and_optimizer() {
     let e = checkpoint::load(dir.join("none.safetensors"), &model, None).unwrap_err();
     assert!(matches!(e, Error::Io { .. }), "{e:?}");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn write_atomic_writes_syncs_and_keeps_the_old_file_on_failure() {
+    // `models::write_atomic` is the one `io::write_atomic` every saver uses.
+    let dir = tmp_dir("write-atomic").join("fresh");
+    std::fs::create_dir(&dir).unwrap();
+    let path = dir.join("a.bin");
+    portagrad::models::write_atomic(&path, b"first").unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"first");
+    portagrad::io::write_atomic(&path, b"second").unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"second");
+    // A write that cannot create its temporary file fails and leaves the old file.
+    let tmp = dir.join(format!(".a.bin.tmp{}", std::process::id()));
+    std::fs::create_dir(&tmp).unwrap();
+    let e = portagrad::models::write_atomic(&path, b"third").unwrap_err();
+    assert!(matches!(e, Error::Io { .. }), "{e:?}");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        b"second",
+        "previous file intact"
+    );
+    std::fs::remove_dir(&tmp).unwrap();
+    // Into a missing directory: an error naming it, nothing written.
+    let e = portagrad::io::write_atomic(&dir.join("no/such/b.bin"), b"x").unwrap_err();
+    assert!(e.to_string().contains("no/such"), "{e}");
+    // Not a file path.
+    assert!(matches!(
+        portagrad::io::write_atomic(Path::new(""), b"x"),
+        Err(Error::InvalidArgument { .. })
+    ));
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        [std::ffi::OsString::from("a.bin")],
+        "no temporary left"
+    );
+    let _ = std::fs::remove_dir_all(dir.parent().unwrap());
 }

@@ -179,11 +179,8 @@ fn kill_mid_write(api: &str) {
         });
         // Wait for a completed write, then for the next write's temporary file to reach a
         // round-dependent size (empty, some bytes, over half), and kill the child there.
-        let tmp = if hf {
-            dir.join(format!("ckpt.safetensors.tmp{}", child.id()))
-        } else {
-            dir.join(format!(".ckpt.safetensors.tmp{}", child.id()))
-        };
+        // Both savers go through `io::write_atomic`: one temporary name.
+        let tmp = dir.join(format!(".ckpt.safetensors.tmp{}", child.id()));
         let full = std::fs::metadata(&path).unwrap().len();
         let want = [0, 1, full / 2][round as usize];
         let mut last_done = None;

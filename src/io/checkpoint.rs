@@ -5,7 +5,10 @@
 //!   a plain safetensors state dict that other tools read;
 //! - the optimizer state under `optim.{kind}.{parameter}` with PyTorch's kinds (`exp_avg`,
 //!   `exp_avg_sq` for Adam/AdamW, `momentum_buffer` for SGD with momentum);
-//! - metadata: `format = portagrad-checkpoint`, `version = 1`, `step`, `optimizer`.
+//! - metadata: `format = portagrad-checkpoint`, `version = 1`, `step`, `optimizer`, and for a
+//!   model with dropout ([`save_params_with_dropout`]) `dropout_seed` and `dropout_calls`:
+//!   where its stream of masks stands, so a resumed run draws the masks the straight run would.
+//!   Files without them (older ones, or saved without dropout state) still load.
 //!
 //! Writes are atomic: the bytes go to a temporary file in the same directory, which is fsynced
 //! and then renamed over the target (and the directory fsynced), so a failed or interrupted
@@ -14,11 +17,11 @@
 //! (in place), so the model and optimizer keep working with them.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
+use super::write_atomic;
 use crate::error::{Error, Result};
 use crate::nn::Module;
 use crate::ops::copy::launch::copy_into;
@@ -36,6 +39,19 @@ pub struct CheckpointInfo {
     pub step: u64,
     /// Optimizer algorithm saved with it (`adam`, `adamw`, `sgd`), if any.
     pub optimizer: Option<String>,
+    /// The model's dropout stream, when it was saved with one
+    /// ([`save_params_with_dropout`]); `None` in older files.
+    pub dropout: Option<DropoutState>,
+}
+
+/// Where a model's dropout masks stand: the seed of its stream of masks and how many masks it
+/// has drawn. Mask `k` depends on both, so a bit-exact resume restores both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropoutState {
+    /// Seed of the mask stream.
+    pub seed: u64,
+    /// Masks drawn so far (dropout calls in training).
+    pub calls: u64,
 }
 
 fn bad(path: &Path, message: String) -> Error {
@@ -67,7 +83,27 @@ pub fn save_params(
     params: &[(String, Tensor)],
     opt: Option<&Optimizer>,
 ) -> Result<()> {
-    let path = path.as_ref();
+    write(path.as_ref(), params, opt, None)
+}
+
+/// [`save_params`] with the model's dropout stream (see [`DropoutState`]), which
+/// [`load_params`] returns in [`CheckpointInfo::dropout`]: what a resumed run with dropout
+/// needs to be bit-exact.
+pub fn save_params_with_dropout(
+    path: impl AsRef<Path>,
+    params: &[(String, Tensor)],
+    opt: Option<&Optimizer>,
+    dropout: DropoutState,
+) -> Result<()> {
+    write(path.as_ref(), params, opt, Some(dropout))
+}
+
+fn write(
+    path: &Path,
+    params: &[(String, Tensor)],
+    opt: Option<&Optimizer>,
+    dropout: Option<DropoutState>,
+) -> Result<()> {
     let mut names = HashSet::new();
     let mut host: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::new();
     for (name, t) in params {
@@ -88,6 +124,10 @@ pub fn save_params(
         ("format".to_string(), FORMAT.to_string()),
         ("version".to_string(), VERSION.to_string()),
     ]);
+    if let Some(d) = dropout {
+        meta.insert("dropout_seed".into(), d.seed.to_string());
+        meta.insert("dropout_calls".into(), d.calls.to_string());
+    }
     if let Some(opt) = opt {
         meta.insert("step".into(), opt.step_count().to_string());
         meta.insert(
@@ -115,51 +155,6 @@ pub fn save_params(
     write_atomic(path, &bytes)
 }
 
-/// The temporary file a write to `path` goes through (same directory, so the rename is atomic).
-fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp{}", std::process::id()))
-}
-
-/// Write `bytes` to `path` so that `path` holds either its old contents or all of `bytes`.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    if path.file_name().is_none() {
-        return Err(bad(path, "not a file path".into()));
-    }
-    let tmp = temp_path(path);
-    let result = (|| -> Result<()> {
-        {
-            // Closed before the rename.
-            let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-            f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-            f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-        }
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-        Ok(())
-    })();
-    if result.is_err() {
-        // Best effort: the temporary may not exist (or be a directory someone else made).
-        let _ = std::fs::remove_file(&tmp);
-        return result;
-    }
-    // Make the rename itself durable (not possible on every platform; harmless where not).
-    #[cfg(unix)]
-    if let Some(dir) = path.parent() {
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
-}
-
 /// [`load`] for a list of named tensors.
 pub fn load_params(
     path: impl AsRef<Path>,
@@ -179,11 +174,25 @@ pub fn load_params(
             format!("format {:?} is not {FORMAT}", meta["format"]),
         ));
     }
-    let step = match meta.get("step") {
-        Some(s) => s
-            .parse::<u64>()
-            .map_err(|_| bad(path, format!("step {s:?} is not a number")))?,
-        None => 0,
+    let number = |key: &str| -> Result<Option<u64>> {
+        meta.get(key)
+            .map(|s| {
+                s.parse::<u64>()
+                    .map_err(|_| bad(path, format!("{key} {s:?} is not a number")))
+            })
+            .transpose()
+    };
+    let step = number("step")?.unwrap_or(0);
+    // Both or neither: a stream without its seed (or count) cannot be resumed.
+    let dropout = match (number("dropout_seed")?, number("dropout_calls")?) {
+        (Some(seed), Some(calls)) => Some(DropoutState { seed, calls }),
+        (None, None) => None,
+        _ => {
+            return Err(bad(
+                path,
+                "holds only one of dropout_seed and dropout_calls".into(),
+            ));
+        }
     };
     let saved_opt = meta.get("optimizer").cloned();
 
@@ -270,5 +279,6 @@ pub fn load_params(
     Ok(CheckpointInfo {
         step,
         optimizer: saved_opt,
+        dropout,
     })
 }

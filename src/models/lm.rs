@@ -8,7 +8,7 @@ use std::path::Path;
 use super::bpe::BpeTokenizer;
 use super::char_tokenizer::CharTokenizer;
 use super::gpt::Gpt;
-use super::gpt_io::save_host_tensors;
+use super::gpt::io::save_host_tensors;
 use crate::Tensor;
 use crate::error::{Error, Result};
 use crate::optim::{OptimConfig, Optimizer, ParamGroup, decay_groups};
@@ -181,12 +181,22 @@ pub fn lm_loss(model: &Gpt, batch: &IdBatch, train: bool) -> Result<Tensor> {
 }
 
 /// The logits (B, T, V) of every position of `batch`, in inference mode (what transformers'
-/// `model(ids).logits` gives).
+/// `model(ids).logits` gives). Logits past one storage binding are an [`Error::TooLarge`]:
+/// [`logits_chunks`] makes those.
 pub fn logits(model: &Gpt, batch: &IdBatch) -> Result<Tensor> {
     batch.check(model)?;
     let _g = crate::no_grad();
     let ids = Tensor::from_u32(model.device(), &batch.ids, &[batch.batch, batch.len])?;
     model.forward(&ids, false)
+}
+
+/// [`logits`] of any size, as [`Gpt::forward_chunks`] makes them: chunks (Nᵢ, V) of the B·T
+/// positions in order, each within [`Device::plan_binding_bytes`](crate::Device::plan_binding_bytes).
+pub fn logits_chunks(model: &Gpt, batch: &IdBatch) -> Result<Vec<Tensor>> {
+    batch.check(model)?;
+    let _g = crate::no_grad();
+    let ids = Tensor::from_u32(model.device(), &batch.ids, &[batch.batch, batch.len])?;
+    model.forward_chunks(&ids, false)
 }
 
 /// The [`lm_loss`] of `batch` in inference mode (no dropout, no graph).

@@ -6,14 +6,14 @@
 mod bpe;
 mod char_tokenizer;
 mod gpt;
-mod gpt_io;
 pub mod lm;
 mod unicode_letters;
 
+pub use crate::generate::{GenerateOptions, Generation};
 pub use bpe::{BpeTokenizer, END_OF_TEXT, StreamDecoder, pre_tokenize};
 pub use char_tokenizer::CharTokenizer;
-pub use gpt::{GenerateOptions, Generation, Gpt, GptConfig};
-pub use gpt_io::{
+pub use gpt::io::{
     HostTensor, config_json, load_config, load_pretrained, save_host_tensors, save_pretrained,
     save_tensors, write_atomic,
 };
+pub use gpt::{Gpt, GptConfig};

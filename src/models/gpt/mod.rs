@@ -7,101 +7,16 @@ use std::ops::Range;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::gpt_io::HostTensor;
+mod config;
+pub(crate) mod io;
+
+pub use config::GptConfig;
+
+use self::io::HostTensor;
 use crate::error::{Error, Result};
-use crate::generate::Sampler;
+use crate::generate::{self, CausalLm, GenerateOptions, Generation, Sampler};
+use crate::io::checkpoint::DropoutState;
 use crate::{Activation, Device, KvCache, Tensor, WeightLayout};
-
-/// Size of a GPT.
-#[derive(Clone, Debug, PartialEq)]
-pub struct GptConfig {
-    /// Transformer blocks.
-    pub n_layer: usize,
-    /// Attention heads per block.
-    pub n_head: usize,
-    /// Embedding width C (a multiple of `n_head`).
-    pub n_embd: usize,
-    /// Longest context in tokens.
-    pub block_size: usize,
-    /// Vocabulary size V.
-    pub vocab_size: usize,
-    /// Dropout probability in training (embeddings, attention output, MLP output).
-    pub dropout: f32,
-    /// LayerNorm epsilon (GPT-2: 1e-5).
-    pub ln_eps: f32,
-}
-
-impl Default for GptConfig {
-    /// GPT-2 small (124M).
-    fn default() -> Self {
-        GptConfig {
-            n_layer: 12,
-            n_head: 12,
-            n_embd: 768,
-            block_size: 1024,
-            vocab_size: 50257,
-            dropout: 0.0,
-            ln_eps: 1e-5,
-        }
-    }
-}
-
-impl GptConfig {
-    /// Check the sizes fit together.
-    pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| {
-            Err(Error::InvalidArgument {
-                op: "GptConfig",
-                message: m,
-            })
-        };
-        if self.n_layer == 0
-            || self.n_head == 0
-            || self.n_embd == 0
-            || self.block_size == 0
-            || self.vocab_size == 0
-        {
-            return bad(format!("every size must be positive: {self:?}"));
-        }
-        if !self.n_embd.is_multiple_of(self.n_head) {
-            return bad(format!(
-                "n_embd {} is not a multiple of n_head {}",
-                self.n_embd, self.n_head
-            ));
-        }
-        // Far beyond any real model, but small enough that counting parameters cannot overflow
-        // and a hostile config.json cannot make the loader list billions of layers.
-        const MAX_LAYERS: usize = 4096;
-        const MAX_DIM: usize = 1 << 24;
-        if self.n_layer > MAX_LAYERS
-            || [self.n_embd, self.block_size, self.vocab_size]
-                .iter()
-                .any(|&d| d > MAX_DIM)
-        {
-            return bad(format!(
-                "sizes out of range (n_layer <= {MAX_LAYERS}, widths, context and vocabulary <= {MAX_DIM}): {self:?}"
-            ));
-        }
-        if !(self.ln_eps > 0.0 && self.ln_eps.is_finite()) {
-            return bad(format!(
-                "layer norm epsilon {} must be positive",
-                self.ln_eps
-            ));
-        }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return bad(format!("dropout {} must be in [0, 1)", self.dropout));
-        }
-        Ok(())
-    }
-
-    /// Number of parameters (the tied lm_head counted once).
-    pub fn num_params(&self) -> usize {
-        let c = self.n_embd;
-        let block =
-            2 * 2 * c + (c * 3 * c + 3 * c) + (c * c + c) + (c * 4 * c + 4 * c) + (4 * c * c + c);
-        self.vocab_size * c + self.block_size * c + self.n_layer * block + 2 * c
-    }
-}
 
 /// Where a block's attention gets its keys and values.
 enum Attn<'a> {
@@ -174,7 +89,7 @@ impl std::fmt::Debug for Gpt {
 /// products ([`Tensor::concat_last`]), and [`Gpt::loss`] runs over chunks of positions so no
 /// logits tensor passes the limit. When the embedding fits (the usual case on GPUs) there is
 /// one chunk under the Hugging Face name and none of this runs. Files always hold the whole
-/// (V, C) tensor ([`save_pretrained`](super::save_pretrained) joins the chunks on the host).
+/// (V, C) tensor ([`save_pretrained`](crate::models::save_pretrained) joins the chunks on the host).
 pub struct Gpt {
     cfg: GptConfig,
     dev: Device,
@@ -503,6 +418,22 @@ impl Gpt {
         })
     }
 
+    /// Where the model's dropout masks stand (its seed and the masks drawn so far), for a
+    /// checkpoint ([`save_params_with_dropout`](crate::io::checkpoint::save_params_with_dropout)).
+    pub fn dropout_state(&self) -> DropoutState {
+        DropoutState {
+            seed: self.seed,
+            calls: self.dropout_calls.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Continue the dropout masks from `state` (as saved in a checkpoint): the next training
+    /// forward draws the masks a run that never stopped would.
+    pub fn set_dropout_state(&mut self, state: DropoutState) {
+        self.seed = state.seed;
+        self.dropout_calls.store(state.calls, Ordering::Relaxed);
+    }
+
     fn dropout(&self, x: Tensor, train: bool) -> Result<Tensor> {
         if !train || self.cfg.dropout == 0.0 {
             return Ok(x);
@@ -514,12 +445,51 @@ impl Gpt {
         )
     }
 
-    /// Logits (B, T, V) for token ids (B, T). `train` turns dropout on.
+    /// Logits (B, T, V) for token ids (B, T). `train` turns dropout on. Logits larger than one
+    /// storage binding of the adapter cannot be one tensor: that is an [`Error::TooLarge`]
+    /// (found before anything runs), and [`forward_chunks`](Self::forward_chunks) makes them.
     pub fn forward(&self, ids: &Tensor, train: bool) -> Result<Tensor> {
         let (b, t) = self.check_ids("Gpt::forward", ids)?;
+        let v = self.cfg.vocab_size;
+        self.dev.check_size(
+            "Gpt::forward (logits past one binding: use Gpt::forward_chunks)",
+            &[b, t, v],
+            (b * t * v) as u64 * 4,
+        )?;
         let logits = self.lm_head(&self.hidden(ids, train)?)?; // (B, T, V)
-        debug_assert_eq!(logits.shape(), &[b, t, self.cfg.vocab_size]);
+        debug_assert_eq!(logits.shape(), &[b, t, v]);
         Ok(logits)
+    }
+
+    /// The logits of [`forward`](Self::forward) as chunks of positions, for logits of any
+    /// size: tensors (Nᵢ, V) whose rows, in order, are the B·T positions of ids (B, T)
+    /// (row-major), each within [`Device::plan_binding_bytes`] (at least one position per
+    /// chunk), as [`loss`](Self::loss) makes them. One chunk (B·T, V) when they all fit.
+    pub fn forward_chunks(&self, ids: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        let (b, t) = self.check_ids("Gpt::forward_chunks", ids)?;
+        let (n, c) = (b * t, self.cfg.n_embd);
+        let x = self.hidden(ids, train)?.reshape(&[n, c])?; // (B·T, C)
+        self.position_chunks(n)
+            .map(|r| self.lm_head(&self.rows(&x, r, n)?)) // (Nᵢ, V)
+            .collect()
+    }
+
+    /// Ranges of `n` positions whose logits (V floats each) fit
+    /// [`Device::plan_binding_bytes`], at least one position each.
+    fn position_chunks(&self, n: usize) -> impl Iterator<Item = Range<usize>> {
+        let v = self.cfg.vocab_size as u64 * 4;
+        let per = (self.dev.plan_binding_bytes() / v).max(1) as usize;
+        (0..n).step_by(per).map(move |s| s..(s + per).min(n))
+    }
+
+    /// Rows `r` of x (n, C); x itself when `r` is all of it.
+    fn rows(&self, x: &Tensor, r: Range<usize>, n: usize) -> Result<Tensor> {
+        if r.len() == n {
+            return Ok(x.clone());
+        }
+        let rows: Vec<u32> = (r.start as u32..r.end as u32).collect();
+        let rows = Tensor::from_u32(&self.dev, &rows, &[r.len()])?;
+        x.gather_rows(&rows) // (r.len(), C)
     }
 
     /// The final hidden states (B, T, C), after ln_f, for checked ids (B, T).
@@ -547,6 +517,27 @@ impl Gpt {
                 message: format!("sequence length {t} must be in 1..={}", self.cfg.block_size),
             });
         }
+        // The one id range check of the model (a chunked embedding's masked gathers make none).
+        // Ids made on the GPU carry no bound, as for `gather_rows`.
+        let v = self.cfg.vocab_size;
+        if let Some(bound) = ids.id_bound
+            && bound as usize > v
+        {
+            // The bound saturates at u32::MAX: name the id itself from the host copy.
+            let bad = ids.host_ids.as_deref().and_then(|h| {
+                h.iter()
+                    .enumerate()
+                    .find(|&(_, &i)| i as usize >= v)
+                    .map(|(p, &i)| format!("id {i} (at position {p})"))
+            });
+            return Err(Error::InvalidArgument {
+                op,
+                message: format!(
+                    "{} is out of range for a vocabulary of {v}",
+                    bad.unwrap_or_else(|| format!("id {}", bound - 1))
+                ),
+            });
+        }
         Ok((b, t))
     }
 
@@ -567,25 +558,7 @@ impl Gpt {
         if let [wte] = &self.wte[..] {
             return wte.gather_rows(ids);
         }
-        // Masked gathers skip the range check a whole-table gather does.
-        let v = self.cfg.vocab_size;
-        if let Some(bound) = ids.id_bound
-            && bound as usize > v
-        {
-            let bad = ids.host_ids.as_deref().and_then(|h| {
-                h.iter()
-                    .enumerate()
-                    .find(|&(_, &i)| i as usize >= v)
-                    .map(|(p, &i)| format!("id {i} (at position {p})"))
-            });
-            return Err(Error::InvalidArgument {
-                op: "gather_rows",
-                message: format!(
-                    "{} is out of range for a table of {v} rows",
-                    bad.unwrap_or_else(|| format!("id {}", bound - 1))
-                ),
-            });
-        }
+        // Masked gathers skip the range check: `check_ids` made it for every entry point.
         let mut tok: Option<Tensor> = None;
         for (w, r) in self.wte.iter().zip(&self.wte_rows) {
             let part = w.gather_rows_masked(ids, r.start)?; // (B, T, C)
@@ -665,10 +638,10 @@ impl Gpt {
     /// of the positions: the same mean, without a tensor past the limit.
     pub fn loss(&self, ids: &Tensor, targets: &Tensor, train: bool) -> Result<Tensor> {
         let (b, t) = self.check_ids("Gpt::loss", ids)?;
-        let (n, v, c) = (b * t, self.cfg.vocab_size, self.cfg.n_embd);
-        let per = (self.dev.plan_binding_bytes() / (v as u64 * 4)).max(1) as usize;
+        let (n, c) = (b * t, self.cfg.n_embd);
         let x = self.hidden(ids, train)?; // (B, T, C)
-        if n <= per {
+        let chunks: Vec<Range<usize>> = self.position_chunks(n).collect();
+        if chunks.len() <= 1 {
             return self.lm_head(&x)?.cross_entropy(targets, None);
         }
         targets.expect_dtype("Gpt::loss", crate::DType::U32)?;
@@ -680,15 +653,11 @@ impl Gpt {
         };
         let x = x.reshape(&[n, c])?;
         let mut total: Option<Tensor> = None;
-        for s in (0..n).step_by(per) {
-            let e = (s + per).min(n);
-            let rows: Vec<u32> = (s as u32..e as u32).collect();
-            let rows = Tensor::from_u32(&self.dev, &rows, &[e - s])?;
-            let y = Tensor::from_u32(&self.dev, &tgt[s..e], &[e - s])?;
-            let logits = self.lm_head(&x.gather_rows(&rows)?)?; // (e - s, V)
-            let part = logits
-                .cross_entropy(&y, None)?
-                .mul_scalar((e - s) as f32 / n as f32)?;
+        for r in chunks {
+            let y = Tensor::from_u32(&self.dev, &tgt[r.clone()], &[r.len()])?;
+            let share = r.len() as f32 / n as f32;
+            let logits = self.lm_head(&self.rows(&x, r, n)?)?; // (Nᵢ, V)
+            let part = logits.cross_entropy(&y, None)?.mul_scalar(share)?;
             total = Some(match total {
                 None => part,
                 Some(acc) => acc.add(&part)?,
@@ -697,11 +666,7 @@ impl Gpt {
         Ok(total.expect("n >= 1 position"))
     }
 
-    /// Continue `prompt` by up to `max_new` tokens, calling `on_token` with each new token as
-    /// it is produced (return `false` to stop). KV-cached: one prefill of the prompt, then one
-    /// position per token (see [`generate_batch`](Self::generate_batch), which this calls with a
-    /// batch of one, no stop token and the default context policy). A prompt longer than the
-    /// context is cropped from the left with a warning. Runs in inference mode.
+    /// Continue `prompt` by up to `max_new` tokens: [`generate::generate`] on this model.
     pub fn generate(
         &self,
         prompt: &[u32],
@@ -709,22 +674,12 @@ impl Gpt {
         sampler: &mut Sampler,
         on_token: &mut dyn FnMut(u32) -> Result<bool>,
     ) -> Result<Vec<u32>> {
-        let opts = GenerateOptions {
-            max_new_tokens: max_new,
-            ..Default::default()
-        };
-        let out = self.generate_batch(
-            &[prompt.to_vec()],
-            &opts,
-            std::slice::from_mut(sampler),
-            &mut |_, id| on_token(id),
-        )?;
-        Ok(out.tokens.into_iter().next().unwrap_or_default())
+        generate::generate(self, prompt, max_new, sampler, on_token)
     }
 
-    /// The uncached reference for [`generate`](Self::generate): every token re-runs the whole
-    /// context (the last `block_size` tokens) through [`forward`](Self::forward). Quadratic in
-    /// the length; kept for tests and comparisons.
+    /// The uncached reference for [`generate`](Self::generate):
+    /// [`generate::generate_full_context`] on this model (each token re-runs the context
+    /// through [`forward`](Self::forward)).
     pub fn generate_full_context(
         &self,
         prompt: &[u32],
@@ -732,62 +687,11 @@ impl Gpt {
         sampler: &mut Sampler,
         on_token: &mut dyn FnMut(u32) -> Result<bool>,
     ) -> Result<Vec<u32>> {
-        if prompt.is_empty() {
-            return Err(Error::InvalidArgument {
-                op: "Gpt::generate_full_context",
-                message: "the prompt is empty".into(),
-            });
-        }
-        let _g = crate::no_grad();
-        let mut ids = prompt.to_vec();
-        let v = self.cfg.vocab_size;
-        for _ in 0..max_new {
-            let start = ids.len().saturating_sub(self.cfg.block_size);
-            let ctx = &ids[start..];
-            let t = ctx.len();
-            let x = Tensor::from_u32(&self.dev, ctx, &[1, t])?;
-            let logits = self.forward(&x, false)?.reshape(&[t, v])?;
-            // Only the last row comes back to the host.
-            let last = Tensor::from_u32(&self.dev, &[t as u32 - 1], &[1])?;
-            let row = logits.gather_rows(&last)?.to_vec()?;
-            let next = sampler.sample(&row, &ids)?;
-            ids.push(next);
-            if !on_token(next)? {
-                break;
-            }
-        }
-        Ok(ids[prompt.len()..].to_vec())
+        generate::generate_full_context(self, prompt, max_new, sampler, on_token)
     }
 
-    /// Generate from a batch of prompts at once with per-layer [`KvCache`]s.
-    ///
-    /// **How.** The prompts need not have the same length, and nothing is padded: all sequences
-    /// advance through the same positions, so the caches stay aligned without an attention
-    /// mask. The first `min(prompt lengths)` positions of every prompt go through one batched
-    /// *prefill* (full causal attention over those positions, keys and values written to the
-    /// caches). Then each *decode* step feeds one token per sequence at the next position and
-    /// attends to the cache with [`attend_cached`](crate::attend_cached): a sequence whose
-    /// prompt is longer still feeds its own prompt tokens (its sampled token is ignored, as in
-    /// Meta's LLaMA reference code) until its prompt is used up. So every sequence sees exactly
-    /// its own tokens, at the positions it would have alone; a long prompt next to a short one
-    /// costs decode steps instead of prefill. Only the last position's logits (B, V) are read
-    /// back per step.
-    ///
-    /// **Sampling.** `samplers[i]` picks the tokens of prompt `i` (one per prompt, see
-    /// [`Sampler::batch`]); its repetition penalty sees the prompt and the tokens so far.
-    /// `on_token(i, id)` streams each new token of prompt `i` as soon as it is sampled;
-    /// returning `false` ends that sequence. A sequence also ends after `max_new_tokens` or at
-    /// `stop_token` (which ends it without being output or streamed). Finished sequences keep
-    /// being fed (their outputs are discarded) until all are done.
-    ///
-    /// **Context.** A prompt longer than `block_size` is cropped to its last `block_size`
-    /// tokens, with a warning on stderr and the count in [`Generation::truncated`]. When the
-    /// sequences reach `block_size` positions, the caches are rebuilt by one prefill of each
-    /// sequence's last [`context_keep`](GenerateOptions::context_keep) tokens, and decoding
-    /// goes on from there.
-    ///
-    /// Errors (never panics): no prompts, an empty prompt, a token id past the vocabulary, a
-    /// sampler count that differs from the prompt count.
+    /// Generate from a batch of prompts at once with per-layer [`KvCache`]s:
+    /// [`generate::generate_batch`] on this model, which says how.
     pub fn generate_batch(
         &self,
         prompts: &[Vec<u32>],
@@ -795,130 +699,35 @@ impl Gpt {
         samplers: &mut [Sampler],
         on_token: &mut dyn FnMut(usize, u32) -> Result<bool>,
     ) -> Result<Generation> {
-        const OP: &str = "Gpt::generate";
-        let bad = |message: String| Err(Error::InvalidArgument { op: OP, message });
-        let (bs, vocab) = (self.cfg.block_size, self.cfg.vocab_size);
-        if prompts.is_empty() {
-            return bad("no prompts".into());
-        }
-        if samplers.len() != prompts.len() {
-            return bad(format!(
-                "{} samplers for {} prompts (one each)",
-                samplers.len(),
-                prompts.len()
-            ));
-        }
-        for (i, p) in prompts.iter().enumerate() {
-            if p.is_empty() {
-                return bad(format!("prompt {i} is empty"));
-            }
-            if let Some((j, &id)) = p.iter().enumerate().find(|&(_, &id)| id as usize >= vocab) {
-                return bad(format!(
-                    "prompt {i}: token id {id} at position {j} is out of range for a vocabulary of {vocab}"
-                ));
-            }
-        }
-        let keep = opts.context_keep.unwrap_or(bs - bs / 4).clamp(1, bs);
-        let b = prompts.len();
-        let mut out = Generation {
-            tokens: vec![Vec::new(); b],
-            stopped: vec![false; b],
-            truncated: vec![0; b],
-            ..Default::default()
-        };
-        // Each sequence's tokens (prompt, then generated) for the repetition penalty.
-        let mut seqs: Vec<Vec<u32>> = Vec::with_capacity(b);
-        for (i, p) in prompts.iter().enumerate() {
-            let cut = p.len().saturating_sub(bs);
-            if cut > 0 {
-                eprintln!(
-                    "warning: prompt {i} has {} tokens, more than the model's context of {bs}; \
-                     keeping the last {bs}",
-                    p.len()
-                );
-            }
-            out.truncated[i] = cut;
-            seqs.push(p[cut..].to_vec());
-        }
-        let max_new = opts.max_new_tokens;
-        if max_new == 0 {
-            return Ok(out);
-        }
-        let plen: Vec<usize> = seqs.iter().map(Vec::len).collect();
-        let p0 = *plen.iter().min().expect("non-empty");
-        let pmax = *plen.iter().max().expect("non-empty");
-        let _g = crate::no_grad();
-        let (h, d) = (self.cfg.n_head, self.cfg.n_embd / self.cfg.n_head);
-        // Positions ever fed: the last sequence's prompt plus all but its last new token.
-        let cap = (pmax + max_new - 1).min(bs).max(p0);
-        let mut caches = (0..self.cfg.n_layer)
-            .map(|_| KvCache::new(&self.dev, b, h, cap, d))
-            .collect::<Result<Vec<_>>>()?;
-        // The tokens fed at positions 0..pos, per sequence (equal lengths; for rebuilds).
-        let mut fed: Vec<Vec<u32>> = seqs.iter().map(|s| s[..p0].to_vec()).collect();
-        let t0 = crate::time::Instant::now();
-        let mut logits = self.prefill(&fed, &mut caches)?;
-        out.prefill_tokens += b * p0;
-        out.prefill_secs += t0.elapsed().as_secs_f64();
-        let mut pos = p0;
-        let mut done = vec![false; b];
-        let mut feed = vec![0u32; b];
-        loop {
-            for i in 0..b {
-                if done[i] {
-                    feed[i] = *fed[i].last().expect("non-empty");
-                } else if pos < plen[i] {
-                    feed[i] = seqs[i][pos];
-                } else {
-                    let row = &logits[i * vocab..(i + 1) * vocab];
-                    let id = samplers[i].sample(row, &seqs[i])?;
-                    feed[i] = id;
-                    if Some(id) == opts.stop_token {
-                        out.stopped[i] = true;
-                        done[i] = true;
-                        continue;
-                    }
-                    seqs[i].push(id);
-                    out.tokens[i].push(id);
-                    if !on_token(i, id)? || out.tokens[i].len() >= max_new {
-                        done[i] = true;
-                    }
-                }
-            }
-            if done.iter().all(|&x| x) {
-                break;
-            }
-            for (f, &id) in fed.iter_mut().zip(&feed) {
-                f.push(id);
-            }
-            let t = crate::time::Instant::now();
-            if pos == cap {
-                // The context is full: rebuild the caches from the last `keep` tokens.
-                let window: Vec<Vec<u32>> =
-                    fed.iter().map(|f| f[f.len() - keep..].to_vec()).collect();
-                logits = self.prefill(&window, &mut caches)?;
-                out.prefill_tokens += b * keep;
-                out.prefill_secs += t.elapsed().as_secs_f64();
-                out.context_rebuilds += 1;
-                pos = keep;
-            } else {
-                logits = self.decode_step(&feed, pos, &mut caches)?;
-                out.decode_tokens += b;
-                out.decode_secs += t.elapsed().as_secs_f64();
-                pos += 1;
-            }
-        }
-        Ok(out)
+        generate::generate_batch(self, prompts, opts, samplers, on_token)
+    }
+}
+
+/// The generation loop's view of a GPT: one [`KvCache`] per layer.
+impl CausalLm for Gpt {
+    type Cache = Vec<KvCache>;
+
+    fn vocab_size(&self) -> usize {
+        self.cfg.vocab_size
     }
 
-    /// Reset `caches` and run `ids` (B sequences of T tokens, positions 0..T) through the model,
-    /// filling them; returns the last position's logits (B·V, row-major) on the host.
-    fn prefill(&self, ids: &[Vec<u32>], caches: &mut [KvCache]) -> Result<Vec<f32>> {
+    fn max_context(&self) -> usize {
+        self.cfg.block_size
+    }
+
+    fn new_cache(&self, batch: usize, capacity: usize) -> Result<Vec<KvCache>> {
+        let (h, d) = (self.cfg.n_head, self.cfg.n_embd / self.cfg.n_head);
+        (0..self.cfg.n_layer)
+            .map(|_| KvCache::new(&self.dev, batch, h, capacity, d))
+            .collect()
+    }
+
+    fn prefill(&self, ids: &[Vec<u32>], caches: &mut Vec<KvCache>) -> Result<Vec<f32>> {
         let (b, t) = (ids.len(), ids[0].len());
         let flat: Vec<u32> = ids.concat();
         let ids = Tensor::from_u32(&self.dev, &flat, &[b, t])?;
         self.check_ids("Gpt::prefill", &ids)?;
-        let mut x = self.embed(&ids, 0, false)?;
+        let mut x = self.embed(&ids, 0, false)?; // (B, T, C)
         for (blk, cache) in self.blocks.iter().zip(caches.iter_mut()) {
             cache.reset();
             x = self.block(blk, x, false, Attn::Prefill(cache))?;
@@ -931,9 +740,7 @@ impl Gpt {
         self.head(&x)?.to_vec()
     }
 
-    /// Feed one token per sequence at position `pos` (the caches hold positions 0..pos);
-    /// returns the logits (B·V, row-major) on the host.
-    fn decode_step(&self, ids: &[u32], pos: usize, caches: &mut [KvCache]) -> Result<Vec<f32>> {
+    fn decode_step(&self, ids: &[u32], pos: usize, caches: &mut Vec<KvCache>) -> Result<Vec<f32>> {
         let b = ids.len();
         let ids = Tensor::from_u32(&self.dev, ids, &[b, 1])?;
         let mut x = self.embed(&ids, pos, false)?; // (B, 1, C)
@@ -942,62 +749,13 @@ impl Gpt {
         }
         self.head(&x)?.to_vec() // (B, 1, V)
     }
-}
 
-/// Settings of [`Gpt::generate_batch`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GenerateOptions {
-    /// New tokens per prompt, at most.
-    pub max_new_tokens: usize,
-    /// End a sequence when it samples this token (GPT-2's `<|endoftext|>`: 50256); the token
-    /// itself is not output.
-    pub stop_token: Option<u32>,
-    /// When the sequences fill the context, rebuild the caches from this many last tokens
-    /// (default: three quarters of `block_size`, so a rebuild comes every quarter context).
-    /// `Some(block_size)` rebuilds at every token past the context: the same tokens as
-    /// [`Gpt::generate_full_context`], at the same cost.
-    pub context_keep: Option<usize>,
-}
-
-impl Default for GenerateOptions {
-    fn default() -> Self {
-        GenerateOptions {
-            max_new_tokens: 64,
-            stop_token: None,
-            context_keep: None,
-        }
-    }
-}
-
-/// What [`Gpt::generate_batch`] produced, with timings.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Generation {
-    /// The new tokens of each prompt (without the stop token).
-    pub tokens: Vec<Vec<u32>>,
-    /// Whether each sequence ended at the stop token.
-    pub stopped: Vec<bool>,
-    /// Tokens cropped from the left of each prompt to fit the context.
-    pub truncated: Vec<usize>,
-    /// Positions run through prefills (B per position, rebuilds included).
-    pub prefill_tokens: usize,
-    /// Seconds in prefills, including reading back their logits.
-    pub prefill_secs: f64,
-    /// Positions run through decode steps (B per step).
-    pub decode_tokens: usize,
-    /// Seconds in decode steps, including reading back their logits (not sampling).
-    pub decode_secs: f64,
-    /// Times the context filled and the caches were rebuilt.
-    pub context_rebuilds: usize,
-}
-
-impl Generation {
-    /// Prefill throughput in tokens per second.
-    pub fn prefill_tokens_per_sec(&self) -> f64 {
-        self.prefill_tokens as f64 / self.prefill_secs.max(1e-12)
-    }
-
-    /// Decode throughput in tokens per second (all sequences of the batch counted).
-    pub fn decode_tokens_per_sec(&self) -> f64 {
-        self.decode_tokens as f64 / self.decode_secs.max(1e-12)
+    fn last_logits(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        let (t, v) = (ids.len(), self.cfg.vocab_size);
+        let x = Tensor::from_u32(&self.dev, ids, &[1, t])?;
+        let logits = self.forward(&x, false)?.reshape(&[t, v])?; // (T, V)
+        // Only the last row comes back to the host.
+        let last = Tensor::from_u32(&self.dev, &[t as u32 - 1], &[1])?;
+        logits.gather_rows(&last)?.to_vec()
     }
 }

@@ -8,8 +8,9 @@ use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors};
 
-use super::gpt::{Gpt, GptConfig};
+use super::{Gpt, GptConfig};
 use crate::error::{Error, Result};
+pub use crate::io::write_atomic;
 use crate::{Device, Tensor};
 
 fn bad(path: &Path, message: String) -> Error {
@@ -271,27 +272,6 @@ pub fn save_host_tensors(path: &Path, host: &[HostTensor]) -> Result<()> {
         message: format!("{}: {e}", path.display()),
     })?;
     write_atomic(path, &data)
-}
-
-/// Write `bytes` to `path` through a temporary file in the same directory, then rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension(format!(
-        "{}.tmp{}",
-        path.extension().and_then(|e| e.to_str()).unwrap_or(""),
-        std::process::id()
-    ));
-    let res = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
