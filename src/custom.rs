@@ -53,12 +53,13 @@
 //!
 //! # How a custom op reaches the pipeline cache
 //!
-//! The runtime caches shader modules by name and pipelines by (shader name, entry point,
-//! parameter size, binding access pattern), and it keeps those names and sources as
-//! `&'static str`. `build` therefore interns the op's name and source: the first registration
-//! of a given (name, source) pair copies both into memory that lives until the process ends
-//! (`Box::leak`) under a unique shader name `custom:<name>#<k>`, and later registrations of the
-//! same pair reuse it. Registration is a one-time cost per distinct source; two ops with the
+//! The runtime caches shader modules by a typed key and pipelines by (key, entry point,
+//! constants, parameter size, binding access pattern). Custom modules go through the same
+//! registry as the crate's generated ones: the first registration of a given (name, source)
+//! pair copies both into memory that lives until the process ends (`Box::leak`) under the
+//! unique key `ShaderKey::Custom(k)` and the shader name `custom:<name>#<k>`, and later
+//! registrations of the same pair reuse it. Registration is a one-time cost per distinct
+//! source; two ops with the
 //! same name but different sources never share a cached module or pipeline.
 //!
 //! # Example
@@ -118,9 +119,8 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::HashMap;
 use std::marker::PhantomData;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::runtime::{Access, Shader, grid_1d};
@@ -173,7 +173,7 @@ enum Backward<P> {
 
 struct OpInner<P> {
     name: &'static str,
-    shader: Shader,
+    shader: &'static Shader,
     inputs: Vec<DType>,
     outputs: Option<ShapeFn>,
     forward: Kernel<P>,
@@ -211,24 +211,6 @@ pub struct CustomOpBuilder<P> {
     backward: Backward<P>,
     zeroed_outputs: bool,
     _p: PhantomData<fn(&P)>,
-}
-
-/// Interned (name, source) pairs: leaked once, reused by later registrations.
-type Interned = HashMap<(String, String), (&'static str, &'static str)>;
-
-fn intern(name: &str, source: &str) -> Shader {
-    static TABLE: Mutex<Option<Interned>> = Mutex::new(None);
-    let mut guard = TABLE.lock().unwrap_or_else(|e| e.into_inner());
-    let table = guard.get_or_insert_with(HashMap::new);
-    let k = table.len();
-    let &mut (name, source) = table
-        .entry((name.to_string(), source.to_string()))
-        .or_insert_with(|| {
-            let unique: &'static str = Box::leak(format!("custom:{name}#{k}").into_boxed_str());
-            let src: &'static str = Box::leak(source.to_string().into_boxed_str());
-            (unique, src)
-        });
-    Shader { name, source }
 }
 
 /// Parse and validate `source` with naga and check that each entry point is a compute shader.
@@ -355,15 +337,7 @@ impl<P: bytemuck::Pod + Send + Sync> CustomOp<P> {
         bindings.extend(inputs.iter().map(|t| (&*t.storage, Access::Read)));
         bindings.extend(outs.iter().map(|t| (&*t.storage, Access::ReadWrite)));
         let groups = (op.forward.grid)(&shapes, params)?;
-        dispatch(
-            dev,
-            &op.shader,
-            &op.forward.entry,
-            params,
-            &bindings,
-            groups,
-        )
-        .map_err(|e| {
+        dispatch(dev, op.shader, &op.forward.entry, params, &bindings, groups).map_err(|e| {
             explain(e, name, &op.forward.entry, || {
                 layout_words(inputs.len(), outs.len(), false)
             })
@@ -481,7 +455,7 @@ fn backward<P: bytemuck::Pod + Send + Sync>(
             let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.shape.as_slice()).collect();
             for k in kernels {
                 let groups = (k.grid)(&shapes, params)?;
-                dispatch(&g.dev, &op.shader, &k.entry, params, &bindings, groups).map_err(|e| {
+                dispatch(&g.dev, op.shader, &k.entry, params, &bindings, groups).map_err(|e| {
                     explain(e, op.name, &k.entry, || {
                         layout_words(inputs.len(), outputs.len(), true)
                     })
@@ -588,7 +562,7 @@ impl<P: bytemuck::Pod + Send + Sync> CustomOpBuilder<P> {
             entries.extend(ks.iter().map(|k| k.entry.as_str()));
         }
         validate(&self.name, &self.source, &entries)?;
-        let shader = intern(&self.name, &self.source);
+        let shader = crate::runtime::custom_shader(&self.name, &self.source);
         let name: &'static str = shader
             .name
             .strip_prefix("custom:")

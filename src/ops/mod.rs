@@ -48,28 +48,18 @@ pub(crate) fn elems_grid(n: usize) -> Result<[u32; 3]> {
     grid_1d((n as u64).div_ceil(WG))
 }
 
+/// A WGSL file of the crate, registered under its name.
 pub(crate) const fn shader(name: &'static str, source: &'static str) -> Shader {
-    Shader { name, source }
+    Shader::fixed(name, source)
 }
 
-/// A module whose source is generated at run time (per head size, per slot count, ...), built
-/// once per (`family`, `key`) and kept for the process: the runtime caches pipelines by
-/// `&'static` shader. At most a few dozen per process, so leaking them is bounded. Looked up
-/// on every dispatch that uses one, so the lookup allocates nothing.
+/// A module whose source is generated at run time (per head size, per slot count, ...),
+/// built once per (`family`, `key`) in the runtime's one shader registry and kept for the
+/// process. Looked up on every dispatch that uses one, so the lookup allocates nothing.
 pub(crate) fn generated_shader(
     family: &'static str,
     key: usize,
     source: impl FnOnce() -> String,
 ) -> &'static Shader {
-    type Entry = (&'static str, usize, &'static Shader);
-    static CACHE: std::sync::Mutex<Vec<Entry>> = std::sync::Mutex::new(Vec::new());
-    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(&(_, _, sh)) = cache.iter().find(|(f, k, _)| *f == family && *k == key) {
-        return sh;
-    }
-    let name: &'static str = Box::leak(format!("{family}_{key}").into_boxed_str());
-    let source: &'static str = Box::leak(source().into_boxed_str());
-    let sh: &'static Shader = Box::leak(Box::new(shader(name, source)));
-    cache.push((family, key, sh));
-    sh
+    crate::runtime::generated_shader(family, key, source)
 }

@@ -173,28 +173,63 @@ pub(crate) fn grid(k: RowKernel, rows: usize) -> Result<[u32; 3]> {
 /// One row kernel's dispatch: shader, entry point and grid.
 pub(crate) struct Plan {
     pub shader: &'static Shader,
-    pub entry: String,
+    pub entry: &'static str,
     pub grid: [u32; 3],
 }
 
-/// Plan a row kernel whose workgroup form is `base` in `shader` and whose other forms are
-/// `{base}_inv` in the same shader and `{base}_sg` in `subgroup_shader`. With `inv4`, the
-/// invocation form of rows whose length is a multiple of 4 is `{base}_inv4` (vec4 loads).
+/// A row kernel's entry points in its forms; [`row_entries!`] spells them from the base name,
+/// once at compile time, so no dispatch builds a name.
+pub(crate) struct Entries {
+    /// `{base}`: the workgroup form.
+    pub workgroup: &'static str,
+    /// `{base}_inv`: the invocation form.
+    pub invocation: &'static str,
+    /// `{base}_inv4`: the invocation form with vec4 loads, where the kernel has one.
+    pub invocation4: Option<&'static str>,
+    /// `{base}_sg`, in the subgroup shader.
+    pub subgroup: &'static str,
+}
+
+/// [`Entries`] of the row kernel `base`; `row_entries!(base, vec4)` when it has `{base}_inv4`.
+macro_rules! row_entries {
+    ($base:literal) => {
+        $crate::ops::rows::Entries {
+            workgroup: $base,
+            invocation: concat!($base, "_inv"),
+            invocation4: None,
+            subgroup: concat!($base, "_sg"),
+        }
+    };
+    ($base:literal, vec4) => {
+        $crate::ops::rows::Entries {
+            workgroup: $base,
+            invocation: concat!($base, "_inv"),
+            invocation4: Some(concat!($base, "_inv4")),
+            subgroup: concat!($base, "_sg"),
+        }
+    };
+}
+pub(crate) use row_entries;
+
+/// Plan a row kernel whose workgroup and invocation forms are in `shader` and whose subgroup
+/// form is in `subgroup_shader`. Rows whose length is a multiple of 4 take the vec4
+/// invocation form where `entries` has one.
 pub(crate) fn plan(
     dev: &Device,
     shader: &'static Shader,
     subgroup_shader: &'static Shader,
-    base: &str,
-    inv4: bool,
+    entries: &Entries,
     rows: usize,
     cols: usize,
 ) -> Result<Plan> {
     let k = choose(dev, cols);
     let (shader, entry) = match k {
-        RowKernel::Workgroup => (shader, base.to_string()),
-        RowKernel::Subgroup => (subgroup_shader, format!("{base}_sg")),
-        RowKernel::Invocation if inv4 && cols.is_multiple_of(4) => (shader, format!("{base}_inv4")),
-        RowKernel::Invocation => (shader, format!("{base}_inv")),
+        RowKernel::Workgroup => (shader, entries.workgroup),
+        RowKernel::Subgroup => (subgroup_shader, entries.subgroup),
+        RowKernel::Invocation => match entries.invocation4 {
+            Some(e4) if cols.is_multiple_of(4) => (shader, e4),
+            _ => (shader, entries.invocation),
+        },
     };
     Ok(Plan {
         shader,

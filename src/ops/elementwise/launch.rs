@@ -51,6 +51,15 @@ impl Op {
             Op::Div => "div",
         }
     }
+    /// The vec4 form, for same-shape operands whose length is a multiple of 4.
+    pub(crate) fn entry4(self) -> &'static str {
+        match self {
+            Op::Add => "add4",
+            Op::Sub => "sub4",
+            Op::Mul => "mul4",
+            Op::Div => "div4",
+        }
+    }
 }
 
 /// NumPy broadcasting: align trailing dims; each pair must match or one must be 1.
@@ -130,9 +139,8 @@ pub(crate) fn binary(a: &Tensor, b: &Tensor, op: Op) -> Result<Tensor> {
             _pad: [0; 3],
         };
         // a, b, out: (n / 4) vec4
-        let entry = format!("{name}4");
         a.dev
-            .dispatch(&SHADER, &entry, &[], &p, &bindings, elems_grid(n / 4)?)?;
+            .dispatch(&SHADER, op.entry4(), &[], &p, &bindings, elems_grid(n / 4)?)?;
         return Ok(out);
     }
     let mut p = Params {

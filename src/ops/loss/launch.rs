@@ -295,15 +295,14 @@ pub(crate) fn cross_entropy(
         &z.dev,
         &SHADER,
         &SUBGROUP_SHADER,
-        "ce_rows",
-        false,
+        &rows::row_entries!("ce_rows"),
         rows,
         cols,
     )?;
     // z: (rows, C), t: (rows) -> stats: (rows, 2) (loss, counted), lse: (rows)
     z.dev.dispatch(
         pl.shader,
-        &pl.entry,
+        pl.entry,
         &[],
         &p,
         &[
@@ -370,15 +369,14 @@ pub(crate) fn accuracy(z: &Tensor, t: &Tensor) -> Result<Tensor> {
         &z.dev,
         &SHADER,
         &SUBGROUP_SHADER,
-        "accuracy_rows",
-        false,
+        &rows::row_entries!("accuracy_rows"),
         rows,
         cols,
     )?;
     // z: (rows, C), t: (rows) -> correct: (rows)
     z.dev.dispatch(
         pl.shader,
-        &pl.entry,
+        pl.entry,
         &[],
         &rows_params(rows, cols, None),
         &[

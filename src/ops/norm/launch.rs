@@ -105,15 +105,14 @@ pub(crate) fn layer_norm(
         &x.dev,
         &SHADER,
         &SUBGROUP_SHADER,
-        "layernorm_forward",
-        true,
+        &rows::row_entries!("layernorm_forward", vec4),
         rows,
         cols,
     )?;
     // x: (rows, C), gamma, beta: (C) -> y: (rows, C), mean, rstd: (rows)
     x.dev.dispatch(
         pl.shader,
-        &pl.entry,
+        pl.entry,
         &[],
         &ln_params(rows, cols, eps),
         &[
@@ -144,15 +143,14 @@ pub(crate) fn layer_norm_dx(
         &x.dev,
         &SHADER,
         &SUBGROUP_SHADER,
-        "layernorm_backward_dx",
-        true,
+        &rows::row_entries!("layernorm_backward_dx", vec4),
         rows,
         cols,
     )?;
     // x: (rows, C), gamma: (C), mean, rstd: (rows), g: (rows, C) -> dx: (rows, C)
     x.dev.dispatch(
         pl.shader,
-        &pl.entry,
+        pl.entry,
         &[],
         &ln_params(rows, cols, 0.0),
         &[

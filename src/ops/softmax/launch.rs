@@ -44,11 +44,16 @@ pub(crate) fn softmax(x: &Tensor, log: bool) -> Result<Tensor> {
         cols: cols as u32,
         _pad: [0; 2],
     };
-    let pl = rows::plan(&x.dev, &SHADER, &SUBGROUP_SHADER, name, false, rows, cols)?;
+    let entries = if log {
+        &rows::row_entries!("log_softmax")
+    } else {
+        &rows::row_entries!("softmax")
+    };
+    let pl = rows::plan(&x.dev, &SHADER, &SUBGROUP_SHADER, entries, rows, cols)?;
     // x: (rows, cols) -> out: (rows, cols)
     x.dev.dispatch(
         pl.shader,
-        &pl.entry,
+        pl.entry,
         &[],
         &p,
         &[
@@ -70,16 +75,16 @@ pub(crate) fn backward(y: &Tensor, g: &Tensor, log: bool) -> Result<Tensor> {
         cols: cols as u32,
         _pad: [0; 2],
     };
-    let entry = if log {
-        "log_softmax_backward"
+    let entries = if log {
+        &rows::row_entries!("log_softmax_backward")
     } else {
-        "softmax_backward"
+        &rows::row_entries!("softmax_backward")
     };
-    let pl = rows::plan(&y.dev, &SHADER, &SUBGROUP_SHADER, entry, false, rows, cols)?;
+    let pl = rows::plan(&y.dev, &SHADER, &SUBGROUP_SHADER, entries, rows, cols)?;
     // y, g: (rows, cols) -> out: (rows, cols)
     y.dev.dispatch(
         pl.shader,
-        &pl.entry,
+        pl.entry,
         &[],
         &p,
         &[

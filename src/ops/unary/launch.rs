@@ -33,22 +33,41 @@ pub(crate) enum Op {
     Tanh,
 }
 
-impl Op {
-    pub(crate) fn entry(self) -> &'static str {
-        match self {
-            Op::AddScalar => "add_scalar",
-            Op::MulScalar => "mul_scalar",
-            Op::Neg => "neg",
-            Op::Exp => "exp_",
-            Op::Log => "log_",
-            Op::Sqrt => "sqrt_",
-            Op::PowScalar => "pow_scalar",
-            Op::Relu => "relu",
-            Op::Gelu => "gelu",
-            Op::Sigmoid => "sigmoid",
-            Op::Tanh => "tanh_",
+/// Each op's entry points: scalar and vec4 forward, scalar and vec4 backward. One table of
+/// literals, so no entry name is built at dispatch time.
+macro_rules! entries {
+    ($($op:ident => $fwd:literal, $back:literal;)*) => {
+        impl Op {
+            pub(crate) fn entry(self) -> &'static str {
+                match self { $(Op::$op => $fwd,)* }
+            }
+            /// The vec4 form, for element counts that are a multiple of 4.
+            pub(crate) fn entry4(self) -> &'static str {
+                match self { $(Op::$op => concat!($fwd, "4"),)* }
+            }
+            pub(crate) fn backward_entry(self) -> &'static str {
+                match self { $(Op::$op => concat!($back, "_backward"),)* }
+            }
+            pub(crate) fn backward_entry4(self) -> &'static str {
+                match self { $(Op::$op => concat!($back, "_backward4"),)* }
+            }
         }
-    }
+    };
+}
+
+// Forward names that clash with WGSL built-ins end in `_`; their backward names do not.
+entries! {
+    AddScalar => "add_scalar", "add_scalar";
+    MulScalar => "mul_scalar", "mul_scalar";
+    Neg => "neg", "neg";
+    Exp => "exp_", "exp";
+    Log => "log_", "log";
+    Sqrt => "sqrt_", "sqrt";
+    PowScalar => "pow_scalar", "pow_scalar";
+    Relu => "relu", "relu";
+    Gelu => "gelu", "gelu";
+    Sigmoid => "sigmoid", "sigmoid";
+    Tanh => "tanh_", "tanh";
 }
 
 pub(crate) fn unary(x: &Tensor, op: Op, s: f32) -> Result<Tensor> {
@@ -67,9 +86,8 @@ pub(crate) fn unary(x: &Tensor, op: Op, s: f32) -> Result<Tensor> {
     ];
     if n.is_multiple_of(4) {
         // x, out: (n / 4) vec4
-        let entry = format!("{}4", op.entry());
         x.dev
-            .dispatch(&SHADER, &entry, &[], &p, &bindings, elems_grid(n / 4)?)?;
+            .dispatch(&SHADER, op.entry4(), &[], &p, &bindings, elems_grid(n / 4)?)?;
     } else {
         // x: (n) -> out: (n)
         x.dev
@@ -89,7 +107,6 @@ pub(crate) fn backward(op: Op, saved: &Tensor, g: &Tensor, s: f32) -> Result<Ten
         s,
         _pad2: 0,
     };
-    let base = format!("{}_backward", op.entry().trim_end_matches('_'));
     let bindings = [
         (&*saved.storage, Access::Read),
         (&*g.storage, Access::Read),
@@ -97,13 +114,24 @@ pub(crate) fn backward(op: Op, saved: &Tensor, g: &Tensor, s: f32) -> Result<Ten
     ];
     if n.is_multiple_of(4) {
         // saved, g, out: (n / 4) vec4 (on lavapipe a quarter of the storage accesses)
-        let entry = format!("{base}4");
-        g.dev
-            .dispatch(&SHADER, &entry, &[], &p, &bindings, elems_grid(n / 4)?)?;
+        g.dev.dispatch(
+            &SHADER,
+            op.backward_entry4(),
+            &[],
+            &p,
+            &bindings,
+            elems_grid(n / 4)?,
+        )?;
     } else {
         // saved, g: (n) -> out: (n)
-        g.dev
-            .dispatch(&SHADER, &base, &[], &p, &bindings, elems_grid(n)?)?;
+        g.dev.dispatch(
+            &SHADER,
+            op.backward_entry(),
+            &[],
+            &p,
+            &bindings,
+            elems_grid(n)?,
+        )?;
     }
     Ok(out)
 }
