@@ -11,8 +11,22 @@
 //!   against an analytic CPU backward.
 //! - [`compare_tensor`] / [`assert_tensor_close`]: the same for a tensor, read back.
 //! - [`random_vec`]: deterministic test inputs.
+//! - [`reference`]: the plain f64 CPU forward and derivative of the built-in ops, one module
+//!   per op family: the one copy every test and the fuzzer compare against.
 
 use crate::{Device, Error, Result, Tensor};
+
+/// Plain f64 CPU references of the built-in ops, one module per op family (each lives beside
+/// its family in `src/ops/<family>/reference.rs`): forwards and their derivatives, row-major.
+pub mod reference {
+    pub use crate::ops::elementwise::reference as elementwise;
+    pub use crate::ops::layout::reference as layout;
+    pub use crate::ops::loss::reference as loss;
+    pub use crate::ops::norm::reference as norm;
+    pub use crate::ops::reduce::reference as reduce;
+    pub use crate::ops::softmax::reference as softmax;
+    pub use crate::ops::unary::reference as unary;
+}
 
 /// Open the default device or return an error whose message says what to install.
 /// Tests should `expect` it: with no adapter a GPU test must fail, never pass vacuously.

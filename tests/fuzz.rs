@@ -20,6 +20,7 @@ use portagrad::models::{
 };
 use portagrad::nn::{self, Module};
 use portagrad::optim::Optimizer;
+use portagrad::testing::reference::{elementwise as ew, layout, reduce, softmax, unary};
 use portagrad::testing::{GradCheck, compare, random_vec, shared_device};
 use portagrad::{Activation, Result, Tensor};
 
@@ -578,156 +579,216 @@ fn gpt2_tokenizer_round_trips_and_decode_never_panics() {
 // ---------------------------------------------------------------------------------------------
 // Random op chains.
 
-#[derive(Clone, Copy, Debug)]
-enum Op {
-    Neg,
-    AddScalar(f32),
-    MulScalar(f32),
-    Tanh,
-    Sigmoid,
-    ExpTanh,
-    Gelu,
-    Relu,
-    Square,
-    AddY,
-    SubY,
-    MulY,
-    DivY2p1,
-    SumLast,
-    MeanLast,
-    MaxLast,
-    Softmax,
-    LogSoftmax,
-    Transpose,
-    Flatten,
-    Sum,
+/// How an op of the fuzzer's table is computed on the CPU, which also says what it does to
+/// the shape it meets.
+#[derive(Clone, Copy)]
+enum Cpu {
+    /// Elementwise on x: shape kept.
+    Map(fn(f64) -> f64),
+    /// Elementwise on (x, y), y broadcast against x (NumPy rules): shape kept.
+    WithY(fn(f64, f64) -> f64),
+    /// Row to row of the same length (last axis): shape kept.
+    Rows(fn(&[f64], usize) -> Vec<f64>),
+    /// Row to one value: the last axis goes.
+    Reduce(fn(&[f64], usize) -> Vec<f64>),
+    /// Values and shape to values, with the new shape.
+    Layout(fn(&[f64], &[usize]) -> Vec<f64>, fn(&[usize]) -> Vec<usize>),
 }
 
-fn gpu_chain(x: &Tensor, y: &Tensor, ops: &[Op]) -> Result<Tensor> {
+/// When the random chain may pick an op (given the rank of the shape it meets).
+#[derive(Clone, Copy, PartialEq)]
+enum When {
+    Always,
+    /// While y still broadcasts against the current shape.
+    YFits,
+    RankAtLeast2,
+    Rank2,
+    /// Never in the middle; appended at the end of one chain in five.
+    Last,
+}
+
+/// One op of the fuzzer: the GPU method on (x, y) and its family's CPU reference.
+struct FuzzOp {
+    name: &'static str,
+    gpu: fn(&Tensor, &Tensor) -> Result<Tensor>,
+    cpu: Cpu,
+    when: When,
+    /// Whether gradient chains may use it (relu's kink and max's ties have no meaningful
+    /// finite differences).
+    grads: bool,
+}
+
+impl std::fmt::Debug for FuzzOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+const fn op(
+    name: &'static str,
+    gpu: fn(&Tensor, &Tensor) -> Result<Tensor>,
+    cpu: Cpu,
+    when: When,
+) -> FuzzOp {
+    FuzzOp {
+        name,
+        gpu,
+        cpu,
+        when,
+        grads: true,
+    }
+}
+
+const fn no_grad(o: FuzzOp) -> FuzzOp {
+    FuzzOp { grads: false, ..o }
+}
+
+/// Every op the chains use: adding an op to the fuzzer is one entry here. The order is the
+/// order of the choices a chain picks from (so a seed names the same chain as before).
+const OPS: &[FuzzOp] = &[
+    op("neg", |t, _| t.neg(), Cpu::Map(unary::neg), When::Always),
+    op(
+        "add_scalar(0.5)",
+        |t, _| t.add_scalar(0.5),
+        Cpu::Map(|a| unary::add_scalar(a, 0.5)),
+        When::Always,
+    ),
+    op(
+        "mul_scalar(-1.5)",
+        |t, _| t.mul_scalar(-1.5),
+        Cpu::Map(|a| unary::mul_scalar(a, -1.5)),
+        When::Always,
+    ),
+    op("tanh", |t, _| t.tanh(), Cpu::Map(unary::tanh), When::Always),
+    op(
+        "sigmoid",
+        |t, _| t.sigmoid(),
+        Cpu::Map(unary::sigmoid),
+        When::Always,
+    ),
+    op(
+        "exp(tanh)",
+        |t, _| t.tanh()?.exp(),
+        Cpu::Map(|a| unary::exp(unary::tanh(a))),
+        When::Always,
+    ),
+    op("gelu", |t, _| t.gelu(), Cpu::Map(unary::gelu), When::Always),
+    op(
+        "square",
+        |t, _| t.powf(2.0),
+        Cpu::Map(|a| unary::powf(a, 2.0)),
+        When::Always,
+    ),
+    op(
+        "softmax",
+        |t, _| t.softmax(),
+        Cpu::Rows(softmax::softmax),
+        When::Always,
+    ),
+    op(
+        "log_softmax",
+        |t, _| t.log_softmax(),
+        Cpu::Rows(softmax::log_softmax),
+        When::Always,
+    ),
+    no_grad(op(
+        "relu",
+        |t, _| t.relu(),
+        Cpu::Map(unary::relu),
+        When::Always,
+    )),
+    op("+ y", |t, y| t.add(y), Cpu::WithY(ew::add), When::YFits),
+    op(
+        "y -",
+        |t, y| y.sub(t),
+        Cpu::WithY(|a, b| ew::sub(b, a)),
+        When::YFits,
+    ),
+    op("* y", |t, y| t.mul(y), Cpu::WithY(ew::mul), When::YFits),
+    op(
+        "/ (y^2 + 1)",
+        |t, y| t.div(&y.mul(y)?.add_scalar(1.0)?),
+        Cpu::WithY(|a, b| ew::div(a, unary::add_scalar(ew::mul(b, b), 1.0))),
+        When::YFits,
+    ),
+    op(
+        "sum_last",
+        |t, _| t.sum_last(),
+        Cpu::Reduce(reduce::sum_rows),
+        When::RankAtLeast2,
+    ),
+    op(
+        "mean_last",
+        |t, _| t.mean_last(),
+        Cpu::Reduce(reduce::mean_rows),
+        When::RankAtLeast2,
+    ),
+    op(
+        "flatten",
+        |t, _| t.flatten(),
+        Cpu::Layout(|v, _| v.to_vec(), |s| vec![s.iter().product()]),
+        When::RankAtLeast2,
+    ),
+    no_grad(op(
+        "max_last",
+        |t, _| t.max_last(),
+        Cpu::Reduce(reduce::max_rows),
+        When::RankAtLeast2,
+    )),
+    op(
+        "transpose",
+        |t, _| t.transpose(),
+        Cpu::Layout(layout::transpose, |s| vec![s[1], s[0]]),
+        When::Rank2,
+    ),
+    op(
+        "sum",
+        |t, _| t.sum(),
+        Cpu::Layout(|v, _| vec![reduce::sum(v)], |_| vec![]),
+        When::Last,
+    ),
+];
+
+/// A chain: entries of [`OPS`], applied in order.
+type Chain = Vec<&'static FuzzOp>;
+
+fn gpu_chain(x: &Tensor, y: &Tensor, ops: &[&FuzzOp]) -> Result<Tensor> {
     let mut t = x.clone();
     for op in ops {
-        t = match *op {
-            Op::Neg => t.neg()?,
-            Op::AddScalar(s) => t.add_scalar(s)?,
-            Op::MulScalar(s) => t.mul_scalar(s)?,
-            Op::Tanh => t.tanh()?,
-            Op::Sigmoid => t.sigmoid()?,
-            Op::ExpTanh => t.tanh()?.exp()?,
-            Op::Gelu => t.gelu()?,
-            Op::Relu => t.relu()?,
-            Op::Square => t.powf(2.0)?,
-            Op::AddY => t.add(y)?,
-            Op::SubY => y.sub(&t)?,
-            Op::MulY => t.mul(y)?,
-            Op::DivY2p1 => t.div(&y.mul(y)?.add_scalar(1.0)?)?,
-            Op::SumLast => t.sum_last()?,
-            Op::MeanLast => t.mean_last()?,
-            Op::MaxLast => t.max_last()?,
-            Op::Softmax => t.softmax()?,
-            Op::LogSoftmax => t.log_softmax()?,
-            Op::Transpose => t.transpose()?,
-            Op::Flatten => t.flatten()?,
-            Op::Sum => t.sum()?,
-        };
+        t = (op.gpu)(&t, y)?;
     }
     Ok(t)
 }
 
-fn gelu64(v: f64) -> f64 {
-    0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v)).tanh())
+/// The shape `op` makes of `s`.
+fn shape_after(op: &FuzzOp, s: &[usize]) -> Vec<usize> {
+    match op.cpu {
+        Cpu::Map(_) | Cpu::WithY(_) | Cpu::Rows(_) => s.to_vec(),
+        Cpu::Reduce(_) => s[..s.len() - 1].to_vec(),
+        Cpu::Layout(_, shape) => shape(s),
+    }
 }
 
-/// Apply `f` to each row (last axis) of `x` of shape `s`, each row giving `k` values.
-fn rows(x: &[f64], s: &[usize], f: &dyn Fn(&[f64]) -> Vec<f64>) -> Vec<f64> {
-    let c = *s.last().unwrap();
-    x.chunks(c).flat_map(f).collect()
-}
-
-fn cpu_chain(x: &[f64], xs: &[usize], y: &[f64], ys: &[usize], ops: &[Op]) -> Vec<f64> {
+fn cpu_chain(x: &[f64], xs: &[usize], y: &[f64], ys: &[usize], ops: &[&FuzzOp]) -> Vec<f64> {
     let mut v = x.to_vec();
     let mut s = xs.to_vec();
-    // y broadcast against the current shape (NumPy rules; y's rank never exceeds x's here).
-    let by = |v: &[f64], s: &[usize], f: &dyn Fn(f64, f64) -> f64| -> Vec<f64> {
-        let off = s.len() - ys.len();
-        (0..v.len())
-            .map(|i| {
-                let (mut rem, mut idx, mut mult) = (i, 0, 1);
-                for d in (0..s.len()).rev() {
-                    let c = rem % s[d];
-                    rem /= s[d];
-                    if d >= off {
-                        let sd = ys[d - off];
-                        if sd != 1 {
-                            idx += c * mult;
-                        }
-                        mult *= sd;
-                    }
-                }
-                f(v[i], y[idx])
-            })
-            .collect()
-    };
     for op in ops {
-        v = match *op {
-            Op::Neg => v.iter().map(|a| -a).collect(),
-            Op::AddScalar(c) => v.iter().map(|a| a + f64::from(c)).collect(),
-            Op::MulScalar(c) => v.iter().map(|a| a * f64::from(c)).collect(),
-            Op::Tanh => v.iter().map(|a| a.tanh()).collect(),
-            Op::Sigmoid => v.iter().map(|a| 1.0 / (1.0 + (-a).exp())).collect(),
-            Op::ExpTanh => v.iter().map(|a| a.tanh().exp()).collect(),
-            Op::Gelu => v.iter().map(|&a| gelu64(a)).collect(),
-            Op::Relu => v.iter().map(|a| a.max(0.0)).collect(),
-            Op::Square => v.iter().map(|a| a * a).collect(),
-            Op::AddY => by(&v, &s, &|a, b| a + b),
-            Op::SubY => by(&v, &s, &|a, b| b - a),
-            Op::MulY => by(&v, &s, &|a, b| a * b),
-            Op::DivY2p1 => by(&v, &s, &|a, b| a / (b * b + 1.0)),
-            Op::SumLast | Op::MeanLast | Op::MaxLast => {
-                let c = *s.last().unwrap() as f64;
-                let out = rows(&v, &s, &|r| {
-                    vec![match *op {
-                        Op::SumLast => r.iter().sum(),
-                        Op::MeanLast => r.iter().sum::<f64>() / c,
-                        _ => r.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
-                    }]
-                });
-                s.pop();
-                out
-            }
-            Op::Softmax | Op::LogSoftmax => rows(&v, &s, &|r| {
-                let m = r.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let z: f64 = r.iter().map(|a| (a - m).exp()).sum();
-                r.iter()
-                    .map(|a| {
-                        if matches!(op, Op::Softmax) {
-                            (a - m).exp() / z
-                        } else {
-                            a - m - z.ln()
-                        }
-                    })
-                    .collect()
-            }),
-            Op::Transpose => {
-                let (r, c) = (s[0], s[1]);
-                s = vec![c, r];
-                (0..r * c).map(|i| v[(i % r) * c + i / r]).collect()
-            }
-            Op::Flatten => {
-                s = vec![v.len()];
-                v
-            }
-            Op::Sum => {
-                s = vec![];
-                vec![v.iter().sum()]
-            }
+        let cols = s.last().copied().unwrap_or(1);
+        v = match op.cpu {
+            Cpu::Map(f) => v.iter().map(|&a| f(a)).collect(),
+            // y broadcast against the current shape (y's rank never exceeds x's here).
+            Cpu::WithY(f) => ew::binary(&v, &s, y, ys, &f).1,
+            Cpu::Rows(f) | Cpu::Reduce(f) => f(&v, cols),
+            Cpu::Layout(f, _) => f(&v, &s),
         };
+        s = shape_after(op, &s);
     }
     v
 }
 
 /// A random chain valid for `shape` (y broadcasts against the shapes it meets); the shape of
 /// `y` is chosen first and kept broadcastable by only using binary ops while the rank allows.
-fn random_chain(rng: &mut SplitMix64, xs: &[usize], ys: &[usize], grads: bool) -> Vec<Op> {
+fn random_chain(rng: &mut SplitMix64, xs: &[usize], ys: &[usize], grads: bool) -> Chain {
     let mut ops = Vec::new();
     let mut s = xs.to_vec();
     // Whether y still broadcasts against the current shape (the chain may reshape).
@@ -739,46 +800,25 @@ fn random_chain(rng: &mut SplitMix64, xs: &[usize], ys: &[usize], grads: bool) -
                 .all(|(&a, &b)| a == 1 || a == b)
     };
     for _ in 0..2 + rng.below(5) {
-        let mut choices = vec![
-            Op::Neg,
-            Op::AddScalar(0.5),
-            Op::MulScalar(-1.5),
-            Op::Tanh,
-            Op::Sigmoid,
-            Op::ExpTanh,
-            Op::Gelu,
-            Op::Square,
-            Op::Softmax,
-            Op::LogSoftmax,
-        ];
-        if !grads {
-            choices.push(Op::Relu);
-        }
-        if fits(&s) {
-            choices.extend([Op::AddY, Op::SubY, Op::MulY, Op::DivY2p1]);
-        }
-        if s.len() >= 2 {
-            choices.extend([Op::SumLast, Op::MeanLast, Op::Flatten]);
-            if !grads {
-                choices.push(Op::MaxLast);
-            }
-        }
-        if s.len() == 2 {
-            choices.push(Op::Transpose);
-        }
+        let choices: Chain = OPS
+            .iter()
+            .filter(|o| {
+                (o.grads || !grads)
+                    && match o.when {
+                        When::Always => true,
+                        When::YFits => fits(&s),
+                        When::RankAtLeast2 => s.len() >= 2,
+                        When::Rank2 => s.len() == 2,
+                        When::Last => false,
+                    }
+            })
+            .collect();
         let op = *rng.pick(&choices);
-        match op {
-            Op::SumLast | Op::MeanLast | Op::MaxLast => {
-                s.pop();
-            }
-            Op::Transpose => s.swap(0, 1),
-            Op::Flatten => s = vec![s.iter().product()],
-            _ => {}
-        }
+        s = shape_after(op, &s);
         ops.push(op);
     }
     if rng.chance(0.2) {
-        ops.push(Op::Sum);
+        ops.extend(OPS.iter().filter(|o| o.when == When::Last));
     }
     ops
 }
@@ -839,10 +879,7 @@ fn random_op_chain_gradients_match_finite_differences() {
         if let Err(m) = r {
             // An input the chain does not use gets no gradient: allowed.
             assert!(
-                m.contains("no gradient")
-                    && !ops
-                        .iter()
-                        .any(|o| matches!(o, Op::AddY | Op::SubY | Op::MulY | Op::DivY2p1)),
+                m.contains("no gradient") && !ops.iter().any(|o| matches!(o.cpu, Cpu::WithY(_))),
                 "{m}"
             );
         }

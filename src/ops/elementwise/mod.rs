@@ -2,6 +2,8 @@
 //! `launch.rs`, WGSL in `shaders/elementwise.wgsl`.
 
 pub(crate) mod launch;
+// The f64 CPU reference, public as `testing::reference::elementwise`.
+pub mod reference;
 
 use self::launch as elementwise;
 use crate::error::Result;

@@ -2,6 +2,8 @@
 //! `launch.rs`, WGSL in `shaders/layout.wgsl`.
 
 pub(crate) mod launch;
+// The f64 CPU reference, public as `testing::reference::layout`.
+pub mod reference;
 
 use self::launch as layout;
 use crate::error::{Error, Result};

@@ -2,6 +2,8 @@
 //! `shaders/loss*.wgsl`).
 
 pub(crate) mod launch;
+// The f64 CPU reference, public as `testing::reference::loss`.
+pub mod reference;
 
 use self::launch as loss;
 use crate::autograd::BackwardFn;

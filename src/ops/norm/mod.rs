@@ -3,6 +3,8 @@
 //! methods (the backward runs with recording off, which would turn dropout into the identity).
 
 pub(crate) mod launch;
+// The f64 CPU reference, public as `testing::reference::norm`.
+pub mod reference;
 
 use self::launch as nn;
 use crate::autograd::{BackwardFn, is_grad_enabled};

@@ -2,6 +2,8 @@
 //! in `shaders/reduce*.wgsl`.
 
 pub(crate) mod launch;
+// The f64 CPU reference, public as `testing::reference::reduce`.
+pub mod reference;
 
 use self::launch as reduce;
 use crate::error::{Error, Result};

@@ -2,6 +2,8 @@
 //! `shaders/softmax*.wgsl`.
 
 pub(crate) mod launch;
+// The f64 CPU reference, public as `testing::reference::softmax`.
+pub mod reference;
 
 use self::launch as softmax;
 use crate::error::Result;

@@ -2,6 +2,8 @@
 //! `shaders/unary.wgsl`.
 
 pub(crate) mod launch;
+// The f64 CPU reference, public as `testing::reference::unary`.
+pub mod reference;
 
 use self::launch as unary;
 use crate::error::Result;

@@ -1,0 +1,259 @@
+//! The norm family: LayerNorm (forward vs `testing::reference::norm`, GPU backward vs the
+//! analytic backward and finite differences, in each row-kernel form, deterministic, bad
+//! inputs) and dropout (mask, scale, gradient, keep rate, identity cases, bad p).
+
+mod common;
+
+use common::{FORMS, ROW_SHAPES, bits, check_grad, constant, f64s, force, inp, up};
+use portagrad::testing::reference::norm as r;
+use portagrad::testing::{assert_close, random_vec, shared_device};
+use portagrad::{Error, Result, Tensor};
+
+const EPS: f64 = 1e-5;
+
+#[test]
+fn layer_norm_gradients() {
+    // (shape of x): C = 1, 7, 333; 3 and 5 rows; a rank-3 input; 130 rows (several chunks of
+    // the deterministic gamma/beta column sums).
+    let shapes: &[&[usize]] = &[&[3, 1], &[5, 7], &[3, 333], &[2, 3, 7], &[130, 7], &[7]];
+    for &shape in shapes {
+        let c = *shape.last().unwrap();
+        check_grad(
+            &format!("layer_norm {shape:?}"),
+            &[
+                inp(shape, -2.0, 2.0),
+                inp(&[c], 0.5, 1.5),
+                inp(&[c], -0.5, 0.5),
+            ],
+            &|t| t[0].layer_norm(&t[1], &t[2], EPS as f32),
+            &|x| r::layer_norm(&x[0], &x[1], &x[2], EPS),
+            &|x, g| {
+                let (dx, dg, db) = r::layer_norm_backward(&x[0], &x[1], g, EPS);
+                vec![dx, dg, db]
+            },
+            1e-4,
+            1e-4,
+        );
+    }
+    // Constant gamma/beta: only x gets a gradient. And a shifted input (mean 100).
+    check_grad(
+        "layer_norm constant params",
+        &[
+            inp(&[5, 33], 99.0, 101.0),
+            constant(&[33], 0.5, 1.5),
+            constant(&[33], -0.5, 0.5),
+        ],
+        &|t| t[0].layer_norm(&t[1], &t[2], EPS as f32),
+        &|x| r::layer_norm(&x[0], &x[1], &x[2], EPS),
+        &|x, g| {
+            let (dx, _, _) = r::layer_norm_backward(&x[0], &x[1], g, EPS);
+            vec![dx, vec![0.0; 33], vec![0.0; 33]]
+        },
+        1e-3,
+        1e-3,
+    );
+}
+
+#[test]
+fn layer_norm_backward_is_deterministic() {
+    let dev = shared_device();
+    let x = Tensor::rand_normal(&dev, &[300, 65], 0.0, 1.0, 5)
+        .unwrap()
+        .with_grad();
+    let gamma = Tensor::rand_uniform(&dev, &[65], 0.5, 1.5, 6)
+        .unwrap()
+        .with_grad();
+    let beta = Tensor::zeros(&dev, &[65]).unwrap().with_grad();
+    let w = Tensor::rand_normal(&dev, &[300, 65], 0.0, 1.0, 7).unwrap();
+    let run = || {
+        let g = x
+            .layer_norm(&gamma, &beta, 1e-5)
+            .unwrap()
+            .mul(&w)
+            .unwrap()
+            .sum()
+            .unwrap()
+            .backward()
+            .unwrap();
+        [&x, &gamma, &beta].map(|p| bits(&g.get(p).unwrap().to_vec().unwrap()))
+    };
+    assert_eq!(run(), run());
+}
+
+#[test]
+fn layer_norm_forward_and_backward() {
+    let dev = shared_device();
+    for form in FORMS {
+        for (i, &(rows, cols)) in ROW_SHAPES.iter().enumerate() {
+            if cols < 2 {
+                continue;
+            }
+            let _g = force(&dev, form, cols);
+            // A large mean: the two-pass variance keeps its precision.
+            let x: Vec<f32> = random_vec(rows * cols, -1.0, 1.0, 50 + i as u64)
+                .iter()
+                .map(|v| v * 3.0 + 100.0)
+                .collect();
+            let gamma = random_vec(cols, 0.5, 1.5, 60 + i as u64);
+            let beta = random_vec(cols, -0.5, 0.5, 70 + i as u64);
+            let g = random_vec(rows * cols, -1.0, 1.0, 80 + i as u64);
+            let xt = up(&dev, &x, &[rows, cols]).with_grad();
+            let gt = up(&dev, &gamma, &[cols]).with_grad();
+            let bt = up(&dev, &beta, &[cols]).with_grad();
+            let y = xt.layer_norm(&gt, &bt, 1e-5).unwrap();
+            let wy = r::layer_norm(&f64s(&x), &f64s(&gamma), &f64s(&beta), 1e-5);
+            let (wdx, wdg, wdb) = r::layer_norm_backward(&f64s(&x), &f64s(&gamma), &f64s(&g), 1e-5);
+            let what = format!("{form} layer_norm ({rows}, {cols})");
+            assert_close(&what, &y.to_vec().unwrap(), &wy, 1e-4, 1e-4);
+            let grads = y.backward_with(&up(&dev, &g, &[rows, cols])).unwrap();
+            let get = |t: &Tensor| grads.get(t).unwrap().to_vec().unwrap();
+            assert_close(&format!("{what} dx"), &get(&xt), &wdx, 1e-3, 1e-3);
+            let tol = 1e-4 * rows as f64;
+            assert_close(&format!("{what} dgamma"), &get(&gt), &wdg, 1e-3, tol);
+            assert_close(&format!("{what} dbeta"), &get(&bt), &wdb, 1e-4, tol);
+        }
+    }
+}
+
+fn err_text(r: Result<Tensor>) -> String {
+    match r {
+        Ok(t) => panic!("expected an error, got a tensor of shape {:?}", t.shape()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn layer_norm_bad_inputs_are_errors_naming_op_and_shapes() {
+    let dev = shared_device();
+    let x = Tensor::zeros(&dev, &[3, 4]).unwrap();
+    let ids4 = Tensor::from_u32(&dev, &[0, 1, 2, 3], &[4]).unwrap();
+    // LayerNorm: wrong gamma/beta shapes, u32 input, bad eps.
+    let g4 = Tensor::ones(&dev, &[4]).unwrap();
+    let g5 = Tensor::ones(&dev, &[5]).unwrap();
+    let e = err_text(x.layer_norm(&g5, &g4, 1e-5));
+    assert!(
+        e.contains("layer_norm") && e.contains("[5]") && e.contains("[3, 4]"),
+        "{e}"
+    );
+    let e = err_text(x.layer_norm(&g4, &g5, 1e-5));
+    assert!(e.contains("layer_norm"), "{e}");
+    assert!(matches!(
+        ids4.layer_norm(&g4, &g4, 1e-5),
+        Err(Error::DType {
+            op: "layer_norm",
+            ..
+        })
+    ));
+    assert!(matches!(
+        x.layer_norm(&g4, &g4, f32::NAN),
+        Err(Error::InvalidArgument {
+            op: "layer_norm",
+            ..
+        })
+    ));
+}
+// ---------------------------------------------------------------------------------------------
+// Dropout
+
+#[test]
+fn dropout_mask_scale_and_gradient() {
+    let dev = shared_device();
+    let (p, shape) = (0.3f32, [5usize, 333]);
+    let n = 5 * 333;
+    let data = random_vec(n, 1.0, 2.0, 11); // never zero, so a zero output means dropped
+    let x = Tensor::from_slice(&dev, &data, &shape).unwrap().with_grad();
+    let y = x.dropout(p, 42).unwrap();
+    let yv = y.to_vec().unwrap();
+    let scale = 1.0 / (1.0 - p);
+    let mask: Vec<bool> = yv.iter().map(|&v| v != 0.0).collect();
+    for i in 0..n {
+        if mask[i] {
+            assert_eq!(
+                yv[i],
+                data[i] * scale,
+                "kept element {i} is scaled by 1/(1-p)"
+            );
+        }
+    }
+    // Gradient = mask / (1 - p) * g.
+    let w = random_vec(n, -1.0, 1.0, 12);
+    let wt = Tensor::from_slice(&dev, &w, &shape).unwrap();
+    let g = y.mul(&wt).unwrap().sum().unwrap().backward().unwrap();
+    let gx = g.get(&x).unwrap().to_vec().unwrap();
+    for i in 0..n {
+        let want = if mask[i] { w[i] * scale } else { 0.0 };
+        assert_eq!(gx[i], want, "gradient at {i}");
+    }
+    // Same seed, same mask (bitwise the same output); another seed, another mask.
+    assert_eq!(
+        bits(&x.dropout(p, 42).unwrap().to_vec().unwrap()),
+        bits(&yv)
+    );
+    let other: Vec<bool> = x
+        .dropout(p, 43)
+        .unwrap()
+        .to_vec()
+        .unwrap()
+        .iter()
+        .map(|&v| v != 0.0)
+        .collect();
+    let differ = mask.iter().zip(&other).filter(|(a, b)| a != b).count();
+    assert!(
+        differ > n / 5,
+        "seeds 42 and 43 give nearly the same mask ({differ} of {n} differ)"
+    );
+}
+
+#[test]
+fn dropout_keep_rate() {
+    let dev = shared_device();
+    let n = 200_003;
+    let x = Tensor::ones(&dev, &[n]).unwrap();
+    for (p, seed) in [(0.1f32, 1u64), (0.5, 2), (0.9, 3), (0.5, u64::MAX)] {
+        let y = x.dropout(p, seed).unwrap().to_vec().unwrap();
+        let kept = y.iter().filter(|&&v| v != 0.0).count() as f64 / n as f64;
+        // Binomial standard deviation is at most 0.0012 here: allow about 5 of them.
+        assert!(
+            (kept - (1.0 - f64::from(p))).abs() < 0.006,
+            "p = {p}: kept fraction {kept}"
+        );
+        // The mean is preserved in expectation.
+        let mean = y.iter().map(|&v| f64::from(v)).sum::<f64>() / n as f64;
+        assert!((mean - 1.0).abs() < 0.06, "p = {p}: mean {mean}");
+        // Block structure: the keep rate in each quarter is close too (no index bias).
+        for q in y.chunks_exact(n / 4) {
+            let k = q.iter().filter(|&&v| v != 0.0).count() as f64 / q.len() as f64;
+            assert!(
+                (k - (1.0 - f64::from(p))).abs() < 0.012,
+                "p = {p}: block {k}"
+            );
+        }
+    }
+}
+
+#[test]
+fn dropout_identity_in_inference_and_at_p0_and_bad_p_errors() {
+    let dev = shared_device();
+    let data = random_vec(77, -1.0, 1.0, 13);
+    let x = Tensor::from_slice(&dev, &data, &[7, 11])
+        .unwrap()
+        .with_grad();
+    let y = portagrad::inference(|| x.dropout(0.5, 1).unwrap());
+    assert_eq!(y.to_vec().unwrap(), data);
+    let y0 = x.dropout(0.0, 1).unwrap();
+    assert_eq!(y0.to_vec().unwrap(), data);
+    let g = y0.sum().unwrap().backward().unwrap();
+    assert_eq!(g.get(&x).unwrap().to_vec().unwrap(), vec![1.0; 77]);
+    for p in [1.0f32, 1.5, -0.1, f32::NAN] {
+        let e = x.dropout(p, 1).unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidArgument { op: "dropout", .. }),
+            "p = {p}: {e}"
+        );
+    }
+    let ids = Tensor::from_u32(&dev, &[1, 2], &[2]).unwrap();
+    assert!(matches!(
+        ids.dropout(0.5, 1),
+        Err(Error::DType { op: "dropout", .. })
+    ));
+}
