@@ -93,9 +93,9 @@ pub mod train;
 pub use autograd::{Gradients, NoGradGuard, inference, is_grad_enabled, no_grad};
 pub use error::{Error, Result};
 pub use ops::attention::{
-    KvCache, MAX_HEAD_DIM, attend_cached, attention, attention_cpu_shader_source,
-    attention_gpu_shader_source, attention_qkv, attention_variant, merge_heads, split_heads,
-    with_attention_kernels,
+    KvCache, MAX_HEAD_DIM, attend_cached, attention, attention_qkv,
+    attention_shader_source_for_cpu_adapters, attention_shader_source_for_gpus, attention_variant,
+    merge_heads, split_heads, with_attention_kernels,
 };
 pub use ops::matmul::{Activation, WeightLayout};
 pub use runtime::{Device, DeviceInfo, DeviceOptions, Stats};
@@ -104,6 +104,16 @@ pub use tensor::{DType, Tensor};
 /// WGSL sources of every kernel, by family name (used by the shader validation test).
 pub fn shader_sources() -> &'static [(&'static str, &'static str)] {
     ops::SHADERS
+}
+
+/// The files in `shaders/` written by generators, as (path from the repository root, contents
+/// the generator writes now). For the test that they are up to date.
+#[doc(hidden)]
+pub fn generated_files() -> Vec<(&'static str, String)> {
+    ops::codegen::FILES
+        .iter()
+        .map(|f| (f.path, (f.source)()))
+        .collect()
 }
 
 /// The modules generated at run time from those sources, by name: the optimizer for each slot

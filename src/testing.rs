@@ -157,38 +157,51 @@ pub fn random_vec(n: usize, lo: f32, hi: f32, seed: u64) -> Vec<f32> {
     (0..n).map(|_| lo + (hi - lo) * r.next_f32()).collect()
 }
 
-/// Restores the previous forced row-kernel form when dropped (see [`force_row_kernel`]).
-#[doc(hidden)]
-pub struct RowKernelGuard {
-    prev: Option<crate::ops::rows::RowKernel>,
+pub use crate::ops::overrides::Family;
+
+/// Plain f64 CPU references of the ops, one module per family, used by the tests and the
+/// fuzzer.
+pub mod reference {
+    pub use crate::ops::attention::reference as attention;
+    pub use crate::ops::matmul::reference as matmul;
+    pub use crate::ops::optim::reference as optim;
 }
 
-impl Drop for RowKernelGuard {
+/// Restores the previous forced kernel of its family when dropped (see [`force_kernel`]).
+#[doc(hidden)]
+#[must_use = "the kernel stays forced only while the guard lives"]
+pub struct KernelGuard {
+    prev: crate::ops::overrides::Previous,
+}
+
+impl Drop for KernelGuard {
     fn drop(&mut self) {
-        crate::ops::rows::set_forced(self.prev);
+        crate::ops::overrides::restore(self.prev);
     }
 }
 
-/// Force how the row-wise kernels (softmax, sums and maxima over the last axis, LayerNorm,
-/// cross-entropy, accuracy) map rows to invocations, on the calling thread, until the guard
-/// drops: `"workgroup"`, `"subgroup"` or `"invocation"`, or `"auto"` for the adapter's rule.
-/// A form the device cannot run (subgroups missing, a row too long for one invocation)
-/// falls back to the rule. For tests and benchmarks.
+/// Force the kernel `family` runs on the calling thread until the guard drops: `"auto"` (or
+/// `"default"`) for the adapter's rule, else a kernel name of that family (see [`Family`]).
+/// A kernel the device cannot run falls back to the rule. Wins over `PORTAGRAD_KERNELS`
+/// (`family=name,...`, for a whole process). For tests and benchmarks.
 #[doc(hidden)]
-pub fn force_row_kernel(name: &str) -> Result<RowKernelGuard> {
-    let k = match name {
-        "auto" => None,
-        other => Some(crate::ops::rows::RowKernel::parse(other).ok_or_else(|| {
-            Error::InvalidArgument {
-                op: "force_row_kernel",
-                message: format!(
-                    "unknown row kernel {other:?}; expected auto, workgroup, subgroup or invocation"
-                ),
-            }
-        })?),
-    };
-    Ok(RowKernelGuard {
-        prev: crate::ops::rows::set_forced(k),
+pub fn force_kernel(family: Family, name: &str) -> Result<KernelGuard> {
+    Ok(KernelGuard {
+        prev: crate::ops::overrides::force("force_kernel", family, name)?,
+    })
+}
+
+/// The guard of [`force_row_kernel`] (its callers name the type).
+#[doc(hidden)]
+pub type RowKernelGuard = KernelGuard;
+
+/// [`force_kernel`] for [`Family::Rows`]: how the row-wise kernels (softmax, sums and maxima
+/// over the last axis, LayerNorm, cross-entropy, accuracy) map rows to invocations,
+/// `"workgroup"`, `"subgroup"`, `"invocation"` or `"auto"`.
+#[doc(hidden)]
+pub fn force_row_kernel(name: &str) -> Result<KernelGuard> {
+    Ok(KernelGuard {
+        prev: crate::ops::overrides::force("force_row_kernel", Family::Rows, name)?,
     })
 }
 

@@ -9,6 +9,7 @@
 
 use std::time::Instant;
 
+use portagrad::testing::{Family, force_kernel};
 use portagrad::{Activation, Device, Result, Tensor, WeightLayout};
 
 /// Wall and process-CPU seconds per run of `f`, from the fastest of 3 timed batches of at
@@ -74,7 +75,7 @@ fn product(
     let sb = if tb { [n, k] } else { [k, n] };
     let a = Tensor::rand_uniform(dev, &sa, -1.0, 1.0, 1)?;
     let b = Tensor::rand_uniform(dev, &sb, -1.0, 1.0, 2)?;
-    let (_, ran) = a.matmul_with_kernel(&b, ta, tb, "auto")?;
+    let (_, ran) = a.matmul_t_with_entry(&b, ta, tb)?;
     let secs = time(dev, || a.matmul_t(&b, ta, tb).map(drop))?;
     row(case, m, k, n, ran.unwrap_or("-"), secs);
     Ok(())
@@ -103,7 +104,7 @@ pub fn run(dev: &Device) -> Result<()> {
         let x = Tensor::rand_uniform(dev, &[1024, 768], -1.0, 1.0, 3)?;
         let w = Tensor::rand_uniform(dev, &[768, 3072], -1.0, 1.0, 4)?;
         let b = Tensor::rand_uniform(dev, &[3072], -1.0, 1.0, 5)?;
-        let (_, ran) = x.matmul_with_kernel(&w, false, false, "auto")?;
+        let (_, ran) = x.matmul_t_with_entry(&w, false, false)?;
         let secs = time(dev, || {
             x.linear(&w, Some(&b), WeightLayout::InOut, Activation::Gelu)
                 .map(drop)
@@ -133,7 +134,7 @@ pub fn run(dev: &Device) -> Result<()> {
             .enumerate()
             .map(|(i, &p)| Tensor::rand_uniform(dev, &[k, p], -1.0, 1.0, 7 + i as u64))
             .collect::<Result<Vec<_>>>()?;
-        let (_, ran) = a.matmul_with_kernel(&bs[0], false, false, "auto")?;
+        let (_, ran) = a.matmul_t_with_entry(&bs[0], false, false)?;
         let secs = time(dev, || {
             for b in &bs {
                 drop(a.matmul(b)?);
@@ -194,8 +195,9 @@ fn variants(dev: &Device) -> Result<()> {
             &["tiled4", "tiled8", "wide", "auto"]
         };
         for &kernel in kernels {
-            let (_, ran) = a.matmul_with_kernel(&b, ta, tb, kernel)?;
-            let (wall, _) = time(dev, || a.matmul_with_kernel(&b, ta, tb, kernel).map(drop))?;
+            let _kernel = force_kernel(Family::Matmul, kernel)?;
+            let (_, ran) = a.matmul_t_with_entry(&b, ta, tb)?;
+            let (wall, _) = time(dev, || a.matmul_t_with_entry(&b, ta, tb).map(drop))?;
             let t = match (ta, tb) {
                 (true, true) => "ᵀ·ᵀ",
                 (true, false) => "ᵀ·",

@@ -2,6 +2,7 @@
 //! backward), `launch.rs` (buffers in, dispatch out) and its WGSL in `shaders/<family>*.wgsl`.
 
 pub(crate) mod attention;
+pub(crate) mod codegen;
 pub(crate) mod copy;
 pub(crate) mod elementwise;
 pub(crate) mod init;
@@ -10,6 +11,7 @@ pub(crate) mod loss;
 pub(crate) mod matmul;
 pub(crate) mod norm;
 pub(crate) mod optim;
+pub(crate) mod overrides;
 pub(crate) mod reduce;
 pub(crate) mod rows;
 pub(crate) mod softmax;

@@ -46,11 +46,9 @@
 //! not from uniforms alone: lavapipe specialises a shader on uniform values that decide loop
 //! conditions.
 //!
-//! `PORTAGRAD_ROWS=workgroup|subgroup|invocation`, or [`crate::testing::force_row_kernel`] on
-//! the calling thread, forces a form wherever it is valid (the tests run all three).
-
-use std::cell::Cell;
-use std::sync::OnceLock;
+//! [`crate::testing::force_kernel`] with `Family::Rows` on the calling thread, or
+//! `PORTAGRAD_KERNELS=rows=workgroup|subgroup|invocation` for the process, forces a form
+//! wherever it is valid (the tests run all three).
 
 use crate::error::Result;
 use crate::runtime::{Device, Shader};
@@ -105,24 +103,6 @@ pub(crate) const WG_ROWS: u64 = 64;
 /// Rows per workgroup of the subgroup form (`SG_ROWS` in the WGSL).
 pub(crate) const SG_ROWS: u64 = 8;
 
-thread_local! {
-    static FORCED: Cell<Option<RowKernel>> = const { Cell::new(None) };
-}
-
-fn env_forced() -> Option<RowKernel> {
-    static ENV: OnceLock<Option<RowKernel>> = OnceLock::new();
-    *ENV.get_or_init(|| {
-        std::env::var("PORTAGRAD_ROWS")
-            .ok()
-            .and_then(|v| RowKernel::parse(v.trim()))
-    })
-}
-
-/// Force (or with `None` stop forcing) a form on the calling thread; returns the previous one.
-pub(crate) fn set_forced(k: Option<RowKernel>) -> Option<RowKernel> {
-    FORCED.with(|f| f.replace(k))
-}
-
 /// Whether form `k` can run rows of `cols` on `dev`.
 fn valid(dev: &Device, k: RowKernel, cols: usize) -> bool {
     match k {
@@ -139,7 +119,7 @@ fn valid(dev: &Device, k: RowKernel, cols: usize) -> bool {
 
 /// The form for rows of `cols` on `dev` (the rule of the module docs, unless forced).
 pub(crate) fn choose(dev: &Device, cols: usize) -> RowKernel {
-    if let Some(k) = FORCED.with(Cell::get).or_else(env_forced)
+    if let Some(k) = crate::ops::overrides::rows()
         && valid(dev, k, cols)
     {
         return k;

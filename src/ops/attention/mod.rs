@@ -29,7 +29,11 @@
 
 use crate::autograd::BackwardFn;
 use crate::error::{Error, Result};
+pub(crate) mod generate;
+pub(crate) mod heads;
 pub(crate) mod launch;
+pub(crate) mod plan;
+pub mod reference;
 
 use self::launch as kern;
 use crate::runtime::Device;
@@ -129,8 +133,8 @@ pub fn split_heads(qkv: &Tensor, n_head: usize) -> Result<(Tensor, Tensor, Tenso
         });
     }
     let part = |slot: usize| -> Result<Tensor> {
-        let out = kern::rows_to_heads(qkv, slot, 3, n_head)?;
-        let back: BackwardFn = Box::new(move |g| Ok(vec![Some(kern::heads_to_rows(g, slot, 3)?)]));
+        let out = heads::rows_to_heads(qkv, slot, 3, n_head)?;
+        let back: BackwardFn = Box::new(move |g| Ok(vec![Some(heads::heads_to_rows(g, slot, 3)?)]));
         Ok(out.record(OP, &[qkv], back))
     };
     Ok((part(0)?, part(1)?, part(2)?))
@@ -152,14 +156,14 @@ pub fn attention_qkv(qkv: &Tensor, n_head: usize, causal: bool) -> Result<Tensor
     };
     check_head_dim(OP, "the heads of qkv", q.shape())?;
     let (o, lse) = kern::forward(&q, &k, &v, causal)?;
-    let y = kern::heads_to_rows(&o, 0, 1)?;
+    let y = heads::heads_to_rows(&o, 0, 1)?;
     if !Tensor::should_record(&[qkv]) {
         return Ok(y);
     }
     let back: BackwardFn = Box::new(move |g| {
-        let d_o = kern::rows_to_heads(g, 0, 1, n_head)?;
+        let d_o = heads::rows_to_heads(g, 0, 1, n_head)?;
         let (dq, dk, dv) = kern::backward(&q, &k, &v, &o, &lse, &d_o, causal)?;
-        Ok(vec![Some(kern::heads3_to_rows(&dq, &dk, &dv)?)])
+        Ok(vec![Some(heads::heads3_to_rows(&dq, &dk, &dv)?)])
     });
     Ok(y.record(OP, &[qkv], back))
 }
@@ -170,8 +174,8 @@ pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
     const OP: &str = "merge_heads";
     check_rank4(OP, "input", x)?;
     let heads = x.shape()[1];
-    let out = kern::heads_to_rows(x, 0, 1)?;
-    let back: BackwardFn = Box::new(move |g| Ok(vec![Some(kern::rows_to_heads(g, 0, 1, heads)?)]));
+    let out = heads::heads_to_rows(x, 0, 1)?;
+    let back: BackwardFn = Box::new(move |g| Ok(vec![Some(heads::rows_to_heads(g, 0, 1, heads)?)]));
     Ok(out.record(OP, &[x], back))
 }
 
@@ -341,34 +345,38 @@ pub fn attend_cached(q: &Tensor, cache: &KvCache) -> Result<Tensor> {
     kern::decode(q, &cache.k, &cache.v, cache.len())
 }
 
-/// WGSL of the straight-line kernels that CPU adapters with subgroups run for head size
-/// `head_dim` (generated per head size), for the shader validation test.
+/// WGSL of the module CPU adapters with subgroups run for head size `head_dim`: the portable
+/// kernels plus straight-line subgroup kernels generated for that head size (a shader, not a
+/// CPU reference: those are in `testing::reference::attention`). For the shader validation test.
 #[doc(hidden)]
-pub fn attention_cpu_shader_source(head_dim: usize) -> String {
-    kern::cpu_source(head_dim)
+pub fn attention_shader_source_for_cpu_adapters(head_dim: usize) -> String {
+    generate::cpu_source(head_dim)
 }
 
 /// WGSL of the module GPUs run for head size `head_dim`: the portable kernels, plus the tiled
 /// ones when `tiled`, with the head size built in as a constant. For the shader validation test.
 #[doc(hidden)]
-pub fn attention_gpu_shader_source(head_dim: usize, tiled: bool) -> String {
-    kern::fixed_d_source(head_dim, tiled)
+pub fn attention_shader_source_for_gpus(head_dim: usize, tiled: bool) -> String {
+    generate::fixed_d_source(head_dim, tiled)
 }
 
 /// Which attention kernels run on `dev` for head size `head_dim`: `"subgroup-cpu"`
 /// (straight-line kernels generated per head size for CPU adapters such as lavapipe, tiles
 /// shared through subgroup broadcasts), `"tiled"` (GPUs: blocks staged in workgroup memory) or
 /// `"portable"` (one row per invocation, tiles read from storage; CPU adapters without
-/// subgroups). For benchmarks and bug reports; `PORTAGRAD_ATTENTION=portable` or `=tiled`
-/// forces a kind.
+/// subgroups). For benchmarks and bug reports; `PORTAGRAD_KERNELS=attention=portable` or
+/// `=tiled` forces a kind.
 pub fn attention_variant(dev: &Device, head_dim: usize) -> &'static str {
-    kern::plan_name(dev, head_dim)
+    plan::plan_name(dev, head_dim)
 }
 
 /// Run `f` with the attention kernels forced to `kind` (`"portable"`, `"tiled"`, or
-/// `"default"`: the adapter's choice) for the calls made on this thread, e.g. to test or time
-/// every kind in one process. Overrides `PORTAGRAD_ATTENTION`.
+/// `"default"`: the adapter's choice; any other name also leaves the choice to the adapter)
+/// for the calls made on this thread, e.g. to test or time every kind in one process. A thin
+/// wrapper over [`crate::testing::force_kernel`] with `Family::Attention`.
 #[doc(hidden)]
-pub fn with_attention_kernels<R>(kind: &'static str, f: impl FnOnce() -> R) -> R {
-    kern::with_kernels(kind, f)
+pub fn with_attention_kernels<R>(kind: &str, f: impl FnOnce() -> R) -> R {
+    let _guard = crate::testing::force_kernel(crate::testing::Family::Attention, kind)
+        .or_else(|_| crate::testing::force_kernel(crate::testing::Family::Attention, "auto"));
+    f()
 }

@@ -3,8 +3,10 @@
 //! copied. Which kernel runs is decided per adapter and shape in `launch.rs`.
 
 use crate::error::{Error, Result};
+pub(crate) mod generate;
 pub(crate) mod grad;
 pub(crate) mod launch;
+pub mod reference;
 
 use self::launch::{self as mm, Act, Batch, Gemm, Kernel};
 use crate::tensor::{DType, Tensor};
@@ -198,20 +200,6 @@ fn merge_batch(b: Batch) -> Batch {
     out
 }
 
-fn kernel_arg(op: &'static str, name: &str) -> Result<Option<Kernel>> {
-    if name == "auto" {
-        return Ok(None);
-    }
-    Kernel::parse(name)
-        .map(Some)
-        .ok_or_else(|| Error::InvalidArgument {
-            op,
-            message: format!(
-                "unknown matmul kernel {name:?}; expected auto, tiled, subgroup or rows"
-            ),
-        })
-}
-
 impl Tensor {
     /// Matrix product `self · b`, NumPy `matmul` style.
     ///
@@ -224,7 +212,7 @@ impl Tensor {
     /// batch dims that do not broadcast, a u32 operand, or operands on different devices.
     /// A zero-sized M or N gives an empty result; K = 0 gives zeros.
     pub fn matmul(&self, b: &Tensor) -> Result<Tensor> {
-        let out = self.matmul_impl("matmul", b, false, false, None)?.0;
+        let out = self.matmul_impl("matmul", b, false, false)?.0;
         Ok(grad::record_matmul(out, self, b, false, false))
     }
 
@@ -237,7 +225,7 @@ impl Tensor {
     ///
     /// Batching, broadcasting and errors as for [`matmul`](Self::matmul).
     pub fn matmul_t(&self, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
-        let out = self.matmul_impl("matmul_t", b, trans_a, trans_b, None)?.0;
+        let out = self.matmul_impl("matmul_t", b, trans_a, trans_b)?.0;
         Ok(grad::record_matmul(out, self, b, trans_a, trans_b))
     }
 
@@ -258,37 +246,22 @@ impl Tensor {
         act: Activation,
     ) -> Result<Tensor> {
         grad::linear(self, w, bias, layout, act, &|a| {
-            self.linear_impl(w, bias, layout, a, None)
+            self.linear_impl(w, bias, layout, a)
         })
     }
 
-    /// [`matmul_t`](Self::matmul_t) with the kernel forced (`"auto"`, `"tiled"`, `"subgroup"`,
-    /// `"rows"`); also returns the entry point that ran. For tests and benchmarks.
+    /// [`matmul_t`](Self::matmul_t) without recording a gradient, also returning the entry
+    /// point that ran (`None` where the product took no matmul kernel, e.g. K = 0). The kernel
+    /// is the adapter's choice or the one `testing::force_kernel(Family::Matmul, ..)` forces.
+    /// For tests and benchmarks.
     #[doc(hidden)]
-    pub fn matmul_with_kernel(
+    pub fn matmul_t_with_entry(
         &self,
         b: &Tensor,
         trans_a: bool,
         trans_b: bool,
-        kernel: &str,
     ) -> Result<(Tensor, Option<&'static str>)> {
-        let k = kernel_arg("matmul_t", kernel)?;
-        self.matmul_impl("matmul_t", b, trans_a, trans_b, k)
-    }
-
-    /// [`linear`](Self::linear) with the kernel forced, as in
-    /// [`matmul_with_kernel`](Self::matmul_with_kernel).
-    #[doc(hidden)]
-    pub fn linear_with_kernel(
-        &self,
-        w: &Tensor,
-        bias: Option<&Tensor>,
-        layout: WeightLayout,
-        act: Activation,
-        kernel: &str,
-    ) -> Result<Tensor> {
-        let k = kernel_arg("linear", kernel)?;
-        self.linear_impl(w, bias, layout, act, k)
+        self.matmul_impl("matmul_t", b, trans_a, trans_b)
     }
 
     fn matmul_impl(
@@ -297,7 +270,6 @@ impl Tensor {
         b: &Tensor,
         trans_a: bool,
         trans_b: bool,
-        kernel: Option<Kernel>,
     ) -> Result<(Tensor, Option<&'static str>)> {
         let p = plan(op, self, b, trans_a, trans_b)?;
         execute(
@@ -315,7 +287,6 @@ impl Tensor {
                 batch: p.batch,
                 act: Activation::None,
             },
-            kernel,
         )
     }
 
@@ -325,7 +296,6 @@ impl Tensor {
         bias: Option<&Tensor>,
         layout: WeightLayout,
         act: Activation,
-        kernel: Option<Kernel>,
     ) -> Result<Tensor> {
         const OP: &str = "linear";
         self.same_device(OP, w)?;
@@ -392,7 +362,7 @@ impl Tensor {
             },
             act,
         };
-        Ok(execute(OP, job, kernel)?.0)
+        Ok(execute(OP, job)?.0)
     }
 }
 
@@ -414,11 +384,9 @@ struct Job<'a> {
 /// Record the product: one dispatch; on GPUs with split-K ([`mm::split_k`]) two (the slices,
 /// then their sum with the bias and activation); for K past [`mm::MAX_K_PER_DISPATCH`] one per
 /// slice of K, summed, with the bias and activation applied after the sum.
-fn execute(
-    op: &'static str,
-    j: Job,
-    kernel: Option<Kernel>,
-) -> Result<(Tensor, Option<&'static str>)> {
+/// The kernel is the adapter's rule unless a test forces one (`crate::ops::overrides`).
+fn execute(op: &'static str, j: Job) -> Result<(Tensor, Option<&'static str>)> {
+    let kernel = crate::ops::overrides::matmul();
     let dev = &j.a.dev;
     let batch: usize = j.batch.dims.iter().product();
     // Split-K in one dispatch: chosen on GPUs for few tiles and a long K, or forced by tests.

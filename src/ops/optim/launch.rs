@@ -2,8 +2,10 @@
 //! parameter tensors per dispatch, and the two passes of global-norm gradient clipping.
 
 use crate::error::{Error, Result};
+use crate::ops::codegen::{self, Wgsl};
 use crate::ops::shader;
 use crate::runtime::{Access, Device, Shader, Storage, grid_1d};
+use crate::wgsl;
 
 pub(crate) const SHADER: Shader = shader("optim", include_str!("../../../shaders/optim.wgsl"));
 
@@ -29,57 +31,60 @@ fn shader_for(slots: usize) -> &'static Shader {
 
 /// WGSL of the module for `slots` slots (also for the shader validation test).
 pub(crate) fn source_for(slots: usize) -> String {
-    const BEGIN: &str = "// BEGIN SLOTS";
-    const END: &str = "// END SLOTS\n";
-    let src = SHADER.source;
-    let (Some(a), Some(b)) = (src.find(BEGIN), src.find(END)) else {
-        unreachable!("optim.wgsl marks its SLOTS region");
-    };
-    format!(
-        "{}{}{}",
-        &src[..a],
-        slot_region(slots),
-        &src[b + END.len()..]
-    )
+    codegen::splice(SHADER.source, BEGIN, END, &slot_region(slots))
+        .unwrap_or_else(|| unreachable!("optim.wgsl marks its SLOTS region"))
 }
+
+/// `shaders/optim.wgsl` as its generator writes it: the checked-in file with the region for
+/// [`SLOTS`] slots (the shader test fails when they differ).
+pub(crate) fn file_source() -> String {
+    source_for(SLOTS)
+}
+
+const BEGIN: &str = "// BEGIN SLOTS";
+const END: &str = "// END SLOTS";
 
 /// The SLOTS region of `optim.wgsl` for `n` slots (the file holds it for 8).
 fn slot_region(n: usize) -> String {
-    use std::fmt::Write;
-    let mut o = String::new();
-    o += "// BEGIN SLOTS: generated for fewer slots by src/ops/optim/launch.rs (WebGPU's default limit is\n";
-    o += "// 8 storage buffers per stage: 2 slots there); keep this region in that generator's form.\n";
+    let mut o = Wgsl::new();
+    o.line(&format!(
+        "{BEGIN} {}",
+        codegen::header("ops::optim::launch::slot_region").trim_start_matches("// ")
+    ));
+    o.line("// (Also generated at run time for fewer slots: WebGPU's default limit is 8 storage buffers per");
+    o.line("// stage, 2 slots there.)");
     for i in 0..n {
-        let _ = writeln!(
+        wgsl!(
             o,
             "@group(0) @binding({}) var<storage, read_write> p{i}: array<f32>; // (slots[{i}].len) parameter, updated in place",
             i + 1
         );
     }
     for i in 0..n {
-        let _ = writeln!(
+        wgsl!(
             o,
             "@group(0) @binding({}) var<storage, read> g{i}: array<f32>; // (slots[{i}].len) gradient of p{i}",
             n + 1 + i
         );
     }
-    let _ = writeln!(
+    wgsl!(
         o,
         "@group(0) @binding({}) var<storage, read_write> m: array<f32>; // (state elements) Adam exp_avg / SGD momentum, flat",
         2 * n + 1
     );
-    let _ = writeln!(
+    wgsl!(
         o,
         "@group(0) @binding({}) var<storage, read_write> v: array<f32>; // (state elements) Adam exp_avg_sq, flat",
         2 * n + 2
     );
-    let _ = writeln!(
+    wgsl!(
         o,
         "@group(0) @binding({}) var<storage, read_write> aux: array<f32>; // (2 + partials): clip coefficient, norm, partial sums",
         2 * n + 3
     );
-    o += "\n// Binding of slot s. With NSLOTS = k the k-th test is constant true, so the chain is k long\n";
-    o += "// (CPU adapters run every branch of a chain with lanes masked: shorter is faster).\n";
+    o.blank();
+    o.line("// Binding of slot s. With NSLOTS = k the k-th test is constant true, so the chain is k long");
+    o.line("// (CPU adapters run every branch of a chain with lanes masked: shorter is faster).");
     for (head, each, last) in [
         (
             "fn load_p(s: u32, j: u32) -> f32 {",
@@ -97,16 +102,17 @@ fn slot_region(n: usize) -> String {
             "    return g{i}[j];",
         ),
     ] {
-        let _ = writeln!(o, "{head}");
+        o.line(head);
         for i in 0..n - 1 {
             let body = each.replace("{i}", &i.to_string());
-            let _ = writeln!(o, "    if NSLOTS == {}u || s == {i}u {{ {body} }}", i + 1);
+            wgsl!(o, "    if NSLOTS == {}u || s == {i}u {{ {body} }}", i + 1);
         }
-        let _ = writeln!(o, "{}", last.replace("{i}", &(n - 1).to_string()));
-        o += "}\n\n";
+        o.line(&last.replace("{i}", &(n - 1).to_string()));
+        o.line("}");
+        o.blank();
     }
-    o += "// END SLOTS\n";
-    o
+    o.line(END);
+    o.finish()
 }
 /// Invocations per workgroup (`WG` in the WGSL).
 pub(crate) const WG: u32 = 256;

@@ -2,3 +2,4 @@
 //! dispatch; WGSL in `shaders/optim.wgsl`. The optimizers themselves are in `crate::optim`.
 
 pub(crate) mod launch;
+pub mod reference;

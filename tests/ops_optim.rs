@@ -6,6 +6,7 @@
 //! `c * p + d` depends on the parameters, so each step's update feeds the next.
 
 use portagrad::optim::{LrSchedule, OptimConfig, Optimizer, ParamGroup, decay_groups};
+use portagrad::testing::reference::optim as optim_ref;
 use portagrad::testing::{assert_close, random_vec, shared_device};
 use portagrad::{Device, Result, Tensor};
 
@@ -57,14 +58,13 @@ fn gpu_loss(dev: &Device, ps: &[Param], ts: &[Tensor]) -> Result<Tensor> {
 /// Group settings of the CPU reference: (weight decay, lr scale) per group.
 type Groups = Vec<(f64, f64)>;
 
-/// The textbook update in f64. Returns the loss before each step and the parameters after the last.
+/// The textbook update in f64 (`testing::reference::optim`) of the case's loss. Returns the loss before each step and the parameters after the last.
 fn cpu_run(
     cfg: &OptimConfig,
     groups: &Groups,
     ps: &[Param],
     steps: usize,
 ) -> (Vec<f64>, Vec<Vec<f64>>) {
-    use portagrad::optim::Algorithm;
     let mut p: Vec<Vec<f64>> = ps
         .iter()
         .map(|p| p.init.iter().map(|&x| x as f64).collect())
@@ -81,7 +81,6 @@ fn cpu_run(
     let mut v2 = m.clone();
     let mut losses = Vec::new();
     for step in 0..steps {
-        let t = (step + 1) as i32;
         let mut loss = 0.0;
         let mut g: Vec<Vec<f64>> = Vec::new();
         for i in 0..p.len() {
@@ -94,52 +93,22 @@ fn cpu_run(
         }
         losses.push(loss);
         if let Some(max) = cfg.max_grad_norm {
-            let norm = g.iter().flatten().map(|x| x * x).sum::<f64>().sqrt();
-            let coef = (max / (norm + 1e-6)).min(1.0);
-            g.iter_mut().flatten().for_each(|x| *x *= coef);
+            optim_ref::clip_grad_norm(&mut g, max);
         }
         let lr0 = cfg.schedule.lr_at(cfg.lr, step as u64);
         for i in 0..p.len() {
             let (wd, scale) = groups[ps[i].group];
             let lr = lr0 * scale;
-            for j in 0..p[i].len() {
-                let mut gj = g[i][j];
-                match cfg.algorithm {
-                    Algorithm::Sgd {
-                        momentum,
-                        dampening,
-                        nesterov,
-                    } => {
-                        gj += wd * p[i][j];
-                        if momentum != 0.0 {
-                            m[i][j] = if step == 0 {
-                                gj
-                            } else {
-                                momentum * m[i][j] + (1.0 - dampening) * gj
-                            };
-                            gj = if nesterov {
-                                gj + momentum * m[i][j]
-                            } else {
-                                m[i][j]
-                            };
-                        }
-                        p[i][j] -= lr * gj;
-                    }
-                    Algorithm::Adam { beta1, beta2, eps }
-                    | Algorithm::AdamW { beta1, beta2, eps } => {
-                        if matches!(cfg.algorithm, Algorithm::AdamW { .. }) {
-                            p[i][j] *= 1.0 - lr * wd;
-                        } else {
-                            gj += wd * p[i][j];
-                        }
-                        m[i][j] = beta1 * m[i][j] + (1.0 - beta1) * gj;
-                        v2[i][j] = beta2 * v2[i][j] + (1.0 - beta2) * gj * gj;
-                        let mhat = m[i][j] / (1.0 - beta1.powi(t));
-                        let vhat = v2[i][j] / (1.0 - beta2.powi(t));
-                        p[i][j] -= lr * mhat / (vhat.sqrt() + eps);
-                    }
-                }
-            }
+            optim_ref::step(
+                &cfg.algorithm,
+                &mut p[i],
+                &g[i],
+                &mut m[i],
+                &mut v2[i],
+                lr,
+                wd,
+                step,
+            );
         }
     }
     (losses, p)

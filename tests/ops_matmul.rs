@@ -5,10 +5,13 @@
 //! (about 6e-8 * K) and typically like sqrt(K) * 2^-24; the absolute term leaves headroom for
 //! outputs that cancel to near zero, where a relative bound says nothing.
 //!
-//! Every kernel variant is forced on every case (`matmul_with_kernel`), not only the one the
+//! Every kernel variant is forced on every case (`force_kernel`), not only the one the
 //! adapter rule picks, so the workgroup-memory kernel and the GEMV path are tested here too.
 
-use portagrad::testing::{assert_close, random_vec, shared_device};
+use portagrad::testing::reference::matmul::{epilogue, gelu as gelu_ref, matmul as reference};
+use portagrad::testing::{
+    Family, KernelGuard, assert_close, force_kernel, random_vec, shared_device,
+};
 use portagrad::{Activation, Device, Error, Tensor, WeightLayout};
 
 /// Tests here run one at a time: concurrent `Device::poll` waits from several threads can trip
@@ -53,72 +56,9 @@ fn tol(k: usize) -> (f64, f64) {
     (1e-5, 2e-6 * k.max(1) as f64)
 }
 
-/// Batched NumPy-style matmul of row-major operands, op = transpose when the flag is set.
-fn reference(
-    a: &[f32],
-    sa: &[usize],
-    b: &[f32],
-    sb: &[usize],
-    ta: bool,
-    tb: bool,
-) -> (Vec<usize>, Vec<f64>) {
-    let (ra, rb) = (sa.len(), sb.len());
-    let (m, k) = if ta {
-        (sa[ra - 1], sa[ra - 2])
-    } else {
-        (sa[ra - 2], sa[ra - 1])
-    };
-    let n = if tb { sb[rb - 2] } else { sb[rb - 1] };
-    let (ba, bb) = (&sa[..ra - 2], &sb[..rb - 2]);
-    let nb = ba.len().max(bb.len());
-    let pad = |s: &[usize]| {
-        let mut v = vec![1; nb - s.len()];
-        v.extend_from_slice(s);
-        v
-    };
-    let (pa, pb) = (pad(ba), pad(bb));
-    let bshape: Vec<usize> = pa.iter().zip(&pb).map(|(&x, &y)| x.max(y)).collect();
-    let batch: usize = bshape.iter().product();
-    let mut out = vec![0.0f64; batch * m * n];
-    for bi in 0..batch {
-        // Index of this batch item in each operand (broadcast dims repeat item 0).
-        let (mut rem, mut ia, mut ib, mut sta, mut stb) = (bi, 0, 0, 1, 1);
-        for d in (0..nb).rev() {
-            let c = rem % bshape[d];
-            rem /= bshape[d];
-            if pa[d] != 1 {
-                ia += c * sta;
-            }
-            if pb[d] != 1 {
-                ib += c * stb;
-            }
-            sta *= pa[d];
-            stb *= pb[d];
-        }
-        let (oa, ob) = (ia * m * k, ib * k * n);
-        for i in 0..m {
-            for j in 0..n {
-                let mut s = 0.0f64;
-                for q in 0..k {
-                    let x = if ta {
-                        a[oa + q * m + i]
-                    } else {
-                        a[oa + i * k + q]
-                    };
-                    let y = if tb {
-                        b[ob + j * k + q]
-                    } else {
-                        b[ob + q * n + j]
-                    };
-                    s += f64::from(x) * f64::from(y);
-                }
-                out[(bi * m + i) * n + j] = s;
-            }
-        }
-    }
-    let mut shape = bshape;
-    shape.extend([m, n]);
-    (shape, out)
+/// Force matmul kernel `kernel` on this thread while the guard lives.
+fn force(kernel: &str) -> KernelGuard {
+    force_kernel(Family::Matmul, kernel).unwrap_or_else(|e| panic!("{kernel}: {e}"))
 }
 
 /// Check `op(A)·op(B)` for shapes `sa`, `sb` with every kernel.
@@ -134,8 +74,9 @@ fn check(sa: &[usize], sb: &[usize], ta: bool, tb: bool, seed: u64) {
     let (a, b) = (upload(&av, sa), upload(&bv, sb));
     let (rtol, atol) = tol(k);
     for kernel in kernels() {
+        let _kernel = force(kernel);
         let (c, ran) = a
-            .matmul_with_kernel(&b, ta, tb, kernel)
+            .matmul_t_with_entry(&b, ta, tb)
             .unwrap_or_else(|e| panic!("{kernel} {sa:?}·{sb:?}: {e}"));
         assert_eq!(c.shape(), want_shape.as_slice(), "{kernel} {sa:?}·{sb:?}");
         let what = format!(
@@ -256,8 +197,9 @@ fn long_k_is_split_across_dispatches() {
     let b = Tensor::from_slice(&dev, &bv, &[n]).unwrap();
     let (rtol, atol) = tol(k);
     for kernel in kernels() {
+        let _kernel = force(kernel);
         let y = x
-            .linear_with_kernel(&w, Some(&b), WeightLayout::OutIn, Activation::Gelu, kernel)
+            .linear(&w, Some(&b), WeightLayout::OutIn, Activation::Gelu)
             .unwrap();
         assert_close(
             &format!("linear long K {kernel}"),
@@ -267,10 +209,6 @@ fn long_k_is_split_across_dispatches() {
             atol,
         );
     }
-}
-
-fn gelu_ref(x: f64) -> f64 {
-    0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh())
 }
 
 #[test]
@@ -303,28 +241,14 @@ fn linear_epilogues() {
             let (_, xw) = reference(&xv, &[m, k], &wv, &ws, false, tb);
             for act in [Activation::None, Activation::Relu, Activation::Gelu] {
                 for with_bias in [false, true] {
-                    let want: Vec<f64> = xw
-                        .iter()
-                        .enumerate()
-                        .map(|(i, &v)| {
-                            let v = if with_bias {
-                                v + f64::from(bv[i % n])
-                            } else {
-                                v
-                            };
-                            match act {
-                                Activation::None => v,
-                                Activation::Relu => v.max(0.0),
-                                Activation::Gelu => gelu_ref(v),
-                            }
-                        })
-                        .collect();
+                    let want = epilogue(&xw, n, with_bias.then_some(&bv[..]), act);
                     let mut want_shape = xs[..xs.len() - 1].to_vec();
                     want_shape.push(n);
                     for kernel in kernels() {
+                        let _kernel = force(kernel);
                         dev.reset_stats();
                         let y = x
-                            .linear_with_kernel(&w, with_bias.then_some(&bias), layout, act, kernel)
+                            .linear(&w, with_bias.then_some(&bias), layout, act)
                             .unwrap();
                         assert_eq!(dev.stats().dispatches, 1, "a dense layer is one dispatch");
                         assert_eq!(y.shape(), want_shape.as_slice());
@@ -391,22 +315,17 @@ fn zero_sized_dimensions() {
     let dev = own_device();
     let upload = |v: &[f32], shape: &[usize]| Tensor::from_slice(&dev, v, shape).unwrap();
     for kernel in kernels() {
+        let _kernel = force(kernel);
         // K == 0: zeros of the right shape.
         let a = Tensor::zeros(&dev, &[3, 0]).unwrap();
         let b = Tensor::zeros(&dev, &[0, 5]).unwrap();
-        let (c, _) = a.matmul_with_kernel(&b, false, false, kernel).unwrap();
+        let (c, _) = a.matmul_t_with_entry(&b, false, false).unwrap();
         assert_eq!(c.shape(), &[3, 5]);
         assert_eq!(c.to_vec().unwrap(), vec![0.0; 15], "{kernel}");
         // K == 0 with a bias: act(bias) on every row.
         let bias = upload(&[-1.0, 2.0, 0.5, -0.25, 3.0], &[5]);
         let y = a
-            .linear_with_kernel(
-                &b,
-                Some(&bias),
-                WeightLayout::InOut,
-                Activation::Relu,
-                kernel,
-            )
+            .linear(&b, Some(&bias), WeightLayout::InOut, Activation::Relu)
             .unwrap();
         let row = [0.0, 2.0, 0.5, 0.0, 3.0];
         assert_eq!(y.to_vec().unwrap(), row.repeat(3), "{kernel}");
@@ -419,7 +338,7 @@ fn zero_sized_dimensions() {
             let a = Tensor::zeros(&dev, &sa).unwrap();
             let b = Tensor::zeros(&dev, &sb).unwrap();
             dev.reset_stats();
-            let (c, ran) = a.matmul_with_kernel(&b, false, false, kernel).unwrap();
+            let (c, ran) = a.matmul_t_with_entry(&b, false, false).unwrap();
             assert_eq!(c.shape(), want.as_slice());
             assert_eq!(ran, None);
             assert_eq!(dev.stats().dispatches, 0);
@@ -502,9 +421,5 @@ fn bad_shapes_are_errors_naming_both_shapes() {
         t(&[2, 2]).matmul(&far),
         Err(Error::DeviceMismatch { op: "matmul" })
     ));
-    assert!(
-        t(&[2, 2])
-            .matmul_with_kernel(&t(&[2, 2]), false, false, "fastest")
-            .is_err()
-    );
+    assert!(force_kernel(Family::Matmul, "fastest").is_err());
 }

@@ -6,14 +6,15 @@
 mod common;
 
 use common::{check_grad, inp};
+use portagrad::testing::reference::attention::{
+    Dims, backward as cpu_attention_backward, forward as cpu_attention, merge_heads as cpu_merge,
+    merge_heads3 as cpu_merge3, split_heads as cpu_split, unmerge_heads as cpu_unmerge,
+};
 use portagrad::testing::{assert_close, random_vec, shared_device};
 use portagrad::{
     Error, KvCache, Tensor, attend_cached, attention, attention_qkv, attention_variant,
     merge_heads, split_heads, with_attention_kernels,
 };
-
-/// (B, H, T, D)
-type Dims = (usize, usize, usize, usize);
 
 fn to64(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| f64::from(x)).collect()
@@ -21,81 +22,6 @@ fn to64(v: &[f32]) -> Vec<f64> {
 
 fn upload(v: &[f32], shape: &[usize]) -> Tensor {
     Tensor::from_slice(&shared_device(), v, shape).expect("upload")
-}
-
-/// Softmax probabilities P (T, T) of one head, row-major, masked entries 0.
-fn cpu_probs(q: &[f64], k: &[f64], t: usize, d: usize, causal: bool) -> Vec<f64> {
-    let scale = 1.0 / (d as f64).sqrt();
-    let mut p = vec![0.0; t * t];
-    for i in 0..t {
-        let n = if causal { i + 1 } else { t };
-        let s: Vec<f64> = (0..n)
-            .map(|j| (0..d).map(|c| q[i * d + c] * k[j * d + c]).sum::<f64>() * scale)
-            .collect();
-        let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
-        for j in 0..n {
-            p[i * t + j] = (s[j] - m).exp() / z;
-        }
-    }
-    p
-}
-
-/// Naive attention in f64: (B, H, T, D) -> (B, H, T, D).
-fn cpu_attention(q: &[f64], k: &[f64], v: &[f64], dims: Dims, causal: bool) -> Vec<f64> {
-    let (b, h, t, d) = dims;
-    let mut o = vec![0.0; b * h * t * d];
-    for bh in 0..b * h {
-        let at = bh * t * d;
-        let p = cpu_probs(&q[at..at + t * d], &k[at..at + t * d], t, d, causal);
-        for i in 0..t {
-            for j in 0..t {
-                let pij = p[i * t + j];
-                if pij != 0.0 {
-                    for c in 0..d {
-                        o[at + i * d + c] += pij * v[at + j * d + c];
-                    }
-                }
-            }
-        }
-    }
-    o
-}
-
-/// Analytic backward of [`cpu_attention`] for output gradient `g`: (dq, dk, dv).
-fn cpu_attention_backward(
-    q: &[f64],
-    k: &[f64],
-    v: &[f64],
-    g: &[f64],
-    dims: Dims,
-    causal: bool,
-) -> [Vec<f64>; 3] {
-    let (b, h, t, d) = dims;
-    let scale = 1.0 / (d as f64).sqrt();
-    let n = b * h * t * d;
-    let (mut dq, mut dk, mut dv) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
-    for bh in 0..b * h {
-        let at = bh * t * d;
-        let p = cpu_probs(&q[at..at + t * d], &k[at..at + t * d], t, d, causal);
-        for i in 0..t {
-            // dP_ij = g_i . v_j; dS_ij = P_ij (dP_ij - sum_l P_il dP_il)
-            let dp: Vec<f64> = (0..t)
-                .map(|j| (0..d).map(|c| g[at + i * d + c] * v[at + j * d + c]).sum())
-                .collect();
-            let rs: f64 = (0..t).map(|j| p[i * t + j] * dp[j]).sum();
-            for j in 0..t {
-                let pij = p[i * t + j];
-                let ds = pij * (dp[j] - rs) * scale;
-                for c in 0..d {
-                    dv[at + j * d + c] += pij * g[at + i * d + c];
-                    dq[at + i * d + c] += ds * k[at + j * d + c];
-                    dk[at + j * d + c] += ds * q[at + i * d + c];
-                }
-            }
-        }
-    }
-    [dq, dk, dv]
 }
 
 fn qkv_data(dims: Dims, seed: u64) -> [Vec<f32>; 3] {
@@ -334,73 +260,6 @@ fn no_t_by_t_buffer() {
 }
 
 // ---- split / merge heads ----
-
-/// CPU split of (B, T, 3C) into three (B, H, T, D).
-fn cpu_split(x: &[f64], b: usize, t: usize, c: usize, h: usize) -> [Vec<f64>; 3] {
-    let d = c / h;
-    let mut out = [
-        vec![0.0; b * t * c],
-        vec![0.0; b * t * c],
-        vec![0.0; b * t * c],
-    ];
-    for bi in 0..b {
-        for ti in 0..t {
-            for (s, o) in out.iter_mut().enumerate() {
-                for hi in 0..h {
-                    for di in 0..d {
-                        o[((bi * h + hi) * t + ti) * d + di] =
-                            x[(bi * t + ti) * 3 * c + s * c + hi * d + di];
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
-/// CPU merge of (B, H, T, D) into (B, T, H·D).
-fn cpu_merge(x: &[f64], b: usize, h: usize, t: usize, d: usize) -> Vec<f64> {
-    let mut out = vec![0.0; x.len()];
-    for bi in 0..b {
-        for hi in 0..h {
-            for ti in 0..t {
-                for di in 0..d {
-                    out[(bi * t + ti) * h * d + hi * d + di] = x[((bi * h + hi) * t + ti) * d + di];
-                }
-            }
-        }
-    }
-    out
-}
-
-/// CPU inverse of [`cpu_merge`]: (B, T, H·D) -> (B, H, T, D).
-fn cpu_unmerge(x: &[f64], b: usize, h: usize, t: usize, d: usize) -> Vec<f64> {
-    let mut out = vec![0.0; x.len()];
-    for bi in 0..b {
-        for hi in 0..h {
-            for ti in 0..t {
-                for di in 0..d {
-                    out[((bi * h + hi) * t + ti) * d + di] = x[(bi * t + ti) * h * d + hi * d + di];
-                }
-            }
-        }
-    }
-    out
-}
-
-/// CPU inverse of [`cpu_split`]: three (B, H, T, D) -> (B, T, 3·H·D).
-fn cpu_merge3(x: &[Vec<f64>; 3], b: usize, h: usize, t: usize, d: usize) -> Vec<f64> {
-    let c = h * d;
-    let mut out = vec![0.0; b * t * 3 * c];
-    for (s, xs) in x.iter().enumerate() {
-        let m = cpu_merge(xs, b, h, t, d);
-        for bt in 0..b * t {
-            out[bt * 3 * c + s * c..bt * 3 * c + (s + 1) * c]
-                .copy_from_slice(&m[bt * c..(bt + 1) * c]);
-        }
-    }
-    out
-}
 
 #[test]
 fn split_and_merge_heads_round_trip() {
@@ -725,7 +584,7 @@ fn bad_shapes_are_errors_naming_shapes() {
     ));
 }
 
-/// The per-thread override picks the kernels (and wins over `PORTAGRAD_ATTENTION`), and the
+/// The per-thread override picks the kernels (and wins over `PORTAGRAD_KERNELS`), and the
 /// adapter's default is the generated kernels on CPU adapters with subgroups, else the tiled
 /// ones on GPUs.
 #[test]
@@ -754,7 +613,7 @@ fn tiled_kernels_validate_for_every_block_shape() {
     // GPUs run modules with D built in; BC stays an override.
     for (d, bc) in [(4, 64), (32, 64), (64, 32), (80, 24), (96, 16), (128, 16)] {
         for tiled in [true, false] {
-            let src = portagrad::attention_gpu_shader_source(d, tiled);
+            let src = portagrad::attention_shader_source_for_gpus(d, tiled);
             let module = naga::front::wgsl::parse_str(&src)
                 .unwrap_or_else(|e| panic!("D = {d}: {}", e.emit_to_string(&src)));
             let info = Validator::new(ValidationFlags::all(), Capabilities::empty())
@@ -797,7 +656,7 @@ fn generated_cpu_kernels_validate() {
     use naga::back::{hlsl, msl, spv};
     use naga::valid::{Capabilities, ValidationFlags, Validator};
     for d in [4, 16, 36, 64, 80, 128] {
-        let src = portagrad::attention_cpu_shader_source(d);
+        let src = portagrad::attention_shader_source_for_cpu_adapters(d);
         let module = naga::front::wgsl::parse_str(&src)
             .unwrap_or_else(|e| panic!("D = {d}: {}", e.emit_to_string(&src)));
         let info = Validator::new(ValidationFlags::all(), Capabilities::SUBGROUP)
