@@ -19,10 +19,13 @@ use crate::{Device, Error, Result, Tensor};
 /// Plain f64 CPU references of the built-in ops, one module per op family (each lives beside
 /// its family in `src/ops/<family>/reference.rs`): forwards and their derivatives, row-major.
 pub mod reference {
+    pub use crate::ops::attention::reference as attention;
     pub use crate::ops::elementwise::reference as elementwise;
     pub use crate::ops::layout::reference as layout;
     pub use crate::ops::loss::reference as loss;
+    pub use crate::ops::matmul::reference as matmul;
     pub use crate::ops::norm::reference as norm;
+    pub use crate::ops::optim::reference as optim;
     pub use crate::ops::reduce::reference as reduce;
     pub use crate::ops::softmax::reference as softmax;
     pub use crate::ops::unary::reference as unary;
@@ -158,14 +161,6 @@ pub fn random_vec(n: usize, lo: f32, hi: f32, seed: u64) -> Vec<f32> {
 }
 
 pub use crate::ops::overrides::Family;
-
-/// Plain f64 CPU references of the ops, one module per family, used by the tests and the
-/// fuzzer.
-pub mod reference {
-    pub use crate::ops::attention::reference as attention;
-    pub use crate::ops::matmul::reference as matmul;
-    pub use crate::ops::optim::reference as optim;
-}
 
 /// Restores the previous forced kernel of its family when dropped (see [`force_kernel`]).
 #[doc(hidden)]
