@@ -11,7 +11,7 @@
 //!   against an analytic CPU backward.
 //! - [`compare_tensor`] / [`assert_tensor_close`]: the same for a tensor, read back.
 //! - [`random_vec`]: deterministic test inputs.
-//! - [`reference`]: the plain f64 CPU forward and derivative of the built-in ops, one module
+//! - [`reference`](mod@reference): the plain f64 CPU forward and derivative of the built-in ops, one module
 //!   per op family: the one copy every test and the fuzzer compare against.
 
 use crate::{Device, Error, Result, Tensor};

@@ -1,6 +1,6 @@
 //! Text generation for every model: the KV-cached loop (batched prefill, one position per
 //! decode step, context rebuilds), its options and statistics, and next-token
-//! [sampling](sampling) beside it.
+//! [`sampling`] beside it.
 //!
 //! A model takes part by implementing [`CausalLm`]: its sizes, a cache for a batch, a prefill
 //! and a decode step over that cache, and an uncached last-position forward (the reference
