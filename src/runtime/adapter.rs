@@ -162,8 +162,10 @@ fn leave() {
 }
 
 /// A hold on [`OPENING`] for a scope (released on unwind too).
+#[cfg(not(target_arch = "wasm32"))]
 struct Serial;
 
+#[cfg(not(target_arch = "wasm32"))]
 impl Serial {
     fn enter() -> Serial {
         enter();
@@ -171,6 +173,7 @@ impl Serial {
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 impl Drop for Serial {
     fn drop(&mut self) {
         leave();
