@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 pub(crate) mod grad;
 pub(crate) mod launch;
 
-use self::launch::{self as mm, Act, Batch, Gemm, Kernel};
+use self::launch::{self as mm, Batch, Gemm, Kernel};
 use crate::tensor::{DType, Tensor};
 
 /// How a weight matrix is stored, for [`Tensor::linear`].
@@ -27,16 +27,6 @@ pub enum Activation {
     Relu,
     /// GELU, tanh approximation (as GPT-2 and [`Tensor::gelu`]).
     Gelu,
-}
-
-impl Activation {
-    fn code(self) -> Act {
-        match self {
-            Activation::None => Act::None,
-            Activation::Relu => Act::Relu,
-            Activation::Gelu => Act::Gelu,
-        }
-    }
 }
 
 /// Shape and layout of one batched product, worked out from the operands.
@@ -440,7 +430,7 @@ fn execute(
                   kc: usize,
                   (slices, ks): (usize, usize),
                   bias: Option<&Tensor>,
-                  act: Act,
+                  act: Activation,
                   kernel: Option<Kernel>| {
         mm::gemm(
             &Gemm {
@@ -473,11 +463,11 @@ fn execute(
             j.k,
             (slices, ks),
             None,
-            Act::None,
+            Activation::None,
             Some(Kernel::Tiled),
         )?;
         let y = Tensor::empty(dev, op, &j.out_shape, DType::F32)?;
-        mm::sum_slices(&parts, &y, j.bias, j.act.code(), slices, j.n)?;
+        mm::sum_slices(&parts, &y, j.bias, j.act, slices, j.n)?;
         return Ok((y, ran));
     }
     let slice = mm::MAX_K_PER_DISPATCH;
@@ -495,7 +485,7 @@ fn execute(
             kc,
             (1, kc),
             if whole { j.bias } else { None },
-            if whole { j.act.code() } else { Act::None },
+            if whole { j.act } else { Activation::None },
             kernel,
         )?;
         sum = Some(match sum {
