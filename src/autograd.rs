@@ -175,10 +175,14 @@ impl Tensor {
                     continue;
                 }
                 if gi.shape != inp.shape {
-                    return Err(Error::Gpu(format!(
-                        "{}: backward produced a gradient of shape {:?} for an input of shape {:?}",
-                        node.op, gi.shape, inp.shape
-                    )));
+                    // A backward's bug (a custom op's closure, say), not the device's.
+                    return Err(Error::Shape {
+                        op: node.op,
+                        message: format!(
+                            "backward produced a gradient of shape {:?} for an input of shape {:?}",
+                            gi.shape, inp.shape
+                        ),
+                    });
                 }
                 let acc = match pending.remove(&inp.id) {
                     Some(prev) => prev.add(&gi)?,

@@ -28,7 +28,8 @@ pub enum Error {
         /// wgpu's message.
         message: String,
     },
-    /// Operand shapes do not fit the operation.
+    /// Operand shapes do not fit the operation, or a backward (a custom op's, say) returned a
+    /// gradient whose shape is not its input's.
     #[error("{op}: {message}")]
     Shape {
         /// The operation.

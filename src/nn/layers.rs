@@ -139,20 +139,13 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.linear(
+        // `Tensor::linear` records its own backward (ops/matmul/grad.rs).
+        x.linear(
             &self.weight,
             self.bias.as_ref(),
             WeightLayout::InOut,
             self.act,
-        )?;
-        let mut inputs = vec![x, &self.weight];
-        inputs.extend(self.bias.as_ref());
-        if Tensor::should_record(&inputs) && !y.requires_grad() {
-            // The fused linear does not record its backward yet (it is being added to
-            // ops::matmul); until then this layer attaches the same backward itself.
-            return attach_linear_backward(x, &self.weight, self.bias.as_ref(), self.act, y);
-        }
-        Ok(y)
+        )
     }
 
     fn parameters(&self) -> Vec<(String, Tensor)> {
@@ -162,53 +155,6 @@ impl Module for Linear {
         }
         v
     }
-}
-
-/// Record the backward of `y = act(x·W + b)` (W (in, out)) on `y`, computed by the fused
-/// forward: dz = act'(z)·g, dx = dz·Wᵀ (read transposed in place), dW = xᵀ·dz, db = column sums
-/// of dz.
-fn attach_linear_backward(
-    x: &Tensor,
-    w: &Tensor,
-    b: Option<&Tensor>,
-    act: Activation,
-    y: Tensor,
-) -> Result<Tensor> {
-    use crate::ops::{reduce::launch as reduce, unary::launch as unary};
-    let (k, n) = (w.shape()[0], w.shape()[1]);
-    let rows = x.numel() / k.max(1);
-    let x2 = x.view_raw(vec![rows, k]);
-    // What the activation's derivative is written in terms of: ReLU's mask from the output,
-    // GELU's from the pre-activation (recomputed without the epilogue).
-    let saved = match act {
-        Activation::None => None,
-        Activation::Relu => Some(y.detach()),
-        Activation::Gelu => Some(x2.linear(w, b, WeightLayout::InOut, Activation::None)?),
-    };
-    let (wd, need_dx, x_shape) = (w.detach(), x.requires_grad(), x.shape().to_vec());
-    let back: crate::autograd::BackwardFn = Box::new(move |g| {
-        let g2 = g.view_raw(vec![rows, n]);
-        let dz = match (act, &saved) {
-            (Activation::Relu, Some(s)) => {
-                unary::backward(unary::Op::Relu, &s.view_raw(vec![rows, n]), &g2, 0.0)?
-            }
-            (Activation::Gelu, Some(z)) => unary::backward(unary::Op::Gelu, z, &g2, 0.0)?,
-            _ => g2,
-        };
-        let dx = if need_dx {
-            Some(dz.matmul_t(&wd, false, true)?.view_raw(x_shape.clone()))
-        } else {
-            None
-        };
-        // xᵀ·dz; `matmul_t(.., true, false)` would skip the transpose, but its transposed-A
-        // path gives wrong results on non-square shapes in the current matmul work.
-        let dw = x2.transpose()?.matmul(&dz)?;
-        let db = reduce::sum_to(&dz, &[n])?;
-        Ok(vec![dx, Some(dw), Some(db)])
-    });
-    let mut inputs = vec![x, w];
-    inputs.extend(b);
-    Ok(y.record("linear", &inputs, back))
 }
 
 /// A lookup table: u32 ids (...) -> rows (..., dim), weights `N(0, 0.02)` (GPT-2).

@@ -1,4 +1,4 @@
 //! Tensor initialisation kernels (fill, random); WGSL in `shaders/init.wgsl`. Used by the
-//! constructors in `tensor.rs` and by `nn` initialisers.
+//! constructors in `tensor.rs` and by the weight initialisers of the modules in `crate::nn`.
 
 pub(crate) mod launch;

@@ -30,6 +30,7 @@
 
 use bytemuck::Zeroable;
 
+use super::Activation;
 use crate::error::{Error, Result};
 use crate::ops::shader;
 use crate::runtime::{Access, Device, Shader, grid_1d};
@@ -130,12 +131,15 @@ impl Kernel {
     }
 }
 
-/// Epilogue activation codes (bits 1-2 of `flags`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Act {
-    None = 0,
-    Relu = 1,
-    Gelu = 2,
+/// The epilogue's activation as the WGSL reads it: bits 1-2 of `flags` (0 none, 1 relu,
+/// 2 gelu).
+fn act_flags(act: Activation) -> u32 {
+    let code = match act {
+        Activation::None => 0,
+        Activation::Relu => 1,
+        Activation::Gelu => 2,
+    };
+    code << 1
 }
 
 /// How the batch dimensions of C map onto A and B.
@@ -172,7 +176,7 @@ pub(crate) struct Gemm<'a> {
     /// `b` holds each matrix as (N, K).
     pub trans_b: bool,
     pub batch: Batch,
-    pub act: Act,
+    pub act: Activation,
 }
 
 /// The adapter's subgroup size when it is fixed at one the subgroup kernel has an entry for.
@@ -245,7 +249,7 @@ pub(crate) fn sum_slices(
     partials: &Tensor,
     out: &Tensor,
     bias: Option<&Tensor>,
-    act: Act,
+    act: Activation,
     slices: usize,
     n: usize,
 ) -> Result<()> {
@@ -253,7 +257,7 @@ pub(crate) fn sum_slices(
     let total = out.numel();
     let p = Params {
         n: u32_of("N", n)?,
-        flags: u32::from(bias.is_some()) | (act as u32) << 1,
+        flags: u32::from(bias.is_some()) | act_flags(act),
         total: u32_of("tensor size", total)?,
         slices: u32_of("slices", slices)?,
         ..Zeroable::zeroed()
@@ -435,7 +439,7 @@ pub(crate) fn gemm(g: &Gemm, kernel: Option<Kernel>) -> Result<Option<&'static s
         m: u32_of("M", g.m)?,
         n: u32_of("N", g.n)?,
         k: u32_of("K", g.k)?,
-        flags: u32::from(g.bias.is_some()) | (g.act as u32) << 1,
+        flags: u32::from(g.bias.is_some()) | act_flags(g.act),
         tiles_m: u32_of("tile count", tiles_m)?,
         tiles: u32_of("tile count", tiles)?,
         total: u32_of("tile count", total)?,

@@ -8,7 +8,7 @@ pub(crate) mod grad;
 pub(crate) mod launch;
 pub mod reference;
 
-use self::launch::{self as mm, Act, Batch, Gemm, Kernel};
+use self::launch::{self as mm, Batch, Gemm, Kernel};
 use crate::tensor::{DType, Tensor};
 
 /// How a weight matrix is stored, for [`Tensor::linear`].
@@ -29,16 +29,6 @@ pub enum Activation {
     Relu,
     /// GELU, tanh approximation (as GPT-2 and [`Tensor::gelu`]).
     Gelu,
-}
-
-impl Activation {
-    fn code(self) -> Act {
-        match self {
-            Activation::None => Act::None,
-            Activation::Relu => Act::Relu,
-            Activation::Gelu => Act::Gelu,
-        }
-    }
 }
 
 /// Shape and layout of one batched product, worked out from the operands.
@@ -408,7 +398,7 @@ fn execute(op: &'static str, j: Job) -> Result<(Tensor, Option<&'static str>)> {
                   kc: usize,
                   (slices, ks): (usize, usize),
                   bias: Option<&Tensor>,
-                  act: Act,
+                  act: Activation,
                   kernel: Option<Kernel>| {
         mm::gemm(
             &Gemm {
@@ -441,11 +431,11 @@ fn execute(op: &'static str, j: Job) -> Result<(Tensor, Option<&'static str>)> {
             j.k,
             (slices, ks),
             None,
-            Act::None,
+            Activation::None,
             Some(Kernel::Tiled),
         )?;
         let y = Tensor::empty(dev, op, &j.out_shape, DType::F32)?;
-        mm::sum_slices(&parts, &y, j.bias, j.act.code(), slices, j.n)?;
+        mm::sum_slices(&parts, &y, j.bias, j.act, slices, j.n)?;
         return Ok((y, ran));
     }
     let slice = mm::MAX_K_PER_DISPATCH;
@@ -463,7 +453,7 @@ fn execute(op: &'static str, j: Job) -> Result<(Tensor, Option<&'static str>)> {
             kc,
             (1, kc),
             if whole { j.bias } else { None },
-            if whole { j.act.code() } else { Act::None },
+            if whole { j.act } else { Activation::None },
             kernel,
         )?;
         sum = Some(match sum {

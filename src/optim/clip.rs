@@ -1,0 +1,68 @@
+//! Global-norm gradient clipping on the device: partial sums of squares over every live
+//! gradient, one finalising workgroup that writes the coefficient the update kernels read,
+//! nothing read back (PyTorch's `torch.nn.utils.clip_grad_norm_`).
+
+use super::Optimizer;
+use super::state::{Entry, make_slot};
+use crate::error::Result;
+use crate::ops::optim::launch as kernel;
+use crate::runtime::Device;
+use crate::tensor::Tensor;
+
+/// Elements one clipping workgroup sums over `total` parameter elements.
+pub(super) fn chunk_for(total: u64) -> u32 {
+    // Each workgroup sums at least 16 elements per invocation (workgroups and their
+    // barriers are what costs on CPU adapters), and there are at most ~1024 partials
+    // (plus one per tensor) whatever the model size. An invocation loops chunk / WG times:
+    // under llvmpipe's cap of 65,535 loop iterations up to ~17e9 parameters.
+    (total.div_ceil(kernel::WG as u64 * 1024).max(16) * kernel::WG as u64)
+        .min(u64::from(u32::MAX / 2)) as u32
+}
+
+/// The clipping scratch buffer for `entries` summed in chunks of `chunk`:
+/// (2 + partials): clip coefficient, global norm, partial sums of squares.
+pub(super) fn aux_for(dev: &Device, entries: &[Entry], chunk: u32) -> Result<Tensor> {
+    let lens: Vec<u32> = entries.iter().map(|e| e.len).collect();
+    Tensor::zeros(dev, &[2 + kernel::partials(&lens, chunk) as usize])
+}
+
+impl Optimizer {
+    /// The global gradient norm (before clipping) of the last step, when clipping is on.
+    /// Reads it back from the device.
+    pub fn last_grad_norm(&self) -> Result<Option<f32>> {
+        if self.cfg.max_grad_norm.is_none() || self.step == 0 {
+            return Ok(None);
+        }
+        let bytes = self.dev.read(&self.aux.storage, 8)?;
+        let v: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
+        Ok(Some(v[1]))
+    }
+
+    /// Record the global norm of the `live` gradients and the coefficient that scales them to
+    /// at most `max_norm`, into `aux`.
+    pub(super) fn record_clip(
+        &self,
+        live: &[(usize, Tensor)],
+        lr: f64,
+        beta1_t: f64,
+        fill: kernel::Fillers<'_>,
+        max_norm: f64,
+    ) -> Result<()> {
+        let b0 = &self.banks[0];
+        let bufs = kernel::Buffers {
+            fill,
+            m: &b0.m.storage,
+            v: &b0.v.storage,
+            aux: &self.aux.storage,
+        };
+        let mut parts = 0u32;
+        for chunk in live.chunks(kernel::slots_for(&self.dev)) {
+            let slots: Vec<kernel::Slot<'_>> = chunk
+                .iter()
+                .map(|x| make_slot(&self.entries, x, lr, beta1_t))
+                .collect();
+            parts += kernel::sumsq(&self.dev, &slots, &bufs, self.chunk, parts)?;
+        }
+        kernel::clip_finalize(&self.dev, &bufs, parts, max_norm as f32)
+    }
+}

@@ -1,0 +1,314 @@
+//! Optimizers: SGD (momentum, Nesterov, weight decay), Adam and AdamW, with global-norm gradient
+//! clipping, learning-rate schedules and parameter groups.
+//!
+//! How a step touches the GPU:
+//! - **In place.** Parameters are ordinary tensors made with [`Tensor::with_grad`]; a module and
+//!   the optimizer hold clones that share one buffer. The update kernel binds that buffer
+//!   read-write and overwrites it, so after [`Optimizer::step`] every holder of the tensor
+//!   (the model, the optimizer, a user's copy) sees the new values. Nothing is reallocated and
+//!   the tensors keep their identity, so the next `backward()` keys gradients the same way.
+//! - **Fused.** The optimizer state (Adam's two moments, SGD's momentum) of *all* parameters
+//!   lives in flat buffers with an offset per tensor. One dispatch binds up to
+//!   [`TENSORS_PER_DISPATCH`] parameter/gradient pairs plus the flat state and updates every
+//!   element of all of them; a model with more tensors takes `ceil(tensors / 8)` dispatches
+//!   (the seed MLP's six tensors: one dispatch per step).
+//! - **No readback.** Gradient clipping computes the global norm on the device (partial sums of
+//!   squares, one finalising workgroup) and the update kernels read the coefficient from there.
+//!   The step counter, bias corrections and schedule are host values passed as uniforms.
+//!
+//! The arithmetic follows PyTorch's single-tensor `torch.optim.SGD`, `Adam`, `AdamW` and
+//! `torch.nn.utils.clip_grad_norm_` operation for operation in f32, with the scalar
+//! hyperparameters in f64 (as Python floats) until they reach the kernel.
+
+// The rule and schedule (`config`), which tensors with what settings (`groups`), where the
+// state lives and how checkpoints see it (`state`), gradient clipping (`clip`); the step here.
+mod clip;
+mod config;
+mod groups;
+mod state;
+
+pub use config::{Algorithm, LrSchedule, OptimConfig};
+pub use groups::{ParamGroup, decay_groups};
+
+use std::sync::Arc;
+
+use self::state::{Bank, Entry, make_slot};
+use crate::autograd::Gradients;
+use crate::error::{Error, Result};
+use crate::ops::optim::launch as kernel;
+use crate::runtime::{Device, Storage};
+use crate::tensor::{DType, Tensor};
+
+/// Parameter tensors one fused dispatch updates at most (where an adapter allows 19 storage
+/// buffers per shader stage; under WebGPU's default limit of 8, two).
+pub const TENSORS_PER_DISPATCH: usize = kernel::SLOTS;
+
+/// Parameter tensors one fused dispatch updates on `dev` (its storage-buffer limit decides).
+pub fn tensors_per_dispatch(dev: &Device) -> usize {
+    kernel::slots_for(dev)
+}
+
+/// An optimizer over a fixed set of parameters. See the [module docs](self) for how a step
+/// runs on the GPU.
+///
+/// ```no_run
+/// # use portagrad::{Device, Tensor, optim::{Optimizer, OptimConfig}};
+/// # fn main() -> portagrad::Result<()> {
+/// let dev = Device::new()?;
+/// let w = Tensor::rand_uniform(&dev, &[3], -1.0, 1.0, 0)?.with_grad();
+/// let mut opt = Optimizer::new(OptimConfig::adam(1e-2), vec![("w".into(), w.clone())])?;
+/// for _ in 0..100 {
+///     let loss = w.mul(&w)?.sum()?;
+///     opt.step(&loss.backward()?)?; // w now holds the updated values
+/// }
+/// # Ok(()) }
+/// ```
+pub struct Optimizer {
+    dev: Device,
+    cfg: OptimConfig,
+    entries: Vec<Entry>,
+    banks: Vec<Bank>,
+    step: u64,
+    /// (2 + partials): clip coefficient, global norm, partial sums of squares.
+    aux: Tensor,
+    chunk: u32,
+    fill_params: Vec<Tensor>,
+    fill_grad: Tensor,
+}
+
+impl std::fmt::Debug for Optimizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Optimizer({}, lr {}, {} tensors, {} elements, step {})",
+            self.cfg.algorithm.name(),
+            self.cfg.lr,
+            self.entries.len(),
+            self.num_elements(),
+            self.step
+        )
+    }
+}
+
+impl Optimizer {
+    /// An optimizer over `params` (one group).
+    pub fn new(cfg: OptimConfig, params: Vec<(String, Tensor)>) -> Result<Optimizer> {
+        Self::with_groups(cfg, vec![ParamGroup::new(params)])
+    }
+
+    /// Adam with PyTorch's defaults at learning rate `lr`.
+    pub fn adam(params: Vec<(String, Tensor)>, lr: f64) -> Result<Optimizer> {
+        Self::new(OptimConfig::adam(lr), params)
+    }
+
+    /// AdamW at `lr` decaying every parameter by `weight_decay`, as
+    /// `torch.optim.AdamW(params, lr, weight_decay=...)` does. To leave biases and norms
+    /// undecayed, pass [`decay_groups`] to [`with_groups`](Self::with_groups).
+    pub fn adamw(params: Vec<(String, Tensor)>, lr: f64, weight_decay: f64) -> Result<Optimizer> {
+        Self::new(OptimConfig::adamw(lr).weight_decay(weight_decay), params)
+    }
+
+    /// Plain SGD at `lr`.
+    pub fn sgd(params: Vec<(String, Tensor)>, lr: f64) -> Result<Optimizer> {
+        Self::new(OptimConfig::sgd(lr), params)
+    }
+
+    /// An optimizer over parameter groups with their own weight decay and rate multipliers.
+    pub fn with_groups(cfg: OptimConfig, groups: Vec<ParamGroup>) -> Result<Optimizer> {
+        cfg.validate()?;
+        let flat = groups::flatten(&cfg, groups)?;
+        let dev = flat[0].1.dev.clone(); // `flatten` errs on an empty list
+        if flat.iter().any(|(_, t, ..)| !t.storage.same_device(&dev)) {
+            return Err(Error::DeviceMismatch {
+                op: "Optimizer::new",
+            });
+        }
+        let (need_m, need_v) = match cfg.algorithm {
+            Algorithm::Sgd { momentum, .. } => (momentum != 0.0, false),
+            _ => (true, true),
+        };
+        let (entries, banks) = state::assign(&dev, flat, need_m, need_v)?;
+        let total: u64 = entries.iter().map(|e| u64::from(e.len)).sum();
+        let chunk = clip::chunk_for(total);
+        let aux = clip::aux_for(&dev, &entries, chunk)?;
+        let dummy = |n: usize| Tensor::zeros(&dev, &[n]);
+        let fill_params = (0..kernel::SLOTS)
+            .map(|_| dummy(1))
+            .collect::<Result<Vec<_>>>()?;
+        let fill_grad = dummy(1)?;
+        Ok(Optimizer {
+            dev,
+            cfg,
+            entries,
+            banks,
+            step: 0,
+            aux,
+            chunk,
+            fill_params,
+            fill_grad,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &OptimConfig {
+        &self.cfg
+    }
+
+    /// Updates done so far.
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    /// The scheduled learning rate of the next update (before group multipliers).
+    pub fn lr(&self) -> f64 {
+        self.cfg.schedule.lr_at(self.cfg.lr, self.step)
+    }
+
+    /// Change the base learning rate (the schedule scales it).
+    pub fn set_lr(&mut self, lr: f64) -> Result<()> {
+        let mut c = self.cfg;
+        c.lr = lr;
+        c.validate()?;
+        self.cfg = c;
+        Ok(())
+    }
+
+    /// Change the schedule.
+    pub fn set_schedule(&mut self, s: LrSchedule) -> Result<()> {
+        let mut c = self.cfg;
+        c.schedule = s;
+        c.validate()?;
+        self.cfg = c;
+        Ok(())
+    }
+
+    /// Turn global-norm clipping on (`Some(max)`) or off.
+    pub fn set_clip_grad_norm(&mut self, max: Option<f64>) -> Result<()> {
+        let mut c = self.cfg;
+        c.max_grad_norm = max;
+        c.validate()?;
+        self.cfg = c;
+        Ok(())
+    }
+
+    /// The parameters, by name, in the order the optimizer keeps them.
+    pub fn parameters(&self) -> Vec<(String, Tensor)> {
+        self.entries
+            .iter()
+            .map(|e| (e.name.clone(), e.param.clone()))
+            .collect()
+    }
+
+    /// Total parameter elements.
+    pub fn num_elements(&self) -> usize {
+        self.entries.iter().map(|e| e.len as usize).sum()
+    }
+
+    /// One update of every parameter that has a gradient in `grads` (from `loss.backward()`);
+    /// parameters without one are left as they are. Records the work; nothing is read back.
+    pub fn step(&mut self, grads: &Gradients) -> Result<()> {
+        let mut live: Vec<(usize, Tensor)> = Vec::with_capacity(self.entries.len());
+        for (i, e) in self.entries.iter().enumerate() {
+            let Some(g) = grads.get(&e.param) else {
+                continue;
+            };
+            if g.shape() != e.param.shape() || g.dtype() != DType::F32 {
+                return Err(Error::Shape {
+                    op: "Optimizer::step",
+                    message: format!(
+                        "gradient of {} has shape {:?} ({}), the parameter {:?}",
+                        e.name,
+                        g.shape(),
+                        g.dtype().name(),
+                        e.param.shape()
+                    ),
+                });
+            }
+            // A gradient that shares a parameter's buffer cannot be bound next to it.
+            let g = if self
+                .entries
+                .iter()
+                .any(|o| Arc::ptr_eq(&o.param.storage, &g.storage))
+            {
+                let _ng = crate::autograd::no_grad();
+                g.mul_scalar(1.0)?
+            } else {
+                g.clone()
+            };
+            live.push((i, g));
+        }
+        if live.is_empty() {
+            return Err(Error::InvalidArgument {
+                op: "Optimizer::step",
+                message: format!(
+                    "none of the optimizer's {} parameters ({}, ...) has a gradient: was the loss computed from them?",
+                    self.entries.len(),
+                    self.entries[0].name
+                ),
+            });
+        }
+        let t = self.step + 1;
+        let lr = self.lr();
+        let clip = self.cfg.max_grad_norm;
+        let fill_refs: Vec<&Storage> = self.fill_params.iter().map(|t| &*t.storage).collect();
+        let fill_arr: [&Storage; kernel::SLOTS] = std::array::from_fn(|i| fill_refs[i]);
+        let fill = kernel::Fillers {
+            param: &fill_arr,
+            grad: &self.fill_grad.storage,
+        };
+        let (beta1_t, beta2_t) = match self.cfg.algorithm {
+            Algorithm::Adam { beta1, beta2, .. } | Algorithm::AdamW { beta1, beta2, .. } => {
+                (beta1.powf(t as f64), beta2.powf(t as f64))
+            }
+            Algorithm::Sgd { .. } => (0.0, 0.0),
+        };
+        if let Some(max_norm) = clip {
+            self.record_clip(&live, lr, beta1_t, fill, max_norm)?;
+        }
+        let entries = &self.entries;
+        let rule = match self.cfg.algorithm {
+            Algorithm::Sgd {
+                momentum,
+                dampening,
+                nesterov,
+            } => kernel::Rule::Sgd {
+                momentum: momentum as f32,
+                one_minus_dampening: (1.0 - dampening) as f32,
+                nesterov,
+                first: self.step == 0,
+            },
+            Algorithm::Adam { beta1, beta2, eps } | Algorithm::AdamW { beta1, beta2, eps } => {
+                kernel::Rule::Adam {
+                    beta1: beta1 as f32,
+                    one_minus_beta1: (1.0 - beta1) as f32,
+                    beta2: beta2 as f32,
+                    one_minus_beta2: (1.0 - beta2) as f32,
+                    eps: eps as f32,
+                    bc2_sqrt: (1.0 - beta2_t).sqrt() as f32,
+                    decoupled: matches!(self.cfg.algorithm, Algorithm::AdamW { .. }),
+                }
+            }
+        };
+        for (b, bank) in self.banks.iter().enumerate() {
+            let mine: Vec<&(usize, Tensor)> = live
+                .iter()
+                .filter(|(i, _)| self.entries[*i].bank == b)
+                .collect();
+            for chunk in mine.chunks(kernel::slots_for(&self.dev)) {
+                let slots: Vec<kernel::Slot<'_>> = chunk
+                    .iter()
+                    .map(|x| make_slot(entries, x, lr, beta1_t))
+                    .collect();
+                let bufs = kernel::Buffers {
+                    fill,
+                    m: &bank.m.storage,
+                    v: &bank.v.storage,
+                    aux: &self.aux.storage,
+                };
+                kernel::update(&self.dev, rule, &slots, &bufs, clip.is_some())?;
+            }
+        }
+        self.step = t;
+        Ok(())
+    }
+}
