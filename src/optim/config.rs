@@ -96,7 +96,7 @@ impl LrSchedule {
     }
 }
 
-/// What an [`Optimizer`] does: the rule, the base rate, default weight decay, clipping, schedule.
+/// What an [`Optimizer`](super::Optimizer) does: the rule, the base rate, default weight decay, clipping, schedule.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct OptimConfig {
     /// Update rule.
