@@ -1,4 +1,5 @@
-// Unary maps and scalar ops, one invocation per element, plus fill.
+// Unary maps and scalar ops, one invocation per element. The formulas, `apply`/`dapply` and the
+// entry points are the OPS region at the end, generated from src/ops/unary/table.rs.
 
 const WG: u32 = 256u;
 
@@ -43,30 +44,23 @@ fn is_nan_bits(v: f32) -> bool {
     return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
 }
 
-fn apply(op: u32, v: f32) -> f32 {
-    switch op {
-        case 0u: { return v + p.s; }          // add_scalar
-        case 1u: { return v * p.s; }          // mul_scalar
-        case 2u: { return -v; }               // neg
-        case 3u: { return exp(v); }           // exp
-        case 4u: { return log(v); }           // log
-        case 5u: { return sqrt(v); }          // sqrt
-        case 6u: {                            // pow by scalar; integer exponents keep negative bases
-            if is_nan_bits(v) { return v; }   // NaN stays NaN (lavapipe's pow(NaN, 2) is 0)
-            if p.s == round(p.s) {
-                let r = pow(abs(v), p.s);
-                if v < 0.0 && (i32(p.s) & 1) == 1 { return -r; }
-                if v == 0.0 && p.s == 0.0 { return 1.0; }
-                return r;
-            }
-            return pow(v, p.s);
-        }
-        case 7u: { return max(v, 0.0); }      // relu
-        case 8u: { return gelu_f(v); }        // gelu
-        case 9u: { return sigmoid_f(v); }     // sigmoid
-        case 10u: { return tanh_stable(v); }  // tanh
-        default: { return v; }
+// pow by a scalar; integer exponents keep negative bases.
+fn pow_f(v: f32, e: f32) -> f32 {
+    if is_nan_bits(v) { return v; }   // NaN stays NaN (lavapipe's pow(NaN, 2) is 0)
+    if e == round(e) {
+        let r = pow(abs(v), e);
+        if v < 0.0 && (i32(e) & 1) == 1 { return -r; }
+        if v == 0.0 && e == 0.0 { return 1.0; }
+        return r;
     }
+    return pow(v, e);
+}
+
+// d v^e / dv = e v^(e-1), with pow_f's conventions.
+fn dpow_f(s: f32, e: f32) -> f32 {
+    if e == 0.0 { return 0.0; }
+    if is_nan_bits(s) { return s; }        // NaN x: NaN gradient
+    return e * pow_f(s, e - 1.0);
 }
 
 fn run(op: u32, wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
@@ -88,29 +82,6 @@ fn run4(op: u32, wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
     }
 }
 
-@compute @workgroup_size(WG) fn add_scalar(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(0u, w, n, l); }
-@compute @workgroup_size(WG) fn mul_scalar(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(1u, w, n, l); }
-@compute @workgroup_size(WG) fn neg(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(2u, w, n, l); }
-@compute @workgroup_size(WG) fn exp_(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(3u, w, n, l); }
-@compute @workgroup_size(WG) fn log_(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(4u, w, n, l); }
-@compute @workgroup_size(WG) fn sqrt_(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(5u, w, n, l); }
-@compute @workgroup_size(WG) fn pow_scalar(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(6u, w, n, l); }
-@compute @workgroup_size(WG) fn relu(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(7u, w, n, l); }
-@compute @workgroup_size(WG) fn gelu(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(8u, w, n, l); }
-@compute @workgroup_size(WG) fn sigmoid(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(9u, w, n, l); }
-@compute @workgroup_size(WG) fn tanh_(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(10u, w, n, l); }
-@compute @workgroup_size(WG) fn add_scalar4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run4(0u, w, n, l); }
-@compute @workgroup_size(WG) fn mul_scalar4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run4(1u, w, n, l); }
-@compute @workgroup_size(WG) fn neg4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run4(2u, w, n, l); }
-@compute @workgroup_size(WG) fn exp_4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run4(3u, w, n, l); }
-@compute @workgroup_size(WG) fn log_4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run4(4u, w, n, l); }
-@compute @workgroup_size(WG) fn sqrt_4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run4(5u, w, n, l); }
-@compute @workgroup_size(WG) fn pow_scalar4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run4(6u, w, n, l); }
-@compute @workgroup_size(WG) fn relu4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run4(7u, w, n, l); }
-@compute @workgroup_size(WG) fn gelu4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run4(8u, w, n, l); }
-@compute @workgroup_size(WG) fn sigmoid4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run4(9u, w, n, l); }
-@compute @workgroup_size(WG) fn tanh_4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run4(10u, w, n, l); }
-
 // ---- backward: out = g * f'(...) where f' is read from the saved input x or output y ----
 
 @group(0) @binding(1) var<storage, read> bsaved: array<f32>;    // (n) x or y of the forward
@@ -123,48 +94,12 @@ fn dgelu(v: f32) -> f32 {
     return 0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * k * (1.0 + 3.0 * 0.044715 * v * v);
 }
 
-fn dapply(op: u32, s: f32, g: f32) -> f32 {
-    switch op {
-        case 3u: { return g * s; }                 // exp: saved y
-        case 4u: { return g / s; }                 // log: saved x
-        case 5u: { return g * 0.5 / s; }           // sqrt: saved y
-        case 6u: {                                 // pow: saved x
-            if p.s == 0.0 { return 0.0; }
-            if is_nan_bits(s) { return s; }        // NaN x: NaN gradient
-            let e = p.s - 1.0;
-            var r: f32;
-            if e == round(e) {
-                r = pow(abs(s), e);
-                if s < 0.0 && (i32(e) & 1) == 1 { r = -r; }
-                if s == 0.0 && e == 0.0 { r = 1.0; }
-            } else {
-                r = pow(s, e);
-            }
-            return g * p.s * r;
-        }
-        case 7u: { return select(0.0, g, s > 0.0); }      // relu: saved x
-        case 8u: { return g * dgelu(s); }                  // gelu: saved x
-        case 9u: { return g * s * (1.0 - s); }             // sigmoid: saved y
-        case 10u: { return g * (1.0 - s * s); }            // tanh: saved y
-        default: { return g; }
-    }
-}
-
 fn runb(op: u32, wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
     let i = flat(wid, nwg, lid);
     if i < p.n {
         bout[i] = dapply(op, bsaved[i], bgrad[i]);
     }
 }
-
-@compute @workgroup_size(WG) fn exp_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb(3u, w, n, l); }
-@compute @workgroup_size(WG) fn log_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb(4u, w, n, l); }
-@compute @workgroup_size(WG) fn sqrt_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb(5u, w, n, l); }
-@compute @workgroup_size(WG) fn pow_scalar_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb(6u, w, n, l); }
-@compute @workgroup_size(WG) fn relu_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb(7u, w, n, l); }
-@compute @workgroup_size(WG) fn gelu_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb(8u, w, n, l); }
-@compute @workgroup_size(WG) fn sigmoid_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb(9u, w, n, l); }
-@compute @workgroup_size(WG) fn tanh_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb(10u, w, n, l); }
 
 // Four elements per invocation when n % 4 == 0 (16-byte loads; a quarter of the invocations).
 @group(0) @binding(1) var<storage, read> bsaved4: array<vec4<f32>>;     // (n / 4)
@@ -180,11 +115,82 @@ fn runb4(op: u32, wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
     }
 }
 
+// BEGIN OPS GENERATED by ops::unary::table — do not edit; regenerate with PORTAGRAD_REGENERATE=1 cargo test --release --test shaders
+// From the table in src/ops/unary/table.rs; the case code is the row index.
+
+fn apply(op: u32, v: f32) -> f32 {
+    switch op {
+        case 0u: { return v + p.s; } // add_scalar
+        case 1u: { return v * p.s; } // mul_scalar
+        case 2u: { return -v; } // neg
+        case 3u: { return exp(v); } // exp_
+        case 4u: { return log(v); } // log_
+        case 5u: { return sqrt(v); } // sqrt_
+        case 6u: { return pow_f(v, p.s); } // pow_scalar
+        case 7u: { return max(v, 0.0); } // relu
+        case 8u: { return gelu_f(v); } // gelu
+        case 9u: { return sigmoid_f(v); } // sigmoid
+        case 10u: { return tanh_stable(v); } // tanh_
+        case 11u: { return abs(v); } // abs_
+        default: { return v; }
+    }
+}
+
+fn dapply(op: u32, s: f32, g: f32) -> f32 {
+    switch op {
+        case 3u: { return g * s; } // exp: saved y
+        case 4u: { return g / s; } // log: saved x
+        case 5u: { return g * 0.5 / s; } // sqrt: saved y
+        case 6u: { return g * dpow_f(s, p.s); } // pow_scalar: saved x
+        case 7u: { return select(0.0, g, s > 0.0); } // relu: saved x
+        case 8u: { return g * dgelu(s); } // gelu: saved x
+        case 9u: { return g * s * (1.0 - s); } // sigmoid: saved y
+        case 10u: { return g * (1.0 - s * s); } // tanh: saved y
+        case 11u: { return g * sign(s); } // abs: saved x
+        default: { return g; }
+    }
+}
+
+@compute @workgroup_size(WG) fn add_scalar(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(0u, w, n, l); }
+@compute @workgroup_size(WG) fn add_scalar4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run4(0u, w, n, l); }
+@compute @workgroup_size(WG) fn mul_scalar(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(1u, w, n, l); }
+@compute @workgroup_size(WG) fn mul_scalar4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run4(1u, w, n, l); }
+@compute @workgroup_size(WG) fn neg(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(2u, w, n, l); }
+@compute @workgroup_size(WG) fn neg4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run4(2u, w, n, l); }
+@compute @workgroup_size(WG) fn exp_(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(3u, w, n, l); }
+@compute @workgroup_size(WG) fn exp_4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run4(3u, w, n, l); }
+@compute @workgroup_size(WG) fn exp_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb(3u, w, n, l); }
 @compute @workgroup_size(WG) fn exp_backward4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb4(3u, w, n, l); }
+@compute @workgroup_size(WG) fn log_(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(4u, w, n, l); }
+@compute @workgroup_size(WG) fn log_4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run4(4u, w, n, l); }
+@compute @workgroup_size(WG) fn log_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb(4u, w, n, l); }
 @compute @workgroup_size(WG) fn log_backward4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb4(4u, w, n, l); }
+@compute @workgroup_size(WG) fn sqrt_(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(5u, w, n, l); }
+@compute @workgroup_size(WG) fn sqrt_4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run4(5u, w, n, l); }
+@compute @workgroup_size(WG) fn sqrt_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb(5u, w, n, l); }
 @compute @workgroup_size(WG) fn sqrt_backward4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb4(5u, w, n, l); }
+@compute @workgroup_size(WG) fn pow_scalar(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(6u, w, n, l); }
+@compute @workgroup_size(WG) fn pow_scalar4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run4(6u, w, n, l); }
+@compute @workgroup_size(WG) fn pow_scalar_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb(6u, w, n, l); }
 @compute @workgroup_size(WG) fn pow_scalar_backward4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb4(6u, w, n, l); }
+@compute @workgroup_size(WG) fn relu(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(7u, w, n, l); }
+@compute @workgroup_size(WG) fn relu4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run4(7u, w, n, l); }
+@compute @workgroup_size(WG) fn relu_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb(7u, w, n, l); }
 @compute @workgroup_size(WG) fn relu_backward4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb4(7u, w, n, l); }
+@compute @workgroup_size(WG) fn gelu(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(8u, w, n, l); }
+@compute @workgroup_size(WG) fn gelu4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run4(8u, w, n, l); }
+@compute @workgroup_size(WG) fn gelu_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb(8u, w, n, l); }
 @compute @workgroup_size(WG) fn gelu_backward4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb4(8u, w, n, l); }
+@compute @workgroup_size(WG) fn sigmoid(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(9u, w, n, l); }
+@compute @workgroup_size(WG) fn sigmoid4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run4(9u, w, n, l); }
+@compute @workgroup_size(WG) fn sigmoid_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb(9u, w, n, l); }
 @compute @workgroup_size(WG) fn sigmoid_backward4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb4(9u, w, n, l); }
+@compute @workgroup_size(WG) fn tanh_(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(10u, w, n, l); }
+@compute @workgroup_size(WG) fn tanh_4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run4(10u, w, n, l); }
+@compute @workgroup_size(WG) fn tanh_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb(10u, w, n, l); }
 @compute @workgroup_size(WG) fn tanh_backward4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb4(10u, w, n, l); }
+@compute @workgroup_size(WG) fn abs_(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run(11u, w, n, l); }
+@compute @workgroup_size(WG) fn abs_4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { run4(11u, w, n, l); }
+@compute @workgroup_size(WG) fn abs_backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb(11u, w, n, l); }
+@compute @workgroup_size(WG) fn abs_backward4(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) l: u32) { runb4(11u, w, n, l); }
+// END OPS

@@ -697,6 +697,13 @@ const OPS: &[FuzzOp] = &[
         Cpu::Map(unary::relu),
         When::Always,
     )),
+    // Non-smooth at 0, like relu: forward only.
+    no_grad(op(
+        "abs",
+        |t, _| t.abs(),
+        Cpu::Map(unary::abs),
+        When::Always,
+    )),
     op("+ y", |t, y| t.add(y), Cpu::WithY(ew::add), When::YFits),
     op(
         "y -",

@@ -1,4 +1,4 @@
-//! The unary ops (neg, scalar add/mul, exp, log, sqrt, powf, relu, gelu, sigmoid, tanh): the
+//! The unary ops (neg, scalar add/mul, exp, log, sqrt, powf, relu, gelu, sigmoid, tanh, abs): the
 //! GPU forward against `testing::reference::unary` on awkward shapes (size 1, 7, a
 //! non-power-of-two, and one past 65,535 × 256 elements, so 2-D grid folding is exercised),
 //! extreme inputs, and the GPU backward against the reference derivative and finite differences.
@@ -109,6 +109,7 @@ fn unary_ops_match_cpu() {
         1e-6,
     );
     check_unary("tanh", |t| t.tanh(), r::tanh, -10.0, 10.0, 1e-5, 1e-6);
+    check_unary("abs", |t| t.abs(), r::abs, -3.0, 3.0, 0.0, 0.0);
 }
 
 #[test]
@@ -220,4 +221,24 @@ fn unary_gradients() {
         6.0,
     );
     unary_case("tanh", &|t| t.tanh(), &r::tanh, &r::dtanh, -3.0, 3.0);
+    // abs: each side of the kink at 0, as for relu.
+    unary_case("abs+", &|t| t.abs(), &r::abs, &r::dabs, 0.05, 2.0);
+    unary_case("abs-", &|t| t.abs(), &r::abs, &r::dabs, -2.0, -0.05);
+}
+
+/// At the kink the gradient of |x| is 0 (PyTorch's sign convention), and -0 maps to +0.
+#[test]
+fn abs_at_zero() {
+    let x = upload(&[0.0, -0.0, -1.5, 2.0, f32::NEG_INFINITY], &[5]).with_grad();
+    let y = x.abs().unwrap();
+    assert_eq!(y.to_vec().unwrap(), [0.0, 0.0, 1.5, 2.0, f32::INFINITY]);
+    assert!(y.to_vec().unwrap()[1].is_sign_positive());
+    let grads = y.sum().unwrap().backward().unwrap();
+    let g = grads.get(&x).expect("x has a gradient").to_vec().unwrap();
+    assert_eq!(g, [0.0, 0.0, -1.0, 1.0, -1.0]);
+    let want: Vec<f32> = [0.0, -0.0, -1.5, 2.0, f64::NEG_INFINITY]
+        .iter()
+        .map(|&v| r::dabs(v) as f32)
+        .collect();
+    assert_eq!(g, want);
 }

@@ -109,6 +109,10 @@ pub const FILES: &[GeneratedFile] = &[
         source: crate::ops::matmul::generate::subgroup_source,
     },
     GeneratedFile {
+        path: "shaders/unary.wgsl",
+        source: crate::ops::unary::table::file_source,
+    },
+    GeneratedFile {
         path: "shaders/optim.wgsl",
         source: crate::ops::optim::launch::file_source,
     },

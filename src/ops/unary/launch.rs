@@ -17,58 +17,7 @@ struct Params {
 }
 const _: () = assert!(std::mem::size_of::<Params>() == 16);
 
-/// The unary ops; each is its own entry point.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Op {
-    AddScalar,
-    MulScalar,
-    Neg,
-    Exp,
-    Log,
-    Sqrt,
-    PowScalar,
-    Relu,
-    Gelu,
-    Sigmoid,
-    Tanh,
-}
-
-/// Each op's entry points: scalar and vec4 forward, scalar and vec4 backward. One table of
-/// literals, so no entry name is built at dispatch time.
-macro_rules! entries {
-    ($($op:ident => $fwd:literal, $back:literal;)*) => {
-        impl Op {
-            pub(crate) fn entry(self) -> &'static str {
-                match self { $(Op::$op => $fwd,)* }
-            }
-            /// The vec4 form, for element counts that are a multiple of 4.
-            pub(crate) fn entry4(self) -> &'static str {
-                match self { $(Op::$op => concat!($fwd, "4"),)* }
-            }
-            pub(crate) fn backward_entry(self) -> &'static str {
-                match self { $(Op::$op => concat!($back, "_backward"),)* }
-            }
-            pub(crate) fn backward_entry4(self) -> &'static str {
-                match self { $(Op::$op => concat!($back, "_backward4"),)* }
-            }
-        }
-    };
-}
-
-// Forward names that clash with WGSL built-ins end in `_`; their backward names do not.
-entries! {
-    AddScalar => "add_scalar", "add_scalar";
-    MulScalar => "mul_scalar", "mul_scalar";
-    Neg => "neg", "neg";
-    Exp => "exp_", "exp";
-    Log => "log_", "log";
-    Sqrt => "sqrt_", "sqrt";
-    PowScalar => "pow_scalar", "pow_scalar";
-    Relu => "relu", "relu";
-    Gelu => "gelu", "gelu";
-    Sigmoid => "sigmoid", "sigmoid";
-    Tanh => "tanh_", "tanh";
-}
+pub(crate) use super::table::Op;
 
 pub(crate) fn unary(x: &Tensor, op: Op, s: f32) -> Result<Tensor> {
     x.expect_dtype(op.entry(), DType::F32)?;
@@ -97,7 +46,7 @@ pub(crate) fn unary(x: &Tensor, op: Op, s: f32) -> Result<Tensor> {
 }
 
 /// Gradient of a unary op: `g * f'(saved)`, where `saved` is the forward input or output
-/// (as the op's formula needs: see `dapply` in the shader).
+/// (as the op's row in `table.rs` says).
 pub(crate) fn backward(op: Op, saved: &Tensor, g: &Tensor, s: f32) -> Result<Tensor> {
     let out = Tensor::empty(&g.dev, "backward", &g.shape, DType::F32)?;
     let n = g.numel();

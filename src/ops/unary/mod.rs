@@ -1,7 +1,8 @@
-//! Unary elementwise ops of [`Tensor`] and their gradients; launcher in `launch.rs`, WGSL in
-//! `shaders/unary.wgsl`.
+//! Unary elementwise ops of [`Tensor`] and their gradients; the op table in `table.rs`,
+//! launcher in `launch.rs`, WGSL in `shaders/unary.wgsl`.
 
 pub(crate) mod launch;
+pub(crate) mod table;
 // The f64 CPU reference, public as `testing::reference::unary`.
 pub mod reference;
 
@@ -10,16 +11,16 @@ use crate::error::Result;
 use crate::tensor::Tensor;
 
 fn unary_op(x: &Tensor, op: unary::Op, s: f32) -> Result<Tensor> {
-    use unary::Op;
+    use table::{Op, Saved};
     let out = unary::unary(x, op, s)?;
     if !Tensor::should_record(&[x]) {
         return Ok(out);
     }
     // Which forward value the derivative is written in terms of.
-    let saved = match op {
-        Op::Exp | Op::Sqrt | Op::Sigmoid | Op::Tanh => Some(out.detach()),
-        Op::Log | Op::PowScalar | Op::Relu | Op::Gelu => Some(x.detach()),
-        Op::AddScalar | Op::MulScalar | Op::Neg => None,
+    let saved = match op.saved() {
+        Saved::Output => Some(out.detach()),
+        Saved::Input => Some(x.detach()),
+        Saved::Nothing => None,
     };
     let back: crate::autograd::BackwardFn = Box::new(move |g| {
         let gx = match (op, &saved) {
@@ -27,7 +28,7 @@ fn unary_op(x: &Tensor, op: unary::Op, s: f32) -> Result<Tensor> {
             (Op::MulScalar, _) => g.mul_scalar(s)?,
             (Op::Neg, _) => g.neg()?,
             (_, Some(v)) => unary::backward(op, v, g, s)?,
-            (_, None) => unreachable!("every other op saves a value"),
+            (_, None) => unreachable!("table.rs: every other op saves a value"),
         };
         Ok(vec![Some(gx)])
     });
@@ -78,5 +79,9 @@ impl Tensor {
     /// Hyperbolic tangent.
     pub fn tanh(&self) -> Result<Tensor> {
         unary_op(self, unary::Op::Tanh, 0.0)
+    }
+    /// `|self|`; its gradient is `sign(self)` (0 at 0, as PyTorch).
+    pub fn abs(&self) -> Result<Tensor> {
+        unary_op(self, unary::Op::Abs, 0.0)
     }
 }

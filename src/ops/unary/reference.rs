@@ -97,3 +97,12 @@ pub fn tanh(x: f64) -> f64 {
 pub fn dtanh(x: f64) -> f64 {
     1.0 - x.tanh().powi(2)
 }
+
+/// `|x|`.
+pub fn abs(x: f64) -> f64 {
+    x.abs()
+}
+/// d|x|/dx = sign(x), 0 at 0 (as PyTorch and the GPU).
+pub fn dabs(x: f64) -> f64 {
+    if x == 0.0 { 0.0 } else { x.signum() }
+}
