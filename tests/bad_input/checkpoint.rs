@@ -10,7 +10,7 @@ use portagrad::testing::shared_device;
 use portagrad::{Activation, Device, Tensor};
 
 use crate::hostile::hostile_safetensors;
-use crate::{Check, Corpus, ensure, err, ids, ok, tmp_dir};
+use crate::{Check, Corpus, ensure, err, ids, ok, safetensors_bytes, tmp_dir};
 
 /// A small MLP and its Adam state saved to `c.safetensors` in a directory of its own, with the
 /// file's bytes and the parameters' values as saved.
@@ -65,23 +65,14 @@ fn named_file(
     params: &[(String, Tensor)],
     f: &dyn Fn(&str, &Tensor) -> (Vec<u8>, Vec<usize>, safetensors::Dtype),
 ) -> Vec<u8> {
-    let host: Vec<(String, Vec<u8>, Vec<usize>, safetensors::Dtype)> = params
+    let host: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = params
         .iter()
         .map(|(n, p)| {
             let (b, s, dt) = f(n, p);
-            (n.clone(), b, s, dt)
+            (n.clone(), dt, s, b)
         })
         .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = host
-        .iter()
-        .map(|(n, b, s, dt)| {
-            (
-                n.clone(),
-                safetensors::tensor::TensorView::new(*dt, s.clone(), b).unwrap(),
-            )
-        })
-        .collect();
-    safetensors::serialize(views, None).unwrap()
+    safetensors_bytes(&host)
 }
 
 fn as_f32(p: &Tensor) -> Vec<u8> {

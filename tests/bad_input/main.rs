@@ -154,6 +154,20 @@ impl Corpus {
     }
 }
 
+/// A safetensors file of `(name, dtype, shape, bytes)` tensors.
+fn safetensors_bytes(tensors: &[(String, safetensors::Dtype, Vec<usize>, Vec<u8>)]) -> Vec<u8> {
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, dt, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*dt, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize(views, None).unwrap()
+}
+
 fn tmp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("portagrad-bad-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);

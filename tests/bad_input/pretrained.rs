@@ -9,7 +9,7 @@ use portagrad::testing::shared_device;
 use safetensors::Dtype;
 
 use crate::hostile::hostile_safetensors;
-use crate::{Corpus, err, ok, tiny_cfg, tmp_dir};
+use crate::{Corpus, err, ok, safetensors_bytes, tiny_cfg, tmp_dir};
 
 /// A tiny GPT saved with `save_pretrained` to a directory of its own, with the text and bytes
 /// of its two files (each case that breaks them restores them).
@@ -33,6 +33,34 @@ impl Saved {
             cfg_text,
             st_bytes,
         }
+    }
+
+    /// Put both files back as saved.
+    fn restore(&self) {
+        std::fs::write(self.dir.join("config.json"), &self.cfg_text).unwrap();
+        std::fs::write(self.dir.join("model.safetensors"), &self.st_bytes).unwrap();
+    }
+
+    /// model.safetensors as saved, plus a tensor `name` of 4 f32 zeros.
+    fn write_with_extra(&self, name: &str) {
+        let data = vec![0u8; 16];
+        let st = safetensors::SafeTensors::deserialize(&self.st_bytes).unwrap();
+        let mut views: Vec<(String, safetensors::tensor::TensorView<'_>)> = st.tensors();
+        views.push((
+            name.into(),
+            safetensors::tensor::TensorView::new(Dtype::F32, vec![4], &data).unwrap(),
+        ));
+        std::fs::write(
+            self.dir.join("model.safetensors"),
+            safetensors::serialize(views, None).unwrap(),
+        )
+        .unwrap();
+    }
+}
+
+impl Drop for Saved {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -141,20 +169,7 @@ fn write_tensors_to(dir: &Path, f: &dyn Fn(&str, &[usize]) -> Option<(Dtype, Vec
             })
         })
         .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = host
-        .iter()
-        .map(|(n, dt, s, b)| {
-            (
-                n.clone(),
-                safetensors::tensor::TensorView::new(*dt, s.clone(), b).unwrap(),
-            )
-        })
-        .collect();
-    std::fs::write(
-        dir.join("model.safetensors"),
-        safetensors::serialize(views, None).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(dir.join("model.safetensors"), safetensors_bytes(&host)).unwrap();
 }
 
 #[test]
@@ -162,18 +177,11 @@ fn missing_files() {
     let dev = shared_device();
     let d = &dev;
     let mut c = Corpus::new("pretrained/missing");
-    let Saved {
-        dir,
-        cfg_text,
-        st_bytes,
-        ..
-    } = Saved::new(d, "pretrained-missing");
-    let restore = || {
-        std::fs::write(dir.join("config.json"), &cfg_text).unwrap();
-        std::fs::write(dir.join("model.safetensors"), &st_bytes).unwrap();
-    };
+    let s = Saved::new(d, "pretrained-missing");
+    let dir = &s.dir;
+    let restore = || s.restore();
     c.case("pretrained: the good directory loads", || {
-        ok(load_pretrained(d, &dir)).map(|_| ())
+        ok(load_pretrained(d, dir)).map(|_| ())
     });
     c.case("pretrained: missing directory", || {
         err(
@@ -184,14 +192,13 @@ fn missing_files() {
     });
     c.case("pretrained: missing model.safetensors", || {
         std::fs::remove_file(dir.join("model.safetensors")).unwrap();
-        let r = err(load_pretrained(d, &dir), "Io", &["model.safetensors"]);
+        let r = err(load_pretrained(d, dir), "Io", &["model.safetensors"]);
         restore();
         r
     });
     c.case("load_config of a missing file", || {
         err(load_config(&dir.join("none.json")), "Io", &["none.json"])
     });
-    let _ = std::fs::remove_dir_all(&dir);
     c.finish();
 }
 
@@ -200,21 +207,14 @@ fn hostile_safetensors_bytes() {
     let dev = shared_device();
     let d = &dev;
     let mut c = Corpus::new("pretrained/hostile");
-    let Saved {
-        dir,
-        cfg_text,
-        st_bytes,
-        ..
-    } = Saved::new(d, "pretrained-hostile");
-    let restore = || {
-        std::fs::write(dir.join("config.json"), &cfg_text).unwrap();
-        std::fs::write(dir.join("model.safetensors"), &st_bytes).unwrap();
-    };
-    for (name, bytes) in hostile_safetensors(&st_bytes) {
+    let s = Saved::new(d, "pretrained-hostile");
+    let dir = &s.dir;
+    let restore = || s.restore();
+    for (name, bytes) in hostile_safetensors(&s.st_bytes) {
         c.case(&format!("pretrained: {name}"), || {
             std::fs::write(dir.join("model.safetensors"), &bytes).unwrap();
             let r = err(
-                load_pretrained(d, &dir),
+                load_pretrained(d, dir),
                 "InvalidArgument",
                 &["model.safetensors"],
             );
@@ -222,7 +222,6 @@ fn hostile_safetensors_bytes() {
             r
         });
     }
-    let _ = std::fs::remove_dir_all(&dir);
     c.finish();
 }
 
@@ -231,21 +230,14 @@ fn malformed_config_json() {
     let dev = shared_device();
     let d = &dev;
     let mut c = Corpus::new("pretrained/config");
-    let Saved {
-        dir,
-        cfg_text,
-        st_bytes,
-        ..
-    } = Saved::new(d, "pretrained-config");
-    let restore = || {
-        std::fs::write(dir.join("config.json"), &cfg_text).unwrap();
-        std::fs::write(dir.join("model.safetensors"), &st_bytes).unwrap();
-    };
-    for (name, text, words) in bad_configs(&cfg_text) {
+    let s = Saved::new(d, "pretrained-config");
+    let dir = &s.dir;
+    let restore = || s.restore();
+    for (name, text, words) in bad_configs(&s.cfg_text) {
         c.case(&format!("pretrained: {name}"), || {
             std::fs::write(dir.join("config.json"), &text).unwrap();
             let r = err(
-                load_pretrained(d, &dir).map(|_| ()),
+                load_pretrained(d, dir).map(|_| ()),
                 "InvalidArgument",
                 &words,
             );
@@ -253,7 +245,6 @@ fn malformed_config_json() {
             r
         });
     }
-    let _ = std::fs::remove_dir_all(&dir);
     c.finish();
 }
 
@@ -262,19 +253,11 @@ fn tensor_dtypes() {
     let dev = shared_device();
     let d = &dev;
     let mut c = Corpus::new("pretrained/dtypes");
-    let Saved {
-        dir,
-        cfg_text,
-        st_bytes,
-        ..
-    } = Saved::new(d, "pretrained-dtypes");
-    let restore = || {
-        std::fs::write(dir.join("config.json"), &cfg_text).unwrap();
-        std::fs::write(dir.join("model.safetensors"), &st_bytes).unwrap();
-    };
-    let write_tensors = |f: &dyn Fn(&str, &[usize]) -> Option<(Dtype, Vec<usize>, usize)>| {
-        write_tensors_to(&dir, f)
-    };
+    let s = Saved::new(d, "pretrained-dtypes");
+    let dir = &s.dir;
+    let restore = || s.restore();
+    let write_tensors =
+        |f: &dyn Fn(&str, &[usize]) -> Option<(Dtype, Vec<usize>, usize)>| write_tensors_to(dir, f);
     for (name, dtype, bpe, words) in [
         (
             "I64 tensors",
@@ -289,7 +272,7 @@ fn tensor_dtypes() {
         c.case(&format!("pretrained: {name}"), || {
             write_tensors(&|_, s| Some((dtype, s.to_vec(), bpe)));
             let r = err(
-                load_pretrained(d, &dir).map(|_| ()),
+                load_pretrained(d, dir).map(|_| ()),
                 "InvalidArgument",
                 &words,
             );
@@ -309,11 +292,10 @@ fn tensor_dtypes() {
                 2,
             ))
         });
-        let r = ok(load_pretrained(d, &dir)).map(|_| ());
+        let r = ok(load_pretrained(d, dir)).map(|_| ());
         restore();
         r
     });
-    let _ = std::fs::remove_dir_all(&dir);
     c.finish();
 }
 
@@ -322,23 +304,15 @@ fn tensors_that_do_not_fit_the_config() {
     let dev = shared_device();
     let d = &dev;
     let mut c = Corpus::new("pretrained/tensors");
-    let Saved {
-        dir,
-        cfg_text,
-        st_bytes,
-        ..
-    } = Saved::new(d, "pretrained-tensors");
-    let restore = || {
-        std::fs::write(dir.join("config.json"), &cfg_text).unwrap();
-        std::fs::write(dir.join("model.safetensors"), &st_bytes).unwrap();
-    };
-    let write_tensors = |f: &dyn Fn(&str, &[usize]) -> Option<(Dtype, Vec<usize>, usize)>| {
-        write_tensors_to(&dir, f)
-    };
+    let s = Saved::new(d, "pretrained-tensors");
+    let dir = &s.dir;
+    let restore = || s.restore();
+    let write_tensors =
+        |f: &dyn Fn(&str, &[usize]) -> Option<(Dtype, Vec<usize>, usize)>| write_tensors_to(dir, f);
     c.case("pretrained: a tensor missing", || {
         write_tensors(&|n, s| (!n.contains("c_fc.bias")).then(|| (Dtype::F32, s.to_vec(), 4)));
         let r = err(
-            load_pretrained(d, &dir).map(|_| ()),
+            load_pretrained(d, dir).map(|_| ()),
             "InvalidArgument",
             &["c_fc.bias", "missing"],
         );
@@ -354,14 +328,13 @@ fn tensors_that_do_not_fit_the_config() {
             Some((Dtype::F32, s, 4))
         });
         let r = err(
-            load_pretrained(d, &dir).map(|_| ()),
+            load_pretrained(d, dir).map(|_| ()),
             "InvalidArgument",
             &["wpe", "config.json"],
         );
         restore();
         r
     });
-    let _ = std::fs::remove_dir_all(&dir);
     c.finish();
 }
 
@@ -370,34 +343,13 @@ fn extra_tensors() {
     let dev = shared_device();
     let d = &dev;
     let mut c = Corpus::new("pretrained/extra");
-    let Saved {
-        dir,
-        cfg_text,
-        st_bytes,
-        ..
-    } = Saved::new(d, "pretrained-extra");
-    let restore = || {
-        std::fs::write(dir.join("config.json"), &cfg_text).unwrap();
-        std::fs::write(dir.join("model.safetensors"), &st_bytes).unwrap();
-    };
+    let s = Saved::new(d, "pretrained-extra");
+    let dir = &s.dir;
+    let restore = || s.restore();
     c.case("pretrained: an extra tensor", || {
-        let data = vec![0u8; 16];
-        let mut views: Vec<(String, safetensors::tensor::TensorView<'_>)> = vec![];
-        let st = safetensors::SafeTensors::deserialize(&st_bytes).unwrap();
-        for (n, v) in st.tensors() {
-            views.push((n, v));
-        }
-        views.push((
-            "transformer.h.7.mlp.c_fc.weight".into(),
-            safetensors::tensor::TensorView::new(Dtype::F32, vec![4], &data).unwrap(),
-        ));
-        std::fs::write(
-            dir.join("model.safetensors"),
-            safetensors::serialize(views, None).unwrap(),
-        )
-        .unwrap();
+        s.write_with_extra("transformer.h.7.mlp.c_fc.weight");
         let r = err(
-            load_pretrained(d, &dir).map(|_| ()),
+            load_pretrained(d, dir).map(|_| ()),
             "InvalidArgument",
             &["h.7"],
         );
@@ -405,27 +357,15 @@ fn extra_tensors() {
         r
     });
     c.case("pretrained: lm_head of the wrong shape", || {
-        let data = vec![0u8; 16];
-        let st = safetensors::SafeTensors::deserialize(&st_bytes).unwrap();
-        let mut views: Vec<(String, safetensors::tensor::TensorView<'_>)> = st.tensors();
-        views.push((
-            "lm_head.weight".into(),
-            safetensors::tensor::TensorView::new(Dtype::F32, vec![4], &data).unwrap(),
-        ));
-        std::fs::write(
-            dir.join("model.safetensors"),
-            safetensors::serialize(views, None).unwrap(),
-        )
-        .unwrap();
+        s.write_with_extra("lm_head.weight");
         let r = err(
-            load_pretrained(d, &dir).map(|_| ()),
+            load_pretrained(d, dir).map(|_| ()),
             "InvalidArgument",
             &["lm_head"],
         );
         restore();
         r
     });
-    let _ = std::fs::remove_dir_all(&dir);
     c.finish();
 }
 
@@ -434,7 +374,8 @@ fn what_cannot_be_saved() {
     let dev = shared_device();
     let d = &dev;
     let mut c = Corpus::new("pretrained/save");
-    let Saved { dir, model, .. } = Saved::new(d, "pretrained-save");
+    let s = Saved::new(d, "pretrained-save");
+    let (dir, model) = (&s.dir, &s.model);
     c.case("save_tensors to a missing directory", || {
         err(
             save_tensors(&dir.join("no/dir/x.safetensors"), &model.parameters()),
@@ -444,8 +385,7 @@ fn what_cannot_be_saved() {
     });
     c.case("save_pretrained to a file path", || {
         let f = dir.join("config.json");
-        err(save_pretrained(&model, &f), "Io", &[])
+        err(save_pretrained(model, &f), "Io", &[])
     });
-    let _ = std::fs::remove_dir_all(&dir);
     c.finish();
 }

@@ -66,7 +66,7 @@ pub(crate) fn forward(
     // q, k, v: (B, H, T, D) -> o: (B, H, T, D), lse: (B, H, T)
     dev.dispatch(
         pl.shader,
-        &pl.entry(FWD),
+        pl.entry(FWD),
         &consts(d, &pl),
         &p,
         &[
@@ -103,7 +103,7 @@ pub(crate) fn backward(
     // q, k, v, dO, o: (B, H, T, D), lse: (B, H, T) -> dq: (B, H, T, D), delta: (B, H, T)
     dev.dispatch(
         pl.shader,
-        &pl.entry(DQ),
+        pl.entry(DQ),
         &consts(d, &pl),
         &p,
         &[
@@ -122,7 +122,7 @@ pub(crate) fn backward(
     // q, k, v, dO: (B, H, T, D), lse, delta: (B, H, T) -> dk, dv: (B, H, T, D)
     dev.dispatch(
         pl.shader,
-        &pl.entry(DKV),
+        pl.entry(DKV),
         &consts(d, &pl),
         &p,
         &[
@@ -195,20 +195,20 @@ pub(crate) fn decode(q: &Tensor, cache_k: &Tensor, cache_v: &Tensor, len: usize)
         (
             pl.shader,
             "attn_decode_cpu",
-            vec![("D4", (d / 4) as f64), ("WG", f64::from(pl.wg))],
+            &[("D4", (d / 4) as f64), ("WG", f64::from(pl.wg))][..],
         )
     } else {
         (
             fixed_d_shader(d, false),
             "attn_decode",
-            vec![("DWG", f64::from(DWG))],
+            &[("DWG", f64::from(DWG))][..],
         )
     };
     // q: (B, H, n, D), cache_k, cache_v: (B, H, max, D) -> o: (B, H, n, D)
     dev.dispatch(
         shader,
         entry,
-        &consts,
+        consts,
         &p,
         &[
             (&q.storage, Access::Read),

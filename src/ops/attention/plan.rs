@@ -51,7 +51,13 @@ pub(crate) const DWG: u32 = 64;
 pub(crate) const FWD: usize = 0;
 pub(crate) const DQ: usize = 1;
 pub(crate) const DKV: usize = 2;
-const ENTRIES: [&str; 3] = ["attn_fwd", "attn_bwd_dq", "attn_bwd_dkv"];
+/// Entry points of the three row kernels per form: portable, CPU, tiled (literals, so no name
+/// is built at dispatch time).
+const ENTRIES: [[&str; 3]; 3] = [
+    ["attn_fwd", "attn_bwd_dq", "attn_bwd_dkv"],
+    ["attn_fwd_cpu", "attn_bwd_dq_cpu", "attn_bwd_dkv_cpu"],
+    ["attn_fwd_tiled", "attn_bwd_dq_tiled", "attn_bwd_dkv_tiled"],
+];
 
 /// How the row kernels (forward, dQ, dK/dV) run for one head size on one device.
 pub(crate) struct Plan {
@@ -69,14 +75,15 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    pub(crate) fn entry(&self, kernel: usize) -> String {
-        if self.cpu {
-            format!("{}_cpu", ENTRIES[kernel])
+    pub(crate) fn entry(&self, kernel: usize) -> &'static str {
+        let form = if self.cpu {
+            1
         } else if self.bc > 0 {
-            format!("{}_tiled", ENTRIES[kernel])
+            2
         } else {
-            ENTRIES[kernel].to_string()
-        }
+            0
+        };
+        ENTRIES[form][kernel]
     }
 }
 
@@ -155,14 +162,32 @@ pub(crate) fn row_params(
     Ok((p, grid_1d((blocks * bh) as u64)?))
 }
 
-pub(crate) fn consts(d: usize, pl: &Plan) -> Vec<(&'static str, f64)> {
-    let mut c = vec![("WG", f64::from(pl.wg))];
+/// The override constants of a plan's kernels: `WG`, and `D4` (CPU form) or `BC` (tiled form).
+/// A fixed array, not a `Vec`: built on every dispatch.
+pub(crate) struct Consts {
+    c: [(&'static str, f64); 2],
+    n: usize,
+}
+
+impl std::ops::Deref for Consts {
+    type Target = [(&'static str, f64)];
+    fn deref(&self) -> &Self::Target {
+        &self.c[..self.n]
+    }
+}
+
+pub(crate) fn consts(d: usize, pl: &Plan) -> Consts {
+    let wg = ("WG", f64::from(pl.wg));
     // The portable and tiled modules have D4 built in (`fixed_d_shader`).
-    if pl.cpu {
-        c.push(("D4", (d / 4) as f64));
+    let second = if pl.cpu {
+        Some(("D4", (d / 4) as f64))
+    } else if pl.bc > 0 {
+        Some(("BC", f64::from(pl.bc)))
+    } else {
+        None
+    };
+    match second {
+        Some(s) => Consts { c: [wg, s], n: 2 },
+        None => Consts { c: [wg, wg], n: 1 },
     }
-    if pl.bc > 0 {
-        c.push(("BC", f64::from(pl.bc)));
-    }
-    c
 }

@@ -3,7 +3,7 @@
 //!
 //! # Which kernel runs (the rule)
 //!
-//! No single kernel is fast everywhere (see the lavapipe notes in DESIGN.md), so [`choose`]
+//! No single kernel is fast everywhere (see docs/ARCHITECTURE.md and the figures below), so [`choose`]
 //! picks one per adapter and shape:
 //!
 //! 1. `M <= 4` on a GPU → [`Kernel::Gemv`]: K split over each workgroup's invocations so that
