@@ -95,7 +95,7 @@ pub use error::{Error, Result};
 pub use ops::attention::{
     KvCache, MAX_HEAD_DIM, attend_cached, attention, attention_qkv,
     attention_shader_source_for_cpu_adapters, attention_shader_source_for_gpus, attention_variant,
-    merge_heads, split_heads, with_attention_kernels,
+    merge_heads, split_heads,
 };
 pub use ops::matmul::{Activation, WeightLayout};
 pub use runtime::{Device, DeviceInfo, DeviceOptions, Stats};
@@ -116,12 +116,49 @@ pub fn generated_files() -> Vec<(&'static str, String)> {
         .collect()
 }
 
-/// The modules generated at run time from those sources, by name: the optimizer for each slot
-/// count below the file's (WebGPU's default limits take 2). For the shader validation test;
-/// the attention modules per head size are checked in tests/attention.rs.
+/// A module generated at run time, for the shader validation test: its name, source, and the
+/// override constants a launcher sets on it.
 #[doc(hidden)]
-pub fn generated_shader_sources() -> Vec<(String, String)> {
-    (1..ops::optim::launch::SLOTS)
-        .map(|n| (format!("optim_{n}slots"), ops::optim::launch::source_for(n)))
-        .collect()
+pub struct GeneratedModule {
+    pub name: String,
+    pub source: String,
+    pub constants: Vec<(String, f64)>,
+    /// Whether it needs subgroup operations (compiled only on devices that have them).
+    pub subgroups: bool,
+}
+
+/// The modules generated at run time: the optimizer for each slot count below the file's
+/// (WebGPU's default limits take 2); the straight-line attention kernels for CPU adapters for
+/// head sizes with each row-per-lane setting; the GPU attention modules (D built in) with the
+/// staged-block rows `BC` the launcher picks for each head size.
+#[doc(hidden)]
+pub fn generated_shader_sources() -> Vec<GeneratedModule> {
+    let module = |name: String, source: String, constants: Vec<(String, f64)>| GeneratedModule {
+        subgroups: source.contains("subgroup"),
+        name,
+        source,
+        constants,
+    };
+    let mut out: Vec<GeneratedModule> = (1..ops::optim::launch::SLOTS)
+        .map(|n| {
+            let src = ops::optim::launch::source_for(n);
+            module(format!("optim_{n}slots"), src, vec![])
+        })
+        .collect();
+    for d in [4, 16, 36, 64, 80, 128] {
+        let src = attention_shader_source_for_cpu_adapters(d);
+        out.push(module(format!("attention_cpu_d{d}"), src, vec![]));
+    }
+    // (D, BC) as the launcher picks them: 512 vec4s per block, whole steps of 8, at most 64.
+    for (d, bc) in [(4, 64), (32, 64), (64, 32), (80, 24), (96, 16), (128, 16)] {
+        let tiled = attention_shader_source_for_gpus(d, true);
+        out.push(module(
+            format!("attention_tiled_d{d}_bc{bc}"),
+            tiled,
+            vec![("BC".into(), bc as f64)],
+        ));
+        let portable = attention_shader_source_for_gpus(d, false);
+        out.push(module(format!("attention_d{d}"), portable, vec![]));
+    }
+    out
 }

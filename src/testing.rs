@@ -186,6 +186,14 @@ pub fn force_kernel(family: Family, name: &str) -> Result<KernelGuard> {
     })
 }
 
+/// Run `f` with `family`'s kernel forced to `name` on the calling thread ([`force_kernel`]);
+/// an unknown name is an error, not the adapter's choice.
+#[doc(hidden)]
+pub fn with_kernel<R>(family: Family, name: &str, f: impl FnOnce() -> R) -> Result<R> {
+    let _guard = force_kernel(family, name)?;
+    Ok(f())
+}
+
 /// The guard of [`force_row_kernel`] (its callers name the type).
 #[doc(hidden)]
 pub type RowKernelGuard = KernelGuard;

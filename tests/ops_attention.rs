@@ -10,10 +10,10 @@ use portagrad::testing::reference::attention::{
     Dims, backward as cpu_attention_backward, forward as cpu_attention, merge_heads as cpu_merge,
     merge_heads3 as cpu_merge3, split_heads as cpu_split, unmerge_heads as cpu_unmerge,
 };
-use portagrad::testing::{assert_close, random_vec, shared_device};
+use portagrad::testing::{Family, assert_close, random_vec, shared_device, with_kernel};
 use portagrad::{
     Error, KvCache, Tensor, attend_cached, attention, attention_qkv, attention_variant,
-    merge_heads, split_heads, with_attention_kernels,
+    merge_heads, split_heads,
 };
 
 fn to64(v: &[f32]) -> Vec<f64> {
@@ -38,15 +38,17 @@ fn qkv_data(dims: Dims, seed: u64) -> [Vec<f32>; 3] {
 /// so tests running in parallel do not disturb each other.
 fn each_kind(f: impl Fn()) {
     let dev = shared_device();
-    let default = with_attention_kernels("default", || attention_variant(&dev, 64));
+    let default =
+        with_kernel(Family::Attention, "default", || attention_variant(&dev, 64)).unwrap();
     for kind in ["default", "portable", "tiled"] {
         if kind != "default" && kind == default {
             continue;
         }
-        with_attention_kernels(kind, || {
+        with_kernel(Family::Attention, kind, || {
             eprintln!("attention kernels: {}", attention_variant(&dev, 64));
             f()
-        });
+        })
+        .unwrap();
     }
 }
 
@@ -592,99 +594,14 @@ fn kernel_kinds_can_be_forced() {
     let dev = shared_device();
     for kind in ["portable", "tiled"] {
         assert_eq!(
-            with_attention_kernels(kind, || attention_variant(&dev, 64)),
+            with_kernel(Family::Attention, kind, || attention_variant(&dev, 64)).unwrap(),
             kind
         );
     }
-    let default = with_attention_kernels("default", || attention_variant(&dev, 64));
+    let default =
+        with_kernel(Family::Attention, "default", || attention_variant(&dev, 64)).unwrap();
     eprintln!("attention kernels on this adapter: {default}");
     if !dev.info().is_cpu {
         assert_eq!(default, "tiled");
-    }
-}
-
-/// Needs no GPU: the tiled kernels validate and translate with the override values the
-/// launcher sets for each head size (BC rows of D per staged block).
-#[test]
-fn tiled_kernels_validate_for_every_block_shape() {
-    use naga::back::{hlsl, msl, spv};
-    use naga::valid::{Capabilities, ValidationFlags, Validator};
-    // (D, BC) as the launcher picks them: 512 vec4s per block, whole steps of 8, at most 64.
-    // GPUs run modules with D built in; BC stays an override.
-    for (d, bc) in [(4, 64), (32, 64), (64, 32), (80, 24), (96, 16), (128, 16)] {
-        for tiled in [true, false] {
-            let src = portagrad::attention_shader_source_for_gpus(d, tiled);
-            let module = naga::front::wgsl::parse_str(&src)
-                .unwrap_or_else(|e| panic!("D = {d}: {}", e.emit_to_string(&src)));
-            let info = Validator::new(ValidationFlags::all(), Capabilities::empty())
-                .validate(&module)
-                .unwrap_or_else(|e| panic!("D = {d}, tiled {tiled}: {e:?}"));
-            let constants = if tiled {
-                [("BC".to_string(), bc as f64)].into_iter().collect()
-            } else {
-                Default::default()
-            };
-            let (module, info) =
-                naga::back::pipeline_constants::process_overrides(&module, &info, None, &constants)
-                    .unwrap_or_else(|e| panic!("D = {d}: {e}"));
-            spv::write_vec(&module, &info, &spv::Options::default(), None).expect("SPIR-V");
-            let msl_opts = msl::Options {
-                lang_version: (2, 4),
-                fake_missing_bindings: true,
-                ..Default::default()
-            };
-            msl::write_string(&module, &info, &msl_opts, &msl::PipelineOptions::default())
-                .expect("MSL");
-            let mut out = String::new();
-            let hlsl_opts = hlsl::Options {
-                shader_model: hlsl::ShaderModel::V6_0,
-                fake_missing_bindings: true,
-                ..Default::default()
-            };
-            hlsl::Writer::new(&mut out, &hlsl_opts, &hlsl::PipelineOptions::default())
-                .write(&module, &info, None)
-                .expect("HLSL");
-        }
-    }
-}
-
-/// Needs no GPU: the straight-line kernels generated for CPU adapters parse, validate and
-/// translate to SPIR-V, MSL and HLSL (a CPU adapter may be lavapipe, SwiftShader or WARP), for
-/// head sizes with each row-per-lane setting.
-#[test]
-fn generated_cpu_kernels_validate() {
-    use naga::back::{hlsl, msl, spv};
-    use naga::valid::{Capabilities, ValidationFlags, Validator};
-    for d in [4, 16, 36, 64, 80, 128] {
-        let src = portagrad::attention_shader_source_for_cpu_adapters(d);
-        let module = naga::front::wgsl::parse_str(&src)
-            .unwrap_or_else(|e| panic!("D = {d}: {}", e.emit_to_string(&src)));
-        let info = Validator::new(ValidationFlags::all(), Capabilities::SUBGROUP)
-            .validate(&module)
-            .unwrap_or_else(|e| panic!("D = {d}: {}", e.emit_to_string(&src)));
-        let (module, info) = naga::back::pipeline_constants::process_overrides(
-            &module,
-            &info,
-            None,
-            &naga::back::PipelineConstants::default(),
-        )
-        .unwrap();
-        spv::write_vec(&module, &info, &spv::Options::default(), None).expect("SPIR-V");
-        let msl_opts = msl::Options {
-            lang_version: (2, 4),
-            fake_missing_bindings: true,
-            ..Default::default()
-        };
-        msl::write_string(&module, &info, &msl_opts, &msl::PipelineOptions::default())
-            .expect("MSL");
-        let hlsl_opts = hlsl::Options {
-            shader_model: hlsl::ShaderModel::V6_0,
-            fake_missing_bindings: true,
-            ..Default::default()
-        };
-        let mut out = String::new();
-        hlsl::Writer::new(&mut out, &hlsl_opts, &hlsl::PipelineOptions::default())
-            .write(&module, &info, None)
-            .expect("HLSL");
     }
 }

@@ -1,14 +1,31 @@
 //! Needs no GPU: every WGSL file parses, validates, and translates with naga to SPIR-V
 //! (Vulkan), MSL (Metal) and HLSL (DX12), so a shader that would break on a Mac or on Windows
-//! fails here. Override constants are resolved with their defaults, as a pipeline would.
+//! fails here. Override constants are resolved with their defaults (or, for generated modules,
+//! the values a launcher sets), as a pipeline would.
 
 use naga::back::{hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
 fn check(name: &str, src: &str) -> Result<(), String> {
+    let subgroups = src.contains("enable subgroups");
+    check_with(
+        name,
+        src,
+        &naga::back::PipelineConstants::default(),
+        subgroups,
+    )
+}
+
+/// [`check`] with the override constants a launcher sets.
+fn check_with(
+    name: &str,
+    src: &str,
+    constants: &naga::back::PipelineConstants,
+    subgroups: bool,
+) -> Result<(), String> {
     let module = naga::front::wgsl::parse_str(src).map_err(|e| e.emit_to_string(src))?;
     let mut caps = Capabilities::default();
-    if src.contains("enable subgroups") {
+    if subgroups {
         caps |= Capabilities::SUBGROUP;
     }
     if src.contains("enable f16") {
@@ -17,13 +34,9 @@ fn check(name: &str, src: &str) -> Result<(), String> {
     let info = Validator::new(ValidationFlags::all(), caps)
         .validate(&module)
         .map_err(|e| e.emit_to_string(src))?;
-    let (module, info) = naga::back::pipeline_constants::process_overrides(
-        &module,
-        &info,
-        None,
-        &naga::back::PipelineConstants::default(),
-    )
-    .map_err(|e| format!("overrides: {e}"))?;
+    let (module, info) =
+        naga::back::pipeline_constants::process_overrides(&module, &info, None, constants)
+            .map_err(|e| format!("overrides: {e}"))?;
 
     spv::write_vec(&module, &info, &spv::Options::default(), None)
         .map_err(|e| format!("SPIR-V: {e}"))?;
@@ -64,10 +77,11 @@ fn every_shader_validates_and_translates_to_all_backends() {
         }
     }
     let generated = portagrad::generated_shader_sources();
-    assert!(!generated.is_empty());
-    for (name, src) in &generated {
-        if let Err(e) = check(name, src) {
-            failures.push(format!("generated {name}: {e}"));
+    assert!(generated.len() >= 12, "generated list looks truncated");
+    for m in &generated {
+        let constants = m.constants.iter().cloned().collect();
+        if let Err(e) = check_with(&m.name, &m.source, &constants, m.subgroups) {
+            failures.push(format!("generated {}: {e}", m.name));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));

@@ -4,10 +4,8 @@
 
 use std::time::Instant;
 
-use portagrad::{
-    Device, KvCache, Result, Tensor, attend_cached, attention, attention_variant,
-    with_attention_kernels,
-};
+use portagrad::testing::{Family, with_kernel};
+use portagrad::{Device, KvCache, Result, Tensor, attend_cached, attention, attention_variant};
 
 /// CPU seconds this process has used (user + system), where Linux reports them. On a CPU
 /// adapter (lavapipe) this is the work done, independent of other processes on the machine.
@@ -102,11 +100,11 @@ pub fn run(dev: &Device) -> Result<()> {
         &["portable", "tiled"]
     };
     for &kind in kinds.iter().filter(|&&k| k != "default") {
-        with_attention_kernels(kind, || -> Result<()> {
+        with_kernel(Family::Attention, kind, || -> Result<()> {
             case(dev, [1, 1, 64, 64], true, 1)?;
             case(dev, [1, 1, 64, 64], false, 1)?;
             Ok(())
-        })?;
+        })??;
     }
     println!(
         "| kernels | B, H, T, D | mask | forward | forward+backward | forward GFLOP/s | fwd+bwd GFLOP/s | process CPU-s fwd / fwd+bwd | peak bytes fwd+bwd (above inputs) | naive (T, T) scores + probabilities |"
@@ -122,7 +120,7 @@ pub fn run(dev: &Device) -> Result<()> {
         let (dims @ [b, h, t, d], causal) = cases[i];
         let mut slow = false;
         for &kind in kinds {
-            let r = with_attention_kernels(kind, || case(dev, dims, causal, 2))?;
+            let r = with_kernel(Family::Attention, kind, || case(dev, dims, causal, 2))??;
             // QKᵀ and PV: 2 · 2·T·T·D flops per head, half of it under a causal mask. The
             // backward counts as 2.5 forwards (FlashAttention's convention: five T·T·D
             // products), though the dQ and dK/dV kernels each recompute S and dP.
@@ -130,7 +128,7 @@ pub fn run(dev: &Device) -> Result<()> {
             let naive = 2 * (b * h * t * t * 4) as u64;
             println!(
                 "| {} | {b}, {h}, {t}, {d} | {} | {:.1} ms | {:.1} ms | {:.1} | {:.1} | {} / {} | {} | {} |",
-                with_attention_kernels(kind, || attention_variant(dev, d)),
+                with_kernel(Family::Attention, kind, || attention_variant(dev, d))?,
                 if causal { "causal" } else { "none" },
                 r.fwd.0 * 1e3,
                 r.both.0 * 1e3,

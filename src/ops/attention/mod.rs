@@ -369,14 +369,3 @@ pub fn attention_shader_source_for_gpus(head_dim: usize, tiled: bool) -> String 
 pub fn attention_variant(dev: &Device, head_dim: usize) -> &'static str {
     plan::plan_name(dev, head_dim)
 }
-
-/// Run `f` with the attention kernels forced to `kind` (`"portable"`, `"tiled"`, or
-/// `"default"`: the adapter's choice; any other name also leaves the choice to the adapter)
-/// for the calls made on this thread, e.g. to test or time every kind in one process. A thin
-/// wrapper over [`crate::testing::force_kernel`] with `Family::Attention`.
-#[doc(hidden)]
-pub fn with_attention_kernels<R>(kind: &str, f: impl FnOnce() -> R) -> R {
-    let _guard = crate::testing::force_kernel(crate::testing::Family::Attention, kind)
-        .or_else(|_| crate::testing::force_kernel(crate::testing::Family::Attention, "auto"));
-    f()
-}
