@@ -173,6 +173,49 @@ fn fwd(o: &mut Wgsl, d4: usize, rr: usize) {
     wgsl!(o, "}}\n");
 }
 
+/// The two score tiles of a backward kernel: each lane loads its tile row of two tensors
+/// (`tiles`: name and buffer, at address `addr`), every lane reads the TW rows through
+/// broadcasts, and accumulates `s{r}_{i} = own[0] · tile0` and `dp{r}_{i} = own[1] · tile1`
+/// for its rows (dQ: S = Q·K, dP = dO·V; dK/dV: S = K·Q, dP = V·dO).
+fn score_tiles(
+    o: &mut Wgsl,
+    d4: usize,
+    rr: usize,
+    addr: &str,
+    tiles: [(&str, &str); 2],
+    own: [&str; 2],
+) {
+    let ([(ta, ba), (tb, bb)], [oa, ob]) = (tiles, own);
+    for r in 0..rr {
+        wgsl!(
+            o,
+            "        {}",
+            each(TW, |i| format!("var s{r}_{i} = 0.0; var dp{r}_{i} = 0.0;"))
+        );
+    }
+    for c in 0..d4 {
+        wgsl!(o, "        let x{ta}{c} = {ba}[{addr} + {c}u];");
+        wgsl!(o, "        let x{tb}{c} = {bb}[{addr} + {c}u];");
+        for i in 0..TW {
+            wgsl!(
+                o,
+                "        let b{ta}{c}_{i} = subgroupBroadcast(x{ta}{c}, {i}u);"
+            );
+            wgsl!(
+                o,
+                "        let b{tb}{c}_{i} = subgroupBroadcast(x{tb}{c}, {i}u);"
+            );
+            wgsl!(
+                o,
+                "        {}",
+                each(rr, |r| format!(
+                    "s{r}_{i} += dot({oa}{r}_{c}, b{ta}{c}_{i}); dp{r}_{i} += dot({ob}{r}_{c}, b{tb}{c}_{i});"
+                ))
+            );
+        }
+    }
+}
+
 fn dq(o: &mut Wgsl, d4: usize, rr: usize) {
     entry(o, "attn_bwd_dq_cpu", rr);
     wgsl!(o, "    if bh >= p.bh || r0 >= p.t {{ return; }}");
@@ -204,28 +247,7 @@ fn dq(o: &mut Wgsl, d4: usize, rr: usize) {
         o,
         "        let ka = (kb + min(j0 + lane % 8u, kend - 1u)) * {d4}u;"
     );
-    for r in 0..rr {
-        wgsl!(
-            o,
-            "        {}",
-            each(TW, |i| format!("var s{r}_{i} = 0.0; var dp{r}_{i} = 0.0;"))
-        );
-    }
-    for c in 0..d4 {
-        wgsl!(o, "        let xk{c} = k4[ka + {c}u];");
-        wgsl!(o, "        let xv{c} = v4[ka + {c}u];");
-        for i in 0..TW {
-            wgsl!(o, "        let bk{c}_{i} = subgroupBroadcast(xk{c}, {i}u);");
-            wgsl!(o, "        let bv{c}_{i} = subgroupBroadcast(xv{c}, {i}u);");
-            wgsl!(
-                o,
-                "        {}",
-                each(rr, |r| format!(
-                    "s{r}_{i} += dot(q{r}_{c}, bk{c}_{i}); dp{r}_{i} += dot(d{r}_{c}, bv{c}_{i});"
-                ))
-            );
-        }
-    }
+    score_tiles(o, d4, rr, "ka", [("k", "k4"), ("v", "v4")], ["q", "d"]);
     for r in 0..rr {
         for i in 0..TW {
             wgsl!(
@@ -282,28 +304,7 @@ fn dkv(o: &mut Wgsl, d4: usize, rr: usize) {
     wgsl!(o, "        let qa = qi * {d4}u;");
     wgsl!(o, "        let xl = lse_in[qi] * LOG2E;");
     wgsl!(o, "        let xd = delta_in[qi];");
-    for r in 0..rr {
-        wgsl!(
-            o,
-            "        {}",
-            each(TW, |i| format!("var s{r}_{i} = 0.0; var dp{r}_{i} = 0.0;"))
-        );
-    }
-    for c in 0..d4 {
-        wgsl!(o, "        let xq{c} = q4[qa + {c}u];");
-        wgsl!(o, "        let xo{c} = do4[qa + {c}u];");
-        for i in 0..TW {
-            wgsl!(o, "        let bq{c}_{i} = subgroupBroadcast(xq{c}, {i}u);");
-            wgsl!(o, "        let bo{c}_{i} = subgroupBroadcast(xo{c}, {i}u);");
-            wgsl!(
-                o,
-                "        {}",
-                each(rr, |r| format!(
-                    "s{r}_{i} += dot(k{r}_{c}, bq{c}_{i}); dp{r}_{i} += dot(v{r}_{c}, bo{c}_{i});"
-                ))
-            );
-        }
-    }
+    score_tiles(o, d4, rr, "qa", [("q", "q4"), ("o", "do4")], ["k", "v"]);
     for i in 0..TW {
         wgsl!(o, "        let bl{i} = subgroupBroadcast(xl, {i}u);");
         wgsl!(o, "        let bd{i} = subgroupBroadcast(xd, {i}u);");
