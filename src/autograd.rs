@@ -184,6 +184,13 @@ impl Tensor {
                         ),
                     });
                 }
+                if gi.dtype != inp.dtype {
+                    return Err(Error::DType {
+                        op: node.op,
+                        expected: inp.dtype.name(),
+                        got: gi.dtype.name(),
+                    });
+                }
                 let acc = match pending.remove(&inp.id) {
                     Some(prev) => prev.add(&gi)?,
                     None => gi,

@@ -8,12 +8,19 @@ use crate::error::{Error, Result};
 use crate::runtime::{Device, Storage};
 
 /// Element type of a tensor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
     /// 32-bit float: all arithmetic.
     F32,
     /// 32-bit unsigned integer: token and class ids.
     U32,
+    /// IEEE 754 half precision (1 sign, 5 exponent, 10 mantissa bits). Stored two per 32-bit
+    /// word (element `2i` in the low half), so it works on every adapter, with or without
+    /// `SHADER_F16`; kernels that take it compute in f32.
+    F16,
+    /// bfloat16 (f32's 8-bit exponent, 7 mantissa bits): storage two per 32-bit word like
+    /// [`DType::F16`], computed in f32.
+    BF16,
 }
 
 impl DType {
@@ -22,7 +29,27 @@ impl DType {
         match self {
             DType::F32 => "f32",
             DType::U32 => "u32",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
         }
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 | DType::U32 => 4,
+            DType::F16 | DType::BF16 => 2,
+        }
+    }
+
+    /// Whether this is a floating-point type (f32, f16 or bf16).
+    pub fn is_float(self) -> bool {
+        self != DType::U32
+    }
+
+    /// Whether this is one of the 16-bit float types.
+    pub fn is_half(self) -> bool {
+        matches!(self, DType::F16 | DType::BF16)
     }
 }
 
@@ -60,14 +87,26 @@ impl std::fmt::Debug for Tensor {
     }
 }
 
+/// The first `n` little-endian u16s of `bytes`.
+fn half_bits(bytes: &[u8], n: usize) -> Vec<u16> {
+    bytes
+        .chunks_exact(2)
+        .take(n)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        .collect()
+}
+
 pub(crate) fn numel(shape: &[usize]) -> usize {
     shape.iter().product()
 }
 
-fn bytes_of(op: &'static str, shape: &[usize]) -> Result<u64> {
+/// Bytes a `dtype` tensor of `shape` occupies: 16-bit types round up to whole 32-bit words
+/// (buffers and copies are 4-byte aligned).
+pub(crate) fn bytes_of(op: &'static str, shape: &[usize], dtype: DType) -> Result<u64> {
     shape
         .iter()
-        .try_fold(4u64, |acc, &d| acc.checked_mul(d as u64))
+        .try_fold(dtype.size() as u64, |acc, &d| acc.checked_mul(d as u64))
+        .map(|b| b.next_multiple_of(4))
         .ok_or_else(|| Error::Shape {
             op,
             message: format!("shape {shape:?} overflows"),
@@ -82,7 +121,7 @@ impl Tensor {
         shape: &[usize],
         dtype: DType,
     ) -> Result<Tensor> {
-        let bytes = bytes_of(op, shape)?;
+        let bytes = bytes_of(op, shape, dtype)?;
         dev.check_size(op, shape, bytes)?;
         Ok(Tensor {
             dev: dev.clone(),
@@ -97,7 +136,7 @@ impl Tensor {
         })
     }
 
-    fn check_len(op: &'static str, shape: &[usize], len: usize) -> Result<u64> {
+    fn check_len(op: &'static str, shape: &[usize], len: usize, dtype: DType) -> Result<u64> {
         if numel(shape) != len {
             return Err(Error::Shape {
                 op,
@@ -107,12 +146,12 @@ impl Tensor {
                 ),
             });
         }
-        bytes_of(op, shape)
+        bytes_of(op, shape, dtype)
     }
 
     /// A tensor holding `data` in row-major order.
     pub fn from_slice(dev: &Device, data: &[f32], shape: &[usize]) -> Result<Tensor> {
-        let bytes = Self::check_len("from_slice", shape, data.len())?;
+        let bytes = Self::check_len("from_slice", shape, data.len(), DType::F32)?;
         dev.check_size("from_slice", shape, bytes)?;
         Ok(Tensor {
             dev: dev.clone(),
@@ -129,7 +168,7 @@ impl Tensor {
 
     /// A u32 tensor (token or class ids).
     pub fn from_u32(dev: &Device, data: &[u32], shape: &[usize]) -> Result<Tensor> {
-        let bytes = Self::check_len("from_u32", shape, data.len())?;
+        let bytes = Self::check_len("from_u32", shape, data.len(), DType::U32)?;
         dev.check_size("from_u32", shape, bytes)?;
         Ok(Tensor {
             dev: dev.clone(),
@@ -138,6 +177,75 @@ impl Tensor {
             dtype: DType::U32,
             id_bound: Some(data.iter().max().map_or(0, |m| m.saturating_add(1))),
             host_ids: Some(data.into()),
+            id: fresh_id(),
+            requires_grad: false,
+            node: None,
+        })
+    }
+
+    /// A `dtype` tensor holding `data` (f32 values) in row-major order: f32 as is, f16 and
+    /// bf16 rounded to nearest (ties to even) on the host. For ids use [`from_u32`](Self::from_u32).
+    pub fn from_slice_as(
+        dev: &Device,
+        data: &[f32],
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<Tensor> {
+        const OP: &str = "from_slice_as";
+        let bits: Vec<u16> = match dtype {
+            DType::F32 => return Self::from_slice(dev, data, shape),
+            DType::F16 => data
+                .iter()
+                .map(|&v| half::f16::from_f32(v).to_bits())
+                .collect(),
+            DType::BF16 => data
+                .iter()
+                .map(|&v| half::bf16::from_f32(v).to_bits())
+                .collect(),
+            DType::U32 => {
+                return Err(Error::DType {
+                    op: OP,
+                    expected: "f32, f16 or bf16",
+                    got: dtype.name(),
+                });
+            }
+        };
+        Self::from_half_bits(dev, OP, &bits, shape, dtype)
+    }
+
+    /// An f16 tensor from the raw bits of its elements (as a safetensors F16 tensor stores
+    /// them): no conversion.
+    pub fn from_f16_bits(dev: &Device, bits: &[u16], shape: &[usize]) -> Result<Tensor> {
+        Self::from_half_bits(dev, "from_f16_bits", bits, shape, DType::F16)
+    }
+
+    /// A bf16 tensor from the raw bits of its elements: no conversion.
+    pub fn from_bf16_bits(dev: &Device, bits: &[u16], shape: &[usize]) -> Result<Tensor> {
+        Self::from_half_bits(dev, "from_bf16_bits", bits, shape, DType::BF16)
+    }
+
+    fn from_half_bits(
+        dev: &Device,
+        op: &'static str,
+        bits: &[u16],
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<Tensor> {
+        let bytes = Self::check_len(op, shape, bits.len(), dtype)?;
+        dev.check_size(op, shape, bytes)?;
+        // Two per word, element 2i in the low half (little-endian u16s); an odd tail is padded.
+        let mut data: Vec<u8> = Vec::with_capacity(bytes as usize);
+        for b in bits {
+            data.extend_from_slice(&b.to_le_bytes());
+        }
+        data.resize(bytes as usize, 0);
+        Ok(Tensor {
+            dev: dev.clone(),
+            storage: dev.upload(&data)?,
+            shape: shape.to_vec(),
+            dtype,
+            id_bound: None,
+            host_ids: None,
             id: fresh_id(),
             requires_grad: false,
             node: None,
@@ -236,9 +344,57 @@ impl Tensor {
         self.dtype
     }
 
-    /// Copy the data to the host (submits pending work and waits for it).
+    /// Copy the data to the host (submits pending work and waits for it): the values of an
+    /// f32, f16 or bf16 tensor, as f32 (exact: every f16 and bf16 value is an f32).
     pub fn to_vec(&self) -> Result<Vec<f32>> {
-        self.host("to_vec", DType::F32)
+        self.expect_float("to_vec")?;
+        let bytes = self.dev.read(&self.storage, self.bytes_read())?;
+        Ok(self.floats_of(&bytes))
+    }
+
+    /// The raw bits of an f16 or bf16 tensor's elements (what a safetensors file stores).
+    pub fn to_half_bits(&self) -> Result<Vec<u16>> {
+        if !self.dtype.is_half() {
+            return Err(Error::DType {
+                op: "to_half_bits",
+                expected: "f16 or bf16",
+                got: self.dtype.name(),
+            });
+        }
+        let bytes = self.dev.read(&self.storage, self.bytes_read())?;
+        Ok(half_bits(&bytes, self.numel()))
+    }
+
+    fn expect_float(&self, op: &'static str) -> Result<()> {
+        if !self.dtype.is_float() {
+            return Err(Error::DType {
+                op,
+                expected: "f32, f16 or bf16",
+                got: self.dtype.name(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Bytes a readback copies: whole words.
+    fn bytes_read(&self) -> u64 {
+        (self.numel() * self.dtype.size()).next_multiple_of(4) as u64
+    }
+
+    /// f32 values from the read-back bytes of this float tensor.
+    fn floats_of(&self, bytes: &[u8]) -> Vec<f32> {
+        let n = self.numel();
+        match self.dtype {
+            DType::F16 => half_bits(bytes, n)
+                .into_iter()
+                .map(|b| half::f16::from_bits(b).to_f32())
+                .collect(),
+            DType::BF16 => half_bits(bytes, n)
+                .into_iter()
+                .map(|b| half::bf16::from_bits(b).to_f32())
+                .collect(),
+            DType::F32 | DType::U32 => bytemuck::pod_collect_to_vec(&bytes[..4 * n]),
+        }
     }
 
     /// The elements of a `dtype` tensor, read back (submits pending work and waits).
@@ -251,7 +407,12 @@ impl Tensor {
     /// [`to_vec`](Self::to_vec) for async code: in a browser (WebGPU) it awaits the copy while
     /// the page runs; native targets wait as `to_vec` does.
     pub async fn to_vec_async(&self) -> Result<Vec<f32>> {
-        self.host_async("to_vec_async", DType::F32).await
+        self.expect_float("to_vec_async")?;
+        let bytes = self
+            .dev
+            .read_async(&self.storage, self.bytes_read())
+            .await?;
+        Ok(self.floats_of(&bytes))
     }
 
     /// [`to_vec_u32`](Self::to_vec_u32) for async code (see [`to_vec_async`](Self::to_vec_async)).

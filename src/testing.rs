@@ -20,6 +20,7 @@ use crate::{Device, Error, Result, Tensor};
 /// its family in `src/ops/<family>/reference.rs`): forwards and their derivatives, row-major.
 pub mod reference {
     pub use crate::ops::attention::reference as attention;
+    pub use crate::ops::convert::reference as convert;
     pub use crate::ops::elementwise::reference as elementwise;
     pub use crate::ops::layout::reference as layout;
     pub use crate::ops::loss::reference as loss;

@@ -355,3 +355,86 @@ fn write_atomic_writes_syncs_and_keeps_the_old_file_on_failure() {
     );
     let _ = std::fs::remove_dir_all(dir.parent().unwrap());
 }
+
+/// Named tensors keep their dtypes through a safetensors file: f16 and bf16 are written and
+/// read as 16-bit bits (no upcast), ids as u32; the file is what `safetensors` itself reads.
+#[test]
+fn safetensors_keep_each_dtype() {
+    use portagrad::DType;
+    use portagrad::io::{load_safetensors, save_safetensors};
+    let dev = shared_device();
+    let dir = tmp_dir("st-dtypes");
+    let path = dir.join("t.safetensors");
+    let v: Vec<f32> = (0..15).map(|i| i as f32 * 0.3 - 2.0).collect();
+    let f32t = Tensor::from_slice(&dev, &v, &[3, 5]).unwrap();
+    let tensors = vec![
+        ("a.f32".to_string(), f32t.clone()),
+        ("b.f16".to_string(), f32t.to_dtype(DType::F16).unwrap()),
+        ("c.bf16".to_string(), f32t.to_dtype(DType::BF16).unwrap()),
+        (
+            "d.ids".to_string(),
+            Tensor::from_u32(&dev, &[7, 0, 3], &[3]).unwrap(),
+        ),
+        (
+            "e.odd".to_string(),
+            Tensor::from_slice_as(&dev, &v[..7], &[7], DType::F16).unwrap(),
+        ),
+    ];
+    save_safetensors(&path, &tensors).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("b.f16").unwrap().dtype(), safetensors::Dtype::F16);
+    assert_eq!(
+        st.tensor("b.f16").unwrap().data().len(),
+        30,
+        "2 bytes per element"
+    );
+    assert_eq!(
+        st.tensor("e.odd").unwrap().data().len(),
+        14,
+        "no padding in the file"
+    );
+    assert_eq!(
+        st.tensor("c.bf16").unwrap().dtype(),
+        safetensors::Dtype::BF16
+    );
+    let back = load_safetensors(&dev, &path).unwrap();
+    let names: Vec<&str> = back.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["a.f32", "b.f16", "c.bf16", "d.ids", "e.odd"],
+        "file order"
+    );
+    for ((n, want), (_, got)) in tensors.iter().zip(&back) {
+        assert_eq!(
+            (got.dtype(), got.shape()),
+            (want.dtype(), want.shape()),
+            "{n}"
+        );
+        if want.dtype() == DType::U32 {
+            assert_eq!(got.to_vec_u32().unwrap(), want.to_vec_u32().unwrap());
+        } else {
+            assert_eq!(got.to_vec().unwrap(), want.to_vec().unwrap(), "{n}");
+        }
+        if want.dtype().is_half() {
+            assert_eq!(got.to_half_bits().unwrap(), want.to_half_bits().unwrap());
+        }
+    }
+    // A dtype the library does not hold is an error naming the tensor; a missing file an Io.
+    let data = [0u8; 16];
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F64, vec![2], &data).unwrap();
+    std::fs::write(&path, safetensors::serialize([("w", view)], None).unwrap()).unwrap();
+    let e = load_safetensors(&dev, &path).unwrap_err().to_string();
+    assert!(e.contains("w") && e.contains("F64"), "{e}");
+    assert!(matches!(
+        load_safetensors(&dev, &dir.join("missing.safetensors")),
+        Err(Error::Io { .. })
+    ));
+    std::fs::write(&path, b"not safetensors").unwrap();
+    assert!(matches!(
+        load_safetensors(&dev, &path),
+        Err(Error::InvalidArgument { .. })
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,8 +1,11 @@
-//! Files: checkpoints (safetensors), tabular data (CSV), and the atomic write every saver
-//! goes through.
+//! Files: checkpoints (safetensors), named tensors in their own dtypes (safetensors), tabular
+//! data (CSV), and the atomic write every saver goes through.
 
 pub mod checkpoint;
 pub mod csv;
+pub(crate) mod safetensors;
+
+pub use self::safetensors::{load_safetensors, save_safetensors};
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -3,6 +3,7 @@
 
 pub(crate) mod attention;
 pub(crate) mod codegen;
+pub(crate) mod convert;
 pub(crate) mod copy;
 pub(crate) mod elementwise;
 pub(crate) mod init;
@@ -34,6 +35,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("attention_tiled", attention::launch::TILED_SHADER.source),
     ("optim", optim::launch::SHADER.source),
     ("copy", copy::launch::SHADER.source),
+    ("convert", convert::launch::SHADER.source),
     ("matmul", matmul::launch::SHADER.source),
     ("matmul_subgroup", matmul::launch::SUBGROUP_SHADER.source),
     ("norm", norm::launch::SHADER.source),

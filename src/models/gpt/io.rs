@@ -110,25 +110,7 @@ fn to_f32(path: &Path, name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>
 }
 
 fn f16_to_f32(h: u16) -> f32 {
-    let sign = u32::from(h >> 15) << 31;
-    let exp = u32::from((h >> 10) & 0x1f);
-    let man = u32::from(h & 0x3ff);
-    let bits = match (exp, man) {
-        (0, 0) => sign,
-        (0, m) => {
-            // Subnormal: normalise.
-            let mut e = 127 - 15 + 1;
-            let mut m = m;
-            while m & 0x400 == 0 {
-                m <<= 1;
-                e -= 1;
-            }
-            sign | (e << 23) | ((m & 0x3ff) << 13)
-        }
-        (0x1f, m) => sign | 0x7f80_0000 | (m << 13),
-        (e, m) => sign | ((e + 127 - 15) << 23) | (m << 13),
-    };
-    f32::from_bits(bits)
+    half::f16::from_bits(h).to_f32()
 }
 
 /// Load a Hugging Face GPT-2 directory (or a `shakespeare` checkpoint directory) onto `dev`.
@@ -228,14 +210,11 @@ pub fn save_pretrained(model: &Gpt, dir: &Path) -> Result<()> {
     )
 }
 
-/// Write named tensors as an f32 safetensors file (metadata `format = pt`, as PyTorch's
-/// `save_file` writes), atomically.
+/// Write named tensors, each in its own dtype (f32 for a model's parameters), as a safetensors
+/// file (metadata `format = pt`, as PyTorch's `save_file` writes), atomically:
+/// [`crate::io::save_safetensors`].
 pub fn save_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
-    let mut host = Vec::with_capacity(tensors.len());
-    for (name, t) in tensors {
-        host.push((name.clone(), t.shape().to_vec(), t.to_vec()?));
-    }
-    save_host_tensors(path, &host)
+    crate::io::save_safetensors(path, tensors)
 }
 
 /// A tensor read back to the host: name, shape, values (row-major).
@@ -254,24 +233,14 @@ pub fn save_host_tensors(path: &Path, host: &[HostTensor]) -> Result<()> {
             message: format!("{n}: shape {s:?} but {} values", v.len()),
         });
     }
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = host
+    let host: Vec<_> = host
         .iter()
         .map(|(n, s, v)| {
-            let view = safetensors::tensor::TensorView::new(
-                Dtype::F32,
-                s.clone(),
-                bytemuck::cast_slice(v),
-            )
-            .expect("shape and byte length agree");
-            (n.clone(), view)
+            let bytes = bytemuck::cast_slice(v).to_vec();
+            (n.clone(), Dtype::F32, s.clone(), bytes)
         })
         .collect();
-    let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-    let data = safetensors::serialize(views, Some(meta)).map_err(|e| Error::InvalidArgument {
-        op: "save_tensors",
-        message: format!("{}: {e}", path.display()),
-    })?;
-    write_atomic(path, &data)
+    crate::io::safetensors::write_host(path, &host)
 }
 
 #[cfg(test)]
