@@ -160,5 +160,8 @@ pub fn generated_shader_sources() -> Vec<GeneratedModule> {
         let portable = attention_shader_source_for_gpus(d, false);
         out.push(module(format!("attention_d{d}"), portable, vec![]));
     }
+    for (name, src) in ops::matmul::half::all_sources() {
+        out.push(module(name, src, vec![]));
+    }
     out
 }

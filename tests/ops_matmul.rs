@@ -12,7 +12,7 @@ use portagrad::testing::reference::matmul::{epilogue, gelu as gelu_ref, matmul a
 use portagrad::testing::{
     Family, KernelGuard, assert_close, force_kernel, random_vec, shared_device,
 };
-use portagrad::{Activation, Device, Error, Tensor, WeightLayout};
+use portagrad::{Activation, DType, Device, Error, Tensor, WeightLayout};
 
 /// Tests here run one at a time: concurrent `Device::poll` waits from several threads can trip
 /// an assertion inside wgpu-core 30 ("If the queue is empty, the current submission index ...
@@ -422,4 +422,158 @@ fn bad_shapes_are_errors_naming_both_shapes() {
         Err(Error::DeviceMismatch { op: "matmul" })
     ));
     assert!(force_kernel(Family::Matmul, "fastest").is_err());
+}
+
+/// One kernel of each load path for 16-bit operands (the others differ from these in tile
+/// sizes only): every pair's module compiles per kernel, which is what costs time on a CPU
+/// adapter.
+fn half_kernels() -> Vec<&'static str> {
+    kernels()
+        .into_iter()
+        .filter(|k| !matches!(*k, "tiled8" | "rows_gpu" | "subgroup8" | "subgroup16"))
+        .collect()
+}
+
+/// Operands of `dtype`: the values as stored (rounded to the type), for the reference.
+fn half_operand(v: &[f32], shape: &[usize], dtype: DType) -> (Tensor, Vec<f32>) {
+    let t = Tensor::from_slice_as(&shared_device(), v, shape, dtype).unwrap();
+    let stored = t.to_vec().unwrap();
+    (t, stored)
+}
+
+const HALF_PAIRS: [(DType, DType); 5] = [
+    (DType::F16, DType::F16),
+    (DType::BF16, DType::BF16),
+    (DType::F32, DType::F16),
+    (DType::F16, DType::F32),
+    (DType::BF16, DType::F16),
+];
+
+/// 16-bit operands through every kernel form: each product equals the f64 product of the
+/// values as stored (the kernels unpack exactly and accumulate in f32), with the f32
+/// tolerance; the result is f32.
+fn check_half(pairs: &[(DType, DType)], sa: &[usize], sb: &[usize], ta: bool, tb: bool, seed: u64) {
+    let av = random_vec(sa.iter().product(), -1.0, 1.0, seed);
+    let bv = random_vec(sb.iter().product(), -1.0, 1.0, seed + 1);
+    let k = if ta {
+        sa[sa.len() - 2]
+    } else {
+        sa[sa.len() - 1]
+    };
+    let (rtol, atol) = tol(k);
+    for &(da, db) in pairs {
+        let (a, a_stored) = half_operand(&av, sa, da);
+        let (b, b_stored) = half_operand(&bv, sb, db);
+        let (want_shape, want) = reference(&a_stored, sa, &b_stored, sb, ta, tb);
+        for kernel in half_kernels() {
+            let _kernel = force(kernel);
+            let (c, ran) = a
+                .matmul_t_with_entry(&b, ta, tb)
+                .unwrap_or_else(|e| panic!("{kernel} {da:?}·{db:?}: {e}"));
+            assert_eq!((c.shape(), c.dtype()), (want_shape.as_slice(), DType::F32));
+            let what = format!("{kernel} ({ran:?}) {da:?} {sa:?} ta {ta} · {db:?} {sb:?} tb {tb}");
+            assert_close(&what, &c.to_vec().unwrap(), &want, rtol, atol);
+        }
+    }
+}
+
+#[test]
+fn half_operands_in_every_form() {
+    let _serial = serial();
+    // Every pair on one shape; the others rotate through the pairs.
+    check_half(&HALF_PAIRS, &[68, 44], &[44, 36], false, false, 103); // vec4 entries
+    let cases: [(&[usize], &[usize], bool, bool); 8] = [
+        (&[7, 13], &[13, 5], false, false),
+        (&[1, 1], &[1, 1], false, false),
+        (&[3, 65], &[65, 131], false, false), // GEMV rows
+        (&[37, 45], &[29, 45], false, true),  // A·Bᵀ
+        (&[44, 36], &[44, 52], true, false),  // Aᵀ·B, aligned
+        (&[45, 37], &[29, 45], true, true),
+        (&[2, 3, 9, 11], &[3, 11, 6], false, false), // batched, broadcast
+        (&[260, 52], &[52, 388], false, false),      // several wide tiles
+    ];
+    for (i, (sa, sb, ta, tb)) in cases.into_iter().enumerate() {
+        let pair = HALF_PAIRS[i % HALF_PAIRS.len()];
+        check_half(&[pair], sa, sb, ta, tb, 110 + i as u64);
+    }
+}
+
+/// The fused layer with 16-bit x and weight: bias and activation in the epilogue as for f32.
+#[test]
+fn half_linear_epilogue() {
+    let _serial = serial();
+    let (m, k, n) = (5, 36, 20);
+    let xv = random_vec(m * k, -1.0, 1.0, 120);
+    let wv = random_vec(k * n, -1.0, 1.0, 121);
+    let bv = random_vec(n, -1.0, 1.0, 122);
+    let bias = upload(&bv, &[n]);
+    let (rtol, atol) = tol(k);
+    for (dx, dw) in HALF_PAIRS {
+        let (x, xs) = half_operand(&xv, &[m, k], dx);
+        let (w, ws) = half_operand(&wv, &[n, k], dw);
+        let (_, xw) = reference(&xs, &[m, k], &ws, &[n, k], false, true);
+        for act in [Activation::None, Activation::Gelu] {
+            let want = epilogue(&xw, n, Some(&bv), act);
+            for kernel in half_kernels() {
+                let _kernel = force(kernel);
+                let y = x.linear(&w, Some(&bias), WeightLayout::OutIn, act).unwrap();
+                let what = format!("linear {kernel} {dx:?}·{dw:?} {act:?}");
+                assert_close(&what, &y.to_vec().unwrap(), &want, rtol, atol);
+            }
+        }
+    }
+    // The bias stays f32.
+    let (x, _) = half_operand(&xv, &[m, k], DType::F16);
+    let (w, _) = half_operand(&wv, &[n, k], DType::F16);
+    let b16 = bias.to_dtype(DType::F16).unwrap();
+    let e = x.linear(&w, Some(&b16), WeightLayout::OutIn, Activation::None);
+    assert!(matches!(e, Err(Error::DType { .. })), "{e:?}");
+}
+
+/// Mixed precision's shape: f32 parameters cast to f16 for the product. The gradients reach
+/// the f32 parameters in f32: dX = dY·Wᵀ and dW = Xᵀ·dY on the 16-bit values, cast back.
+#[test]
+fn gradients_through_half_operands() {
+    let _serial = serial();
+    let dev = shared_device();
+    let (m, k, n) = (6, 10, 7);
+    let xv = random_vec(m * k, -1.0, 1.0, 130);
+    let wv = random_vec(k * n, -1.0, 1.0, 131);
+    let gv = random_vec(m * n, -1.0, 1.0, 132);
+    let x = Tensor::from_slice(&dev, &xv, &[m, k]).unwrap().with_grad();
+    let w = Tensor::from_slice(&dev, &wv, &[k, n]).unwrap().with_grad();
+    let g = Tensor::from_slice(&dev, &gv, &[m, n]).unwrap();
+    for dtype in [DType::F16, DType::BF16] {
+        let (x16, w16) = (x.to_dtype(dtype).unwrap(), w.to_dtype(dtype).unwrap());
+        let (xs, ws) = (x16.to_vec().unwrap(), w16.to_vec().unwrap());
+        let grads = x16.matmul(&w16).unwrap().backward_with(&g).unwrap();
+        let gx = grads.get(&x).unwrap();
+        let gw = grads.get(&w).unwrap();
+        assert_eq!((gx.dtype(), gw.dtype()), (DType::F32, DType::F32));
+        // The gradients pass through the 16-bit casts: round the f64 product to the type.
+        let round = |v: f64| {
+            Tensor::from_slice_as(&dev, &[v as f32], &[1], dtype)
+                .unwrap()
+                .to_vec()
+                .unwrap()[0] as f64
+        };
+        let (_, want_x) = reference(&gv, &[m, n], &ws, &[k, n], false, true);
+        let (_, want_w) = reference(&xs, &[m, k], &gv, &[m, n], true, false);
+        // Within one 16-bit rounding of the exact value (the f32 product may round across it).
+        let ulp = if dtype == DType::F16 { 1e-3 } else { 8e-3 };
+        assert_close(
+            &format!("{dtype:?} dX"),
+            &gx.to_vec().unwrap(),
+            &want_x.iter().map(|&v| round(v)).collect::<Vec<_>>(),
+            ulp,
+            1e-4,
+        );
+        assert_close(
+            &format!("{dtype:?} dW"),
+            &gw.to_vec().unwrap(),
+            &want_w.iter().map(|&v| round(v)).collect::<Vec<_>>(),
+            ulp,
+            1e-4,
+        );
+    }
 }

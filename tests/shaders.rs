@@ -25,6 +25,10 @@ fn check_with(
 ) -> Result<(), String> {
     let module = naga::front::wgsl::parse_str(src).map_err(|e| e.emit_to_string(src))?;
     let mut caps = Capabilities::default();
+    // pack2x16float / unpack2x16float: core WGSL, on every backend but GL ES < 3.1.
+    if src.contains("2x16float(") {
+        caps |= Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+    }
     if subgroups {
         caps |= Capabilities::SUBGROUP;
     }

@@ -94,6 +94,65 @@ pub(crate) fn splice(src: &str, begin: &str, end: &str, region: &str) -> Option<
     Some(format!("{}{}{}", &src[..a], region, &src[b..]))
 }
 
+/// `src` with every indexing `array[expr]` of the identifier `array` (not a longer name ending
+/// in it) written as a call `func(expr)`, brackets matched, so a kernel's loads from a binding
+/// can go through a function (a 16-bit operand unpacked on load).
+pub(crate) fn index_to_call(src: &str, array: &str, func: &str) -> String {
+    let pat = format!("{array}[");
+    let bytes = src.as_bytes();
+    let mut out = String::with_capacity(src.len() + src.len() / 16);
+    let mut i = 0;
+    // Positions of `]`s to turn into `)`, as a stack of bracket depths that were rewritten.
+    let mut depth = 0usize;
+    let mut rewritten: Vec<usize> = Vec::new();
+    while i < src.len() {
+        // Comments are copied as they are.
+        if src[i..].starts_with("//") {
+            let end = src[i..].find('\n').map_or(src.len(), |e| i + e);
+            out.push_str(&src[i..end]);
+            i = end;
+            continue;
+        }
+        let ident_start = i == 0 || {
+            let c = bytes[i - 1];
+            !(c.is_ascii_alphanumeric() || c == b'_')
+        };
+        if ident_start && src[i..].starts_with(&pat) {
+            out.push_str(func);
+            out.push('(');
+            depth += 1;
+            rewritten.push(depth);
+            i += pat.len();
+            continue;
+        }
+        let c = bytes[i];
+        match c {
+            b'[' => {
+                depth += 1;
+                out.push('[');
+            }
+            b']' => {
+                if rewritten.last() == Some(&depth) {
+                    rewritten.pop();
+                    out.push(')');
+                } else {
+                    out.push(']');
+                }
+                depth = depth.saturating_sub(1);
+            }
+            _ => {
+                // Copy one UTF-8 character.
+                let len = src[i..].chars().next().map_or(1, char::len_utf8);
+                out.push_str(&src[i..i + len]);
+                i += len;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
 /// A file in `shaders/` written by a generator.
 pub struct GeneratedFile {
     /// Path relative to the repository root.
@@ -128,6 +187,15 @@ mod tests {
         let got = splice(src, "// BEGIN X", "// END X", "// BEGIN X\nnew\n// END X\n");
         assert_eq!(got.as_deref(), Some("a\n// BEGIN X\nnew\n// END X\nb\n"));
         assert_eq!(splice(src, "// BEGIN Y", "// END X", ""), None);
+    }
+
+    #[test]
+    fn indexing_becomes_a_call() {
+        let src = "let v = a4[i + b[j]] + xa4[k] + a4[m[n[0]]].x; // a4[\nq[a4[0]]";
+        assert_eq!(
+            index_to_call(src, "a4", "ld"),
+            "let v = ld(i + b[j]) + xa4[k] + ld(m[n[0]]).x; // a4[\nq[ld(0)]"
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub(crate) fn record_matmul(out: Tensor, a: &Tensor, b: &Tensor, ta: bool, tb: b
     }
     let (ad, bd) = (a.detach(), b.detach());
     let (sa, sb) = (a.shape.clone(), b.shape.clone());
+    let (ta_dtype, tb_dtype) = (a.dtype, b.dtype);
     let (need_a, need_b) = (a.requires_grad, b.requires_grad);
     let back: BackwardFn = Box::new(move |g| {
         // With A' = op(A), B' = op(B): dA' = dC·B'ᵀ and dB' = A'ᵀ·dC, then undo op.
@@ -24,7 +25,8 @@ pub(crate) fn record_matmul(out: Tensor, a: &Tensor, b: &Tensor, ta: bool, tb: b
                 (true, false) => bd.matmul_t(g, false, true)?,
                 (true, true) => bd.matmul_t(g, true, true)?,
             };
-            Some(reduce::sum_to(&d, &sa)?)
+            // Gradients are f32 products; a 16-bit operand gets its gradient in its own dtype.
+            Some(reduce::sum_to(&d, &sa)?.to_dtype(ta_dtype)?)
         } else {
             None
         };
@@ -35,7 +37,7 @@ pub(crate) fn record_matmul(out: Tensor, a: &Tensor, b: &Tensor, ta: bool, tb: b
                 (false, true) => g.matmul_t(&ad, true, false)?,
                 (true, true) => g.matmul_t(&ad, true, true)?,
             };
-            Some(reduce::sum_to(&d, &sb)?)
+            Some(reduce::sum_to(&d, &sb)?.to_dtype(tb_dtype)?)
         } else {
             None
         };
@@ -69,6 +71,7 @@ pub(crate) fn linear(
     let need_b = bias.is_some_and(|b| b.requires_grad);
     let has_bias = bias.is_some();
     let xshape = x.shape.clone();
+    let (x_dtype, w_dtype) = (x.dtype, w.dtype);
     let back: BackwardFn = Box::new(move |g| {
         let k = *xshape.last().expect("linear input has a last dim");
         let n = *g.shape.last().expect("linear output has a last dim");
@@ -83,15 +86,16 @@ pub(crate) fn linear(
                 WeightLayout::InOut => dz.matmul_t(&wd, false, true)?,
                 WeightLayout::OutIn => dz.matmul(&wd)?,
             };
-            Some(d.view_raw(xshape.clone()))
+            Some(d.view_raw(xshape.clone()).to_dtype(x_dtype)?)
         } else {
             None
         };
         let gw = if need_w {
-            Some(match layout {
+            let d = match layout {
                 WeightLayout::InOut => x2.matmul_t(&dz, true, false)?,
                 WeightLayout::OutIn => dz.matmul_t(&x2, true, false)?,
-            })
+            };
+            Some(d.to_dtype(w_dtype)?)
         } else {
             None
         };

@@ -456,6 +456,8 @@ pub(crate) fn gemm(g: &Gemm, kernel: Option<Kernel>) -> Result<Option<&'static s
         bsa,
         bsb,
     };
+    // 16-bit operands: the same kernel, reading packed halves.
+    let shader = super::half::module(shader, g.a.dtype, g.b.dtype);
     // Without a bias the bias binding is unused; A stands in for it.
     let bias = g.bias.unwrap_or(g.a);
     // a: (batch.., M, K) or (batch.., K, M); b: (batch.., K, N) or (batch.., N, K);

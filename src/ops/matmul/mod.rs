@@ -5,6 +5,7 @@
 use crate::error::{Error, Result};
 pub(crate) mod generate;
 pub(crate) mod grad;
+pub(crate) mod half;
 pub(crate) mod launch;
 pub mod reference;
 
@@ -64,12 +65,25 @@ fn batch_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
     s
 }
 
+/// A matmul operand is f32, f16 or bf16 (16-bit values are unpacked on load; products
+/// accumulate in f32 and the result is f32).
+fn expect_operand(op: &'static str, t: &Tensor) -> Result<()> {
+    if !t.dtype.is_float() {
+        return Err(Error::DType {
+            op,
+            expected: "f32, f16 or bf16",
+            got: t.dtype.name(),
+        });
+    }
+    Ok(())
+}
+
 /// Check operands and work out the product's shape, NumPy matmul style: the last two dims are
 /// the matrices, the leading dims broadcast against each other (a missing dim counts as 1).
 fn plan(op: &'static str, a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Plan> {
     a.same_device(op, b)?;
-    a.expect_dtype(op, DType::F32)?;
-    b.expect_dtype(op, DType::F32)?;
+    expect_operand(op, a)?;
+    expect_operand(op, b)?;
     let (sa, sb) = (&a.shape, &b.shape);
     let both = || {
         format!(
@@ -289,8 +303,8 @@ impl Tensor {
     ) -> Result<Tensor> {
         const OP: &str = "linear";
         self.same_device(OP, w)?;
-        self.expect_dtype(OP, DType::F32)?;
-        w.expect_dtype(OP, DType::F32)?;
+        expect_operand(OP, self)?;
+        expect_operand(OP, w)?;
         let trans_b = layout == WeightLayout::OutIn;
         let (xs, ws) = (&self.shape, &w.shape);
         let lay = match layout {
