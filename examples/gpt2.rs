@@ -26,10 +26,10 @@ use clap::{Arg, ArgAction, ArgMatches, Command, value_parser};
 use portagrad::generate::{Sampler, SamplingConfig};
 use portagrad::models::lm::{self, DecayMode, FinetuneConfig, IdBatch, TextTokenizer};
 use portagrad::models::{
-    BpeTokenizer, GenerateOptions, Gpt, StreamDecoder, load_pretrained, save_host_tensors,
+    BpeTokenizer, GenerateOptions, Gpt, StreamDecoder, load_pretrained_as, save_host_tensors,
     save_pretrained,
 };
-use portagrad::{Device, Error, Result};
+use portagrad::{DType, Device, Error, Result};
 
 fn cli() -> Command {
     let model = || {
@@ -63,6 +63,13 @@ fn cli() -> Command {
             .help(help)
             .value_parser(value_parser!(f64))
     };
+    let dtype = || {
+        Arg::new("dtype")
+            .long("dtype")
+            .value_parser(["f32", "f16", "bf16"])
+            .default_value("f32")
+            .help("dtype of the weight matrices and the embedding (f16 / bf16: half the memory; computed in f32)")
+    };
     Command::new("gpt2")
         .about("GPT-2 from Hugging Face weights: generate, tokenize, score, gradients, fine-tune")
         .subcommand_required(true)
@@ -83,7 +90,8 @@ fn cli() -> Command {
                 .arg(Arg::new("no-stop").long("no-stop").action(ArgAction::SetTrue).help("do not stop at <|endoftext|>"))
                 .arg(Arg::new("no-cache").long("no-cache").action(ArgAction::SetTrue).help("re-run the whole context for every token (the uncached reference path, one prompt; for speed comparisons)"))
                 .arg(Arg::new("warmup").long("warmup").action(ArgAction::SetTrue).help("run the prompts once untimed first (compiles the kernels), so the tokens/s are steady-state"))
-                .arg(Arg::new("json").long("json").action(ArgAction::SetTrue).help("print {\"tokens\": [[...]], \"text\": [...]} instead of streaming text")),
+                .arg(Arg::new("json").long("json").action(ArgAction::SetTrue).help("print {\"tokens\": [[...]], \"text\": [...]} instead of streaming text"))
+                .arg(dtype()),
         )
         .subcommand(
             Command::new("tokenize")
@@ -96,7 +104,8 @@ fn cli() -> Command {
                 .about("Print {\"loss\": L}: mean next-token cross-entropy of the ids")
                 .arg(model())
                 .arg(ids().required(true))
-                .arg(Arg::new("logits-out").long("logits-out").value_name("FILE").help("also write the logits (B, T, V) to this safetensors file, as \"logits\"")),
+                .arg(Arg::new("logits-out").long("logits-out").value_name("FILE").help("also write the logits (B, T, V) to this safetensors file, as \"logits\""))
+                .arg(dtype()),
         )
         .subcommand(
             Command::new("grad")
@@ -141,10 +150,21 @@ fn open_model(m: &ArgMatches) -> Result<(Device, PathBuf, Gpt)> {
     eprintln!("{}", dev.info());
     let dir = path_arg(m, "model").expect("required");
     let t = Instant::now();
-    let model = load_pretrained(&dev, &dir)?;
+    // Only generate and score take --dtype; the training commands keep f32 weights.
+    let dtype = match m
+        .try_get_one::<String>("dtype")
+        .ok()
+        .flatten()
+        .map(String::as_str)
+    {
+        Some("f16") => DType::F16,
+        Some("bf16") => DType::BF16,
+        _ => DType::F32,
+    };
+    let model = load_pretrained_as(&dev, &dir, dtype)?;
     let c = model.config();
     eprintln!(
-        "model {}: {} layers, {} heads, {} wide, context {}, vocabulary {} ({:.1}M parameters), loaded in {:.2} s",
+        "model {}: {} layers, {} heads, {} wide, context {}, vocabulary {} ({:.1}M parameters, {:.1} MB as {}), loaded in {:.2} s",
         dir.display(),
         c.n_layer,
         c.n_head,
@@ -152,6 +172,8 @@ fn open_model(m: &ArgMatches) -> Result<(Device, PathBuf, Gpt)> {
         c.block_size,
         c.vocab_size,
         c.num_params() as f64 / 1e6,
+        model.parameter_bytes() as f64 / 1e6,
+        dtype.name(),
         t.elapsed().as_secs_f64()
     );
     Ok((dev, dir, model))

@@ -55,6 +55,34 @@ fn gather_rows(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) nw:
     gy[o] = v;
 }
 
+// 16-bit tables (inference with f16 / bf16 weights): two elements per word, element 2i in the
+// low half; the gathered rows are f32.
+@group(0) @binding(1) var<storage, read> table_h: array<u32>;  // (ceil(V * D / 2)) half pairs
+
+fn half_at(i: u32) -> u32 {
+    return (table_h[i / 2u] >> (16u * (i % 2u))) & 0xffffu;
+}
+
+@compute @workgroup_size(WG)
+fn gather_rows_f16(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let o = flat(w, nw, l);
+    if o >= gp.n { return; }
+    let id = ids[o / gp.dim] - gp.offset;
+    var v = 0.0;
+    if id < gp.vocab { v = unpack2x16float(half_at(id * gp.dim + o % gp.dim)).x; }
+    gy[o] = v;
+}
+
+@compute @workgroup_size(WG)
+fn gather_rows_bf16(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let o = flat(w, nw, l);
+    if o >= gp.n { return; }
+    let id = ids[o / gp.dim] - gp.offset;
+    var v = 0.0;
+    if id < gp.vocab { v = bitcast<f32>(half_at(id * gp.dim + o % gp.dim) << 16u); }
+    gy[o] = v;
+}
+
 // ---- gather_rows backward: a deterministic scatter-add into the table's gradient ----
 // Input: the positions sorted by (id, position), and offsets (V + 1): id v's positions are
 // sorted[offsets[v] .. offsets[v + 1]]. The host builds both when it has the ids; for ids

@@ -560,3 +560,87 @@ fn forward_past_one_binding_points_at_forward_chunks() {
     assert!(matches!(e, Error::TooLarge { .. }), "{e:?}");
     assert!(e.to_string().contains("forward_chunks"), "{e}");
 }
+
+/// Weights in f16 / bf16 (`load_pretrained_as`): the matrices and the embedding take half the
+/// memory, and the model computes exactly the model of its rounded weights — its logits equal,
+/// to f32 accumulation order (2e-5), those of an f32 model built from the same rounded values,
+/// on the whole device and on the split one (embedding in row chunks). Against PyTorch's f32
+/// weights the logits move by the rounding alone; greedy generation keeps the f32 tokens.
+#[test]
+fn half_weights_compute_the_model_of_their_rounded_values() {
+    use portagrad::DType;
+    use portagrad::generate::{Sampler, SamplingConfig};
+    use portagrad::models::load_pretrained_as;
+    let g = Golden::load();
+    let (_, golden) = g.f64s("logits");
+    for dev in [shared_device(), split_device()] {
+        let (b, t, ids, _, _) = batch(&g);
+        let full = Tensor::from_u32(&dev, &ids, &[b, t]).unwrap();
+        let f32_model = load_on(&dev);
+        // Bounds: about 4 units of roundoff of each type (2^-11, 2^-8) on logits of size <= 1.
+        for (dtype, bound) in [(DType::F16, 1e-3), (DType::BF16, 8e-3)] {
+            let half = load_pretrained_as(&dev, &golden_dir(), dtype).unwrap();
+            assert_eq!(half.weight_dtype(), dtype);
+            let params = half.parameters();
+            for (name, p) in &params {
+                let matrix = name.contains("wte")
+                    || name.ends_with("c_attn.weight")
+                    || name.ends_with("c_proj.weight")
+                    || name.ends_with("c_fc.weight");
+                let want = if matrix { dtype } else { DType::F32 };
+                assert_eq!(p.dtype(), want, "{name}");
+            }
+            // 16-bit matrices: well under the f32 model's bytes.
+            assert!(half.parameter_bytes() * 10 < f32_model.parameter_bytes() * 6);
+            // The rounded values on the host (the embedding's chunks joined), chunked as the f32
+            // model plans.
+            let host = Gpt::join_wte_chunks(&params).unwrap();
+            let c = half.config().n_embd;
+            let rounded = Gpt::build(&dev, half.config().clone(), 0, &mut |name, shape| {
+                let (key, rows) = match Gpt::wte_chunk_rows(name) {
+                    Some(r) => ("transformer.wte.weight", Some(r)),
+                    None => (name, None),
+                };
+                let (_, _, v) = host.iter().find(|(n, _, _)| n == key).expect("same names");
+                let v = rows.map_or(&v[..], |r| &v[r.start * c..r.end * c]);
+                Tensor::from_slice(&dev, v, shape)
+            })
+            .unwrap();
+            let got = portagrad::inference(|| half.forward(&full, false))
+                .unwrap()
+                .to_vec()
+                .unwrap();
+            let want = portagrad::inference(|| rounded.forward(&full, false))
+                .unwrap()
+                .to_vec()
+                .unwrap();
+            let want: Vec<f64> = want.iter().map(|&v| f64::from(v)).collect();
+            assert_close(
+                &format!("{dtype:?} logits vs rounded f32"),
+                &got,
+                &want,
+                0.0,
+                2e-5,
+            );
+            let moved = got
+                .iter()
+                .zip(&golden)
+                .fold(0.0f64, |m, (&a, &b)| m.max((f64::from(a) - b).abs()));
+            eprintln!("{dtype:?}: max |logit - PyTorch f32 logit| = {moved:.2e}");
+            assert!(moved < bound, "{dtype:?}: logits moved {moved} from f32's");
+            // Greedy continuations of the golden prompts are the f32 model's.
+            let greedy = || {
+                Sampler::new(SamplingConfig {
+                    temperature: 0.0,
+                    ..Default::default()
+                })
+            };
+            for row in 0..b {
+                let p = &ids[row * t..row * t + 4];
+                let a = f32_model.generate(p, 8, &mut greedy().unwrap(), &mut |_| Ok(true));
+                let h = half.generate(p, 8, &mut greedy().unwrap(), &mut |_| Ok(true));
+                assert_eq!(h.unwrap(), a.unwrap(), "{dtype:?} greedy from {p:?}");
+            }
+        }
+    }
+}

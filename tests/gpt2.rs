@@ -475,3 +475,88 @@ fn a_gpt2_sized_embedding_scores_and_generates_in_chunks() {
     let e = lm::score(&model, &IdBatch::from_rows(&[vec![1, 50257]]).unwrap()).unwrap_err();
     assert!(e.to_string().contains("50257"), "{e}");
 }
+
+/// The same GPT-2-sized embedding in f16 is 77 MB: one binding of 128 MiB, no chunks; the
+/// model built from f16 values (`Gpt::build_as`) scores and generates like the f32 model of
+/// the same rounded values (whose embedding needs two chunks).
+#[test]
+fn a_gpt2_sized_embedding_in_f16_is_one_binding() {
+    use portagrad::testing::reference::convert::{from_f16_bits, to_f16_bits};
+    use portagrad::{DType, Device, DeviceOptions, Tensor};
+    let dev = Device::with_options(DeviceOptions::new().plan_binding_bytes(128 << 20)).unwrap();
+    let cfg = GptConfig {
+        n_layer: 1,
+        n_head: 12,
+        n_embd: 768,
+        block_size: 32,
+        ..GptConfig::default()
+    };
+    let c = cfg.n_embd;
+    let matrix = |n: &str| {
+        n.contains("wte")
+            || n.ends_with("c_attn.weight")
+            || n.ends_with("c_proj.weight")
+            || n.ends_with("c_fc.weight")
+    };
+    // The matrices rounded to f16 on the host, once: both models hold these values.
+    let seed_model = Gpt::new(&dev, cfg.clone(), 7).unwrap();
+    let host: Vec<(String, Vec<f32>)> = Gpt::join_wte_chunks(&seed_model.parameters())
+        .unwrap()
+        .into_iter()
+        .map(|(n, _, v)| {
+            let v = if matrix(&n) {
+                v.into_iter()
+                    .map(|x| from_f16_bits(to_f16_bits(x)))
+                    .collect()
+            } else {
+                v
+            };
+            (n, v)
+        })
+        .collect();
+    drop(seed_model);
+    let build = |dtype: DType| {
+        Gpt::build_as(&dev, cfg.clone(), 7, dtype, &mut |name, shape| {
+            // An f32 embedding is asked for in row chunks.
+            let (key, rows) = match Gpt::wte_chunk_rows(name) {
+                Some(r) => ("transformer.wte.weight", Some(r)),
+                None => (name, None),
+            };
+            let (_, v) = host.iter().find(|(n, _)| n == key).expect("name");
+            let v = rows.map_or(&v[..], |r| &v[r.start * c..r.end * c]);
+            let d = if matrix(name) { dtype } else { DType::F32 };
+            Tensor::from_slice_as(&dev, v, shape, d)
+        })
+        .unwrap()
+    };
+    let half = build(DType::F16);
+    let params = half.parameters();
+    assert!(
+        params.iter().all(|(n, _)| Gpt::wte_chunk_rows(n).is_none()),
+        "the f16 embedding is one chunk"
+    );
+    let (_, wte) = params.iter().find(|(n, _)| n.contains("wte")).unwrap();
+    assert_eq!(
+        (wte.shape(), wte.dtype()),
+        (&[50257usize, 768][..], DType::F16)
+    );
+    let rounded = build(DType::F32);
+    assert!(
+        rounded
+            .parameters()
+            .iter()
+            .any(|(n, _)| Gpt::wte_chunk_rows(n).is_some()),
+        "the f32 embedding needs chunks"
+    );
+    let ids = IdBatch::from_rows(&[vec![50256, 3, 40000, 25000, 0, 50256, 17, 43690]]).unwrap();
+    let (a, b) = (
+        lm::score(&half, &ids).unwrap(),
+        lm::score(&rounded, &ids).unwrap(),
+    );
+    assert!((a - b).abs() < 1e-5 * b.abs(), "f16 {a} vs rounded f32 {b}");
+    let next = |m: &Gpt| {
+        m.generate(&ids.ids, 3, &mut greedy(), &mut |_| Ok(true))
+            .unwrap()
+    };
+    assert_eq!(next(&half), next(&rounded));
+}

@@ -6,7 +6,7 @@
 
 use portagrad::testing::reference::convert as r;
 use portagrad::testing::shared_device;
-use portagrad::{Activation, DType, Error, Tensor, WeightLayout};
+use portagrad::{DType, Error, Tensor};
 
 fn f32_bits(v: &[u32]) -> Tensor {
     let f: Vec<f32> = v.iter().map(|&b| f32::from_bits(b)).collect();
@@ -266,7 +266,8 @@ type Op = (
 );
 
 /// Ops that compute in f32 only: each refuses a 16-bit operand with a dtype error naming it,
-/// never reading its packed words as f32 values.
+/// never reading its packed words as f32 values. (matmul, linear and gather_rows take 16-bit
+/// operands: tests/ops_matmul.rs and `gather_rows_from_half_tables`.)
 const F32_ONLY: &[Op] = &[
     ("add", |h, f| h.add(f)),
     ("add (f32 first)", |h, f| f.add(h)),
@@ -298,20 +299,6 @@ const F32_ONLY: &[Op] = &[
     ("concat_last", |h, f| {
         Tensor::concat_last(&[h.clone(), f.clone()])
     }),
-    ("matmul", |h, f| h.matmul(&f.transpose()?)),
-    ("matmul (f32 first)", |h, f| f.matmul(&h.transpose()?)),
-    ("matmul_t", |h, f| h.matmul_t(f, false, true)),
-    ("linear", |h, f| {
-        f.linear(&h.transpose()?, None, WeightLayout::InOut, Activation::None)
-    }),
-    ("linear (f16 weight)", |h, f| {
-        f.linear(
-            &h.reshape(&[6, 4])?,
-            None,
-            WeightLayout::InOut,
-            Activation::None,
-        )
-    }),
     ("mse_loss", |h, f| h.mse_loss(f)),
     ("bce_with_logits", |h, f| h.bce_with_logits(f)),
     ("layer_norm", |h, f| {
@@ -327,11 +314,48 @@ const F32_ONLY: &[Op] = &[
         let t = Tensor::from_u32(h.device(), &[0, 1, 2, 3], &[4])?;
         h.cross_entropy(&t, None)
     }),
-    ("gather_rows", |h, _| {
-        let t = Tensor::from_u32(h.device(), &[0, 2], &[2])?;
-        h.gather_rows(&t)
-    }),
 ];
+
+/// A 16-bit embedding table gives f32 rows, the stored values exactly; its gradient comes
+/// back in its dtype.
+#[test]
+fn gather_rows_from_half_tables() {
+    let dev = shared_device();
+    let v: Vec<f32> = (0..35).map(|i| (i as f32 * 0.77).cos() * 2.0).collect();
+    let ids = Tensor::from_u32(&dev, &[4, 0, 3, 3, 6], &[5]).unwrap();
+    for dtype in [DType::F16, DType::BF16] {
+        // (7, 5): odd row length, so rows straddle words.
+        let table = Tensor::from_slice_as(&dev, &v, &[7, 5], dtype)
+            .unwrap()
+            .with_grad();
+        let stored = table.to_vec().unwrap();
+        let want: Vec<f32> = [4, 0, 3, 3, 6]
+            .iter()
+            .flat_map(|&r| stored[r * 5..r * 5 + 5].to_vec())
+            .collect();
+        for masked in [false, true] {
+            let rows = if masked {
+                table.gather_rows_masked(&ids, 0).unwrap()
+            } else {
+                table.gather_rows(&ids).unwrap()
+            };
+            assert_eq!((rows.shape(), rows.dtype()), (&[5usize, 5][..], DType::F32));
+            assert_eq!(rows.to_vec().unwrap(), want, "{dtype:?} masked {masked}");
+        }
+        let grads = table
+            .gather_rows(&ids)
+            .unwrap()
+            .sum()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g = grads.get(&table).unwrap();
+        assert_eq!(g.dtype(), dtype);
+        let counts = [1.0, 0.0, 0.0, 2.0, 1.0, 0.0, 1.0];
+        let want: Vec<f32> = counts.iter().flat_map(|&c| [c; 5]).collect();
+        assert_eq!(g.to_vec().unwrap(), want);
+    }
+}
 
 #[test]
 fn f32_only_ops_refuse_half_inputs() {

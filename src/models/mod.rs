@@ -13,7 +13,7 @@ pub use crate::generate::{GenerateOptions, Generation};
 pub use bpe::{BpeTokenizer, END_OF_TEXT, StreamDecoder, pre_tokenize};
 pub use char_tokenizer::CharTokenizer;
 pub use gpt::io::{
-    HostTensor, config_json, load_config, load_pretrained, save_host_tensors, save_pretrained,
-    save_tensors, write_atomic,
+    HostTensor, config_json, load_config, load_pretrained, load_pretrained_as, save_host_tensors,
+    save_pretrained, save_tensors, write_atomic,
 };
 pub use gpt::{Gpt, GptConfig};

@@ -11,7 +11,7 @@ use safetensors::{Dtype, SafeTensors};
 use super::{Gpt, GptConfig};
 use crate::error::{Error, Result};
 pub use crate::io::write_atomic;
-use crate::{Device, Tensor};
+use crate::{DType, Device, Tensor};
 
 fn bad(path: &Path, message: String) -> Error {
     Error::InvalidArgument {
@@ -115,6 +115,15 @@ fn f16_to_f32(h: u16) -> f32 {
 
 /// Load a Hugging Face GPT-2 directory (or a `shakespeare` checkpoint directory) onto `dev`.
 pub fn load_pretrained(dev: &Device, dir: &Path) -> Result<Gpt> {
+    load_pretrained_as(dev, dir, DType::F32)
+}
+
+/// [`load_pretrained`] with the weight matrices and the embedding held in `dtype` (f32, f16 or
+/// bf16): half the memory in 16 bits, for inference (matmuls unpack the 16-bit weights and
+/// accumulate in f32; biases, LayerNorm and the position embedding stay f32). A file tensor
+/// already in `dtype` is uploaded as it is stored; others are rounded to nearest on the host.
+/// The optimizers take f32 parameters only, so a 16-bit model is not trained.
+pub fn load_pretrained_as(dev: &Device, dir: &Path, dtype: DType) -> Result<Gpt> {
     let cfg = load_config(&dir.join("config.json"))?;
     let path = dir.join("model.safetensors");
     let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
@@ -149,7 +158,7 @@ pub fn load_pretrained(dev: &Device, dir: &Path) -> Result<Gpt> {
             format!("tensors not in a GPT-2 of this config: {unexpected:?}"),
         ));
     }
-    let model = Gpt::build(dev, cfg.clone(), 0, &mut |name, shape| {
+    let model = Gpt::build_as(dev, cfg.clone(), 0, dtype, &mut |name, shape| {
         // A row chunk of the embedding reads its rows of the file's whole (V, C) tensor.
         let rows = Gpt::wte_chunk_rows(name);
         let (name, full) = match &rows {
@@ -179,8 +188,28 @@ pub fn load_pretrained(dev: &Device, dir: &Path) -> Result<Gpt> {
             }
             None => t.data(),
         };
+        let want = if super::is_weight_matrix(name) {
+            dtype
+        } else {
+            DType::F32
+        };
+        let stored_as_wanted = matches!(
+            (t.dtype(), want),
+            (Dtype::F16, DType::F16) | (Dtype::BF16, DType::BF16)
+        );
+        if stored_as_wanted {
+            let bits: Vec<u16> = data
+                .chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                .collect();
+            return if want == DType::F16 {
+                Tensor::from_f16_bits(dev, &bits, shape)
+            } else {
+                Tensor::from_bf16_bits(dev, &bits, shape)
+            };
+        }
         let v = to_f32(&path, name, t.dtype(), data)?;
-        Tensor::from_slice(dev, &v, shape)
+        Tensor::from_slice_as(dev, &v, shape, want)
     })?;
     if let Some(lm) = names.get("lm_head.weight") {
         let t = st

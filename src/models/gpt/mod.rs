@@ -16,7 +16,7 @@ use self::io::HostTensor;
 use crate::error::{Error, Result};
 use crate::generate::{self, CausalLm, GenerateOptions, Generation, Sampler};
 use crate::io::checkpoint::DropoutState;
-use crate::{Activation, Device, KvCache, Tensor, WeightLayout};
+use crate::{Activation, DType, Device, KvCache, Tensor, WeightLayout};
 
 /// Where a block's attention gets its keys and values.
 enum Attn<'a> {
@@ -33,8 +33,8 @@ const WTE: &str = "transformer.wte.weight";
 
 /// The row ranges the (V, C) token embedding is held in on `dev`: as many rows per chunk as
 /// fit [`Device::plan_binding_bytes`] (at least one), the last chunk takes the rest.
-fn wte_chunks(dev: &Device, cfg: &GptConfig) -> Vec<Range<usize>> {
-    let row = (cfg.n_embd as u64 * 4).max(1);
+fn wte_chunks(dev: &Device, cfg: &GptConfig, dtype: DType) -> Vec<Range<usize>> {
+    let row = (cfg.n_embd as u64 * dtype.size() as u64).max(1);
     let per = (dev.plan_binding_bytes() / row).clamp(1, cfg.vocab_size as u64) as usize;
     (0..cfg.vocab_size)
         .step_by(per)
@@ -101,6 +101,18 @@ pub struct Gpt {
     ln_f_b: Tensor, // (C)
     dropout_calls: AtomicU64,
     seed: u64,
+    /// The dtype of the weight matrices and the embedding (f32, or f16 / bf16 for inference).
+    weight_dtype: DType,
+}
+
+/// Whether parameter `name` is one of the matrices held in the model's weight dtype (the
+/// embedding, also the lm_head, and the four projections of each block); biases, LayerNorm
+/// parameters and the position embedding stay f32.
+pub(crate) fn is_weight_matrix(name: &str) -> bool {
+    name.starts_with(WTE)
+        || name.ends_with("attn.c_attn.weight")
+        || name.ends_with("c_proj.weight")
+        || name.ends_with("mlp.c_fc.weight")
 }
 
 impl Gpt {
@@ -242,7 +254,28 @@ impl Gpt {
         seed: u64,
         make: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>,
     ) -> Result<Gpt> {
+        Self::build_as(dev, cfg, seed, DType::F32, make)
+    }
+
+    /// [`build`](Self::build) with the weight matrices and the embedding in `weight_dtype`
+    /// (f32, f16 or bf16; see [`load_pretrained_as`](super::load_pretrained_as)): `make` must
+    /// return them in that dtype, every other parameter in f32. The embedding's row chunks are
+    /// sized for the dtype (GPT-2's 154 MB f32 embedding is 77 MB in f16).
+    pub fn build_as(
+        dev: &Device,
+        cfg: GptConfig,
+        seed: u64,
+        weight_dtype: DType,
+        make: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>,
+    ) -> Result<Gpt> {
         cfg.validate()?;
+        if !weight_dtype.is_float() {
+            return Err(Error::DType {
+                op: "Gpt::build",
+                expected: "f32, f16 or bf16 weights",
+                got: weight_dtype.name(),
+            });
+        }
         let mut get = |name: &str, shape: &[usize]| -> Result<Tensor> {
             let t = make(name, shape)?;
             if t.shape() != shape {
@@ -251,11 +284,23 @@ impl Gpt {
                     message: format!("{name}: expected {shape:?}, got {:?}", t.shape()),
                 });
             }
+            let want = if is_weight_matrix(name) {
+                weight_dtype
+            } else {
+                DType::F32
+            };
+            if t.dtype() != want {
+                return Err(Error::DType {
+                    op: "Gpt::build",
+                    expected: want.name(),
+                    got: t.dtype().name(),
+                });
+            }
             Ok(if t.requires_grad() { t } else { t.with_grad() })
         };
         Self::check_sizes(dev, &cfg)?;
         let c = cfg.n_embd;
-        let wte_rows = wte_chunks(dev, &cfg);
+        let wte_rows = wte_chunks(dev, &cfg, weight_dtype);
         let wte = wte_rows
             .iter()
             .map(|r| get(&wte_name(r, wte_rows.len()), &[r.len(), c]))
@@ -292,7 +337,21 @@ impl Gpt {
             dropout_calls: AtomicU64::new(0),
             seed,
             cfg,
+            weight_dtype,
         })
+    }
+
+    /// The dtype of the weight matrices and the embedding.
+    pub fn weight_dtype(&self) -> DType {
+        self.weight_dtype
+    }
+
+    /// Bytes the parameters occupy on the device.
+    pub fn parameter_bytes(&self) -> u64 {
+        self.parameters()
+            .iter()
+            .map(|(_, t)| (t.numel() * t.dtype().size()) as u64)
+            .sum()
     }
 
     /// The configuration.

@@ -73,7 +73,15 @@ pub(crate) fn gather_rows(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
 /// row `i - offset`, and ids outside that range give zero rows (no range error). Without it,
 /// every id must be a row of `table`.
 pub(crate) fn gather_rows_at(table: &Tensor, ids: &Tensor, offset: Option<u32>) -> Result<Tensor> {
-    table.expect_dtype("gather_rows", DType::F32)?;
+    // f16 / bf16 tables give f32 rows (the embedding of a model held in half precision).
+    let entry = match table.dtype {
+        DType::F16 => "gather_rows_f16",
+        DType::BF16 => "gather_rows_bf16",
+        _ => "gather_rows",
+    };
+    if !table.dtype.is_float() {
+        table.expect_dtype("gather_rows", DType::F32)?;
+    }
     ids.expect_dtype("gather_rows", DType::U32)?;
     table.same_device("gather_rows", ids)?;
     if table.shape.len() != 2 {
@@ -114,10 +122,10 @@ pub(crate) fn gather_rows_at(table: &Tensor, ids: &Tensor, offset: Option<u32>) 
         vocab: vocab as u32,
         offset: offset.unwrap_or(0),
     };
-    // table: (V, D), ids: (n), out: (n, D)
+    // table: (V, D) (f32, or half pairs), ids: (n), out: (n, D)
     table.dev.dispatch(
         &SHADER,
-        "gather_rows",
+        entry,
         &[],
         &p,
         &[

@@ -25,7 +25,8 @@ impl Tensor {
             Box::new(move |g| Ok(vec![Some(g.view_raw(orig.clone()))]));
         Ok(out.record("reshape", &[self], back))
     }
-    /// Rows of `self` (a (V, D) table) picked by u32 `ids` of any shape: -> (ids..., D).
+    /// Rows of `self` (a (V, D) table) picked by u32 `ids` of any shape: -> (ids..., D). An f16
+    /// or bf16 table gives f32 rows (its gradient comes back in its dtype).
     ///
     /// The gradient to the table is a deterministic scatter-add: repeated ids are summed in
     /// position order, without float atomics, so the same input gives the same bits. Ids made by
@@ -37,13 +38,12 @@ impl Tensor {
         if !Tensor::should_record(&[self]) {
             return Ok(out);
         }
-        let vocab = self.shape[0];
+        let (vocab, dtype) = (self.shape[0], self.dtype);
         let ids = ids.detach();
         let back: crate::autograd::BackwardFn = Box::new(move |g| {
             let host = ids.host_ids.as_deref();
-            Ok(vec![Some(layout::gather_rows_backward(
-                g, &ids, host, vocab, 0,
-            )?)])
+            let gt = layout::gather_rows_backward(g, &ids, host, vocab, 0)?;
+            Ok(vec![Some(gt.to_dtype(dtype)?)])
         });
         Ok(out.record("gather_rows", &[self], back))
     }
@@ -61,13 +61,12 @@ impl Tensor {
         if !Tensor::should_record(&[self]) {
             return Ok(out);
         }
-        let rows = self.shape[0];
+        let (rows, dtype) = (self.shape[0], self.dtype);
         let ids = ids.detach();
         let back: crate::autograd::BackwardFn = Box::new(move |g| {
             let host = ids.host_ids.as_deref();
-            Ok(vec![Some(layout::gather_rows_backward(
-                g, &ids, host, rows, offset,
-            )?)])
+            let gt = layout::gather_rows_backward(g, &ids, host, rows, offset)?;
+            Ok(vec![Some(gt.to_dtype(dtype)?)])
         });
         Ok(out.record("gather_rows_masked", &[self], back))
     }
