@@ -25,7 +25,7 @@ use portagrad::models::{
 use portagrad::optim::{LrSchedule, OptimConfig, Optimizer, decay_groups};
 use portagrad::plot::{Series, line_charts_svg};
 use portagrad::rng::mix;
-use portagrad::{Device, Error, Result, Tensor};
+use portagrad::{Device, Error, Precision, Result, Tensor};
 
 fn cli() -> Command {
     let num = |name: &'static str, help: &'static str| {
@@ -58,6 +58,7 @@ fn cli() -> Command {
         .arg(num("eval-every", "steps between validation runs (with a sample)"))
         .arg(num("eval-batches", "batches per validation estimate").default_value("8"))
         .arg(Arg::new("seed").long("seed").default_value("1337").value_parser(value_parser!(u64)))
+        .arg(Arg::new("precision").long("precision").value_parser(["f32", "mixed", "mixed-bf16", "mixed-f16"]).default_value("f32").help("f32, or mixed (bf16 matmul operands; mixed-f16 for f16, without loss scaling) with f32 master weights"))
         .arg(Arg::new("out").long("out").value_name("DIR").default_value("shakespeare-out").help("checkpoint directory"))
         .arg(Arg::new("resume").long("resume").action(ArgAction::SetTrue).help("continue from the checkpoint in --out"))
         .arg(Arg::new("svg").long("svg").default_value("shakespeare.svg").help("loss curves"))
@@ -266,6 +267,11 @@ fn train(dev: &Device, m: &ArgMatches) -> Result<()> {
     } else {
         Gpt::new(dev, p.cfg.clone(), seed)?
     };
+    let precision = m
+        .get_one::<String>("precision")
+        .and_then(|s| Precision::parse(s))
+        .unwrap_or_default();
+    model.set_precision(precision)?;
     let cfg = OptimConfig::adamw(p.lr)
         .betas(0.9, 0.95)
         .clip_grad_norm(*m.get_one::<f64>("clip").expect("default"))
@@ -289,7 +295,7 @@ fn train(dev: &Device, m: &ArgMatches) -> Result<()> {
     }
     let c = &p.cfg;
     println!(
-        "model: {} layers, {} heads, {} wide, block {}, vocab {} ({:.2}M parameters); batch {}, {} steps, lr {}, dropout {}",
+        "model: {} layers, {} heads, {} wide, block {}, vocab {} ({:.2}M parameters); batch {}, {} steps, lr {}, dropout {}, precision {}",
         c.n_layer,
         c.n_head,
         c.n_embd,
@@ -299,7 +305,8 @@ fn train(dev: &Device, m: &ArgMatches) -> Result<()> {
         p.batch,
         p.steps,
         p.lr,
-        c.dropout
+        c.dropout,
+        precision.name()
     );
     println!(
         "data: {} ({} characters: {} train, {} validation)",

@@ -99,7 +99,7 @@ pub use ops::attention::{
 };
 pub use ops::matmul::{Activation, WeightLayout};
 pub use runtime::{Device, DeviceInfo, DeviceOptions, Stats};
-pub use tensor::{DType, Tensor};
+pub use tensor::{DType, Precision, Tensor};
 
 /// WGSL sources of every kernel, by family name (used by the shader validation test).
 pub fn shader_sources() -> &'static [(&'static str, &'static str)] {

@@ -53,6 +53,39 @@ impl DType {
     }
 }
 
+/// How a model computes its products (the `precision` of a training or inference run).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// Mixed precision: parameters, optimizer state, softmax, LayerNorm statistics, losses and
+    /// reductions stay f32; the operands of the matmuls are cast to this 16-bit type (f16 or
+    /// bf16) on the way in, and the products accumulate in f32.
+    Mixed(DType),
+}
+
+impl Precision {
+    /// Parse `f32`, `mixed` (bf16), `mixed-bf16` or `mixed-f16`.
+    pub fn parse(s: &str) -> Option<Precision> {
+        match s {
+            "f32" => Some(Precision::F32),
+            "mixed" | "mixed-bf16" | "bf16" => Some(Precision::Mixed(DType::BF16)),
+            "mixed-f16" | "f16" => Some(Precision::Mixed(DType::F16)),
+            _ => None,
+        }
+    }
+
+    /// The name [`parse`](Self::parse) reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Mixed(DType::F16) => "mixed-f16",
+            Precision::Mixed(_) => "mixed-bf16",
+        }
+    }
+}
+
 /// A dense, row-major tensor on a [`Device`]. Cloning is cheap (shares the buffer); ops record
 /// GPU work and return new tensors without waiting for it.
 #[derive(Clone)]

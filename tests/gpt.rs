@@ -644,3 +644,58 @@ fn half_weights_compute_the_model_of_their_rounded_values() {
         }
     }
 }
+
+/// Mixed precision on the golden batch: the matmul operands in bf16 / f16, everything else
+/// f32. Loss and every gradient stay within stated tolerances of PyTorch's f32 values (the
+/// golden file is f32 PyTorch; autocast's own values differ from it by the same roundings):
+/// the loss within 16-bit rounding of the logits, each gradient within 3 units of the type's
+/// roundoff (2^-8 bf16, 2^-11 f16) times 4 of its scale (the product of rounded operands, with
+/// its gradient rounded once more on the way back through the cast).
+#[test]
+fn mixed_precision_loss_and_gradients_near_pytorch() {
+    use portagrad::{DType, Precision};
+    let dev = shared_device();
+    let g = Golden::load();
+    let (b, t, _, inp, tgt) = batch(&g);
+    let x = Tensor::from_u32(&dev, &inp, &[b, t - 1]).unwrap();
+    let y = Tensor::from_u32(&dev, &tgt, &[b, t - 1]).unwrap();
+    let (_, want_loss) = g.f64s("loss");
+    for (d, unit) in [(DType::BF16, 2f64.powi(-8)), (DType::F16, 2f64.powi(-11))] {
+        let mut model = load_on(&dev);
+        model.set_precision(Precision::Mixed(d)).unwrap();
+        let loss = model.loss(&x, &y, false).unwrap();
+        let l = f64::from(loss.item().unwrap());
+        eprintln!("{d:?}: loss {l} vs {}", want_loss[0]);
+        assert!(
+            (l - want_loss[0]).abs() < 4.0 * unit * want_loss[0],
+            "{d:?} loss {l}"
+        );
+        let grads = loss.backward().unwrap();
+        let mut worst = 0.0f64;
+        for (name, p) in model.parameters() {
+            let gp = grads
+                .get(&p)
+                .unwrap_or_else(|| panic!("no gradient for {name}"));
+            assert_eq!(gp.dtype(), DType::F32, "{name}: master gradients are f32");
+            let (_, want) = g.f64s(&format!("grad.{name}"));
+            let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            let err = gp
+                .to_vec()
+                .unwrap()
+                .iter()
+                .zip(&want)
+                .fold(0.0f64, |m, (&a, &b)| m.max((f64::from(a) - b).abs()));
+            worst = worst.max(err / scale);
+            assert!(
+                err <= 12.0 * unit * scale,
+                "{d:?} {name}: error {err:.3e} of scale {scale:.3e}"
+            );
+        }
+        eprintln!("{d:?}: worst gradient error {worst:.2e} of its scale");
+    }
+    // 16-bit master weights are refused: mixed precision keeps f32 parameters.
+    let mut half = portagrad::models::load_pretrained_as(&dev, &golden_dir(), DType::F16).unwrap();
+    assert!(half.set_precision(Precision::Mixed(DType::BF16)).is_err());
+    let mut m = load_on(&dev);
+    assert!(m.set_precision(Precision::Mixed(DType::F32)).is_err());
+}

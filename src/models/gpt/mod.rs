@@ -16,7 +16,7 @@ use self::io::HostTensor;
 use crate::error::{Error, Result};
 use crate::generate::{self, CausalLm, GenerateOptions, Generation, Sampler};
 use crate::io::checkpoint::DropoutState;
-use crate::{Activation, DType, Device, KvCache, Tensor, WeightLayout};
+use crate::{Activation, DType, Device, KvCache, Precision, Tensor, WeightLayout};
 
 /// Where a block's attention gets its keys and values.
 enum Attn<'a> {
@@ -103,6 +103,8 @@ pub struct Gpt {
     seed: u64,
     /// The dtype of the weight matrices and the embedding (f32, or f16 / bf16 for inference).
     weight_dtype: DType,
+    /// How the matmuls compute ([`Gpt::set_precision`]).
+    precision: Precision,
 }
 
 /// Whether parameter `name` is one of the matrices held in the model's weight dtype (the
@@ -338,7 +340,56 @@ impl Gpt {
             seed,
             cfg,
             weight_dtype,
+            precision: Precision::F32,
         })
+    }
+
+    /// Compute the matmuls (the four projections of each block and the lm_head) in
+    /// `precision`: with [`Precision::Mixed`] both operands are cast to 16 bits on the way in
+    /// (the f32 parameters stay the master copy the optimizer updates; gradients come back
+    /// through the casts in f32), attention, LayerNorm, softmax and the loss stay f32.
+    /// Mixed precision needs f32 weights (a model loaded in 16 bits is already narrowed).
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        if let Precision::Mixed(d) = precision {
+            if !d.is_half() {
+                return Err(Error::DType {
+                    op: "Gpt::set_precision",
+                    expected: "f16 or bf16 operands",
+                    got: d.name(),
+                });
+            }
+            if self.weight_dtype != DType::F32 {
+                return Err(Error::InvalidArgument {
+                    op: "Gpt::set_precision",
+                    message: format!(
+                        "mixed precision keeps f32 master weights; this model holds {} weights",
+                        self.weight_dtype.name()
+                    ),
+                });
+            }
+        }
+        self.precision = precision;
+        Ok(())
+    }
+
+    /// The precision of the matmuls.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// `act(x · W + b)` in the model's precision.
+    fn dense(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        layout: WeightLayout,
+        act: Activation,
+    ) -> Result<Tensor> {
+        match self.precision {
+            Precision::Mixed(d) => x.to_dtype(d)?.linear(&w.to_dtype(d)?, b, layout, act),
+            Precision::F32 => x.linear(w, b, layout, act),
+        }
     }
 
     /// The dtype of the weight matrices and the embedding.
@@ -632,7 +683,8 @@ impl Gpt {
     /// One Transformer block on x (B, T, C); `attn` says where keys and values come from.
     fn block(&self, blk: &Block, x: Tensor, train: bool, attn: Attn<'_>) -> Result<Tensor> {
         let h = x.layer_norm(&blk.ln_1_w, &blk.ln_1_b, self.cfg.ln_eps)?;
-        let qkv = h.linear(
+        let qkv = self.dense(
+            &h,
             &blk.c_attn_w,
             Some(&blk.c_attn_b),
             WeightLayout::InOut,
@@ -652,7 +704,8 @@ impl Gpt {
                 crate::merge_heads(&crate::attend_cached(&q, cache)?)?
             }
         }; // (B, T, C)
-        let y = y.linear(
+        let y = self.dense(
+            &y,
             &blk.attn_proj_w,
             Some(&blk.attn_proj_b),
             WeightLayout::InOut,
@@ -660,13 +713,15 @@ impl Gpt {
         )?;
         let x = x.add(&self.dropout(y, train)?)?;
         let h = x.layer_norm(&blk.ln_2_w, &blk.ln_2_b, self.cfg.ln_eps)?;
-        let h = h.linear(
+        let h = self.dense(
+            &h,
             &blk.c_fc_w,
             Some(&blk.c_fc_b),
             WeightLayout::InOut,
             Activation::Gelu,
         )?; // (B, T, 4C)
-        let h = h.linear(
+        let h = self.dense(
+            &h,
             &blk.mlp_proj_w,
             Some(&blk.mlp_proj_b),
             WeightLayout::InOut,
@@ -684,7 +739,7 @@ impl Gpt {
     /// The tied lm_head on normalised x (..., C) -> (..., V): x · wteᵀ, or with row chunks the
     /// chunks' products x · chunkᵢᵀ side by side.
     fn lm_head(&self, x: &Tensor) -> Result<Tensor> {
-        let prod = |w: &Tensor| x.linear(w, None, WeightLayout::OutIn, Activation::None);
+        let prod = |w: &Tensor| self.dense(x, w, None, WeightLayout::OutIn, Activation::None);
         match &self.wte[..] {
             [wte] => prod(wte),
             chunks => Tensor::concat_last(&chunks.iter().map(prod).collect::<Result<Vec<_>>>()?),
