@@ -29,7 +29,7 @@ use portagrad::models::{
     BpeTokenizer, GenerateOptions, Gpt, StreamDecoder, load_pretrained_as, save_host_tensors,
     save_pretrained,
 };
-use portagrad::{DType, Device, Error, Result};
+use portagrad::{DType, Device, Error, Precision, Result};
 
 fn cli() -> Command {
     let model = || {
@@ -130,6 +130,7 @@ fn cli() -> Command {
                 .arg(num("batch-size", "sequences per step with --text").default_value("4"))
                 .arg(num("seq-len", "tokens per sequence with --text (default: min(context, 128))"))
                 .arg(Arg::new("no-dropout").long("no-dropout").action(ArgAction::SetTrue).help("train with dropout off"))
+                .arg(Arg::new("precision").long("precision").value_parser(["f32", "mixed", "mixed-bf16", "mixed-f16"]).default_value("f32").help("f32, or mixed: 16-bit matmul operands (bf16; mixed-f16 for f16, without loss scaling), f32 master weights"))
                 .arg(Arg::new("out").long("out").value_name("DIR").help("write the fine-tuned model here (Hugging Face format)")),
         )
 }
@@ -402,7 +403,13 @@ fn ragged_ids(text: &str) -> Result<Vec<Vec<u32>>> {
 }
 
 fn finetune(m: &ArgMatches) -> Result<()> {
-    let (_, dir, model) = open_model(m)?;
+    let (_, dir, mut model) = open_model(m)?;
+    let precision = m
+        .get_one::<String>("precision")
+        .and_then(|s| Precision::parse(s))
+        .unwrap_or_default();
+    model.set_precision(precision)?;
+    eprintln!("precision: {}", precision.name());
     let cfg = FinetuneConfig {
         steps: *m.get_one("steps").expect("required"),
         lr: *m.get_one("lr").expect("default"),

@@ -147,6 +147,21 @@ pub(crate) fn bytes_of(op: &'static str, shape: &[usize], dtype: DType) -> Resul
 }
 
 impl Tensor {
+    /// A fresh tensor (a new autograd identity, no gradient) over `storage`.
+    fn on(dev: &Device, storage: Arc<Storage>, shape: &[usize], dtype: DType) -> Tensor {
+        Tensor {
+            dev: dev.clone(),
+            storage,
+            shape: shape.to_vec(),
+            dtype,
+            id_bound: None,
+            host_ids: None,
+            id: fresh_id(),
+            requires_grad: false,
+            node: None,
+        }
+    }
+
     /// An uninitialised tensor (contents are whatever the pooled buffer held).
     pub(crate) fn empty(
         dev: &Device,
@@ -156,17 +171,7 @@ impl Tensor {
     ) -> Result<Tensor> {
         let bytes = bytes_of(op, shape, dtype)?;
         dev.check_size(op, shape, bytes)?;
-        Ok(Tensor {
-            dev: dev.clone(),
-            storage: dev.alloc(bytes, false)?,
-            shape: shape.to_vec(),
-            dtype,
-            id_bound: None,
-            host_ids: None,
-            id: fresh_id(),
-            requires_grad: false,
-            node: None,
-        })
+        Ok(Self::on(dev, dev.alloc(bytes, false)?, shape, dtype))
     }
 
     fn check_len(op: &'static str, shape: &[usize], len: usize, dtype: DType) -> Result<u64> {
@@ -186,33 +191,19 @@ impl Tensor {
     pub fn from_slice(dev: &Device, data: &[f32], shape: &[usize]) -> Result<Tensor> {
         let bytes = Self::check_len("from_slice", shape, data.len(), DType::F32)?;
         dev.check_size("from_slice", shape, bytes)?;
-        Ok(Tensor {
-            dev: dev.clone(),
-            storage: dev.upload(bytemuck::cast_slice(data))?,
-            shape: shape.to_vec(),
-            dtype: DType::F32,
-            id_bound: None,
-            host_ids: None,
-            id: fresh_id(),
-            requires_grad: false,
-            node: None,
-        })
+        let storage = dev.upload(bytemuck::cast_slice(data))?;
+        Ok(Self::on(dev, storage, shape, DType::F32))
     }
 
     /// A u32 tensor (token or class ids).
     pub fn from_u32(dev: &Device, data: &[u32], shape: &[usize]) -> Result<Tensor> {
         let bytes = Self::check_len("from_u32", shape, data.len(), DType::U32)?;
         dev.check_size("from_u32", shape, bytes)?;
+        let storage = dev.upload(bytemuck::cast_slice(data))?;
         Ok(Tensor {
-            dev: dev.clone(),
-            storage: dev.upload(bytemuck::cast_slice(data))?,
-            shape: shape.to_vec(),
-            dtype: DType::U32,
             id_bound: Some(data.iter().max().map_or(0, |m| m.saturating_add(1))),
             host_ids: Some(data.into()),
-            id: fresh_id(),
-            requires_grad: false,
-            node: None,
+            ..Self::on(dev, storage, shape, DType::U32)
         })
     }
 
@@ -272,17 +263,7 @@ impl Tensor {
             data.extend_from_slice(&b.to_le_bytes());
         }
         data.resize(bytes as usize, 0);
-        Ok(Tensor {
-            dev: dev.clone(),
-            storage: dev.upload(&data)?,
-            shape: shape.to_vec(),
-            dtype,
-            id_bound: None,
-            host_ids: None,
-            id: fresh_id(),
-            requires_grad: false,
-            node: None,
-        })
+        Ok(Self::on(dev, dev.upload(&data)?, shape, dtype))
     }
 
     /// A tensor filled with `value`.

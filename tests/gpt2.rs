@@ -434,12 +434,9 @@ fn loader_rejects_more_disagreements() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-// GPT-2's real embedding, (50257, 768) = 154 MB, past a 128 MiB binding (lavapipe's limit and
-// WebGPU's default; the device plans with it on every adapter): held in 2 row chunks, it
-// scores and generates. One layer and a short context keep it to a few seconds.
-#[test]
-fn a_gpt2_sized_embedding_scores_and_generates_in_chunks() {
-    use portagrad::{Device, DeviceOptions, Tensor};
+/// A device that plans with 128 MiB bindings and a one-layer GPT-2-sized config.
+fn gpt2_sized() -> (portagrad::Device, GptConfig) {
+    use portagrad::{Device, DeviceOptions};
     let dev = Device::with_options(DeviceOptions::new().plan_binding_bytes(128 << 20)).unwrap();
     let cfg = GptConfig {
         n_layer: 1,
@@ -448,6 +445,16 @@ fn a_gpt2_sized_embedding_scores_and_generates_in_chunks() {
         block_size: 32,
         ..GptConfig::default()
     };
+    (dev, cfg)
+}
+
+// GPT-2's real embedding, (50257, 768) = 154 MB, past a 128 MiB binding (lavapipe's limit and
+// WebGPU's default; the device plans with it on every adapter): held in 2 row chunks, it
+// scores and generates. One layer and a short context keep it to a few seconds.
+#[test]
+fn a_gpt2_sized_embedding_scores_and_generates_in_chunks() {
+    use portagrad::Tensor;
+    let (dev, cfg) = gpt2_sized();
     let model = Gpt::new(&dev, cfg, 7).unwrap();
     let chunks: Vec<_> = model
         .parameters()
@@ -482,15 +489,8 @@ fn a_gpt2_sized_embedding_scores_and_generates_in_chunks() {
 #[test]
 fn a_gpt2_sized_embedding_in_f16_is_one_binding() {
     use portagrad::testing::reference::convert::{from_f16_bits, to_f16_bits};
-    use portagrad::{DType, Device, DeviceOptions, Tensor};
-    let dev = Device::with_options(DeviceOptions::new().plan_binding_bytes(128 << 20)).unwrap();
-    let cfg = GptConfig {
-        n_layer: 1,
-        n_head: 12,
-        n_embd: 768,
-        block_size: 32,
-        ..GptConfig::default()
-    };
+    use portagrad::{DType, Tensor};
+    let (dev, cfg) = gpt2_sized();
     let c = cfg.n_embd;
     let matrix = |n: &str| {
         n.contains("wte")

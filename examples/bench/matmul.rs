@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use portagrad::testing::{Family, force_kernel};
-use portagrad::{Activation, Device, Result, Tensor, WeightLayout};
+use portagrad::{Activation, DType, Device, Result, Tensor, WeightLayout};
 
 /// Wall and process-CPU seconds per run of `f`, from the fastest of 3 timed batches of at
 /// least ~0.3 s each.
@@ -147,6 +147,33 @@ pub fn run(dev: &Device) -> Result<()> {
             format!("decode GEMV (B in {} column parts)", parts.len())
         };
         row(&case, m, k, n, ran.unwrap_or("-"), secs);
+    }
+    // 16-bit operands (unpacked on load, f32 accumulation): the square product with both
+    // operands in f16 / bf16, and the decode GEMV with the LM head's weights in f16, which
+    // fit one binding (77 MB) where f32 needs two.
+    for dtype in [DType::F16, DType::BF16] {
+        let a = Tensor::rand_uniform(dev, &[1024, 1024], -1.0, 1.0, 1)?.to_dtype(dtype)?;
+        let b = Tensor::rand_uniform(dev, &[1024, 1024], -1.0, 1.0, 2)?.to_dtype(dtype)?;
+        let (_, ran) = a.matmul_t_with_entry(&b, false, false)?;
+        let secs = time(dev, || a.matmul(&b).map(drop))?;
+        let case = format!("square, {} x {}", dtype.name(), dtype.name());
+        row(&case, 1024, 1024, 1024, ran.unwrap_or("-"), secs);
+    }
+    {
+        let a = Tensor::rand_uniform(dev, &[1, 768], -1.0, 1.0, 6)?;
+        // Rounded on the host: the f32 table would not fit one binding to convert from.
+        let wv = portagrad::testing::random_vec(50257 * 768, -1.0, 1.0, 7);
+        let w = Tensor::from_slice_as(dev, &wv, &[50257, 768], DType::F16)?;
+        let (_, ran) = a.matmul_t_with_entry(&w, false, true)?;
+        let secs = time(dev, || a.matmul_t(&w, false, true).map(drop))?;
+        row(
+            "decode GEMV, A·Bᵀ, B f16",
+            1,
+            768,
+            50257,
+            ran.unwrap_or("-"),
+            secs,
+        );
     }
     // The GPT LM head as it runs: logits = x · wteᵀ, wte stored (V, C).
     if (768 * 50257 * 4) as u64 <= dev.info().max_storage_binding {
