@@ -130,7 +130,7 @@ fn cli() -> Command {
                 .arg(num("batch-size", "sequences per step with --text").default_value("4"))
                 .arg(num("seq-len", "tokens per sequence with --text (default: min(context, 128))"))
                 .arg(Arg::new("no-dropout").long("no-dropout").action(ArgAction::SetTrue).help("train with dropout off"))
-                .arg(Arg::new("precision").long("precision").value_parser(["f32", "mixed", "mixed-bf16", "mixed-f16"]).default_value("f32").help("f32, or mixed: 16-bit matmul operands (bf16; mixed-f16 for f16, without loss scaling), f32 master weights"))
+                .arg(Arg::new("precision").long("precision").value_parser(["f32", "mixed", "mixed-bf16", "mixed-f16"]).default_value("f32").help("f32, or mixed: 16-bit matmul operands (bf16; mixed-f16 for f16, with dynamic loss scaling), f32 master weights"))
                 .arg(Arg::new("out").long("out").value_name("DIR").help("write the fine-tuned model here (Hugging Face format)")),
         )
 }

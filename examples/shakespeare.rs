@@ -22,7 +22,7 @@ use portagrad::io::checkpoint;
 use portagrad::models::{
     CharTokenizer, Gpt, GptConfig, load_pretrained, save_pretrained, write_atomic,
 };
-use portagrad::optim::{LrSchedule, OptimConfig, Optimizer, decay_groups};
+use portagrad::optim::{LossScaling, LrSchedule, OptimConfig, Optimizer, decay_groups};
 use portagrad::plot::{Series, line_charts_svg};
 use portagrad::rng::mix;
 use portagrad::{Device, Error, Precision, Result, Tensor};
@@ -58,7 +58,7 @@ fn cli() -> Command {
         .arg(num("eval-every", "steps between validation runs (with a sample)"))
         .arg(num("eval-batches", "batches per validation estimate").default_value("8"))
         .arg(Arg::new("seed").long("seed").default_value("1337").value_parser(value_parser!(u64)))
-        .arg(Arg::new("precision").long("precision").value_parser(["f32", "mixed", "mixed-bf16", "mixed-f16"]).default_value("f32").help("f32, or mixed (bf16 matmul operands; mixed-f16 for f16, without loss scaling) with f32 master weights"))
+        .arg(Arg::new("precision").long("precision").value_parser(["f32", "mixed", "mixed-bf16", "mixed-f16"]).default_value("f32").help("f32, or mixed (bf16 matmul operands; mixed-f16 for f16, with dynamic loss scaling) with f32 master weights"))
         .arg(Arg::new("out").long("out").value_name("DIR").default_value("shakespeare-out").help("checkpoint directory"))
         .arg(Arg::new("resume").long("resume").action(ArgAction::SetTrue).help("continue from the checkpoint in --out"))
         .arg(Arg::new("svg").long("svg").default_value("shakespeare.svg").help("loss curves"))
@@ -282,6 +282,9 @@ fn train(dev: &Device, m: &ArgMatches) -> Result<()> {
         ));
     let wd = *m.get_one::<f64>("weight-decay").expect("default");
     let mut opt = Optimizer::with_groups(cfg, decay_groups(model.parameters(), wd))?;
+    if precision == Precision::Mixed(portagrad::DType::F16) {
+        opt.enable_loss_scaling(LossScaling::default())?;
+    }
     let state_path = out.join("train_state.safetensors");
     let mut start = 0usize;
     if resume {
@@ -351,7 +354,8 @@ fn train(dev: &Device, m: &ArgMatches) -> Result<()> {
             mix(seed) ^ step as u64,
         )?;
         let loss = model.loss(&x, &y, true)?;
-        let grads = loss.backward()?;
+        // With f16 mixed precision the loss is scaled for the backward (see LossScaling).
+        let grads = opt.scale_loss(&loss)?.backward()?;
         opt.step(&grads)?;
         // Read the loss only now and then: every read waits for the GPU.
         if (step + 1) % log_every == 0 || step + 1 == p.steps {
@@ -444,6 +448,9 @@ fn train(dev: &Device, m: &ArgMatches) -> Result<()> {
     let _ = s;
     println!("\n--------------");
     println!("final validation loss: {final_val:.4} nats/char");
+    if let Some((scale, skipped)) = opt.loss_scale()? {
+        println!("loss scale {scale}, {skipped} steps skipped on overflow");
+    }
     println!(
         "training: {:.0} tokens/s, {:.1} ms/step over {steps_run} steps ({:.0} s in all, with evaluation)",
         (steps_run * tokens_per_step) as f64 / train_time,

@@ -34,7 +34,8 @@ struct Slot {
 struct Optim {
     nslots: u32,     // slots in use
     total_wg: u32,   // workgroups of all slots together
-    clip: u32,       // 1: gradients are multiplied by aux[0] (the clip coefficient)
+    clip: u32,       // 1: gradients are multiplied by aux[0] (the clip coefficient); 2: also
+                     // loss scaling: the step is skipped when aux[1] (the norm) is not finite
     first: u32,      // SGD: 1 on the first step (the momentum buffer starts as the gradient)
     beta1: f32,      // Adam beta1; SGD momentum
     omb1: f32,       // Adam: 1 - beta1; SGD: 1 - dampening (host f64, as PyTorch's Python floats)
@@ -172,11 +173,21 @@ fn sgd_elem(s: u32, sl: Slot, j: u32) {
     store_p(s, j, p + (-sl.lr) * d);       // param.add_(d_p, alpha=-lr)
 }
 
+// Inf or NaN, tested on the bits (a driver may fold `x != x` away).
+fn not_finite(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7f800000u) == 0x7f800000u;
+}
+
+// Loss scaling found an overflow in this step's gradients: leave parameters and state as they are.
+fn skipped() -> bool {
+    return u.clip == 2u && not_finite(aux[1]);
+}
+
 // One invocation per element. (No loops over uniform values in these kernels: see slot_of.)
 @compute @workgroup_size(WG)
 fn adam(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let w = wg_index(wid, nwg);
-    if w >= u.total_wg { return; }
+    if w >= u.total_wg || skipped() { return; }
     let s = slot_of(w);
     let sl = u.slots[s];
     let j = (w - sl.wg0) * WG + lid;
@@ -186,7 +197,7 @@ fn adam(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 @compute @workgroup_size(WG)
 fn sgd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let w = wg_index(wid, nwg);
-    if w >= u.total_wg { return; }
+    if w >= u.total_wg || skipped() { return; }
     let s = slot_of(w);
     let sl = u.slots[s];
     let j = (w - sl.wg0) * WG + lid;
@@ -236,5 +247,52 @@ fn clip_finalize(@builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocat
         let norm = sqrt(sh[0]);
         aux[1] = norm;
         aux[0] = min(1.0, u.max_norm / (norm + 1e-6));
+    }
+}
+
+// Dynamic loss scaling (one workgroup), in place of clip_finalize when the gradients are of the
+// loss times the scale p0[0]. The norm of the scaled gradients gives the true norm (divided by
+// the scale; exact for the power-of-two scales) and the overflow test; aux[0] becomes the
+// coefficient that unscales and clips (max_norm: f32 max without clipping), aux[1] the true
+// norm, or infinity on overflow, which makes the update kernels skip (clip == 2). Then the
+// scale follows torch.amp.GradScaler: times beta2 (backoff) on overflow, times beta1 (growth)
+// after omb2 (interval) clean steps in a row.
+// p0: (4) scale, clean steps since the last change, overflow in this step (0 / 1), skipped steps.
+@compute @workgroup_size(WG)
+fn scale_finalize(@builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    var acc = 0.0;
+    let parts = u.part_base + nwg.z - 1u; // not a pure uniform: see sumsq
+    for (var i = lid; i < parts; i += WG) {
+        acc += aux[2u + i];
+    }
+    sh[lid] = acc;
+    workgroupBarrier();
+    for (var h = WG / 2u; h > 0u; h >>= 1u) {
+        if lid < h { sh[lid] += sh[lid + h]; }
+        workgroupBarrier();
+    }
+    if lid == 0u {
+        let scale = load_p(0u, 0u);
+        if not_finite(sh[0]) {
+            aux[1] = bitcast<f32>(0x7f800000u);
+            aux[0] = 0.0;
+            store_p(0u, 0u, scale * u.beta2);
+            store_p(0u, 1u, 0.0);
+            store_p(0u, 2u, 1.0);
+            store_p(0u, 3u, load_p(0u, 3u) + 1.0);
+        } else {
+            let norm = sqrt(sh[0]) / scale;
+            aux[1] = norm;
+            aux[0] = min(1.0, u.max_norm / (norm + 1e-6)) / scale;
+            var clean = load_p(0u, 1u) + 1.0;
+            var next = scale;
+            if clean >= u.omb2 {
+                next = scale * u.beta1;
+                clean = 0.0;
+            }
+            store_p(0u, 0u, next);
+            store_p(0u, 1u, clean);
+            store_p(0u, 2u, 0.0);
+        }
     }
 }

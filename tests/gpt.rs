@@ -699,3 +699,47 @@ fn mixed_precision_loss_and_gradients_near_pytorch() {
     let mut m = load_on(&dev);
     assert!(m.set_precision(Precision::Mixed(DType::F32)).is_err());
 }
+
+/// `lm::finetune` in mixed precision (the `gpt2 finetune --precision` path): 8 AdamW steps on
+/// the golden batch follow the f32 run's losses within 16-bit rounding; with f16 the optimizer
+/// scales the loss (no step overflows at 2^16 on this model, so none is skipped).
+#[test]
+fn mixed_precision_finetune_follows_f32() {
+    use portagrad::{DType, Precision};
+    let dev = shared_device();
+    let g = Golden::load();
+    let ids = id_batch(&g);
+    let cfg = FinetuneConfig {
+        steps: 8,
+        lr: 1e-3,
+        weight_decay: 0.1,
+        decay: DecayMode::All,
+        clip: Some(1.0),
+        dropout: false,
+    };
+    let run = |p: Precision| {
+        let mut model = load_on(&dev);
+        model.set_precision(p).unwrap();
+        let opt = lm::finetune_optimizer(&model, &cfg).unwrap();
+        let scaled = opt.loss_scale().unwrap();
+        let losses = lm::finetune(&model, &cfg, &mut |_| Ok(ids.clone()), &mut |_, _| {}).unwrap();
+        (losses, scaled)
+    };
+    let (f32_losses, none) = run(Precision::F32);
+    assert_eq!(none, None);
+    for (d, unit) in [(DType::BF16, 2f32.powi(-8)), (DType::F16, 2f32.powi(-11))] {
+        let (losses, scaled) = run(Precision::Mixed(d));
+        assert_eq!(
+            scaled.is_some(),
+            d == DType::F16,
+            "{d:?}: loss scaling only for f16"
+        );
+        for (s, (a, b)) in losses.iter().zip(&f32_losses).enumerate() {
+            assert!(
+                (a - b).abs() <= 8.0 * unit * b,
+                "{d:?} step {s}: {a} vs f32 {b}"
+            );
+        }
+        assert!(losses[7] < losses[0], "{d:?} trains: {losses:?}");
+    }
+}

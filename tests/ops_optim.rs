@@ -5,7 +5,7 @@
 //! Every case minimises `L = sum_t sum(0.5 * c_t * p_t^2 + d_t * p_t)`, whose gradient
 //! `c * p + d` depends on the parameters, so each step's update feeds the next.
 
-use portagrad::optim::{LrSchedule, OptimConfig, Optimizer, ParamGroup, decay_groups};
+use portagrad::optim::{LossScaling, LrSchedule, OptimConfig, Optimizer, ParamGroup, decay_groups};
 use portagrad::testing::reference::optim as optim_ref;
 use portagrad::testing::{assert_close, random_vec, shared_device};
 use portagrad::{Device, Result, Tensor};
@@ -543,4 +543,126 @@ fn shared_and_aliased_gradient_buffers() {
     opt.step(&grads).unwrap();
     assert_eq!(a.to_vec().unwrap(), [0.5, 1.5]);
     assert_eq!(b.to_vec().unwrap(), [2.5, 3.5]);
+}
+
+fn bits(ts: &[Tensor]) -> Vec<Vec<u32>> {
+    ts.iter()
+        .map(|t| t.to_vec().unwrap().iter().map(|v| v.to_bits()).collect())
+        .collect()
+}
+
+/// `steps` steps of `cfg` on the case, with loss scaling `scaling` when given; returns the
+/// parameters' bits after each step and the optimizer.
+fn scaled_run(
+    dev: &Device,
+    cfg: OptimConfig,
+    ps: &[Param],
+    scaling: Option<LossScaling>,
+    steps: usize,
+) -> (Vec<Vec<Vec<u32>>>, Optimizer) {
+    let (ts, mut opt) = gpu_setup(dev, cfg, &vec![(0.0, 1.0)], ps);
+    if let Some(s) = scaling {
+        opt.enable_loss_scaling(s).unwrap();
+    }
+    let mut after = Vec::new();
+    for _ in 0..steps {
+        let loss = gpu_loss(dev, ps, &ts).unwrap();
+        let grads = opt.scale_loss(&loss).unwrap().backward().unwrap();
+        opt.step(&grads).unwrap();
+        after.push(bits(&ts));
+    }
+    (after, opt)
+}
+
+/// Scaling by a power of two is exact: with or without clipping, Adam and SGD give the same
+/// bits as the unscaled run, and the scale grows by its factor every `growth_interval` steps.
+#[test]
+fn loss_scaling_by_a_power_of_two_is_exact() {
+    let dev = shared_device();
+    let ps = params(&[&[5, 7], &[13]], 900);
+    let scaling = LossScaling {
+        init_scale: 1024.0,
+        growth_interval: 3,
+        ..LossScaling::default()
+    };
+    for cfg in [
+        OptimConfig::adam(0.01),
+        OptimConfig::adamw(0.01).clip_grad_norm(0.5),
+        OptimConfig::sgd(0.05).momentum(0.9),
+    ] {
+        let (plain, _) = scaled_run(&dev, cfg, &ps, None, 7);
+        let (scaled, opt) = scaled_run(&dev, cfg, &ps, Some(scaling), 7);
+        assert_eq!(plain, scaled, "{cfg:?}");
+        // 7 clean steps: grown at steps 3 and 6.
+        assert_eq!(opt.loss_scale().unwrap(), Some((4096.0, 0)), "{cfg:?}");
+    }
+}
+
+/// On overflow the step is skipped (the parameters untouched) and the scale backs off,
+/// until it is small enough; nothing is read back to decide.
+#[test]
+fn loss_scaling_skips_overflowing_steps_and_backs_off() {
+    // Its own device: the readback count below must not see other tests' work.
+    let dev = portagrad::testing::device().expect("device");
+    let ps = params(&[&[8]], 901);
+    // Gradients c·p + d of size about 1: their squares times 2^140 overflow f32 (the sum of
+    // squares of the scaled gradients passes 3.4e38), down to about 2^62.
+    let scaling = LossScaling {
+        init_scale: 2f32.powi(70),
+        ..LossScaling::default()
+    };
+    let (ts, mut opt) = gpu_setup(&dev, OptimConfig::adam(0.01), &vec![(0.0, 1.0)], &ps);
+    opt.enable_loss_scaling(scaling).unwrap();
+    let before = bits(&ts);
+    let loss = gpu_loss(&dev, &ps, &ts).unwrap();
+    let grads = opt.scale_loss(&loss).unwrap().backward().unwrap();
+    dev.reset_stats();
+    opt.step(&grads).unwrap();
+    assert_eq!(
+        dev.stats().readbacks,
+        0,
+        "the overflow is handled on the device"
+    );
+    assert_eq!(
+        bits(&ts),
+        before,
+        "an overflowing step changes no parameter"
+    );
+    assert_eq!(opt.loss_scale().unwrap(), Some((2f32.powi(69), 1)));
+    let mut updated = 0;
+    for _ in 0..12 {
+        let loss = gpu_loss(&dev, &ps, &ts).unwrap();
+        let grads = opt.scale_loss(&loss).unwrap().backward().unwrap();
+        let prev = bits(&ts);
+        opt.step(&grads).unwrap();
+        if bits(&ts) != prev {
+            updated += 1;
+        }
+    }
+    let (scale, skipped) = opt.loss_scale().unwrap().unwrap();
+    assert!(
+        scale < 2f32.powi(64) && scale >= 2f32.powi(60),
+        "scale {scale}"
+    );
+    assert_eq!(
+        updated + skipped as usize,
+        13,
+        "every step is either applied or skipped"
+    );
+    assert!(
+        updated >= 4 && skipped >= 5,
+        "{updated} applied, {skipped} skipped"
+    );
+    assert!(
+        bits(&ts)
+            .iter()
+            .flatten()
+            .all(|&b| f32::from_bits(b).is_finite())
+    );
+    // Bad settings are errors.
+    let bad = LossScaling {
+        backoff_factor: 1.5,
+        ..LossScaling::default()
+    };
+    assert!(opt.enable_loss_scaling(bad).is_err());
 }

@@ -285,7 +285,12 @@ pub fn finetune_optimizer(model: &Gpt, cfg: &FinetuneConfig) -> Result<Optimizer
         DecayMode::All => vec![ParamGroup::new(model.parameters())],
         DecayMode::Matrices => decay_groups(model.parameters(), cfg.weight_decay),
     };
-    Optimizer::with_groups(oc, groups)
+    let mut opt = Optimizer::with_groups(oc, groups)?;
+    // f16 mixed precision trains with dynamic loss scaling (bf16 has f32's range).
+    if model.precision() == crate::Precision::Mixed(crate::DType::F16) {
+        opt.enable_loss_scaling(crate::optim::LossScaling::default())?;
+    }
+    Ok(opt)
 }
 
 /// Fine-tune `model` in place for `cfg.steps` AdamW steps; step `s` trains on
@@ -303,7 +308,7 @@ pub fn finetune(
     for s in 0..cfg.steps {
         let batch = next_batch(s)?;
         let loss = lm_loss(model, &batch, cfg.dropout)?;
-        let grads = loss.backward()?;
+        let grads = opt.scale_loss(&loss)?.backward()?;
         opt.step(&grads)?;
         let l = loss.item()?;
         if !l.is_finite() {

@@ -38,15 +38,18 @@ impl Optimizer {
         Ok(Some(v[1]))
     }
 
-    /// Record the global norm of the `live` gradients and the coefficient that scales them to
-    /// at most `max_norm`, into `aux`.
-    pub(super) fn record_clip(
+    /// Record the global norm of the `live` gradients and the coefficient the update kernels
+    /// multiply them by, into `aux`: with loss scaling (`scale`, the optimizer's scale state
+    /// and its rule) the coefficient also unscales and the scale is updated; else it clips to
+    /// at most `max_norm`.
+    pub(super) fn record_norm(
         &self,
         live: &[(usize, Tensor)],
         lr: f64,
         beta1_t: f64,
         fill: kernel::Fillers<'_>,
-        max_norm: f64,
+        max_norm: Option<f64>,
+        scale: Option<(&Tensor, &super::LossScaling)>,
     ) -> Result<()> {
         let b0 = &self.banks[0];
         let bufs = kernel::Buffers {
@@ -63,6 +66,20 @@ impl Optimizer {
                 .collect();
             parts += kernel::sumsq(&self.dev, &slots, &bufs, self.chunk, parts)?;
         }
-        kernel::clip_finalize(&self.dev, &bufs, parts, max_norm as f32)
+        match scale {
+            Some((state, s)) => {
+                let rule = kernel::ScaleRule {
+                    max_norm: max_norm.map_or(f32::MAX, |m| m as f32),
+                    growth_factor: s.growth_factor,
+                    backoff_factor: s.backoff_factor,
+                    growth_interval: s.growth_interval as f32,
+                };
+                kernel::scale_finalize(&self.dev, &bufs, parts, &state.storage, &rule)
+            }
+            None => {
+                let max = max_norm.unwrap_or(f64::from(f32::MAX));
+                kernel::clip_finalize(&self.dev, &bufs, parts, max as f32)
+            }
+        }
     }
 }

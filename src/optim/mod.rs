@@ -74,6 +74,39 @@ pub struct Optimizer {
     chunk: u32,
     fill_params: Vec<Tensor>,
     fill_grad: Tensor,
+    /// Dynamic loss scaling: its rule and its device state (4): scale, clean steps since the
+    /// last change, overflow in the last step, skipped steps.
+    scaler: Option<(LossScaling, Tensor)>,
+}
+
+/// Dynamic loss scaling for f16 mixed precision, `torch.amp.GradScaler`'s rule: the loss is
+/// multiplied by a scale before the backward ([`Optimizer::scale_loss`]) so small f16
+/// gradients do not flush to zero; [`Optimizer::step`] divides it back out, and when any
+/// gradient overflowed it skips the step and multiplies the scale by `backoff_factor`; after
+/// `growth_interval` clean steps in a row the scale grows by `growth_factor`. All of it on the
+/// device: no value is read back per step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LossScaling {
+    /// The first scale (a power of two keeps scaling exact).
+    pub init_scale: f32,
+    /// Multiplier after `growth_interval` clean steps.
+    pub growth_factor: f32,
+    /// Multiplier after an overflow.
+    pub backoff_factor: f32,
+    /// Clean steps before the scale grows.
+    pub growth_interval: u32,
+}
+
+impl Default for LossScaling {
+    /// PyTorch's defaults: 2^16, x2 every 2000 clean steps, x0.5 on overflow.
+    fn default() -> Self {
+        LossScaling {
+            init_scale: 65536.0,
+            growth_factor: 2.0,
+            backoff_factor: 0.5,
+            growth_interval: 2000,
+        }
+    }
 }
 
 impl std::fmt::Debug for Optimizer {
@@ -146,7 +179,55 @@ impl Optimizer {
             chunk,
             fill_params,
             fill_grad,
+            scaler: None,
         })
+    }
+
+    /// Turn on dynamic loss scaling (see [`LossScaling`]): from now on pass
+    /// [`scale_loss`](Self::scale_loss)`(&loss)` to the backward. A skipped step still counts
+    /// towards Adam's bias correction (computed on the host; PyTorch's fused Adam does not
+    /// count it), and checkpoints do not keep the scale: a resumed run starts again from
+    /// `init_scale`.
+    pub fn enable_loss_scaling(&mut self, s: LossScaling) -> Result<()> {
+        let ok = s.init_scale.is_finite()
+            && s.init_scale > 0.0
+            && s.growth_factor.is_finite()
+            && s.growth_factor >= 1.0
+            && s.backoff_factor > 0.0
+            && s.backoff_factor < 1.0
+            && s.growth_interval > 0;
+        if !ok {
+            return Err(Error::InvalidArgument {
+                op: "Optimizer::enable_loss_scaling",
+                message: format!(
+                    "{s:?}: needs a finite scale > 0, growth >= 1, backoff in (0, 1) and an interval > 0"
+                ),
+            });
+        }
+        let state = Tensor::from_slice(&self.dev, &[s.init_scale, 0.0, 0.0, 0.0], &[4])?;
+        self.scaler = Some((s, state));
+        Ok(())
+    }
+
+    /// `loss` times the current loss scale (on the device), for the backward; `loss` itself
+    /// when loss scaling is off.
+    pub fn scale_loss(&self, loss: &Tensor) -> Result<Tensor> {
+        match &self.scaler {
+            Some((_, state)) => loss.mul(&state.view_raw(vec![1]))?.reshape(loss.shape()),
+            None => Ok(loss.clone()),
+        }
+    }
+
+    /// The current loss scale and the number of skipped steps (read back from the device);
+    /// `None` without loss scaling.
+    pub fn loss_scale(&self) -> Result<Option<(f32, u64)>> {
+        match &self.scaler {
+            Some((_, state)) => {
+                let v = state.to_vec()?;
+                Ok(Some((v[0], v[3] as u64)))
+            }
+            None => Ok(None),
+        }
     }
 
     /// The configuration.
@@ -262,9 +343,15 @@ impl Optimizer {
             }
             Algorithm::Sgd { .. } => (0.0, 0.0),
         };
-        if let Some(max_norm) = clip {
-            self.record_clip(&live, lr, beta1_t, fill, max_norm)?;
+        let scale = self.scaler.as_ref().map(|(s, state)| (state, s));
+        if clip.is_some() || scale.is_some() {
+            self.record_norm(&live, lr, beta1_t, fill, clip, scale)?;
         }
+        let mode = match (&self.scaler, clip) {
+            (Some(_), _) => kernel::GradMode::Scaled,
+            (None, Some(_)) => kernel::GradMode::Clipped,
+            (None, None) => kernel::GradMode::Plain,
+        };
         let entries = &self.entries;
         let rule = match self.cfg.algorithm {
             Algorithm::Sgd {
@@ -305,7 +392,7 @@ impl Optimizer {
                     v: &bank.v.storage,
                     aux: &self.aux.storage,
                 };
-                kernel::update(&self.dev, rule, &slots, &bufs, clip.is_some())?;
+                kernel::update(&self.dev, rule, &slots, &bufs, mode)?;
             }
         }
         self.step = t;

@@ -263,16 +263,31 @@ fn table(dev: &Device, slots: &[Slot<'_>], per_wg: u32) -> Result<(Params, u32)>
     Ok((p, wg))
 }
 
-/// Record one fused update of `slots`. `clip`: multiply gradients by the coefficient in aux[0].
+/// How the update kernels treat the gradients.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum GradMode {
+    /// As they are.
+    Plain,
+    /// Multiplied by the clip coefficient in aux[0].
+    Clipped,
+    /// Loss-scaled: multiplied by aux[0] (unscale and clip), the step skipped on overflow.
+    Scaled,
+}
+
+/// Record one fused update of `slots`.
 pub(crate) fn update(
     dev: &Device,
     rule: Rule,
     slots: &[Slot<'_>],
     bufs: &Buffers<'_>,
-    clip: bool,
+    mode: GradMode,
 ) -> Result<()> {
     let (mut p, groups) = table(dev, slots, WG)?;
-    p.clip = u32::from(clip);
+    p.clip = match mode {
+        GradMode::Plain => 0,
+        GradMode::Clipped => 1,
+        GradMode::Scaled => 2,
+    };
     let entry = match rule {
         Rule::Sgd {
             momentum,
@@ -364,6 +379,47 @@ pub(crate) fn clip_finalize(
     let n = slots_for(dev);
     let b = bindings(n, &[], bufs);
     dev.dispatch(shader_for(n), "clip_finalize", &[], &p, &b, [1, 1, 1])
+}
+
+/// The loss-scaling rule's constants (`torch.amp.GradScaler`'s names).
+pub(crate) struct ScaleRule {
+    pub max_norm: f32,
+    pub growth_factor: f32,
+    pub backoff_factor: f32,
+    pub growth_interval: f32,
+}
+
+/// Loss scaling's pass 2 in place of [`clip_finalize`]: the unscaling (and clipping)
+/// coefficient into aux[0], the true norm (infinity on overflow) into aux[1], and the next
+/// scale into `scale` (4): scale, clean steps, overflow flag, skipped steps.
+pub(crate) fn scale_finalize(
+    dev: &Device,
+    bufs: &Buffers<'_>,
+    parts: u32,
+    scale: &Storage,
+    rule: &ScaleRule,
+) -> Result<()> {
+    let p = Params {
+        part_base: parts,
+        max_norm: rule.max_norm,
+        beta1: rule.growth_factor,
+        beta2: rule.backoff_factor,
+        omb2: rule.growth_interval,
+        ..Params::default()
+    };
+    let n = slots_for(dev);
+    let slot = Slot {
+        param: scale,
+        grad: bufs.fill.grad,
+        off: 0,
+        len: 4,
+        lr: 0.0,
+        wd: 0.0,
+        step_size: 0.0,
+        decay: 0.0,
+    };
+    let b = bindings(n, std::slice::from_ref(&slot), bufs);
+    dev.dispatch(shader_for(n), "scale_finalize", &[], &p, &b, [1, 1, 1])
 }
 
 #[cfg(test)]
