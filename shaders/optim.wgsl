@@ -254,7 +254,7 @@ fn clip_finalize(@builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocat
 // loss times the scale p0[0]. The norm of the scaled gradients gives the true norm (divided by
 // the scale; exact for the power-of-two scales) and the overflow test; aux[0] becomes the
 // coefficient that unscales and clips (max_norm: f32 max without clipping), aux[1] the true
-// norm, or infinity on overflow, which makes the update kernels skip (clip == 2). Then the
+// norm, or the non-finite sum on overflow, which makes the update kernels skip (clip == 2). Then the
 // scale follows torch.amp.GradScaler: times beta2 (backoff) on overflow, times beta1 (growth)
 // after omb2 (interval) clean steps in a row.
 // p0: (4) scale, clean steps since the last change, overflow in this step (0 / 1), skipped steps.
@@ -274,7 +274,7 @@ fn scale_finalize(@builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invoca
     if lid == 0u {
         let scale = load_p(0u, 0u);
         if not_finite(sh[0]) {
-            aux[1] = bitcast<f32>(0x7f800000u);
+            aux[1] = sh[0]; // inf or NaN (a constant inf is a WGSL error in browsers)
             aux[0] = 0.0;
             store_p(0u, 0u, scale * u.beta2);
             store_p(0u, 1u, 0.0);

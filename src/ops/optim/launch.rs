@@ -390,7 +390,7 @@ pub(crate) struct ScaleRule {
 }
 
 /// Loss scaling's pass 2 in place of [`clip_finalize`]: the unscaling (and clipping)
-/// coefficient into aux[0], the true norm (infinity on overflow) into aux[1], and the next
+/// coefficient into aux[0], the true norm (not finite on overflow) into aux[1], and the next
 /// scale into `scale` (4): scale, clean steps, overflow flag, skipped steps.
 pub(crate) fn scale_finalize(
     dev: &Device,
