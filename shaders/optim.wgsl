@@ -229,11 +229,10 @@ fn sumsq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     if lid == 0u { aux[2u + u.part_base + w] = sh[0]; }
 }
 
-// Clipping, pass 2 (one workgroup): the global norm and the coefficient min(1, max / (norm + 1e-6)).
-@compute @workgroup_size(WG)
-fn clip_finalize(@builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+// The sum of the first `parts` partial sums of squares (aux[2..]) into sh[0]; one workgroup,
+// called by every invocation.
+fn sum_partials(lid: u32, parts: u32) {
     var acc = 0.0;
-    let parts = u.part_base + nwg.z - 1u; // not a pure uniform: see sumsq
     for (var i = lid; i < parts; i += WG) {
         acc += aux[2u + i];
     }
@@ -243,6 +242,12 @@ fn clip_finalize(@builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocat
         if lid < h { sh[lid] += sh[lid + h]; }
         workgroupBarrier();
     }
+}
+
+// Clipping, pass 2 (one workgroup): the global norm and the coefficient min(1, max / (norm + 1e-6)).
+@compute @workgroup_size(WG)
+fn clip_finalize(@builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    sum_partials(lid, u.part_base + nwg.z - 1u); // not a pure uniform: see sumsq
     if lid == 0u {
         let norm = sqrt(sh[0]);
         aux[1] = norm;
@@ -260,17 +265,7 @@ fn clip_finalize(@builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocat
 // p0: (4) scale, clean steps since the last change, overflow in this step (0 / 1), skipped steps.
 @compute @workgroup_size(WG)
 fn scale_finalize(@builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    var acc = 0.0;
-    let parts = u.part_base + nwg.z - 1u; // not a pure uniform: see sumsq
-    for (var i = lid; i < parts; i += WG) {
-        acc += aux[2u + i];
-    }
-    sh[lid] = acc;
-    workgroupBarrier();
-    for (var h = WG / 2u; h > 0u; h >>= 1u) {
-        if lid < h { sh[lid] += sh[lid + h]; }
-        workgroupBarrier();
-    }
+    sum_partials(lid, u.part_base + nwg.z - 1u); // not a pure uniform: see sumsq
     if lid == 0u {
         let scale = load_p(0u, 0u);
         if not_finite(sh[0]) {
