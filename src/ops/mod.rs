@@ -44,6 +44,38 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("loss_subgroup", loss::launch::SUBGROUP_SHADER.source),
 ];
 
+/// The override constants of one dispatch, at most `N`, without a heap allocation (they are
+/// built on every dispatch). Derefs to the slice `Device::dispatch` takes.
+pub(crate) struct Constants<const N: usize> {
+    c: [(&'static str, f64); N],
+    n: usize,
+}
+
+impl<const N: usize> Constants<N> {
+    pub(crate) fn new() -> Self {
+        Constants {
+            c: [("", 0.0); N],
+            n: 0,
+        }
+    }
+
+    /// Add `name = value` (a launcher sets at most `N`: more is a bug in the launcher).
+    pub(crate) fn push(&mut self, name: &'static str, value: f64) {
+        debug_assert!(self.n < N, "more than {N} override constants");
+        if self.n < N {
+            self.c[self.n] = (name, value);
+            self.n += 1;
+        }
+    }
+}
+
+impl<const N: usize> std::ops::Deref for Constants<N> {
+    type Target = [(&'static str, f64)];
+    fn deref(&self) -> &Self::Target {
+        &self.c[..self.n]
+    }
+}
+
 /// Invocations per workgroup of the 1-D elementwise kernels (`WG` in their WGSL).
 pub(crate) const WG: u64 = 256;
 

@@ -16,6 +16,7 @@
 use super::generate::{cpu_rows, cpu_shader, fixed_d_shader};
 use super::launch::Params;
 use crate::error::Result;
+use crate::ops::Constants;
 use crate::runtime::{Device, Shader, grid_1d};
 
 /// The kernel kinds a test can force ([`crate::ops::overrides`]).
@@ -163,31 +164,14 @@ pub(crate) fn row_params(
 }
 
 /// The override constants of a plan's kernels: `WG`, and `D4` (CPU form) or `BC` (tiled form).
-/// A fixed array, not a `Vec`: built on every dispatch.
-pub(crate) struct Consts {
-    c: [(&'static str, f64); 2],
-    n: usize,
-}
-
-impl std::ops::Deref for Consts {
-    type Target = [(&'static str, f64)];
-    fn deref(&self) -> &Self::Target {
-        &self.c[..self.n]
-    }
-}
-
-pub(crate) fn consts(d: usize, pl: &Plan) -> Consts {
-    let wg = ("WG", f64::from(pl.wg));
+pub(crate) fn consts(d: usize, pl: &Plan) -> Constants<2> {
+    let mut c = Constants::new();
+    c.push("WG", f64::from(pl.wg));
     // The portable and tiled modules have D4 built in (`fixed_d_shader`).
-    let second = if pl.cpu {
-        Some(("D4", (d / 4) as f64))
+    if pl.cpu {
+        c.push("D4", (d / 4) as f64);
     } else if pl.bc > 0 {
-        Some(("BC", f64::from(pl.bc)))
-    } else {
-        None
-    };
-    match second {
-        Some(s) => Consts { c: [wg, s], n: 2 },
-        None => Consts { c: [wg, wg], n: 1 },
+        c.push("BC", f64::from(pl.bc));
     }
+    c
 }

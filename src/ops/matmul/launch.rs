@@ -348,7 +348,7 @@ pub(crate) fn gemm(g: &Gemm, kernel: Option<Kernel>) -> Result<Option<&'static s
         bsb[d] = u32_of("batch stride", g.batch.sb[i])?;
     }
 
-    let mut constants: Vec<(&str, f64)> = Vec::new();
+    let mut constants = crate::ops::Constants::<4>::new();
     let (shader, entry, bm, bn, wg_per_tile): (&Shader, &'static str, usize, usize, usize) =
         match kernel {
             Kernel::Subgroup | Kernel::SubgroupEntry(_) => {
@@ -375,8 +375,8 @@ pub(crate) fn gemm(g: &Gemm, kernel: Option<Kernel>) -> Result<Option<&'static s
                     (_, false) => "mm_sg16",
                 };
                 if v4 {
-                    constants.push(("TRANS_A", f64::from(u8::from(g.trans_a))));
-                    constants.push(("TRANS_B", f64::from(u8::from(g.trans_b))));
+                    constants.push("TRANS_A", f64::from(u8::from(g.trans_a)));
+                    constants.push("TRANS_B", f64::from(u8::from(g.trans_b)));
                 }
                 // 64 x (8 * S) tiles, one subgroup per workgroup.
                 (&SUBGROUP_SHADER, entry, 64, 8 * s as usize, 1)
@@ -384,8 +384,8 @@ pub(crate) fn gemm(g: &Gemm, kernel: Option<Kernel>) -> Result<Option<&'static s
             Kernel::Wide | Kernel::Tiled | Kernel::Split(_)
                 if v4 && (kernel == Kernel::Wide || wide_pays(batch, g.m, g.n)) =>
             {
-                constants.push(("TRANS_A", f64::from(u8::from(g.trans_a))));
-                constants.push(("TRANS_B", f64::from(u8::from(g.trans_b))));
+                constants.push("TRANS_A", f64::from(u8::from(g.trans_a)));
+                constants.push("TRANS_B", f64::from(u8::from(g.trans_b)));
                 (&SHADER, "mm_wide_v4", 128, 128, 1)
             }
             Kernel::Tiled | Kernel::TiledTm(_) | Kernel::Wide | Kernel::Split(_) => {
@@ -393,11 +393,11 @@ pub(crate) fn gemm(g: &Gemm, kernel: Option<Kernel>) -> Result<Option<&'static s
                     Kernel::TiledTm(tm) => tm,
                     _ => 4,
                 };
-                constants.push(("TM", f64::from(tm)));
-                constants.push(("BK", 16.0));
+                constants.push("TM", f64::from(tm));
+                constants.push("BK", 16.0);
                 let entry = if v4 {
-                    constants.push(("TRANS_A", f64::from(u8::from(g.trans_a))));
-                    constants.push(("TRANS_B", f64::from(u8::from(g.trans_b))));
+                    constants.push("TRANS_A", f64::from(u8::from(g.trans_a)));
+                    constants.push("TRANS_B", f64::from(u8::from(g.trans_b)));
                     "mm_tiled_v4"
                 } else {
                     "mm_tiled"
@@ -405,8 +405,8 @@ pub(crate) fn gemm(g: &Gemm, kernel: Option<Kernel>) -> Result<Option<&'static s
                 (&SHADER, entry, 16 * tm as usize, 64, 1)
             }
             Kernel::Gemv if v4 && !g.trans_a && g.m <= 4 => {
-                constants.push(("RB", g.m as f64));
-                constants.push(("TRANS_B", f64::from(u8::from(g.trans_b))));
+                constants.push("RB", g.m as f64);
+                constants.push("TRANS_B", f64::from(u8::from(g.trans_b)));
                 // Bᵀ: 8 columns per workgroup; B: 128.
                 let bn = if g.trans_b { 8 } else { 128 };
                 (&SHADER, "mm_gemv_v4", g.m, bn, 1)
@@ -418,12 +418,12 @@ pub(crate) fn gemm(g: &Gemm, kernel: Option<Kernel>) -> Result<Option<&'static s
                     _ => !dev.info().is_cpu,
                 };
                 let (cb, rw) = rows_shape(gpu, rb);
-                constants.push(("RB", rb as f64));
-                constants.push(("CB", cb as f64));
-                constants.push(("RW", rw as f64));
+                constants.push("RB", rb as f64);
+                constants.push("CB", cb as f64);
+                constants.push("RW", rw as f64);
                 // The vec4 entry reads A along k, so it does not take Aᵀ.
                 let entry = if v4 && !g.trans_a {
-                    constants.push(("TRANS_B", f64::from(u8::from(g.trans_b))));
+                    constants.push("TRANS_B", f64::from(u8::from(g.trans_b)));
                     "mm_rows_v4"
                 } else {
                     "mm_rows"
