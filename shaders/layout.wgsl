@@ -63,23 +63,20 @@ fn half_at(i: u32) -> u32 {
     return (table_h[i / 2u] >> (16u * (i % 2u))) & 0xffffu;
 }
 
-@compute @workgroup_size(WG)
-fn gather_rows_f16(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    let o = flat(w, nw, l);
-    if o >= gp.n { return; }
-    let id = ids[o / gp.dim] - gp.offset;
-    var v = 0.0;
-    if id < gp.vocab { v = unpack2x16float(half_at(id * gp.dim + o % gp.dim)).x; }
-    gy[o] = v;
+override BF16: bool = false; // the table is bf16 (else f16)
+
+fn half_value(h: u32) -> f32 {
+    if BF16 { return bitcast<f32>(h << 16u); }
+    return unpack2x16float(h).x;
 }
 
 @compute @workgroup_size(WG)
-fn gather_rows_bf16(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+fn gather_rows_half(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) l: u32) {
     let o = flat(w, nw, l);
     if o >= gp.n { return; }
     let id = ids[o / gp.dim] - gp.offset;
     var v = 0.0;
-    if id < gp.vocab { v = bitcast<f32>(half_at(id * gp.dim + o % gp.dim) << 16u); }
+    if id < gp.vocab { v = half_value(half_at(id * gp.dim + o % gp.dim)); }
     gy[o] = v;
 }
 

@@ -255,15 +255,30 @@ impl Tensor {
         shape: &[usize],
         dtype: DType,
     ) -> Result<Tensor> {
-        let bytes = Self::check_len(op, shape, bits.len(), dtype)?;
+        let le: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+        Self::from_half_le_bytes(dev, op, &le, shape, dtype)
+    }
+
+    /// A 16-bit tensor from its elements' little-endian bytes, as a safetensors file stores
+    /// them: uploaded as they are (two per word, element 2i in the low half; an odd tail is
+    /// padded).
+    pub(crate) fn from_half_le_bytes(
+        dev: &Device,
+        op: &'static str,
+        le: &[u8],
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<Tensor> {
+        let bytes = Self::check_len(op, shape, le.len() / 2, dtype)?;
         dev.check_size(op, shape, bytes)?;
-        // Two per word, element 2i in the low half (little-endian u16s); an odd tail is padded.
-        let mut data: Vec<u8> = Vec::with_capacity(bytes as usize);
-        for b in bits {
-            data.extend_from_slice(&b.to_le_bytes());
-        }
-        data.resize(bytes as usize, 0);
-        Ok(Self::on(dev, dev.upload(&data)?, shape, dtype))
+        let storage = if le.len() as u64 == bytes {
+            dev.upload(le)?
+        } else {
+            let mut data = le.to_vec();
+            data.resize(bytes as usize, 0);
+            dev.upload(&data)?
+        };
+        Ok(Self::on(dev, storage, shape, dtype))
     }
 
     /// A tensor filled with `value`.
@@ -377,6 +392,13 @@ impl Tensor {
         }
         let bytes = self.dev.read(&self.storage, self.bytes_read())?;
         Ok(half_bits(&bytes, self.numel()))
+    }
+
+    /// The stored little-endian bytes of the elements (any dtype; no conversion, no padding).
+    pub(crate) fn raw_bytes(&self) -> Result<Vec<u8>> {
+        let mut bytes = self.dev.read(&self.storage, self.bytes_read())?;
+        bytes.truncate(self.numel() * self.dtype.size());
+        Ok(bytes)
     }
 
     fn expect_float(&self, op: &'static str) -> Result<()> {

@@ -492,12 +492,7 @@ fn a_gpt2_sized_embedding_in_f16_is_one_binding() {
     use portagrad::{DType, Tensor};
     let (dev, cfg) = gpt2_sized();
     let c = cfg.n_embd;
-    let matrix = |n: &str| {
-        n.contains("wte")
-            || n.ends_with("c_attn.weight")
-            || n.ends_with("c_proj.weight")
-            || n.ends_with("c_fc.weight")
-    };
+    let matrix = Gpt::is_weight_matrix;
     // The matrices rounded to f16 on the host, once: both models hold these values.
     let seed_model = Gpt::new(&dev, cfg.clone(), 7).unwrap();
     let host: Vec<(String, Vec<f32>)> = Gpt::join_wte_chunks(&seed_model.parameters())

@@ -32,6 +32,7 @@ fn file_dtype(d: DType) -> Dtype {
 /// Every tensor of the safetensors file at `path`, sorted by name, on `dev` in its
 /// stored dtype (F32, F16, BF16 or U32; another dtype is an error naming the tensor).
 pub fn load_safetensors(dev: &Device, path: &Path) -> Result<Vec<(String, Tensor)>> {
+    const OP: &str = "load_safetensors";
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| bad(path, format!("not a readable safetensors file ({e})")))?;
@@ -52,17 +53,8 @@ pub fn load_safetensors(dev: &Device, path: &Path) -> Result<Vec<(String, Tensor
                     let u: Vec<u32> = bytemuck::pod_collect_to_vec(data);
                     Tensor::from_u32(dev, &u, &shape)
                 }
-                Dtype::F16 | Dtype::BF16 => {
-                    let bits: Vec<u16> = data
-                        .chunks_exact(2)
-                        .map(|b| u16::from_le_bytes([b[0], b[1]]))
-                        .collect();
-                    if v.dtype() == Dtype::F16 {
-                        Tensor::from_f16_bits(dev, &bits, &shape)
-                    } else {
-                        Tensor::from_bf16_bits(dev, &bits, &shape)
-                    }
-                }
+                Dtype::F16 => Tensor::from_half_le_bytes(dev, OP, data, &shape, DType::F16),
+                Dtype::BF16 => Tensor::from_half_le_bytes(dev, OP, data, &shape, DType::BF16),
                 other => {
                     return Err(bad(
                         path,
@@ -80,34 +72,27 @@ pub fn load_safetensors(dev: &Device, path: &Path) -> Result<Vec<(String, Tensor
 /// Write named tensors, each in its own dtype, as a safetensors file (metadata
 /// `format = pt`, as PyTorch's `save_file` writes), atomically.
 pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
-    let mut host: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
-    for (name, t) in tensors {
-        let bytes = match t.dtype() {
-            DType::F32 => bytemuck::cast_slice(&t.to_vec()?).to_vec(),
-            DType::U32 => bytemuck::cast_slice(&t.to_vec_u32()?).to_vec(),
-            DType::F16 | DType::BF16 => t
-                .to_half_bits()?
-                .iter()
-                .flat_map(|b| b.to_le_bytes())
-                .collect(),
-        };
-        host.push((
-            name.clone(),
-            file_dtype(t.dtype()),
-            t.shape().to_vec(),
-            bytes,
-        ));
-    }
-    write_host(path, &host)
+    // Each tensor's stored bytes are what the file holds (all little-endian).
+    let bytes = tensors
+        .iter()
+        .map(|(_, t)| t.raw_bytes())
+        .collect::<Result<Vec<_>>>()?;
+    let views: Vec<_> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((n, t), b)| (n.as_str(), file_dtype(t.dtype()), t.shape(), &b[..]))
+        .collect();
+    write_host(path, &views)
 }
 
-/// Serialise (name, dtype, shape, little-endian bytes) tensors to `path`, atomically.
-pub(crate) fn write_host(path: &Path, host: &[(String, Dtype, Vec<usize>, Vec<u8>)]) -> Result<()> {
+/// Serialise (name, dtype, shape, little-endian bytes) tensors to `path`, atomically; the
+/// bytes are borrowed, not copied.
+pub(crate) fn write_host(path: &Path, host: &[(&str, Dtype, &[usize], &[u8])]) -> Result<()> {
     let views: Vec<(String, TensorView<'_>)> = host
         .iter()
-        .map(|(n, d, s, b)| {
-            TensorView::new(*d, s.clone(), b)
-                .map(|v| (n.clone(), v))
+        .map(|&(n, d, s, b)| {
+            TensorView::new(d, s.to_vec(), b)
+                .map(|v| (n.to_string(), v))
                 .map_err(|e| Error::Shape {
                     op: "save_tensors",
                     message: format!("{n}: {e}"),

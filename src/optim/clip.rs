@@ -66,20 +66,19 @@ impl Optimizer {
                 .collect();
             parts += kernel::sumsq(&self.dev, &slots, &bufs, self.chunk, parts)?;
         }
+        // Without clipping (loss scaling alone) the coefficient's clip factor is 1.
+        let max_norm = max_norm.map_or(f32::MAX, |m| m as f32);
         match scale {
             Some((state, s)) => {
                 let rule = kernel::ScaleRule {
-                    max_norm: max_norm.map_or(f32::MAX, |m| m as f32),
+                    max_norm,
                     growth_factor: s.growth_factor,
                     backoff_factor: s.backoff_factor,
                     growth_interval: s.growth_interval as f32,
                 };
                 kernel::scale_finalize(&self.dev, &bufs, parts, &state.storage, &rule)
             }
-            None => {
-                let max = max_norm.unwrap_or(f64::from(f32::MAX));
-                kernel::clip_finalize(&self.dev, &bufs, parts, max as f32)
-            }
+            None => kernel::clip_finalize(&self.dev, &bufs, parts, max_norm),
         }
     }
 }

@@ -188,7 +188,7 @@ pub fn load_pretrained_as(dev: &Device, dir: &Path, dtype: DType) -> Result<Gpt>
             }
             None => t.data(),
         };
-        let want = if super::is_weight_matrix(name) {
+        let want = if Gpt::is_weight_matrix(name) {
             dtype
         } else {
             DType::F32
@@ -198,15 +198,7 @@ pub fn load_pretrained_as(dev: &Device, dir: &Path, dtype: DType) -> Result<Gpt>
             (Dtype::F16, DType::F16) | (Dtype::BF16, DType::BF16)
         );
         if stored_as_wanted {
-            let bits: Vec<u16> = data
-                .chunks_exact(2)
-                .map(|b| u16::from_le_bytes([b[0], b[1]]))
-                .collect();
-            return if want == DType::F16 {
-                Tensor::from_f16_bits(dev, &bits, shape)
-            } else {
-                Tensor::from_bf16_bits(dev, &bits, shape)
-            };
+            return Tensor::from_half_le_bytes(dev, "load_pretrained", data, shape, want);
         }
         let v = to_f32(&path, name, t.dtype(), data)?;
         Tensor::from_slice_as(dev, &v, shape, want)
@@ -262,14 +254,18 @@ pub fn save_host_tensors(path: &Path, host: &[HostTensor]) -> Result<()> {
             message: format!("{n}: shape {s:?} but {} values", v.len()),
         });
     }
-    let host: Vec<_> = host
+    let views: Vec<_> = host
         .iter()
         .map(|(n, s, v)| {
-            let bytes = bytemuck::cast_slice(v).to_vec();
-            (n.clone(), Dtype::F32, s.clone(), bytes)
+            (
+                n.as_str(),
+                Dtype::F32,
+                s.as_slice(),
+                bytemuck::cast_slice(v),
+            )
         })
         .collect();
-    crate::io::safetensors::write_host(path, &host)
+    crate::io::safetensors::write_host(path, &views)
 }
 
 #[cfg(test)]

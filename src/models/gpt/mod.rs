@@ -107,17 +107,17 @@ pub struct Gpt {
     precision: Precision,
 }
 
-/// Whether parameter `name` is one of the matrices held in the model's weight dtype (the
-/// embedding, also the lm_head, and the four projections of each block); biases, LayerNorm
-/// parameters and the position embedding stay f32.
-pub(crate) fn is_weight_matrix(name: &str) -> bool {
-    name.starts_with(WTE)
-        || name.ends_with("attn.c_attn.weight")
-        || name.ends_with("c_proj.weight")
-        || name.ends_with("mlp.c_fc.weight")
-}
-
 impl Gpt {
+    /// Whether parameter `name` is one of the matrices held in the model's weight dtype (the
+    /// embedding, also the lm_head, and the four projections of each block); biases, LayerNorm
+    /// parameters and the position embedding stay f32.
+    pub fn is_weight_matrix(name: &str) -> bool {
+        name.starts_with(WTE)
+            || name.ends_with("attn.c_attn.weight")
+            || name.ends_with("c_proj.weight")
+            || name.ends_with("mlp.c_fc.weight")
+    }
+
     /// A freshly initialised model: weights normal(0, 0.02), residual projections scaled by
     /// 1/sqrt(2·n_layer) as in GPT-2, biases zero, LayerNorm gains one.
     pub fn new(dev: &Device, cfg: GptConfig, seed: u64) -> Result<Gpt> {
@@ -286,7 +286,7 @@ impl Gpt {
                     message: format!("{name}: expected {shape:?}, got {:?}", t.shape()),
                 });
             }
-            let want = if is_weight_matrix(name) {
+            let want = if Self::is_weight_matrix(name) {
                 weight_dtype
             } else {
                 DType::F32
@@ -739,6 +739,15 @@ impl Gpt {
     /// The tied lm_head on normalised x (..., C) -> (..., V): x · wteᵀ, or with row chunks the
     /// chunks' products x · chunkᵢᵀ side by side.
     fn lm_head(&self, x: &Tensor) -> Result<Tensor> {
+        // In mixed precision x is cast once, not once per chunk.
+        let cast;
+        let x = match self.precision {
+            Precision::Mixed(d) => {
+                cast = x.to_dtype(d)?;
+                &cast
+            }
+            Precision::F32 => x,
+        };
         let prod = |w: &Tensor| self.dense(x, w, None, WeightLayout::OutIn, Activation::None);
         match &self.wte[..] {
             [wte] => prod(wte),

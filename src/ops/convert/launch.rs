@@ -32,14 +32,16 @@ pub(crate) fn convert(x: &Tensor, to: DType) -> Result<Tensor> {
         dst: kind(to),
         _pad: 0,
     };
-    let (entry, grid) = match (x.dtype, to) {
+    let entry = match (x.dtype, to) {
         // x: (n) f32 -> out: (ceil(n / 2)) half pairs
-        (DType::F32, _) => ("f32_to_half", elems_grid(n.div_ceil(2))?),
+        (DType::F32, _) => "f32_to_half",
         // x: (ceil(n / 2)) half pairs -> out: (n) f32
-        (_, DType::F32) => ("half_to_f32", elems_grid(n.div_ceil(2))?),
+        (_, DType::F32) => "half_to_f32",
         // x, out: (ceil(n / 2)) half pairs
-        _ => ("half_to_half", elems_grid(n.div_ceil(2))?),
+        _ => "half_to_half",
     };
+    // One invocation per 16-bit word pair in every direction.
+    let grid = elems_grid(n.div_ceil(2))?;
     x.dev.dispatch(
         &SHADER,
         entry,

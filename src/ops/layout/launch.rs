@@ -74,10 +74,16 @@ pub(crate) fn gather_rows(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
 /// every id must be a row of `table`.
 pub(crate) fn gather_rows_at(table: &Tensor, ids: &Tensor, offset: Option<u32>) -> Result<Tensor> {
     // f16 / bf16 tables give f32 rows (the embedding of a model held in half precision).
-    let entry = match table.dtype {
-        DType::F16 => "gather_rows_f16",
-        DType::BF16 => "gather_rows_bf16",
-        _ => "gather_rows",
+    let (entry, bf16) = match table.dtype {
+        DType::F16 => ("gather_rows_half", 0.0),
+        DType::BF16 => ("gather_rows_half", 1.0),
+        _ => ("gather_rows", 0.0),
+    };
+    let constants = [("BF16", bf16)];
+    let constants = if table.dtype.is_half() {
+        &constants[..]
+    } else {
+        &[]
     };
     if !table.dtype.is_float() {
         table.expect_dtype("gather_rows", DType::F32)?;
@@ -126,7 +132,7 @@ pub(crate) fn gather_rows_at(table: &Tensor, ids: &Tensor, offset: Option<u32>) 
     table.dev.dispatch(
         &SHADER,
         entry,
-        &[],
+        constants,
         &p,
         &[
             (&table.storage, Access::Read),
