@@ -41,15 +41,15 @@ struct Attn {
     du: u32,       // units (f32 or vec4) per head row
     pos: u32,      // first cache row written by an append
     rows: u32,     // rows appended per (b, h)
-    _pad: u32,
+    group: u32,    // query heads per K/V head (grouped-query attention; 1: one K/V head each)
 }
 
 @group(0) @binding(0) var<uniform> p: Attn;
 
 // ---- bindings of the row kernels (forward, dQ, dK/dV) and of decode ----
 @group(0) @binding(1) var<storage, read> q4: array<vec4<f32>>;          // (B, H, T, D)
-@group(0) @binding(2) var<storage, read> k4: array<vec4<f32>>;          // (B, H, kstride, D)
-@group(0) @binding(3) var<storage, read> v4: array<vec4<f32>>;          // (B, H, kstride, D)
+@group(0) @binding(2) var<storage, read> k4: array<vec4<f32>>;          // (B, H / group, kstride, D)
+@group(0) @binding(3) var<storage, read> v4: array<vec4<f32>>;          // (B, H / group, kstride, D)
 // forward / decode outputs
 @group(0) @binding(4) var<storage, read_write> o_out: array<vec4<f32>>; // (B, H, T, D)
 @group(0) @binding(5) var<storage, read_write> lse_out: array<f32>;     // (B, H, T) natural log
@@ -58,11 +58,11 @@ struct Attn {
 @group(0) @binding(5) var<storage, read> lse_in: array<f32>;            // (B, H, T)
 // dQ kernel
 @group(0) @binding(6) var<storage, read> o_in: array<vec4<f32>>;        // (B, H, T, D) forward O
-@group(0) @binding(7) var<storage, read_write> grad_a: array<vec4<f32>>;// (B, H, T, D) dQ or dK
+@group(0) @binding(7) var<storage, read_write> grad_a: array<vec4<f32>>;// (B, H, T, D) dQ or (B, H / group, T, D) dK
 @group(0) @binding(8) var<storage, read_write> delta_out: array<f32>;   // (B, H, T) rowsum(dO * O)
 // dK/dV kernel
 @group(0) @binding(6) var<storage, read> delta_in: array<f32>;          // (B, H, T)
-@group(0) @binding(8) var<storage, read_write> grad_v: array<vec4<f32>>;// (B, H, T, D) dV
+@group(0) @binding(8) var<storage, read_write> grad_v: array<vec4<f32>>;// (B, H / group, T, D) dV
 
 fn flat_wg(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.y * nwg.x + wid.x;
@@ -76,7 +76,7 @@ fn attn_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let row = (wg % p.blocks) * WG + lid;
     if bh >= p.bh || row >= p.t { return; }
     let qb = bh * p.t;
-    let kb = bh * p.kstride;
+    let kb = (bh / p.group) * p.kstride; // the K/V head of query head bh
     var kend = p.tk;
     if p.causal != 0u { kend = min(p.tk, row + p.qoff + 1u); }
 
@@ -128,7 +128,7 @@ fn attn_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     let row = (wg % p.blocks) * WG + lid;
     if bh >= p.bh || row >= p.t { return; }
     let qb = bh * p.t;
-    let kb = bh * p.kstride;
+    let kb = (bh / p.group) * p.kstride; // the K/V head of query head bh
     var kend = p.tk;
     if p.causal != 0u { kend = min(p.tk, row + p.qoff + 1u); }
 
@@ -172,7 +172,8 @@ fn attn_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     delta_out[qb + row] = delta;
 }
 
-// dK and dV: this invocation owns key row `row` and walks the query rows that see it.
+// dK and dV: this invocation owns key row `row` of K/V head bh (p.bh = B * H / group here) and
+// walks the query rows that see it, in each query head of its group.
 //   dV = P^T dO, dK = scale * dS^T Q
 @compute @workgroup_size(WG)
 fn attn_bwd_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -180,7 +181,6 @@ fn attn_bwd_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     let bh = wg / p.blocks;
     let row = (wg % p.blocks) * WG + lid;
     if bh >= p.bh || row >= p.tk { return; }
-    let qb = bh * p.t;
     let kb = bh * p.kstride;
     // Query i sees key j when j <= i + qoff: with causal masking the first is j - qoff.
     var i_start = 0u;
@@ -195,34 +195,38 @@ fn attn_bwd_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     }
     var dk: array<vec4<f32>, MAXC>;
     var dv: array<vec4<f32>, MAXC>;
-    for (var i0 = i_start; i0 < p.t; i0 += TW) {
-        var qi: array<u32, TW>;
-        for (var i = 0u; i < TW; i++) { qi[i] = qb + min(i0 + i, p.t - 1u); }
-        var s: array<f32, TW>;
-        var dp: array<f32, TW>;
-        for (var c = 0u; c < D4; c++) {
-            let kc = kr[c];
-            let vc = vr[c];
-            for (var i = 0u; i < TW; i++) {
-                s[i] += dot(kc, q4[qi[i] * D4 + c]);
-                dp[i] += dot(vc, do4[qi[i] * D4 + c]);
+    // dK and dV sum over the query heads that share this K/V head.
+    for (var g = 0u; g < p.group; g++) {
+        let qb = (bh * p.group + g) * p.t;
+        for (var i0 = i_start; i0 < p.t; i0 += TW) {
+            var qi: array<u32, TW>;
+            for (var i = 0u; i < TW; i++) { qi[i] = qb + min(i0 + i, p.t - 1u); }
+            var s: array<f32, TW>;
+            var dp: array<f32, TW>;
+            for (var c = 0u; c < D4; c++) {
+                let kc = kr[c];
+                let vc = vr[c];
+                for (var i = 0u; i < TW; i++) {
+                    s[i] += dot(kc, q4[qi[i] * D4 + c]);
+                    dp[i] += dot(vc, do4[qi[i] * D4 + c]);
+                }
             }
-        }
-        var pr: array<f32, TW>;
-        var ds: array<f32, TW>;
-        for (var i = 0u; i < TW; i++) {
-            pr[i] = select(0.0, exp2(s[i] - lse_in[qi[i]] * LOG2E), i0 + i < p.t);
-            ds[i] = pr[i] * (dp[i] - delta_in[qi[i]]);
-        }
-        for (var c = 0u; c < D4; c++) {
-            var a = dk[c];
-            var b = dv[c];
+            var pr: array<f32, TW>;
+            var ds: array<f32, TW>;
             for (var i = 0u; i < TW; i++) {
-                a = fma(vec4<f32>(ds[i]), q4[qi[i] * D4 + c], a);
-                b = fma(vec4<f32>(pr[i]), do4[qi[i] * D4 + c], b);
+                pr[i] = select(0.0, exp2(s[i] - lse_in[qi[i]] * LOG2E), i0 + i < p.t);
+                ds[i] = pr[i] * (dp[i] - delta_in[qi[i]]);
             }
-            dk[c] = a;
-            dv[c] = b;
+            for (var c = 0u; c < D4; c++) {
+                var a = dk[c];
+                var b = dv[c];
+                for (var i = 0u; i < TW; i++) {
+                    a = fma(vec4<f32>(ds[i]), q4[qi[i] * D4 + c], a);
+                    b = fma(vec4<f32>(pr[i]), do4[qi[i] * D4 + c], b);
+                }
+                dk[c] = a;
+                dv[c] = b;
+            }
         }
     }
     for (var c = 0u; c < D4; c++) {
@@ -244,7 +248,7 @@ fn attn_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     let bh = flat / p.t;
     let r = flat % p.t;
     let kend = min(p.tk, p.qoff + r + 1u);
-    let kb = bh * p.kstride;
+    let kb = (bh / p.group) * p.kstride; // the K/V head of query head bh
     let qs = p.scale * LOG2E;
     var qr: array<vec4<f32>, MAXC>;
     for (var c = 0u; c < D4; c++) { qr[c] = q4[flat * D4 + c] * qs; }

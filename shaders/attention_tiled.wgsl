@@ -64,7 +64,7 @@ fn attn_fwd_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     let live = row < p.t;
     let rowc = min(row, p.t - 1u);
     let qb = bh * p.t;
-    let kb = bh * p.kstride;
+    let kb = (bh / p.group) * p.kstride; // the K/V head of query head bh
     // Keys this row sees, and (uniform) keys any row of the workgroup sees.
     var kend = p.tk;
     var wend = p.tk;
@@ -127,7 +127,7 @@ fn attn_bwd_dq_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     let live = row < p.t;
     let rowc = min(row, p.t - 1u);
     let qb = bh * p.t;
-    let kb = bh * p.kstride;
+    let kb = (bh / p.group) * p.kstride; // the K/V head of query head bh
     var kend = p.tk;
     var wend = p.tk;
     if p.causal != 0u {
@@ -180,8 +180,9 @@ fn attn_bwd_dq_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     }
 }
 
-// dK and dV: invocation lid owns key row k0 + lid and walks the query blocks that see the
-// workgroup's key rows (formulas as in attn_bwd_dkv).
+// dK and dV: invocation lid owns key row k0 + lid of K/V head bh and walks the query blocks
+// that see the workgroup's key rows, in each query head of its group (formulas as in
+// attn_bwd_dkv).
 @compute @workgroup_size(WG)
 fn attn_bwd_dkv_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let wg = flat_wg(wid, nwg);
@@ -191,7 +192,6 @@ fn attn_bwd_dkv_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     let row = k0 + lid;
     let live = row < p.tk;
     let rowc = min(row, p.tk - 1u);
-    let qb = bh * p.t;
     let kb = bh * p.kstride;
     // Query i sees key j when j <= i + qoff: this row's first query, and the workgroup's.
     var i_start = 0u;
@@ -210,42 +210,47 @@ fn attn_bwd_dkv_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     }
     var dk: array<vec4<f32>, MAXC>;
     var dv: array<vec4<f32>, MAXC>;
-    for (var j0 = w_start; j0 < p.t; j0 += BC) {
-        stage_qdo(lid, qb, j0, p.t);
-        workgroupBarrier();
-        for (var i0 = 0u; i0 < BC && j0 + i0 < p.t; i0 += TW) {
-            // Skip steps wholly before this row's first query (the diagonal block).
-            if j0 + i0 + TW <= i_start { continue; }
-            var s: array<f32, TW>;
-            var dp: array<f32, TW>;
-            for (var c = 0u; c < D4; c++) {
-                let kc = kr[c];
-                let vc = vr[c];
+    // dK and dV sum over the query heads that share this K/V head (p.group is uniform: the
+    // barriers stay in uniform control flow).
+    for (var g = 0u; g < p.group; g++) {
+        let qb = (bh * p.group + g) * p.t;
+        for (var j0 = w_start; j0 < p.t; j0 += BC) {
+            stage_qdo(lid, qb, j0, p.t);
+            workgroupBarrier();
+            for (var i0 = 0u; i0 < BC && j0 + i0 < p.t; i0 += TW) {
+                // Skip steps wholly before this row's first query (the diagonal block).
+                if j0 + i0 + TW <= i_start { continue; }
+                var s: array<f32, TW>;
+                var dp: array<f32, TW>;
+                for (var c = 0u; c < D4; c++) {
+                    let kc = kr[c];
+                    let vc = vr[c];
+                    for (var i = 0u; i < TW; i++) {
+                        s[i] += dot(kc, tile_a[(i0 + i) * D4 + c]);
+                        dp[i] += dot(vc, tile_b[(i0 + i) * D4 + c]);
+                    }
+                }
+                var pr: array<f32, TW>;
+                var ds: array<f32, TW>;
                 for (var i = 0u; i < TW; i++) {
-                    s[i] += dot(kc, tile_a[(i0 + i) * D4 + c]);
-                    dp[i] += dot(vc, tile_b[(i0 + i) * D4 + c]);
+                    let qi = min(j0 + i0 + i, p.t - 1u);
+                    let ok = j0 + i0 + i < p.t && j0 + i0 + i >= i_start;
+                    pr[i] = select(0.0, exp2(s[i] - lse_in[qb + qi] * LOG2E), ok);
+                    ds[i] = pr[i] * (dp[i] - delta_in[qb + qi]);
+                }
+                for (var c = 0u; c < D4; c++) {
+                    var a = dk[c];
+                    var b = dv[c];
+                    for (var i = 0u; i < TW; i++) {
+                        a = fma(vec4<f32>(ds[i]), tile_a[(i0 + i) * D4 + c], a);
+                        b = fma(vec4<f32>(pr[i]), tile_b[(i0 + i) * D4 + c], b);
+                    }
+                    dk[c] = a;
+                    dv[c] = b;
                 }
             }
-            var pr: array<f32, TW>;
-            var ds: array<f32, TW>;
-            for (var i = 0u; i < TW; i++) {
-                let qi = min(j0 + i0 + i, p.t - 1u);
-                let ok = j0 + i0 + i < p.t && j0 + i0 + i >= i_start;
-                pr[i] = select(0.0, exp2(s[i] - lse_in[qb + qi] * LOG2E), ok);
-                ds[i] = pr[i] * (dp[i] - delta_in[qb + qi]);
-            }
-            for (var c = 0u; c < D4; c++) {
-                var a = dk[c];
-                var b = dv[c];
-                for (var i = 0u; i < TW; i++) {
-                    a = fma(vec4<f32>(ds[i]), tile_a[(i0 + i) * D4 + c], a);
-                    b = fma(vec4<f32>(pr[i]), tile_b[(i0 + i) * D4 + c], b);
-                }
-                dk[c] = a;
-                dv[c] = b;
-            }
+            workgroupBarrier();
         }
-        workgroupBarrier();
     }
     if live {
         for (var c = 0u; c < D4; c++) {

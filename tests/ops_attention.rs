@@ -605,3 +605,167 @@ fn kernel_kinds_can_be_forced() {
         assert_eq!(default, "tiled");
     }
 }
+
+// ---- grouped-query and multi-query attention (k, v with fewer heads than q) ----
+
+use portagrad::testing::reference::attention::{
+    backward_gqa as cpu_gqa_backward, forward_gqa as cpu_gqa, repeat_kv as cpu_repeat_kv,
+};
+
+/// (B, H, Hkv, T, D): GQA groups of 2, 3 and 4, MQA (Hkv = 1), T past a workgroup of rows and
+/// not a multiple of a tile.
+const GQA_CASES: &[(usize, usize, usize, usize, usize)] = &[
+    (2, 4, 2, 7, 32),
+    (1, 6, 2, 129, 64),
+    (2, 3, 1, 33, 16),
+    (1, 8, 2, 70, 80),
+    (1, 4, 1, 1, 128),
+];
+
+#[test]
+fn gqa_forward_matches_cpu_with_repeated_kv() {
+    each_kind(|| {
+        for (n, &(b, h, hkv, t, d)) in GQA_CASES.iter().enumerate() {
+            let q = random_vec(b * h * t * d, -1.0, 1.0, 300 + n as u64);
+            let k = random_vec(b * hkv * t * d, -1.0, 1.0, 400 + n as u64);
+            let v = random_vec(b * hkv * t * d, -1.0, 1.0, 500 + n as u64);
+            let (qs, ks) = ([b, h, t, d], [b, hkv, t, d]);
+            let (qt, kt, vt) = (upload(&q, &qs), upload(&k, &ks), upload(&v, &ks));
+            for causal in [false, true] {
+                let o = attention(&qt, &kt, &vt, causal).unwrap();
+                assert_eq!(o.shape(), &qs);
+                // Independent of the GQA reference: plain attention on K/V repeated per head.
+                let g = h / hkv;
+                let want = cpu_attention(
+                    &to64(&q),
+                    &cpu_repeat_kv(&to64(&k), b, hkv, t, d, g),
+                    &cpu_repeat_kv(&to64(&v), b, hkv, t, d, g),
+                    (b, h, t, d),
+                    causal,
+                );
+                assert_close(
+                    &format!("gqa ({b}, {h}, {hkv}, {t}, {d}) causal={causal}"),
+                    &o.to_vec().unwrap(),
+                    &want,
+                    1e-4,
+                    2e-5,
+                );
+            }
+        }
+    });
+}
+
+fn gqa_grad_case(b: usize, h: usize, hkv: usize, t: usize, d: usize, causal: bool) {
+    let dims = (b, h, t, d);
+    let (qs, ks) = ([b, h, t, d], [b, hkv, t, d]);
+    check_grad(
+        &format!("gqa attention ({b}, {h}, {hkv}, {t}, {d}) causal={causal}"),
+        &[
+            inp(&qs, -1.0, 1.0),
+            inp(&ks, -1.0, 1.0),
+            inp(&ks, -1.0, 1.0),
+        ],
+        &|x| attention(&x[0], &x[1], &x[2], causal),
+        &|x| cpu_gqa(&x[0], &x[1], &x[2], dims, hkv, causal),
+        &|x, g| cpu_gqa_backward(&x[0], &x[1], &x[2], g, dims, hkv, causal).to_vec(),
+        1e-4,
+        1e-3,
+    );
+}
+
+/// dK and dV summed over the query heads of each group, in every kernel kind; finite
+/// differences of the reference in f64 (inside `check_grad`).
+#[test]
+fn gqa_and_mqa_gradients() {
+    each_kind(|| {
+        for causal in [false, true] {
+            gqa_grad_case(2, 4, 2, 7, 16, causal);
+            gqa_grad_case(1, 3, 1, 13, 16, causal);
+        }
+        gqa_grad_case(1, 4, 2, 70, 32, true);
+        gqa_grad_case(1, 6, 3, 9, 80, false);
+    });
+}
+
+/// Decoding with a cache of Hkv heads matches the full causal GQA attention row by row, for
+/// one position at a time and for chunks.
+#[test]
+fn gqa_decode_matches_full_attention() {
+    each_kind(|| {
+        for (b, h, hkv, t, d) in [(2, 4, 2, 9, 32), (1, 3, 1, 70, 64)] {
+            let q = random_vec(b * h * t * d, -1.0, 1.0, 80);
+            let k = random_vec(b * hkv * t * d, -1.0, 1.0, 81);
+            let v = random_vec(b * hkv * t * d, -1.0, 1.0, 82);
+            let (qdims, kdims) = ((b, h, t, d), (b, hkv, t, d));
+            let full = cpu_gqa(&to64(&q), &to64(&k), &to64(&v), qdims, hkv, true);
+            let mut cache = KvCache::new(&shared_device(), b, hkv, t + 3, d).unwrap();
+            assert_eq!(cache.shape(), &[b, hkv, t + 3, d]);
+            let mut at = 0;
+            for n in [1, 2, 1, t - 4] {
+                cache
+                    .append(
+                        &upload(&rows(&k, kdims, at, n), &[b, hkv, n, d]),
+                        &upload(&rows(&v, kdims, at, n), &[b, hkv, n, d]),
+                    )
+                    .unwrap();
+                let o =
+                    attend_cached(&upload(&rows(&q, qdims, at, n), &[b, h, n, d]), &cache).unwrap();
+                assert_eq!(o.shape(), &[b, h, n, d]);
+                let want: Vec<f64> = (0..b * h)
+                    .flat_map(|bh| full[(bh * t + at) * d..(bh * t + at + n) * d].to_vec())
+                    .collect();
+                assert_close(
+                    &format!("gqa decode ({b}, {h}, {hkv}, {t}, {d}) at {at} n {n}"),
+                    &o.to_vec().unwrap(),
+                    &want,
+                    1e-4,
+                    2e-5,
+                );
+                at += n;
+            }
+        }
+    });
+}
+
+#[test]
+fn gqa_bad_shapes_are_errors() {
+    let dev = shared_device();
+    let z = |s: &[usize]| Tensor::zeros(&dev, s).unwrap();
+    let q = z(&[2, 6, 7, 16]);
+    // 6 query heads over 4 K/V heads.
+    let msg = attention(&q, &z(&[2, 4, 7, 16]), &z(&[2, 4, 7, 16]), true)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("attention") && msg.contains("[2, 6, 7, 16]") && msg.contains("[2, 4, 7, 16]"),
+        "{msg}"
+    );
+    // k and v with different head counts, or a batch that differs.
+    assert!(attention(&q, &z(&[2, 2, 7, 16]), &z(&[2, 3, 7, 16]), true).is_err());
+    assert!(attention(&q, &z(&[1, 2, 7, 16]), &z(&[1, 2, 7, 16]), true).is_err());
+    // More K/V heads than query heads.
+    assert!(attention(&z(&[2, 2, 7, 16]), &q, &q, true).is_err());
+    // A cache of 4 K/V heads cannot serve 6 query heads.
+    let mut cache = KvCache::new(&dev, 2, 4, 8, 16).unwrap();
+    cache
+        .append(&z(&[2, 4, 1, 16]), &z(&[2, 4, 1, 16]))
+        .unwrap();
+    let msg = attend_cached(&z(&[2, 6, 1, 16]), &cache)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("attend_cached") && msg.contains("[2, 6, 1, 16]"),
+        "{msg}"
+    );
+    // Appending query-shaped (H-headed) K/V to a Hkv-headed cache.
+    assert!(
+        cache
+            .append(&z(&[2, 8, 1, 16]), &z(&[2, 8, 1, 16]))
+            .is_err()
+    );
+    // Attending 8 query heads to it is GQA: fine.
+    assert_eq!(
+        attend_cached(&z(&[2, 8, 1, 16]), &cache).unwrap().shape(),
+        &[2, 8, 1, 16]
+    );
+}

@@ -75,7 +75,10 @@ fn fwd(o: &mut Wgsl, d4: usize, rr: usize) {
         "    if bh >= p.bh || r0 >= p.t {{ return; }} // uniform across the subgroup"
     );
     wgsl!(o, "    let base = bh * p.t;");
-    wgsl!(o, "    let kb = bh * p.kstride;");
+    wgsl!(
+        o,
+        "    let kb = (bh / p.group) * p.kstride; // the K/V head of query head bh"
+    );
     wgsl!(o, "    var kend = p.tk;");
     wgsl!(
         o,
@@ -220,7 +223,10 @@ fn dq(o: &mut Wgsl, d4: usize, rr: usize) {
     entry(o, "attn_bwd_dq_cpu", rr);
     wgsl!(o, "    if bh >= p.bh || r0 >= p.t {{ return; }}");
     wgsl!(o, "    let base = bh * p.t;");
-    wgsl!(o, "    let kb = bh * p.kstride;");
+    wgsl!(
+        o,
+        "    let kb = (bh / p.group) * p.kstride; // the K/V head of query head bh"
+    );
     wgsl!(o, "    var kend = p.tk;");
     wgsl!(
         o,
@@ -282,8 +288,7 @@ fn dq(o: &mut Wgsl, d4: usize, rr: usize) {
 fn dkv(o: &mut Wgsl, d4: usize, rr: usize) {
     entry(o, "attn_bwd_dkv_cpu", rr);
     wgsl!(o, "    if bh >= p.bh || r0 >= p.tk {{ return; }}");
-    wgsl!(o, "    let base = bh * p.kstride;");
-    wgsl!(o, "    let qb = bh * p.t;");
+    wgsl!(o, "    let base = bh * p.kstride; // bh: a K/V head here");
     wgsl!(o, "    var i_start = 0u;");
     wgsl!(
         o,
@@ -299,6 +304,9 @@ fn dkv(o: &mut Wgsl, d4: usize, rr: usize) {
             wgsl!(o, "    var f{r}_{c} = vec4<f32>(0.0);");
         }
     }
+    // dK and dV sum over the query heads sharing this K/V head (grouped-query attention).
+    wgsl!(o, "    for (var g = 0u; g < p.group; g++) {{");
+    wgsl!(o, "    let qb = (bh * p.group + g) * p.t;");
     wgsl!(o, "    for (var i0 = i_start; i0 < p.t; i0 += 8u) {{");
     wgsl!(o, "        let qi = qb + min(i0 + lane % 8u, p.t - 1u);");
     wgsl!(o, "        let qa = qi * {d4}u;");
@@ -333,6 +341,7 @@ fn dkv(o: &mut Wgsl, d4: usize, rr: usize) {
         }
     }
     wgsl!(o, "    }}");
+    wgsl!(o, "    }}");
     for r in 0..rr {
         wgsl!(o, "    if row{r} < p.tk {{");
         wgsl!(o, "        let oa = (base + row{r}) * {d4}u;");
@@ -359,7 +368,7 @@ fn decode(o: &mut Wgsl, d4: usize) {
         "    if flat >= p.bh * p.t {{ return; }} // uniform across the workgroup"
     );
     wgsl!(o, "    let kend = min(p.tk, p.qoff + flat % p.t + 1u);");
-    wgsl!(o, "    let kb = (flat / p.t) * p.kstride;");
+    wgsl!(o, "    let kb = ((flat / p.t) / p.group) * p.kstride;");
     wgsl!(o, "    let qs = p.scale * LOG2E;");
     for c in 0..d4 {
         wgsl!(o, "    let qd{c} = q4[flat * {d4}u + {c}u] * qs;");

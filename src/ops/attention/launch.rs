@@ -42,7 +42,7 @@ pub(crate) struct Params {
     pub(crate) du: u32,
     pub(crate) pos: u32,
     pub(crate) rows: u32,
-    pub(crate) _pad: u32,
+    pub(crate) group: u32,
 }
 const _: () = assert!(std::mem::size_of::<Params>() == 64);
 
@@ -50,7 +50,8 @@ pub(crate) fn dims(x: &Tensor) -> (usize, usize, usize, usize) {
     (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
 }
 
-/// Forward: q, k, v (B, H, T, D) -> (o (B, H, T, D), lse (B, H, T)). Shapes checked by the caller.
+/// Forward: q (B, H, T, D), k, v (B, Hkv, T, D) with H a multiple of Hkv (query head h reads
+/// K/V head h / (H / Hkv)) -> (o (B, H, T, D), lse (B, H, T)). Shapes checked by the caller.
 pub(crate) fn forward(
     q: &Tensor,
     k: &Tensor,
@@ -59,11 +60,12 @@ pub(crate) fn forward(
 ) -> Result<(Tensor, Tensor)> {
     let dev = &q.dev;
     let (b, h, t, d) = dims(q);
+    let group = h / k.shape[1];
     let o = Tensor::empty(dev, "attention", &q.shape, DType::F32)?;
     let lse = Tensor::empty(dev, "attention", &[b, h, t], DType::F32)?;
     let pl = plan(dev, d);
-    let (p, grid) = row_params(&pl, FWD, b * h, t, d, causal)?;
-    // q, k, v: (B, H, T, D) -> o: (B, H, T, D), lse: (B, H, T)
+    let (p, grid) = row_params(&pl, FWD, b * h, group, t, d, causal)?;
+    // q: (B, H, T, D), k, v: (B, Hkv, T, D) -> o: (B, H, T, D), lse: (B, H, T)
     dev.dispatch(
         pl.shader,
         pl.entry(FWD),
@@ -82,7 +84,8 @@ pub(crate) fn forward(
 }
 
 /// Backward from the forward's inputs, output `o`, log-sum-exp `lse` and the output gradient
-/// `d_o`: -> (dq, dk, dv), each (B, H, T, D). Two kernels, no atomics.
+/// `d_o`: -> (dq (B, H, T, D), dk, dv (B, Hkv, T, D)). Two kernels, no atomics: dK and dV of a
+/// K/V head are summed over its query heads inside the dK/dV kernel.
 pub(crate) fn backward(
     q: &Tensor,
     k: &Tensor,
@@ -94,13 +97,16 @@ pub(crate) fn backward(
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let dev = &q.dev;
     let (b, h, t, d) = dims(q);
+    let hkv = k.shape[1];
+    let group = h / hkv;
     let dq = Tensor::empty(dev, "attention_backward", &q.shape, DType::F32)?;
-    let dk = Tensor::empty(dev, "attention_backward", &q.shape, DType::F32)?;
-    let dv = Tensor::empty(dev, "attention_backward", &q.shape, DType::F32)?;
+    let dk = Tensor::empty(dev, "attention_backward", &k.shape, DType::F32)?;
+    let dv = Tensor::empty(dev, "attention_backward", &k.shape, DType::F32)?;
     let delta = Tensor::empty(dev, "attention_backward", &[b, h, t], DType::F32)?;
     let pl = plan(dev, d);
-    let (p, grid) = row_params(&pl, DQ, b * h, t, d, causal)?;
-    // q, k, v, dO, o: (B, H, T, D), lse: (B, H, T) -> dq: (B, H, T, D), delta: (B, H, T)
+    let (p, grid) = row_params(&pl, DQ, b * h, group, t, d, causal)?;
+    // q, dO, o: (B, H, T, D), k, v: (B, Hkv, T, D), lse: (B, H, T)
+    //   -> dq: (B, H, T, D), delta: (B, H, T)
     dev.dispatch(
         pl.shader,
         pl.entry(DQ),
@@ -118,8 +124,8 @@ pub(crate) fn backward(
         ],
         grid,
     )?;
-    let (p, grid) = row_params(&pl, DKV, b * h, t, d, causal)?;
-    // q, k, v, dO: (B, H, T, D), lse, delta: (B, H, T) -> dk, dv: (B, H, T, D)
+    let (p, grid) = row_params(&pl, DKV, b * hkv, group, t, d, causal)?;
+    // q, dO: (B, H, T, D), k, v: (B, Hkv, T, D), lse, delta: (B, H, T) -> dk, dv: (B, Hkv, T, D)
     dev.dispatch(
         pl.shader,
         pl.entry(DKV),
@@ -140,7 +146,7 @@ pub(crate) fn backward(
     Ok((dq, dk, dv))
 }
 
-/// Copy `k`, `v` (B, H, n, D) into rows `pos .. pos + n` of the caches (B, H, max, D), in place.
+/// Copy `k`, `v` (B, Hkv, n, D) into rows `pos .. pos + n` of the caches (B, Hkv, max, D), in place.
 pub(crate) fn kv_append(
     cache_k: &Tensor,
     cache_v: &Tensor,
@@ -157,7 +163,7 @@ pub(crate) fn kv_append(
         rows: n as u32,
         ..Params::default()
     };
-    // k, v: (B, H, n, D) -> cache_k, cache_v: (B, H, max, D)
+    // k, v: (B, Hkv, n, D) -> cache_k, cache_v: (B, Hkv, max, D)
     k.dev.dispatch(
         &SHADER,
         "kv_append",
@@ -174,7 +180,8 @@ pub(crate) fn kv_append(
 }
 
 /// Attention of the `n` newest positions, q (B, H, n, D), to the first `len` rows of the caches
-/// (B, H, max, D); query row r sits at position len - n + r and sees keys up to it.
+/// (B, Hkv, max, D), query head h reading K/V head h / (H / Hkv); query row r sits at position
+/// len - n + r and sees keys up to it.
 pub(crate) fn decode(q: &Tensor, cache_k: &Tensor, cache_v: &Tensor, len: usize) -> Result<Tensor> {
     let dev = &q.dev;
     let (b, h, n, d) = dims(q);
@@ -187,6 +194,7 @@ pub(crate) fn decode(q: &Tensor, cache_k: &Tensor, cache_v: &Tensor, len: usize)
         causal: 1,
         qoff: (len - n) as u32,
         scale: 1.0 / (d as f32).sqrt(),
+        group: (h / cache_k.shape[1]) as u32,
         ..Params::default()
     };
     // CPU adapters: one subgroup per row, straight-line; else DWG invocations per row.
@@ -204,7 +212,7 @@ pub(crate) fn decode(q: &Tensor, cache_k: &Tensor, cache_v: &Tensor, len: usize)
             &[("DWG", f64::from(DWG))][..],
         )
     };
-    // q: (B, H, n, D), cache_k, cache_v: (B, H, max, D) -> o: (B, H, n, D)
+    // q: (B, H, n, D), cache_k, cache_v: (B, Hkv, max, D) -> o: (B, H, n, D)
     dev.dispatch(
         shader,
         entry,

@@ -70,7 +70,11 @@ fn check_rank4(op: &'static str, what: &str, x: &Tensor) -> Result<()> {
 
 /// Scaled dot-product attention over heads: `softmax(q kᵀ / sqrt(D) [+ causal mask]) v`.
 ///
-/// `q`, `k`, `v` are (B, H, T, D) f32 tensors of one shape; the result is (B, H, T, D). With
+/// `q` is (B, H, T, D) and `k`, `v` are (B, Hkv, T, D) f32 tensors, with H a multiple of Hkv:
+/// Hkv = H is multi-head attention, 1 < Hkv < H grouped-query attention (query head `h` reads
+/// K/V head `h / (H / Hkv)`), Hkv = 1 multi-query attention. K and V are never repeated in
+/// memory: the kernels index the shared head, and the backward sums dK and dV over the query
+/// heads of each group inside the dK/dV kernel. The result is (B, H, T, D). With
 /// `causal`, query row `t` attends to key rows `0..=t` only. D must be a multiple of 4 up to
 /// [`MAX_HEAD_DIM`]; T is any length.
 ///
@@ -80,8 +84,9 @@ fn check_rank4(op: &'static str, what: &str, x: &Tensor) -> Result<()> {
 /// tile: one kernel for dQ over query rows, one for dK and dV over key rows, deterministic
 /// (no atomics).
 ///
-/// Errors name the shapes: ranks other than 4, shapes that differ, unsupported D, non-f32
-/// tensors, tensors on different devices.
+/// Errors name the shapes: ranks other than 4, k and v shapes that differ or disagree with q
+/// on B, T or D, H not a multiple of Hkv, unsupported D, non-f32 tensors, tensors on different
+/// devices.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Tensor> {
     const OP: &str = "attention";
     check_rank4(OP, "q", q)?;
@@ -89,13 +94,19 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Ten
     check_rank4(OP, "v", v)?;
     q.same_device(OP, k)?;
     q.same_device(OP, v)?;
-    if k.shape() != q.shape() || v.shape() != q.shape() {
+    let (qs, ks) = (q.shape(), k.shape());
+    if ks != v.shape()
+        || ks[0] != qs[0]
+        || ks[2] != qs[2]
+        || ks[3] != qs[3]
+        || ks[1] == 0
+        || !qs[1].is_multiple_of(ks[1])
+    {
         return Err(Error::Shape {
             op: OP,
             message: format!(
-                "q {:?}, k {:?} and v {:?} must have the same (B, H, T, D) shape",
-                q.shape(),
-                k.shape(),
+                "q {qs:?} must be (B, H, T, D) and k {ks:?}, v {:?} both (B, Hkv, T, D) with H a \
+                 multiple of Hkv",
                 v.shape()
             ),
         });
@@ -179,9 +190,11 @@ pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
     Ok(out.record(OP, &[x], back))
 }
 
-/// The keys and values of one attention layer for incremental decoding: two (B, H, max_len, D)
+/// The keys and values of one attention layer for incremental decoding: two (B, Hkv, max_len, D)
 /// buffers allocated once, filled in place by [`append`](Self::append), read by
-/// [`attend_cached`]. Not part of autograd (generation runs without gradients).
+/// [`attend_cached`]. Hkv is the number of K/V heads: with grouped-query or multi-query
+/// attention it is smaller than the number of query heads, and the cache holds only those
+/// heads (nothing repeated). Not part of autograd (generation runs without gradients).
 pub struct KvCache {
     k: Tensor,
     v: Tensor,
@@ -195,8 +208,8 @@ impl std::fmt::Debug for KvCache {
 }
 
 impl KvCache {
-    /// An empty cache for `batch` sequences of `heads` heads of size `head_dim`, holding up to
-    /// `max_len` positions. `head_dim` follows [`attention`]'s rule (multiple of 4, at most
+    /// An empty cache for `batch` sequences of `heads` K/V heads (n_kv_heads; the query heads
+    /// may be any multiple of it) of size `head_dim`, holding up to `max_len` positions. `head_dim` follows [`attention`]'s rule (multiple of 4, at most
     /// [`MAX_HEAD_DIM`]).
     pub fn new(
         dev: &Device,
@@ -313,7 +326,8 @@ impl KvCache {
 }
 
 /// Decode step: attend the newest query positions `q` (B, H, n, D), usually n = 1, to the
-/// cache's first [`KvCache::len`] keys and values -> (B, H, n, D). Query row `r` is position
+/// cache's first [`KvCache::len`] keys and values -> (B, H, n, D). H must be a multiple of the
+/// cache's K/V heads Hkv; query head `h` reads cached head `h / (H / Hkv)`. Query row `r` is position
 /// `len - n + r` and sees the cached positions up to and including it (causal), so with n = 1
 /// it sees the whole cache; append the new keys and values first. Matches row `len - n + r` of
 /// the full causal [`attention`]. One kernel: each (sequence, head, row) is a workgroup whose
@@ -323,12 +337,13 @@ pub fn attend_cached(q: &Tensor, cache: &KvCache) -> Result<Tensor> {
     check_rank4(OP, "q", q)?;
     cache.k.same_device(OP, q)?;
     let (qs, cs) = (q.shape(), cache.shape());
-    if qs[0] != cs[0] || qs[1] != cs[1] || qs[3] != cs[3] {
+    if qs[0] != cs[0] || !qs[1].is_multiple_of(cs[1]) || qs[1] == 0 || qs[3] != cs[3] {
         return Err(Error::Shape {
             op: OP,
             message: format!(
-                "q {qs:?} must be (B, H, n, D) = ({}, {}, n, {}) for a cache of shape {cs:?}",
-                cs[0], cs[1], cs[3]
+                "q {qs:?} must be (B, H, n, D) = ({}, H, n, {}) with H a multiple of the {} K/V \
+                 heads, for a cache of shape {cs:?}",
+                cs[0], cs[3], cs[1]
             ),
         });
     }

@@ -140,11 +140,14 @@ pub(crate) fn plan_name(dev: &Device, d: usize) -> &'static str {
     plan(dev, d).name
 }
 
-/// Parameters of row kernel `kernel` and its grid.
+/// Parameters of row kernel `kernel` and its grid. `bh` counts the heads the kernel's rows
+/// belong to (query heads for the forward and dQ, K/V heads for dK/dV); `group` query heads
+/// share one K/V head.
 pub(crate) fn row_params(
     pl: &Plan,
     kernel: usize,
     bh: usize,
+    group: usize,
     t: usize,
     d: usize,
     causal: bool,
@@ -158,6 +161,7 @@ pub(crate) fn row_params(
         causal: u32::from(causal),
         blocks: blocks as u32,
         scale: 1.0 / (d as f32).sqrt(),
+        group: group as u32,
         ..Params::default()
     };
     Ok((p, grid_1d((blocks * bh) as u64)?))

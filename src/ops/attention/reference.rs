@@ -147,3 +147,83 @@ pub fn merge_heads3(x: &[Vec<f64>; 3], b: usize, h: usize, t: usize, d: usize) -
     }
     out
 }
+
+/// Grouped-query attention's K/V as plain multi-head K/V: (B, Hkv, T, D) -> (B, Hkv·group, T, D),
+/// head `h` of the result a copy of head `h / group` (what the fused kernels avoid storing).
+pub fn repeat_kv(x: &[f64], b: usize, hkv: usize, t: usize, d: usize, group: usize) -> Vec<f64> {
+    let mut out = Vec::with_capacity(x.len() * group);
+    for bi in 0..b {
+        for h in 0..hkv * group {
+            let at = ((bi * hkv + h / group) * t) * d;
+            out.extend_from_slice(&x[at..at + t * d]);
+        }
+    }
+    out
+}
+
+/// The adjoint of [`repeat_kv`]: (B, Hkv·group, T, D) -> (B, Hkv, T, D), summing each group.
+pub fn sum_kv_groups(
+    x: &[f64],
+    b: usize,
+    hkv: usize,
+    t: usize,
+    d: usize,
+    group: usize,
+) -> Vec<f64> {
+    let mut out = vec![0.0; b * hkv * t * d];
+    for bi in 0..b {
+        for h in 0..hkv * group {
+            let src = ((bi * hkv * group + h) * t) * d;
+            let dst = ((bi * hkv + h / group) * t) * d;
+            for i in 0..t * d {
+                out[dst + i] += x[src + i];
+            }
+        }
+    }
+    out
+}
+
+/// Grouped-query attention: q (B, H, T, D), k, v (B, Hkv, T, D) -> (B, H, T, D), by
+/// [`repeat_kv`] and [`forward`]. `dims` is (B, H, T, D).
+pub fn forward_gqa(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    dims: Dims,
+    hkv: usize,
+    causal: bool,
+) -> Vec<f64> {
+    let (b, h, t, d) = dims;
+    let g = h / hkv;
+    forward(
+        q,
+        &repeat_kv(k, b, hkv, t, d, g),
+        &repeat_kv(v, b, hkv, t, d, g),
+        dims,
+        causal,
+    )
+}
+
+/// The backward of [`forward_gqa`]: (dq (B, H, T, D), dk, dv (B, Hkv, T, D)).
+pub fn backward_gqa(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    g: &[f64],
+    dims: Dims,
+    hkv: usize,
+    causal: bool,
+) -> [Vec<f64>; 3] {
+    let (b, h, t, d) = dims;
+    let grp = h / hkv;
+    let (kr, vr) = (
+        repeat_kv(k, b, hkv, t, d, grp),
+        repeat_kv(v, b, hkv, t, d, grp),
+    );
+    let [dq, dk, dv] = backward(q, &kr, &vr, g, dims, causal);
+    [
+        dq,
+        sum_kv_groups(&dk, b, hkv, t, d, grp),
+        sum_kv_groups(&dv, b, hkv, t, d, grp),
+    ]
+}
