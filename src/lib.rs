@@ -98,6 +98,8 @@ pub use ops::attention::{
     merge_heads, split_heads,
 };
 pub use ops::matmul::{Activation, WeightLayout};
+pub use ops::rope::{Rope, RopeConfig, RopeScaling};
+pub use ops::swiglu::{swiglu, swiglu2};
 pub use runtime::{Device, DeviceInfo, DeviceOptions, Stats};
 pub use tensor::{DType, Precision, Tensor};
 

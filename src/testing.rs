@@ -28,7 +28,9 @@ pub mod reference {
     pub use crate::ops::norm::reference as norm;
     pub use crate::ops::optim::reference as optim;
     pub use crate::ops::reduce::reference as reduce;
+    pub use crate::ops::rope::reference as rope;
     pub use crate::ops::softmax::reference as softmax;
+    pub use crate::ops::swiglu::reference as swiglu;
     pub use crate::ops::unary::reference as unary;
 }
 

@@ -257,3 +257,179 @@ fn dropout_identity_in_inference_and_at_p0_and_bad_p_errors() {
         Err(Error::DType { op: "dropout", .. })
     ));
 }
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm
+
+#[test]
+fn rms_norm_gradients() {
+    // C = 1, 7, 333; a rank-3 input; 130 rows (several chunks of the weight's column sums);
+    // C = 64 (the vec4 forms).
+    let shapes: &[&[usize]] = &[
+        &[3, 1],
+        &[5, 7],
+        &[3, 333],
+        &[2, 3, 7],
+        &[130, 7],
+        &[7],
+        &[9, 64],
+    ];
+    for &shape in shapes {
+        let c = *shape.last().unwrap();
+        check_grad(
+            &format!("rms_norm {shape:?}"),
+            &[inp(shape, -2.0, 2.0), inp(&[c], 0.5, 1.5)],
+            &|t| t[0].rms_norm(&t[1], EPS as f32),
+            &|x| r::rms_norm(&x[0], &x[1], EPS),
+            &|x, g| {
+                let (dx, dw) = r::rms_norm_backward(&x[0], &x[1], g, EPS);
+                vec![dx, dw]
+            },
+            1e-4,
+            1e-4,
+        );
+    }
+    // A constant weight: only x gets a gradient.
+    check_grad(
+        "rms_norm constant weight",
+        &[inp(&[5, 33], -3.0, 3.0), constant(&[33], 0.5, 1.5)],
+        &|t| t[0].rms_norm(&t[1], 1e-6),
+        &|x| r::rms_norm(&x[0], &x[1], 1e-6),
+        &|x, g| {
+            let (dx, _) = r::rms_norm_backward(&x[0], &x[1], g, 1e-6);
+            vec![dx, vec![0.0; 33]]
+        },
+        1e-4,
+        1e-4,
+    );
+}
+
+/// The reference itself on values worked by hand: x = (3, 4), mean(x²) = 12.5.
+#[test]
+fn rms_norm_reference_by_hand() {
+    let y = r::rms_norm(&[3.0, 4.0], &[1.0, 2.0], 0.0);
+    let s = 12.5f64.sqrt();
+    assert!(
+        (y[0] - 3.0 / s).abs() < 1e-15 && (y[1] - 8.0 / s).abs() < 1e-15,
+        "{y:?}"
+    );
+}
+
+#[test]
+fn rms_norm_forward_and_backward_in_every_form() {
+    let dev = shared_device();
+    for form in FORMS {
+        for (i, &(rows, cols)) in ROW_SHAPES.iter().chain(&[(33, 64), (5, 4096)]).enumerate() {
+            let _g = force(&dev, form, cols);
+            let x = random_vec(rows * cols, -3.0, 3.0, 150 + i as u64);
+            let w = random_vec(cols, 0.5, 1.5, 160 + i as u64);
+            let g = random_vec(rows * cols, -1.0, 1.0, 180 + i as u64);
+            let xt = up(&dev, &x, &[rows, cols]).with_grad();
+            let wt = up(&dev, &w, &[cols]).with_grad();
+            let y = xt.rms_norm(&wt, 1e-5).unwrap();
+            let wy = r::rms_norm(&f64s(&x), &f64s(&w), 1e-5);
+            let (wdx, wdw) = r::rms_norm_backward(&f64s(&x), &f64s(&w), &f64s(&g), 1e-5);
+            let what = format!("{form} rms_norm ({rows}, {cols})");
+            assert_close(&what, &y.to_vec().unwrap(), &wy, 1e-4, 1e-5);
+            let grads = y.backward_with(&up(&dev, &g, &[rows, cols])).unwrap();
+            let get = |t: &Tensor| grads.get(t).unwrap().to_vec().unwrap();
+            assert_close(&format!("{what} dx"), &get(&xt), &wdx, 1e-3, 1e-4);
+            assert_close(
+                &format!("{what} dweight"),
+                &get(&wt),
+                &wdw,
+                1e-3,
+                1e-4 * rows as f64,
+            );
+        }
+    }
+}
+
+/// More rows than one grid dimension holds workgroups (65,535), in each form.
+#[test]
+fn rms_norm_rows_past_one_grid_dimension() {
+    let dev = shared_device();
+    for (form, rows, cols) in [
+        ("workgroup", 65_537, 3),
+        ("subgroup", 65_535 * 8 + 9, 2),
+        ("invocation", 65_535 * 64 + 65, 1),
+    ] {
+        let _g = force(&dev, form, cols);
+        let x = random_vec(rows * cols, -2.0, 2.0, 7);
+        let w = random_vec(cols, 0.5, 1.5, 8);
+        let y = up(&dev, &x, &[rows, cols])
+            .rms_norm(&up(&dev, &w, &[cols]), 1e-5)
+            .unwrap();
+        let want = r::rms_norm(&f64s(&x), &f64s(&w), 1e-5);
+        assert_close(
+            &format!("{form} rms_norm ({rows}, {cols})"),
+            &y.to_vec().unwrap(),
+            &want,
+            1e-4,
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn rms_norm_backward_is_deterministic() {
+    let dev = shared_device();
+    let x = Tensor::rand_normal(&dev, &[300, 65], 0.0, 1.0, 5)
+        .unwrap()
+        .with_grad();
+    let w = Tensor::rand_uniform(&dev, &[65], 0.5, 1.5, 6)
+        .unwrap()
+        .with_grad();
+    let m = Tensor::rand_normal(&dev, &[300, 65], 0.0, 1.0, 7).unwrap();
+    let run = || {
+        let g = x
+            .rms_norm(&w, 1e-5)
+            .unwrap()
+            .mul(&m)
+            .unwrap()
+            .sum()
+            .unwrap()
+            .backward()
+            .unwrap();
+        [&x, &w].map(|p| bits(&g.get(p).unwrap().to_vec().unwrap()))
+    };
+    assert_eq!(run(), run());
+}
+
+#[test]
+fn rms_norm_bad_inputs_are_errors_naming_op_and_shapes() {
+    let dev = shared_device();
+    let x = Tensor::zeros(&dev, &[3, 4]).unwrap();
+    let w5 = Tensor::ones(&dev, &[5]).unwrap();
+    let w4 = Tensor::ones(&dev, &[4]).unwrap();
+    let e = err_text(x.rms_norm(&w5, 1e-5));
+    assert!(
+        e.contains("rms_norm") && e.contains("[5]") && e.contains("[3, 4]"),
+        "{e}"
+    );
+    let e = err_text(x.rms_norm(&Tensor::ones(&dev, &[1, 4]).unwrap(), 1e-5));
+    assert!(e.contains("rms_norm") && e.contains("[1, 4]"), "{e}");
+    let empty = Tensor::zeros(&dev, &[3, 0]).unwrap();
+    let e = err_text(empty.rms_norm(&Tensor::zeros(&dev, &[0]).unwrap(), 1e-5));
+    assert!(e.contains("rms_norm"), "{e}");
+    let ids4 = Tensor::from_u32(&dev, &[0, 1, 2, 3], &[4]).unwrap();
+    assert!(matches!(
+        ids4.rms_norm(&w4, 1e-5),
+        Err(Error::DType { op: "rms_norm", .. })
+    ));
+    assert!(matches!(
+        w4.rms_norm(&ids4, 1e-5),
+        Err(Error::DType { op: "rms_norm", .. })
+    ));
+    let half = w4.to_dtype(portagrad::DType::F16).unwrap();
+    assert!(matches!(
+        half.rms_norm(&w4, 1e-5),
+        Err(Error::DType { op: "rms_norm", .. })
+    ));
+    for eps in [f32::NAN, -1.0, f32::INFINITY] {
+        assert!(matches!(
+            x.rms_norm(&w4, eps),
+            Err(Error::InvalidArgument { op: "rms_norm", .. })
+        ));
+    }
+}

@@ -14,8 +14,10 @@ pub(crate) mod norm;
 pub(crate) mod optim;
 pub(crate) mod overrides;
 pub(crate) mod reduce;
+pub(crate) mod rope;
 pub(crate) mod rows;
 pub(crate) mod softmax;
+pub(crate) mod swiglu;
 pub(crate) mod unary;
 
 use crate::error::Result;
@@ -42,6 +44,13 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("norm_subgroup", norm::launch::SUBGROUP_SHADER.source),
     ("loss", loss::launch::SHADER.source),
     ("loss_subgroup", loss::launch::SUBGROUP_SHADER.source),
+    ("norm_rms", norm::launch::RMS_SHADER.source),
+    (
+        "norm_rms_subgroup",
+        norm::launch::RMS_SUBGROUP_SHADER.source,
+    ),
+    ("rope", rope::launch::SHADER.source),
+    ("swiglu", swiglu::launch::SHADER.source),
 ];
 
 /// The override constants of one dispatch, at most `N`, without a heap allocation (they are

@@ -255,3 +255,128 @@ pub(crate) fn dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
     )?;
     Ok(out)
 }
+
+// ---- RMSNorm (`shaders/norm_rms.wgsl`, `shaders/norm_rms_subgroup.wgsl`) ----
+
+pub(crate) const RMS_SHADER: Shader =
+    shader("norm_rms", include_str!("../../../shaders/norm_rms.wgsl"));
+/// Compiled only when the device has subgroups.
+pub(crate) const RMS_SUBGROUP_SHADER: Shader = shader(
+    "norm_rms_subgroup",
+    include_str!("../../../shaders/norm_rms_subgroup.wgsl"),
+);
+
+/// RMSNorm over the last axis of `x` (..., C) with `weight` (C): returns (y (..., C),
+/// rstd (rows)). Shapes and dtypes checked by the caller.
+pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "rms_norm";
+    let cols = weight.numel();
+    let rows = x.numel() / cols;
+    let y = Tensor::empty(&x.dev, OP, &x.shape, DType::F32)?;
+    let rstd = Tensor::empty(&x.dev, OP, &[rows], DType::F32)?;
+    let pl = rows::plan(
+        &x.dev,
+        &RMS_SHADER,
+        &RMS_SUBGROUP_SHADER,
+        &rows::row_entries!("rmsnorm_forward", vec4),
+        rows,
+        cols,
+    )?;
+    // x: (rows, C), weight: (C) -> y: (rows, C), rstd: (rows)
+    x.dev.dispatch(
+        pl.shader,
+        pl.entry,
+        &[],
+        &ln_params(rows, cols, eps),
+        &[
+            (&x.storage, Access::Read),
+            (&weight.storage, Access::Read),
+            (&y.storage, Access::ReadWrite),
+            (&rstd.storage, Access::ReadWrite),
+        ],
+        pl.grid,
+    )?;
+    Ok((y, rstd))
+}
+
+/// Gradient of RMSNorm for `x` from the saved `rstd` and the output gradient `g`.
+pub(crate) fn rms_norm_dx(
+    x: &Tensor,
+    weight: &Tensor,
+    rstd: &Tensor,
+    g: &Tensor,
+) -> Result<Tensor> {
+    let cols = weight.numel();
+    let rows = x.numel() / cols;
+    let dx = Tensor::empty(&x.dev, "rms_norm backward", &x.shape, DType::F32)?;
+    let pl = rows::plan(
+        &x.dev,
+        &RMS_SHADER,
+        &RMS_SUBGROUP_SHADER,
+        &rows::row_entries!("rmsnorm_backward_dx", vec4),
+        rows,
+        cols,
+    )?;
+    // x: (rows, C), weight: (C), rstd: (rows), g: (rows, C) -> dx: (rows, C)
+    x.dev.dispatch(
+        pl.shader,
+        pl.entry,
+        &[],
+        &ln_params(rows, cols, 0.0),
+        &[
+            (&x.storage, Access::Read),
+            (&weight.storage, Access::Read),
+            (&rstd.storage, Access::Read),
+            (&g.storage, Access::Read),
+            (&dx.storage, Access::ReadWrite),
+        ],
+        pl.grid,
+    )?;
+    Ok(dx)
+}
+
+/// Gradient of RMSNorm for the weight (C): the column sums of `g * x * rstd`, in a fixed order
+/// (partials over chunks of rows, then a column sum: deterministic, no atomics), as LayerNorm's
+/// gamma.
+pub(crate) fn rms_norm_dweight(
+    x: &Tensor,
+    rstd: &Tensor,
+    g: &Tensor,
+    cols: usize,
+) -> Result<Tensor> {
+    let op = "rms_norm backward";
+    let rows = x.numel() / cols;
+    let chunks = rows.div_ceil(LN_PARAM_CHUNK).max(1);
+    let dw = Tensor::empty(&x.dev, op, &[chunks, cols], DType::F32)?;
+    let vec4 = cols.is_multiple_of(4);
+    let n = if vec4 {
+        chunks * cols / 4
+    } else {
+        chunks * cols
+    };
+    let mut p = ln_params(rows, cols, 0.0);
+    p.n = n as u32;
+    // x: (rows, C), rstd: (rows), g: (rows, C) -> dw partials: (chunks, C)
+    x.dev.dispatch(
+        &RMS_SHADER,
+        if vec4 {
+            "rmsnorm_backward_weight4"
+        } else {
+            "rmsnorm_backward_weight"
+        },
+        &[],
+        &p,
+        &[
+            (&x.storage, Access::Read),
+            (&rstd.storage, Access::Read),
+            (&g.storage, Access::Read),
+            (&dw.storage, Access::ReadWrite),
+        ],
+        elems_grid(n)?,
+    )?;
+    if chunks == 1 {
+        return Ok(dw.view_raw(vec![cols]));
+    }
+    // (chunks, C) -> (C), each column summed over the chunks in order.
+    reduce::sum_to(&dw, &[cols])
+}

@@ -67,3 +67,66 @@ impl Tensor {
         Ok(y.record("dropout", &[self], back))
     }
 }
+
+impl Tensor {
+    /// Root-mean-square normalisation over the last axis, as Hugging Face's `LlamaRMSNorm`:
+    /// `x / sqrt(mean(x²) + eps) * weight` for `self` (..., C) with `weight` (C), normalised
+    /// in f32 first and multiplied by the weight after.
+    ///
+    /// One fused kernel that saves each row's reciprocal RMS for the backward (dx per row in
+    /// one kernel; the weight's gradient as column sums in a fixed order, no atomics, so it is
+    /// bitwise reproducible, as LayerNorm's gamma).
+    ///
+    /// Errors (naming `rms_norm` and the shapes): an empty last axis, `weight` not (C), a
+    /// non-f32 operand, `eps` negative or not finite, tensors on different devices.
+    pub fn rms_norm(&self, weight: &Tensor, eps: f32) -> Result<Tensor> {
+        const OP: &str = "rms_norm";
+        self.expect_dtype(OP, DType::F32)?;
+        weight.expect_dtype(OP, DType::F32)?;
+        self.same_device(OP, weight)?;
+        let cols = match self.shape.last() {
+            Some(&c) if c > 0 => c,
+            _ => {
+                return Err(Error::Shape {
+                    op: OP,
+                    message: format!("needs a non-empty last axis, got shape {:?}", self.shape),
+                });
+            }
+        };
+        if weight.shape != [cols] {
+            return Err(Error::Shape {
+                op: OP,
+                message: format!(
+                    "weight {:?} must be ({cols},) for input {:?}",
+                    weight.shape, self.shape
+                ),
+            });
+        }
+        if !(eps.is_finite() && eps >= 0.0) {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                message: format!("eps {eps} must be finite and >= 0"),
+            });
+        }
+        let (y, rstd) = nn::rms_norm(self, weight, eps)?;
+        if !Tensor::should_record(&[self, weight]) {
+            return Ok(y);
+        }
+        let (need_dx, need_dw) = (self.requires_grad, weight.requires_grad);
+        let (xd, wd) = (self.detach(), weight.detach());
+        let back: BackwardFn = Box::new(move |g| {
+            let dx = if need_dx {
+                Some(nn::rms_norm_dx(&xd, &wd, &rstd, g)?)
+            } else {
+                None
+            };
+            let dw = if need_dw {
+                Some(nn::rms_norm_dweight(&xd, &rstd, g, cols)?)
+            } else {
+                None
+            };
+            Ok(vec![dx, dw])
+        });
+        Ok(y.record(OP, &[self, weight], back))
+    }
+}

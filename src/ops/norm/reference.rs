@@ -48,3 +48,37 @@ pub fn layer_norm_backward(
     }
     (dx, dgamma, dbeta)
 }
+
+/// RMSNorm of rows of `weight.len()` (Hugging Face's LlamaRMSNorm):
+/// `x / sqrt(mean(x^2) + eps) * weight`.
+pub fn rms_norm(x: &[f64], weight: &[f64], eps: f64) -> Vec<f64> {
+    let c = weight.len();
+    let mut y = Vec::with_capacity(x.len());
+    for row in x.chunks(c) {
+        let rstd = rms_rstd(row, eps);
+        y.extend(row.iter().zip(weight).map(|(v, w)| v * rstd * w));
+    }
+    y
+}
+
+fn rms_rstd(row: &[f64], eps: f64) -> f64 {
+    let ms = row.iter().map(|v| v * v).sum::<f64>() / row.len() as f64;
+    1.0 / (ms + eps).sqrt()
+}
+
+/// The backward of [`rms_norm`] for output gradient `g`: (dx, dweight).
+pub fn rms_norm_backward(x: &[f64], weight: &[f64], g: &[f64], eps: f64) -> (Vec<f64>, Vec<f64>) {
+    let c = weight.len();
+    let (mut dx, mut dw) = (vec![0.0; x.len()], vec![0.0; c]);
+    for (r, row) in x.chunks(c).enumerate() {
+        let rstd = rms_rstd(row, eps);
+        let gr = &g[r * c..(r + 1) * c];
+        // y_j = x_j * rstd * w_j; d rstd / d x_i = -rstd^3 x_i / C.
+        let s = (0..c).map(|j| gr[j] * weight[j] * row[j]).sum::<f64>();
+        for j in 0..c {
+            dx[r * c + j] = rstd * gr[j] * weight[j] - rstd.powi(3) * row[j] * s / c as f64;
+            dw[j] += gr[j] * row[j] * rstd;
+        }
+    }
+    (dx, dw)
+}
