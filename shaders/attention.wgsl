@@ -386,6 +386,68 @@ fn heads_to_rows4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     lay_out4[u] = x;
 }
 
+// ---- (B, T, W) column range <-> (B, H, T, D): the split of a fused projection whose blocks
+// differ in width (grouped-query attention: q H * D wide, k and v Hkv * D). Here p.slots is
+// the row width W and p.slot the range's first column, both in units.
+
+// Unit u of the (B, H, T, D) side -> unit of the (B, T, W) side.
+fn cols_index(u: u32) -> u32 {
+    let d = u % p.du;
+    let x = u / p.du;
+    let t = x % p.t;
+    let bh = x / p.t;
+    let h = bh % p.heads;
+    let b = bh / p.heads;
+    return (b * p.t + t) * p.slots + p.slot + h * p.du + d;
+}
+
+// Unit u of the (B, T, W) side -> unit of the (B, H, T, D) side, or 0xffffffff outside the range.
+fn cols_heads_index(u: u32) -> u32 {
+    let col = u % p.slots;
+    let bt = u / p.slots;
+    if col < p.slot || col >= p.slot + p.heads * p.du { return 0xffffffffu; }
+    let h = (col - p.slot) / p.du;
+    let d = (col - p.slot) % p.du;
+    let t = bt % p.t;
+    let b = bt / p.t;
+    return ((b * p.heads + h) * p.t + t) * p.du + d;
+}
+
+@compute @workgroup_size(LWG)
+fn cols_to_heads(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let u = lay_unit(wid, nwg, lid);
+    if u >= p.n { return; }
+    lay_out[u] = lay_in[cols_index(u)];
+}
+
+@compute @workgroup_size(LWG)
+fn cols_to_heads4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let u = lay_unit(wid, nwg, lid);
+    if u >= p.n { return; }
+    lay_out4[u] = lay_in4[cols_index(u)];
+}
+
+// (B, H, T, D) -> (B, T, W), zero outside the column range; one invocation per output unit.
+@compute @workgroup_size(LWG)
+fn heads_to_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let u = lay_unit(wid, nwg, lid);
+    if u >= p.n { return; }
+    let i = cols_heads_index(u);
+    var x = 0.0;
+    if i != 0xffffffffu { x = lay_in[i]; }
+    lay_out[u] = x;
+}
+
+@compute @workgroup_size(LWG)
+fn heads_to_cols4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let u = lay_unit(wid, nwg, lid);
+    if u >= p.n { return; }
+    let i = cols_heads_index(u);
+    var x = vec4<f32>(0.0);
+    if i != 0xffffffffu { x = lay_in4[i]; }
+    lay_out4[u] = x;
+}
+
 // Three (B, H, T, D) tensors -> (B, T, 3 * C), tensor s in column block s: the gradient of a
 // fused QKV projection in one pass. One invocation per output unit.
 @group(0) @binding(2) var<storage, read> lay_b: array<f32>;               // (B, H, T, D) slot 1

@@ -95,7 +95,7 @@ pub use error::{Error, Result};
 pub use ops::attention::{
     KvCache, MAX_HEAD_DIM, attend_cached, attention, attention_qkv,
     attention_shader_source_for_cpu_adapters, attention_shader_source_for_gpus, attention_variant,
-    merge_heads, split_heads,
+    merge_heads, split_heads, split_qkv,
 };
 pub use ops::matmul::{Activation, WeightLayout};
 pub use ops::rope::{Rope, RopeConfig, RopeScaling};

@@ -769,3 +769,158 @@ fn gqa_bad_shapes_are_errors() {
         &[2, 8, 1, 16]
     );
 }
+
+// ---- the fused grouped-query projection split ----
+
+use portagrad::split_qkv;
+use portagrad::testing::reference::attention::{
+    merge_qkv as cpu_merge_qkv, split_qkv as cpu_split_qkv,
+};
+
+#[test]
+fn split_qkv_matches_cpu_and_split_heads() {
+    // D = 8 and 16 (vec4 units), D = 6 and 5 (scalar); GQA, MQA and Hkv = H.
+    for (b, t, h, hkv, d) in [
+        (2, 5, 4, 2, 8),
+        (1, 7, 3, 1, 6),
+        (2, 3, 2, 2, 16),
+        (1, 9, 6, 3, 5),
+    ] {
+        let w = (h + 2 * hkv) * d;
+        let x = random_vec(b * t * w, -1.0, 1.0, 21);
+        let xt = upload(&x, &[b, t, w]);
+        let (q, k, v) = split_qkv(&xt, h, hkv).unwrap();
+        assert_eq!(q.shape(), &[b, h, t, d]);
+        assert_eq!(k.shape(), &[b, hkv, t, d]);
+        assert_eq!(v.shape(), &[b, hkv, t, d]);
+        let want = cpu_split_qkv(&to64(&x), b, t, h, hkv, d);
+        for (name, got, want) in [
+            ("q", &q, &want[0]),
+            ("k", &k, &want[1]),
+            ("v", &v, &want[2]),
+        ] {
+            assert_close(
+                &format!("split_qkv {name} ({b}, {t}, {h}, {hkv}, {d})"),
+                &got.to_vec().unwrap(),
+                want,
+                0.0,
+                0.0,
+            );
+        }
+        if h == hkv {
+            let (q2, k2, v2) = split_heads(&xt, h).unwrap();
+            assert_eq!(q.to_vec().unwrap(), q2.to_vec().unwrap());
+            assert_eq!(k.to_vec().unwrap(), k2.to_vec().unwrap());
+            assert_eq!(v.to_vec().unwrap(), v2.to_vec().unwrap());
+        }
+    }
+}
+
+/// The block of a GQA model: (B, T, (H + 2 Hkv) D) -> split_qkv -> causal attention -> merge,
+/// gradient to the projection through all three parts, in every kernel kind.
+#[test]
+fn split_qkv_gqa_attention_gradients() {
+    each_kind(|| {
+        for (b, t, h, hkv, d) in [(2, 9, 4, 2, 16), (1, 6, 3, 1, 8)] {
+            let w = (h + 2 * hkv) * d;
+            let dims = (b, h, t, d);
+            check_grad(
+                &format!("split_qkv -> gqa attention -> merge ({b}, {t}, {h}, {hkv}, {d})"),
+                &[inp(&[b, t, w], -1.0, 1.0)],
+                &|x| {
+                    let (q, k, v) = split_qkv(&x[0], h, hkv)?;
+                    merge_heads(&attention(&q, &k, &v, true)?)
+                },
+                &|x| {
+                    let [q, k, v] = cpu_split_qkv(&x[0], b, t, h, hkv, d);
+                    cpu_merge(&cpu_gqa(&q, &k, &v, dims, hkv, true), b, h, t, d)
+                },
+                &|x, g| {
+                    let [q, k, v] = cpu_split_qkv(&x[0], b, t, h, hkv, d);
+                    let gh = cpu_unmerge(g, b, h, t, d);
+                    let grads = cpu_gqa_backward(&q, &k, &v, &gh, dims, hkv, true);
+                    vec![cpu_merge_qkv(&grads, b, t, h, hkv, d)]
+                },
+                1e-4,
+                1e-3,
+            );
+        }
+    });
+}
+
+/// Qwen2-style q/k/v biases: one linear layer with the stacked weights and concatenated
+/// biases, then split_qkv, equals the three projections with their biases (computed in f64).
+#[test]
+fn split_qkv_after_a_fused_biased_projection() {
+    let (b, t, c, h, hkv, d) = (2, 5, 12, 4, 2, 4);
+    let x = random_vec(b * t * c, -1.0, 1.0, 31);
+    let sizes = [h * d, hkv * d, hkv * d];
+    // Hugging Face's (out, in) weights and biases of q_proj, k_proj, v_proj.
+    let ws: Vec<Vec<f32>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| random_vec(n * c, -0.5, 0.5, 40 + i as u64))
+        .collect();
+    let bs: Vec<Vec<f32>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| random_vec(n, -0.5, 0.5, 50 + i as u64))
+        .collect();
+    let w_all: Vec<f32> = ws.concat();
+    let b_all: Vec<f32> = bs.concat();
+    let n = w_all.len() / c;
+    let y = upload(&x, &[b, t, c])
+        .linear(
+            &upload(&w_all, &[n, c]),
+            Some(&upload(&b_all, &[n])),
+            portagrad::WeightLayout::OutIn,
+            portagrad::Activation::None,
+        )
+        .unwrap();
+    let (q, k, v) = split_qkv(&y, h, hkv).unwrap();
+    for (i, (got, heads)) in [(&q, h), (&k, hkv), (&v, hkv)].into_iter().enumerate() {
+        // x W^T + bias, (B, T, heads * D) -> (B, heads, T, D).
+        let mut rows = Vec::new();
+        for r in 0..b * t {
+            for o in 0..sizes[i] {
+                let dot: f64 = (0..c)
+                    .map(|j| f64::from(x[r * c + j]) * f64::from(ws[i][o * c + j]))
+                    .sum();
+                rows.push(dot + f64::from(bs[i][o]));
+            }
+        }
+        let want = cpu_unmerge(&rows, b, heads, t, d);
+        assert_close(
+            &format!("projection {i}"),
+            &got.to_vec().unwrap(),
+            &want,
+            1e-5,
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn split_qkv_bad_shapes_are_errors() {
+    let dev = shared_device();
+    let z = |s: &[usize]| Tensor::zeros(&dev, s).unwrap();
+    // (4 + 2 * 2) * D columns: 12 is not a multiple of 8.
+    let msg = split_qkv(&z(&[2, 3, 12]), 4, 2).unwrap_err().to_string();
+    assert!(
+        msg.contains("split_qkv") && msg.contains("[2, 3, 12]") && msg.contains("H = 4"),
+        "{msg}"
+    );
+    // H not a multiple of Hkv; zero heads; rank 2; u32.
+    assert!(split_qkv(&z(&[2, 3, 21]), 3, 2).is_err());
+    assert!(split_qkv(&z(&[2, 3, 16]), 4, 0).is_err());
+    assert!(split_qkv(&z(&[2, 3, 16]), 0, 4).is_err());
+    assert!(split_qkv(&z(&[6, 16]), 4, 2).is_err());
+    let ids = Tensor::from_u32(&dev, &[0; 16], &[1, 1, 16]).unwrap();
+    assert!(matches!(
+        split_qkv(&ids, 2, 1),
+        Err(Error::DType {
+            op: "split_qkv",
+            ..
+        })
+    ));
+}

@@ -1,4 +1,4 @@
-//! How the row-wise kernels (softmax, log-softmax, sum/max over the last axis, LayerNorm,
+//! How the row-wise kernels (softmax, log-softmax, sum/max over the last axis, LayerNorm, RMSNorm,
 //! cross-entropy, accuracy) map the rows of a `(rows, cols)` view onto invocations.
 //!
 //! # The three forms

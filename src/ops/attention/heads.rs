@@ -119,3 +119,73 @@ pub(crate) fn heads3_to_rows(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tenso
     )?;
     Ok(out)
 }
+
+/// Columns `col0 .. col0 + heads * D` of `rows` (B, T, W) -> (B, H, T, D) with H = `heads`.
+pub(crate) fn cols_to_heads(rows: &Tensor, col0: usize, heads: usize, d: usize) -> Result<Tensor> {
+    let (b, t, w) = (rows.shape[0], rows.shape[1], rows.shape[2]);
+    let out = Tensor::empty(&rows.dev, "split_qkv", &[b, heads, t, d], DType::F32)?;
+    // vec4 units when the head size, the range's start and the row width all allow.
+    let vec4 = d.is_multiple_of(4) && col0.is_multiple_of(4) && w.is_multiple_of(4);
+    let k = if vec4 { 4 } else { 1 };
+    let units = b * heads * t * d / k;
+    if units == 0 {
+        return Ok(out);
+    }
+    let p = Params {
+        slot: (col0 / k) as u32,
+        slots: (w / k) as u32,
+        ..layout_params(units, t, heads, d / k)
+    };
+    // rows: (B, T, W) -> out: (B, H, T, D)
+    rows.dev.dispatch(
+        &SHADER,
+        if vec4 {
+            "cols_to_heads4"
+        } else {
+            "cols_to_heads"
+        },
+        &[],
+        &p,
+        &[
+            (&rows.storage, Access::Read),
+            (&out.storage, Access::ReadWrite),
+        ],
+        elems_grid(units)?,
+    )?;
+    Ok(out)
+}
+
+/// `heads` (B, H, T, D) -> (B, T, W) holding it in columns `col0 .. col0 + H * D`, zeros
+/// elsewhere (the gradient of [`cols_to_heads`]).
+pub(crate) fn heads_to_cols(heads: &Tensor, col0: usize, w: usize) -> Result<Tensor> {
+    let (b, h, t, d) = dims(heads);
+    let out = Tensor::empty(&heads.dev, "split_qkv backward", &[b, t, w], DType::F32)?;
+    let vec4 = d.is_multiple_of(4) && col0.is_multiple_of(4) && w.is_multiple_of(4);
+    let k = if vec4 { 4 } else { 1 };
+    let units = b * t * w / k;
+    if units == 0 {
+        return Ok(out);
+    }
+    let p = Params {
+        slot: (col0 / k) as u32,
+        slots: (w / k) as u32,
+        ..layout_params(units, t, h, d / k)
+    };
+    // heads: (B, H, T, D) -> out: (B, T, W)
+    heads.dev.dispatch(
+        &SHADER,
+        if vec4 {
+            "heads_to_cols4"
+        } else {
+            "heads_to_cols"
+        },
+        &[],
+        &p,
+        &[
+            (&heads.storage, Access::Read),
+            (&out.storage, Access::ReadWrite),
+        ],
+        elems_grid(units)?,
+    )?;
+    Ok(out)
+}

@@ -151,6 +151,55 @@ pub fn split_heads(qkv: &Tensor, n_head: usize) -> Result<(Tensor, Tensor, Tenso
     Ok((part(0)?, part(1)?, part(2)?))
 }
 
+/// Split a fused grouped-query projection `qkv` (B, T, (H + 2·Hkv)·D) into `q` (B, H, T, D)
+/// and `k`, `v` (B, Hkv, T, D), with H = `n_head` and Hkv = `n_kv_head`: columns
+/// `0 .. H·D` are q, the next `Hkv·D` k, the last `Hkv·D` v, each head-major (column
+/// `h·D + d` of a block is head `h`, element `d`). That is the output of one matmul whose
+/// weight stacks Hugging Face's `q_proj`, `k_proj` and `v_proj` (and whose bias, for Qwen2's
+/// q/k/v biases, concatenates theirs); with Hkv = H it is [`split_heads`]'s layout.
+///
+/// Each output records its own backward (its gradient scattered into a zeroed
+/// (B, T, (H + 2·Hkv)·D) buffer; autograd sums the three).
+///
+/// Errors (naming `split_qkv` and the shape): not a rank-3 f32 tensor, a zero head count, H
+/// not a multiple of Hkv, a last axis not a positive multiple of H + 2·Hkv.
+pub fn split_qkv(
+    qkv: &Tensor,
+    n_head: usize,
+    n_kv_head: usize,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    const OP: &str = "split_qkv";
+    qkv.expect_dtype(OP, DType::F32)?;
+    let s = qkv.shape();
+    let heads = n_head + 2 * n_kv_head;
+    if s.len() != 3
+        || n_head == 0
+        || n_kv_head == 0
+        || !n_head.is_multiple_of(n_kv_head)
+        || s[2] == 0
+        || !s[2].is_multiple_of(heads)
+    {
+        return Err(Error::Shape {
+            op: OP,
+            message: format!(
+                "needs a fused (B, T, (H + 2*Hkv)*D) tensor with H = {n_head} a multiple of \
+                 Hkv = {n_kv_head} (both positive), got shape {s:?}"
+            ),
+        });
+    }
+    let (w, d) = (s[2], s[2] / heads);
+    let part = |col0: usize, h: usize| -> Result<Tensor> {
+        let out = heads::cols_to_heads(qkv, col0, h, d)?;
+        let back: BackwardFn = Box::new(move |g| Ok(vec![Some(heads::heads_to_cols(g, col0, w)?)]));
+        Ok(out.record(OP, &[qkv], back))
+    };
+    Ok((
+        part(0, n_head)?,
+        part(n_head * d, n_kv_head)?,
+        part((n_head + n_kv_head) * d, n_kv_head)?,
+    ))
+}
+
 /// Self-attention from a fused QKV projection: `qkv` (B, T, 3·C) -> (B, T, C) with `n_head`
 /// heads. The same values as [`split_heads`], [`attention`] and [`merge_heads`] in a row, but
 /// recorded as one op, so its backward writes d(qkv) with a single kernel (through

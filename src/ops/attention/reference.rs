@@ -227,3 +227,54 @@ pub fn backward_gqa(
         sum_kv_groups(&dv, b, hkv, t, d, grp),
     ]
 }
+
+/// CPU split of a fused grouped-query projection (B, T, (H + 2·Hkv)·D) into q (B, H, T, D)
+/// and k, v (B, Hkv, T, D).
+pub fn split_qkv(x: &[f64], b: usize, t: usize, h: usize, hkv: usize, d: usize) -> [Vec<f64>; 3] {
+    let w = (h + 2 * hkv) * d;
+    let block = |col0: usize, heads: usize| {
+        let mut out = vec![0.0; b * heads * t * d];
+        for bi in 0..b {
+            for hi in 0..heads {
+                for ti in 0..t {
+                    for di in 0..d {
+                        out[((bi * heads + hi) * t + ti) * d + di] =
+                            x[(bi * t + ti) * w + col0 + hi * d + di];
+                    }
+                }
+            }
+        }
+        out
+    };
+    [block(0, h), block(h * d, hkv), block((h + hkv) * d, hkv)]
+}
+
+/// CPU inverse of [`split_qkv`]: q (B, H, T, D), k, v (B, Hkv, T, D) -> (B, T, (H + 2·Hkv)·D).
+pub fn merge_qkv(
+    x: &[Vec<f64>; 3],
+    b: usize,
+    t: usize,
+    h: usize,
+    hkv: usize,
+    d: usize,
+) -> Vec<f64> {
+    let w = (h + 2 * hkv) * d;
+    let mut out = vec![0.0; b * t * w];
+    for (xs, col0, heads) in [
+        (&x[0], 0, h),
+        (&x[1], h * d, hkv),
+        (&x[2], (h + hkv) * d, hkv),
+    ] {
+        for bi in 0..b {
+            for hi in 0..heads {
+                for ti in 0..t {
+                    for di in 0..d {
+                        out[(bi * t + ti) * w + col0 + hi * d + di] =
+                            xs[((bi * heads + hi) * t + ti) * d + di];
+                    }
+                }
+            }
+        }
+    }
+    out
+}

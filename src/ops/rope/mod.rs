@@ -196,7 +196,8 @@ impl RopeConfig {
                 let scaled = if wavelen > low_wavelen { f / factor } else { f };
                 let smooth =
                     (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
-                let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+                // (wavelengths are finite: the config is validated)
+                let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
                 if medium {
                     (1.0 - smooth) * scaled / factor + smooth * scaled
                 } else {
