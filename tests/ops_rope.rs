@@ -295,3 +295,23 @@ fn bad_inputs_are_errors() {
         );
     }
 }
+
+/// More pairs than one grid dimension's 65,535 workgroups of 256 (the grid folds into 2-D):
+/// 65,535 * 256 + 1 heads of one row of D = 2 at position 5.
+#[test]
+fn pairs_past_one_grid_dimension() {
+    let dev = shared_device();
+    let h = 65_535 * 256 + 1;
+    let c = config(2, false);
+    let rope = Rope::new(&dev, &c, 8).unwrap();
+    let x = random_vec(2 * h, -1.0, 1.0, 77);
+    let y = up(&dev, &x, &[1, h, 1, 2]).rope(&rope, 5).unwrap();
+    let want = r::rope(&f64s(&x), 1, &c.inv_freq(), 5);
+    assert_close(
+        "rope past the grid",
+        &y.to_vec().unwrap(),
+        &want,
+        1e-5,
+        1e-6,
+    );
+}
