@@ -258,8 +258,8 @@ impl std::fmt::Debug for KvCache {
 
 impl KvCache {
     /// An empty cache for `batch` sequences of `heads` K/V heads (n_kv_heads; the query heads
-    /// may be any multiple of it) of size `head_dim`, holding up to `max_len` positions. `head_dim` follows [`attention`]'s rule (multiple of 4, at most
-    /// [`MAX_HEAD_DIM`]).
+    /// may be any multiple of it) of size `head_dim`, holding up to `max_len` positions.
+    /// `head_dim` follows [`attention`]'s rule (multiple of 4, at most [`MAX_HEAD_DIM`]).
     pub fn new(
         dev: &Device,
         batch: usize,
@@ -376,8 +376,8 @@ impl KvCache {
 
 /// Decode step: attend the newest query positions `q` (B, H, n, D), usually n = 1, to the
 /// cache's first [`KvCache::len`] keys and values -> (B, H, n, D). H must be a multiple of the
-/// cache's K/V heads Hkv; query head `h` reads cached head `h / (H / Hkv)`. Query row `r` is position
-/// `len - n + r` and sees the cached positions up to and including it (causal), so with n = 1
+/// cache's K/V heads Hkv; query head `h` reads cached head `h / (H / Hkv)`. Query row `r` is
+/// position `len - n + r` and sees the cached positions up to and including it (causal), so with n = 1
 /// it sees the whole cache; append the new keys and values first. Matches row `len - n + r` of
 /// the full causal [`attention`]. One kernel: each (sequence, head, row) is a workgroup whose
 /// invocations split the cached keys and merge their softmax states at the end.
