@@ -48,9 +48,21 @@ struct CaseResult {
 
 /// One training-shape case, each time the best of `reps` runs.
 fn case(dev: &Device, dims: [usize; 4], causal: bool, reps: usize) -> Result<CaseResult> {
+    case_gqa(dev, dims, dims[1], causal, reps)
+}
+
+/// [`case`] with `hkv` K/V heads (grouped-query attention when fewer than the query heads).
+fn case_gqa(
+    dev: &Device,
+    dims: [usize; 4],
+    hkv: usize,
+    causal: bool,
+    reps: usize,
+) -> Result<CaseResult> {
+    let kv = [dims[0], hkv, dims[2], dims[3]];
     let q = Tensor::rand_normal(dev, &dims, 0.0, 1.0, 1)?.with_grad();
-    let k = Tensor::rand_normal(dev, &dims, 0.0, 1.0, 2)?.with_grad();
-    let v = Tensor::rand_normal(dev, &dims, 0.0, 1.0, 3)?.with_grad();
+    let k = Tensor::rand_normal(dev, &kv, 0.0, 1.0, 2)?.with_grad();
+    let v = Tensor::rand_normal(dev, &kv, 0.0, 1.0, 3)?.with_grad();
     let g = Tensor::rand_normal(dev, &dims, 0.0, 1.0, 4)?;
     let fwd = best(dev, reps, || {
         let _ng = portagrad::no_grad();
@@ -221,6 +233,29 @@ pub fn run(dev: &Device) -> Result<()> {
             "| {len} | {:.3} ms | {:.3} ms |",
             step * 1e3 / f64::from(reps),
             attend * 1e3 / f64::from(reps)
+        );
+    }
+    Ok(())
+}
+
+/// `cargo run --release --example bench gqa` — grouped-query attention at SmolLM2-135M's head
+/// counts (9 query heads of 64; 9, 3 and 1 K/V heads): K/V are read in place, never repeated,
+/// and dK/dV sum their group inside the kernel.
+pub fn run_gqa(dev: &Device) -> Result<()> {
+    println!(
+        "\n## grouped-query attention ({} kernels for D = 64)",
+        attention_variant(dev, 64)
+    );
+    let dims @ [b, h, t, d] = [1, 9, 512, 64];
+    println!("\n| K/V heads (B={b}, H={h}, T={t}, D={d}, causal) | forward | forward+backward |");
+    println!("|---|---|---|");
+    for hkv in [9, 3, 1] {
+        case_gqa(dev, dims, hkv, true, 1)?; // warm-up
+        let r = case_gqa(dev, dims, hkv, true, 3)?;
+        println!(
+            "| {hkv} | {:.1} ms | {:.1} ms |",
+            r.fwd.0 * 1e3,
+            r.both.0 * 1e3
         );
     }
     Ok(())

@@ -22,6 +22,9 @@ fn main() -> Result<()> {
     if want("attention") {
         attention::run(&dev)?;
     }
+    if want("gqa") {
+        attention::run_gqa(&dev)?;
+    }
     if want("matmul") {
         matmul::run(&dev)?;
     }
