@@ -229,7 +229,9 @@ impl std::fmt::Debug for Rope {
 }
 
 impl Rope {
-    /// Build the tables for positions `0 .. max_positions` (at least 1).
+    /// Build the tables for positions `0 .. max_positions` (at least 1). They take
+    /// `max_positions · D · 4` bytes: size them to the longest context actually run (a KV
+    /// cache's `max_len`), not to a config's `max_position_embeddings` (131,072 for Llama 3.2).
     pub fn new(dev: &Device, config: &RopeConfig, max_positions: usize) -> Result<Rope> {
         if max_positions == 0 {
             return Err(Error::InvalidArgument {
