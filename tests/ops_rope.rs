@@ -66,7 +66,8 @@ fn llama3_inv_freq_by_hand() {
 
 /// Llama 3.2 1B's rope (theta 500000, factor 32, low 1, high 4, old context 8192) against the
 /// reference (Meta's loop form) and against values `transformers`' `_compute_llama3_parameters`
-/// printed (f32, so 1e-6 relative): kept, smooth-band and divided frequencies.
+/// printed (`scripts/rope_llama3_inv_freq.py`; f32, so 1e-6 relative): kept, smooth-band and
+/// divided frequencies.
 #[test]
 fn llama3_inv_freq_matches_reference_and_transformers() {
     let c = llama32();
