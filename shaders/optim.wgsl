@@ -18,6 +18,7 @@
 
 const WG: u32 = 256u;
 const SLOTS: u32 = 8u;
+const BACK: u32 = 8u; // loss scaling: skipped-step counts whose Adam constants the host passes
 override NSLOTS: u32 = 8u; // slots in use by this pipeline (1..=SLOTS)
 
 struct Slot {
@@ -29,6 +30,7 @@ struct Slot {
     wd: f32,         // weight decay of the tensor's group
     step_size: f32,  // Adam: lr / (1 - beta1^t), computed on the host in f64 as PyTorch does
     decay: f32,      // AdamW: 1 - lr * wd, computed on the host in f64
+    step_back: array<vec4<f32>, 2>, // loss scaling: step_size of device step t - k, k < BACK (host f64)
 }
 
 struct Optim {
@@ -48,7 +50,12 @@ struct Optim {
     chunk: u32,      // sumsq: gradient elements per workgroup (a multiple of WG)
     part_base: u32,  // sumsq: index of this dispatch's first partial sum; finalize: partial count
     max_norm: f32,   // clip_finalize: the norm to clip to
-    _pad: u32,
+    t: u32,          // this step's number on the host (1, 2, ...), skipped steps included
+    ln_beta1: f32,   // Adam: ln(beta1), ln(beta2) (host f64), for the kernel's own bias corrections
+    ln_beta2: f32,
+    _pad1: u32,
+    _pad2: u32,
+    bc2_back: array<vec4<f32>, 2>, // loss scaling: sqrt(1 - beta2^(t - k)), k < BACK (host f64)
     slots: array<Slot, 8>,
 }
 
@@ -76,7 +83,7 @@ var<workgroup> sh: array<f32, WG>;
 @group(0) @binding(16) var<storage, read> g7: array<f32>; // (slots[7].len) gradient of p7
 @group(0) @binding(17) var<storage, read_write> m: array<f32>; // (state elements) Adam exp_avg / SGD momentum, flat
 @group(0) @binding(18) var<storage, read_write> v: array<f32>; // (state elements) Adam exp_avg_sq, flat
-@group(0) @binding(19) var<storage, read_write> aux: array<f32>; // (2 + partials): clip coefficient, norm, partial sums
+@group(0) @binding(19) var<storage, read_write> aux: array<f32>; // (3 + partials): clip coefficient, norm, skipped steps, partial sums
 
 // Binding of slot s. With NSLOTS = k the k-th test is constant true, so the chain is k long
 // (CPU adapters run every branch of a chain with lanes masked: shorter is faster).
@@ -142,7 +149,38 @@ fn grad(s: u32, j: u32) -> f32 {
     return g;
 }
 
+// Adam's bias corrections (step_size, sqrt(1 - beta2^t)) for the step count t that counts only
+// applied steps. Without loss scaling that is the host's t; with it, t minus the skipped steps
+// so far (aux[2], on the device: PyTorch's GradScaler with fused Adam does not count a skipped
+// step). The host passes its f64 constants for the first BACK skip counts, so those runs are
+// bit-exact with an unscaled run; past that they are computed here in f32, as fused Adam does.
+fn adam_consts(sl: Slot) -> vec2<f32> {
+    if u.clip != 2u { return vec2<f32>(sl.step_size, u.bc2_sqrt); }
+    let k = u32(aux[2]);
+    if k < BACK { return vec2<f32>(sl.step_back[k / 4u][k % 4u], u.bc2_back[k / 4u][k % 4u]); }
+    let t = f32(u.t - k);
+    return vec2<f32>(sl.lr / one_minus_exp(t * u.ln_beta1), sqrt(one_minus_exp(t * u.ln_beta2)));
+}
+
+// 1 - e^x for x <= 0 without the cancellation of 1 - exp(x) near 0 (1 - 0.999^t is 1e-3 at
+// t = 1): -expm1(x) by Kahan's formula, as accurate as exp and log.
+fn one_minus_exp(x: f32) -> f32 {
+    let e = exp(x);
+    if e == 1.0 { return -x; }
+    let d = e - 1.0;
+    if d == -1.0 { return 1.0; }
+    return -(d * x / log(e));
+}
+
+// SGD: the first applied step, when the momentum buffer starts as the gradient (skipped steps
+// do not count under loss scaling).
+fn sgd_first() -> bool {
+    if u.clip == 2u { return u.t - u32(aux[2]) == 1u; }
+    return u.first != 0u;
+}
+
 fn adam_elem(s: u32, sl: Slot, j: u32) {
+    let c = adam_consts(sl);
     let k = sl.off + j;
     var g = grad(s, j);
     var p = load_p(s, j);
@@ -156,8 +194,8 @@ fn adam_elem(s: u32, sl: Slot, j: u32) {
     let vk = v[k] * u.beta2 + (u.omb2 * g) * g; // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2)
     m[k] = mk;
     v[k] = vk;
-    let denom = sqrt(vk) / u.bc2_sqrt + u.eps;
-    store_p(s, j, p + (-sl.step_size * mk) / denom); // param.addcdiv_(exp_avg, denom, -step_size)
+    let denom = sqrt(vk) / c.y + u.eps;
+    store_p(s, j, p + (-c.x * mk) / denom); // param.addcdiv_(exp_avg, denom, -step_size)
 }
 
 fn sgd_elem(s: u32, sl: Slot, j: u32) {
@@ -166,7 +204,7 @@ fn sgd_elem(s: u32, sl: Slot, j: u32) {
     if u.beta1 != 0.0 {
         let k = sl.off + j;
         var b = d;
-        if u.first == 0u { b = m[k] * u.beta1 + u.omb1 * d; } // buf.mul_(momentum).add_(d_p, 1 - dampening)
+        if !sgd_first() { b = m[k] * u.beta1 + u.omb1 * d; } // buf.mul_(momentum).add_(d_p, 1 - dampening)
         m[k] = b;
         if u.nesterov != 0u { d = d + u.beta1 * b; } else { d = b; }
     }
@@ -226,15 +264,15 @@ fn sumsq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
         if lid < h { sh[lid] += sh[lid + h]; }
         workgroupBarrier();
     }
-    if lid == 0u { aux[2u + u.part_base + w] = sh[0]; }
+    if lid == 0u { aux[3u + u.part_base + w] = sh[0]; }
 }
 
-// The sum of the first `parts` partial sums of squares (aux[2..]) into sh[0]; one workgroup,
+// The sum of the first `parts` partial sums of squares (aux[3..]) into sh[0]; one workgroup,
 // called by every invocation.
 fn sum_partials(lid: u32, parts: u32) {
     var acc = 0.0;
     for (var i = lid; i < parts; i += WG) {
-        acc += aux[2u + i];
+        acc += aux[3u + i];
     }
     sh[lid] = acc;
     workgroupBarrier();
@@ -275,6 +313,7 @@ fn scale_finalize(@builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invoca
             store_p(0u, 1u, 0.0);
             store_p(0u, 2u, 1.0);
             store_p(0u, 3u, load_p(0u, 3u) + 1.0);
+            aux[2] = load_p(0u, 3u);
         } else {
             let norm = sqrt(sh[0]) / scale;
             aux[1] = norm;
@@ -288,6 +327,7 @@ fn scale_finalize(@builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invoca
             store_p(0u, 0u, next);
             store_p(0u, 1u, clean);
             store_p(0u, 2u, 0.0);
+            aux[2] = load_p(0u, 3u);
         }
     }
 }

@@ -69,7 +69,8 @@ pub struct Optimizer {
     entries: Vec<Entry>,
     banks: Vec<Bank>,
     step: u64,
-    /// (2 + partials): clip coefficient, global norm, partial sums of squares.
+    /// (3 + partials): clip coefficient, global norm, skipped steps (loss scaling), partial
+    /// sums of squares.
     aux: Tensor,
     chunk: u32,
     fill_params: Vec<Tensor>,
@@ -184,10 +185,14 @@ impl Optimizer {
     }
 
     /// Turn on dynamic loss scaling (see [`LossScaling`]): from now on pass
-    /// [`scale_loss`](Self::scale_loss)`(&loss)` to the backward. A skipped step still counts
-    /// towards Adam's bias correction (computed on the host; PyTorch's fused Adam does not
-    /// count it), and checkpoints do not keep the scale: a resumed run starts again from
-    /// `init_scale`.
+    /// [`scale_loss`](Self::scale_loss)`(&loss)` to the backward. A skipped step does not count
+    /// towards Adam's bias correction nor SGD's first momentum step (PyTorch's GradScaler with
+    /// fused Adam): the device subtracts its count of skipped steps from the step number, no
+    /// readback. The host passes its f64 bias corrections for the first 8 skipped steps of a
+    /// run (bit-exact with an unscaled run of the applied steps); after that the kernel
+    /// computes them in f32, as fused Adam does. Checkpoints keep the scale, its growth
+    /// tracker and the skipped count ([`crate::io::checkpoint`]): enable loss scaling before
+    /// loading one.
     pub fn enable_loss_scaling(&mut self, s: LossScaling) -> Result<()> {
         let ok = s.init_scale.is_finite()
             && s.init_scale > 0.0
@@ -228,6 +233,55 @@ impl Optimizer {
             }
             None => Ok(None),
         }
+    }
+
+    /// The loss-scaling state for checkpoints: (scale, clean steps since the last change,
+    /// skipped steps); `None` without loss scaling. Reads back.
+    pub(crate) fn export_scaling(&self) -> Result<Option<(f32, u64, u64)>> {
+        match &self.scaler {
+            Some((_, state)) => {
+                let v = state.to_vec()?;
+                Ok(Some((v[0], v[1] as u64, v[3] as u64)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Restore [`export_scaling`](Self::export_scaling)'s state (checked first by
+    /// [`check_scaling`](Self::check_scaling)).
+    pub(crate) fn import_scaling(&mut self, scale: f32, clean: u64, skipped: u64) -> Result<()> {
+        self.check_scaling(scale, clean, skipped)?;
+        if let Some((_, state)) = &mut self.scaler {
+            *state =
+                Tensor::from_slice(&self.dev, &[scale, clean as f32, 0.0, skipped as f32], &[4])?;
+        }
+        Ok(())
+    }
+
+    /// Whether [`import_scaling`](Self::import_scaling) would take this state: loss scaling on,
+    /// a finite positive scale, counts the device keeps exactly.
+    pub(crate) fn check_scaling(&self, scale: f32, clean: u64, skipped: u64) -> Result<()> {
+        let Some((rule, _)) = &self.scaler else {
+            return Err(Error::InvalidArgument {
+                op: "checkpoint",
+                message: "holds a loss scale, the optimizer has no loss scaling: enable it (Optimizer::enable_loss_scaling) before loading".into(),
+            });
+        };
+        // Counts are kept as f32 on the device: exact below 2^24.
+        let ok = scale.is_finite()
+            && scale > 0.0
+            && clean < u64::from(rule.growth_interval)
+            && skipped < 1 << 24;
+        if !ok {
+            return Err(Error::InvalidArgument {
+                op: "checkpoint",
+                message: format!(
+                    "loss scale {scale}, growth tracker {clean}, skipped {skipped}: needs a finite scale > 0, a tracker below the growth interval {} and a count below 2^24",
+                    rule.growth_interval
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// The configuration.
@@ -337,15 +391,28 @@ impl Optimizer {
             param: &fill_arr,
             grad: &self.fill_grad.storage,
         };
-        let (beta1_t, beta2_t) = match self.cfg.algorithm {
-            Algorithm::Adam { beta1, beta2, .. } | Algorithm::AdamW { beta1, beta2, .. } => {
-                (beta1.powf(t as f64), beta2.powf(t as f64))
-            }
-            Algorithm::Sgd { .. } => (0.0, 0.0),
-        };
+        // beta^(t - k): the bias corrections when k steps were skipped so far (loss scaling;
+        // the kernel picks k on the device). k = 0 is the only one used without loss scaling.
+        let (beta1_t, beta2_t): ([f64; kernel::BACK], [f64; kernel::BACK]) =
+            match self.cfg.algorithm {
+                Algorithm::Adam { beta1, beta2, .. } | Algorithm::AdamW { beta1, beta2, .. } => {
+                    let pow = |b: f64, k: usize| {
+                        if t > k as u64 {
+                            b.powf((t - k as u64) as f64)
+                        } else {
+                            0.0 // no such step: never read
+                        }
+                    };
+                    (
+                        std::array::from_fn(|k| pow(beta1, k)),
+                        std::array::from_fn(|k| pow(beta2, k)),
+                    )
+                }
+                Algorithm::Sgd { .. } => ([0.0; kernel::BACK], [0.0; kernel::BACK]),
+            };
         let scale = self.scaler.as_ref().map(|(s, state)| (state, s));
         if clip.is_some() || scale.is_some() {
-            self.record_norm(&live, lr, beta1_t, fill, clip, scale)?;
+            self.record_norm(&live, lr, &beta1_t, fill, clip, scale)?;
         }
         let mode = match (&self.scaler, clip) {
             (Some(_), _) => kernel::GradMode::Scaled,
@@ -371,7 +438,10 @@ impl Optimizer {
                     beta2: beta2 as f32,
                     one_minus_beta2: (1.0 - beta2) as f32,
                     eps: eps as f32,
-                    bc2_sqrt: (1.0 - beta2_t).sqrt() as f32,
+                    bc2_sqrt: (1.0 - beta2_t[0]).sqrt() as f32,
+                    bc2_back: beta2_t.map(|b| (1.0 - b).sqrt() as f32),
+                    ln_beta1: beta1.ln() as f32,
+                    ln_beta2: beta2.ln() as f32,
                     decoupled: matches!(self.cfg.algorithm, Algorithm::AdamW { .. }),
                 }
             }
@@ -384,7 +454,7 @@ impl Optimizer {
             for chunk in mine.chunks(kernel::slots_for(&self.dev)) {
                 let slots: Vec<kernel::Slot<'_>> = chunk
                     .iter()
-                    .map(|x| make_slot(entries, x, lr, beta1_t))
+                    .map(|x| make_slot(entries, x, lr, &beta1_t))
                     .collect();
                 let bufs = kernel::Buffers {
                     fill,
@@ -392,7 +462,7 @@ impl Optimizer {
                     v: &bank.v.storage,
                     aux: &self.aux.storage,
                 };
-                kernel::update(&self.dev, rule, &slots, &bufs, mode)?;
+                kernel::update(&self.dev, t, rule, &slots, &bufs, mode)?;
             }
         }
         self.step = t;

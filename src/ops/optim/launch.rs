@@ -79,7 +79,7 @@ fn slot_region(n: usize) -> String {
     );
     wgsl!(
         o,
-        "@group(0) @binding({}) var<storage, read_write> aux: array<f32>; // (2 + partials): clip coefficient, norm, partial sums",
+        "@group(0) @binding({}) var<storage, read_write> aux: array<f32>; // (3 + partials): clip coefficient, norm, skipped steps, partial sums",
         2 * n + 3
     );
     o.blank();
@@ -117,6 +117,10 @@ fn slot_region(n: usize) -> String {
 /// Invocations per workgroup (`WG` in the WGSL).
 pub(crate) const WG: u32 = 256;
 
+/// Skipped-step counts (loss scaling) for which the host passes Adam's bias-correction constants
+/// (`BACK` in the WGSL); past that the kernel computes them in f32.
+pub(crate) const BACK: usize = 8;
+
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 struct SlotParams {
@@ -128,8 +132,9 @@ struct SlotParams {
     wd: f32,
     step_size: f32,
     decay: f32,
+    step_back: [f32; BACK],
 }
-const _: () = assert!(std::mem::size_of::<SlotParams>() == 32);
+const _: () = assert!(std::mem::size_of::<SlotParams>() == 64);
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -149,10 +154,15 @@ struct Params {
     chunk: u32,
     part_base: u32,
     max_norm: f32,
-    _pad: u32,
+    t: u32,
+    ln_beta1: f32,
+    ln_beta2: f32,
+    _pad1: u32,
+    _pad2: u32,
+    bc2_back: [f32; BACK],
     slots: [SlotParams; SLOTS],
 }
-const _: () = assert!(std::mem::size_of::<Params>() == 64 + 32 * SLOTS);
+const _: () = assert!(std::mem::size_of::<Params>() == 112 + 64 * SLOTS);
 
 /// One parameter tensor in a dispatch.
 pub(crate) struct Slot<'a> {
@@ -165,6 +175,8 @@ pub(crate) struct Slot<'a> {
     pub wd: f32,
     pub step_size: f32,
     pub decay: f32,
+    /// Loss scaling: `step_size` when `k` steps were skipped so far (index k < [`BACK`]).
+    pub step_back: [f32; BACK],
 }
 
 /// The update rule of one step, with every scalar already computed on the host.
@@ -183,6 +195,11 @@ pub(crate) enum Rule {
         one_minus_beta2: f32,
         eps: f32,
         bc2_sqrt: f32,
+        /// Loss scaling: `bc2_sqrt` when `k` steps were skipped so far (index k < [`BACK`]).
+        bc2_back: [f32; BACK],
+        /// ln(beta1), ln(beta2) from the f64 betas, for the kernel's f32 bias corrections.
+        ln_beta1: f32,
+        ln_beta2: f32,
         decoupled: bool,
     },
 }
@@ -201,7 +218,7 @@ pub(crate) struct Buffers<'a> {
     pub m: &'a Storage,
     /// (state elements) flat second moment.
     pub v: &'a Storage,
-    /// (2 + partials) clip coefficient, norm, partial sums.
+    /// (3 + partials) clip coefficient, norm, skipped steps (loss scaling), partial sums.
     pub aux: &'a Storage,
 }
 
@@ -219,7 +236,7 @@ fn bindings<'a>(n: usize, slots: &[Slot<'a>], b: &Buffers<'a>) -> Vec<(&'a Stora
         // g_i: (len_i) gradient
         b.push((slots.get(i).map_or(fill.grad, |s| s.grad), Access::Read));
     }
-    // m, v: (state elements) flat; aux: (2 + partials)
+    // m, v: (state elements) flat; aux: (3 + partials)
     b.push((m, Access::ReadWrite));
     b.push((v, Access::ReadWrite));
     b.push((aux, Access::ReadWrite));
@@ -254,6 +271,7 @@ fn table(dev: &Device, slots: &[Slot<'_>], per_wg: u32) -> Result<(Params, u32)>
             wd: s.wd,
             step_size: s.step_size,
             decay: s.decay,
+            step_back: s.step_back,
         };
         wg = wg
             .checked_add(s.len.div_ceil(per_wg).max(1))
@@ -274,15 +292,21 @@ pub(crate) enum GradMode {
     Scaled,
 }
 
-/// Record one fused update of `slots`.
+/// Record one fused update of `slots` at host step `t` (1, 2, ...).
 pub(crate) fn update(
     dev: &Device,
+    t: u64,
     rule: Rule,
     slots: &[Slot<'_>],
     bufs: &Buffers<'_>,
     mode: GradMode,
 ) -> Result<()> {
     let (mut p, groups) = table(dev, slots, WG)?;
+    // Past u32 the device count would wrap; a step count that large is not a real run.
+    p.t = u32::try_from(t).map_err(|_| Error::InvalidArgument {
+        op: "optimizer step",
+        message: format!("step {t} is past u32"),
+    })?;
     p.clip = match mode {
         GradMode::Plain => 0,
         GradMode::Clipped => 1,
@@ -308,8 +332,14 @@ pub(crate) fn update(
             one_minus_beta2,
             eps,
             bc2_sqrt,
+            bc2_back,
+            ln_beta1,
+            ln_beta2,
             decoupled,
         } => {
+            p.bc2_back = bc2_back;
+            p.ln_beta1 = ln_beta1;
+            p.ln_beta2 = ln_beta2;
             p.beta1 = beta1;
             p.omb1 = one_minus_beta1;
             p.beta2 = beta2;
@@ -417,6 +447,7 @@ pub(crate) fn scale_finalize(
         wd: 0.0,
         step_size: 0.0,
         decay: 0.0,
+        step_back: [0.0; BACK],
     };
     let b = bindings(n, std::slice::from_ref(&slot), bufs);
     dev.dispatch(shader_for(n), "scale_finalize", &[], &p, &b, [1, 1, 1])
