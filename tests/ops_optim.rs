@@ -799,3 +799,78 @@ fn loss_scaling_state_survives_a_checkpoint() {
     assert_eq!(opt4.loss_scale().unwrap(), Some((2f32.powi(20), 0)));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Multi-tensor apply: one dispatch over all 21 tensors gives the same bits as one dispatch
+/// per tensor (and as 4 per dispatch), for AdamW with groups and clipping, Adam with loss
+/// scaling (an overflow included) and SGD with momentum; and the step takes 1 update dispatch
+/// (3 with the norm pass) where the adapter binds that many buffers.
+#[test]
+fn one_dispatch_over_all_tensors_matches_one_per_tensor() {
+    let dev = shared_device();
+    let shapes: Vec<Vec<usize>> = (0..21).map(|i| vec![1 + (i * 37) % 300]).collect();
+    let shape_refs: Vec<&[usize]> = shapes.iter().map(|s| s.as_slice()).collect();
+    let mut ps = params(&shape_refs, 904);
+    for (i, p) in ps.iter_mut().enumerate() {
+        p.group = i % 2;
+    }
+    let groups = vec![(0.1, 1.0), (0.0, 0.5)];
+    let most = portagrad::optim::tensors_per_dispatch(&dev);
+    let run = |cfg: OptimConfig, scaling: Option<LossScaling>, per: usize| {
+        let (ts, mut opt) = gpu_setup(&dev, cfg, &groups, &ps);
+        opt.set_tensors_per_dispatch(per);
+        if let Some(s) = scaling {
+            opt.enable_loss_scaling(s).unwrap();
+        }
+        let mut out = Vec::new();
+        for step in 0..4 {
+            scaled_step(&dev, &ps, &ts, &mut opt, scaling.is_some() && step == 1);
+            out.push(bits(&ts));
+        }
+        out
+    };
+    for (cfg, scaling) in [
+        (OptimConfig::adamw(0.01).clip_grad_norm(0.5), None),
+        (OptimConfig::adam(0.01), Some(LossScaling::default())),
+        (OptimConfig::sgd(0.05).momentum(0.9).nesterov(true), None),
+    ] {
+        let one = run(cfg, scaling, 1);
+        assert_eq!(run(cfg, scaling, 4), one, "{cfg:?}: 4 per dispatch");
+        assert_eq!(run(cfg, scaling, most), one, "{cfg:?}: {most} per dispatch");
+    }
+    // Dispatches per step on this adapter (its own device: the counters see only this).
+    let own = portagrad::testing::device().unwrap();
+    let per = portagrad::optim::tensors_per_dispatch(&own);
+    let ts: Vec<Tensor> = ps
+        .iter()
+        .map(|p| {
+            Tensor::from_slice(&own, &p.init, &p.shape)
+                .unwrap()
+                .with_grad()
+        })
+        .collect();
+    let named = ps
+        .iter()
+        .zip(&ts)
+        .map(|(p, t)| (p.name.clone(), t.clone()))
+        .collect();
+    let mut opt = Optimizer::new(OptimConfig::adamw(0.01).clip_grad_norm(1.0), named).unwrap();
+    let grads = gpu_loss(&own, &ps, &ts).unwrap().backward().unwrap();
+    opt.step(&grads).unwrap();
+    own.sync().unwrap();
+    own.reset_stats();
+    opt.step(&grads).unwrap();
+    let passes = 21usize.div_ceil(per);
+    assert_eq!(
+        own.stats().dispatches as usize,
+        2 * passes + 1,
+        "{per} per dispatch"
+    );
+    // 21 parameters, 21 gradients, m, v, aux.
+    if own.info().max_storage_buffers_per_stage >= 45 {
+        assert_eq!(
+            own.stats().dispatches,
+            3,
+            "one sum-of-squares pass, finalize, one update"
+        );
+    }
+}

@@ -60,7 +60,7 @@ impl Optimizer {
             aux: &self.aux.storage,
         };
         let mut parts = 0u32;
-        for chunk in live.chunks(kernel::slots_for(&self.dev)) {
+        for chunk in live.chunks(self.per_dispatch) {
             let slots: Vec<kernel::Slot<'_>> = chunk
                 .iter()
                 .map(|x| make_slot(&self.entries, x, lr, beta1_t))

@@ -7,11 +7,14 @@
 //!   read-write and overwrites it, so after [`Optimizer::step`] every holder of the tensor
 //!   (the model, the optimizer, a user's copy) sees the new values. Nothing is reallocated and
 //!   the tensors keep their identity, so the next `backward()` keys gradients the same way.
-//! - **Fused.** The optimizer state (Adam's two moments, SGD's momentum) of *all* parameters
-//!   lives in flat buffers with an offset per tensor. One dispatch binds up to
-//!   [`TENSORS_PER_DISPATCH`] parameter/gradient pairs plus the flat state and updates every
-//!   element of all of them; a model with more tensors takes `ceil(tensors / 8)` dispatches
-//!   (the seed MLP's six tensors: one dispatch per step).
+//! - **Fused, multi-tensor.** The optimizer state (Adam's two moments, SGD's momentum) of
+//!   *all* parameters lives in flat buffers with an offset per tensor. One dispatch binds up
+//!   to [`tensors_per_dispatch`] parameter/gradient pairs (the adapter's storage-buffer limit
+//!   decides: 128 on Vulkan and DX12, lavapipe included; 2 under WebGPU's default limits)
+//!   plus the flat state, with a table of (offset, length, first workgroup, scalars) per
+//!   tensor, and updates every element of all of them: one dispatch per step for a model of
+//!   up to 128 tensors (a 10-layer GPT), and with clipping or loss scaling one sum-of-squares
+//!   pass and one finalising workgroup before it.
 //! - **No readback.** Gradient clipping computes the global norm on the device (partial sums of
 //!   squares, one finalising workgroup) and the update kernels read the coefficient from there.
 //!   The step counter, bias corrections and schedule are host values passed as uniforms.
@@ -36,12 +39,13 @@ use self::state::{Bank, Entry, make_slot};
 use crate::autograd::Gradients;
 use crate::error::{Error, Result};
 use crate::ops::optim::launch as kernel;
-use crate::runtime::{Device, Storage};
+use crate::runtime::Device;
 use crate::tensor::{DType, Tensor};
 
-/// Parameter tensors one fused dispatch updates at most (where an adapter allows 19 storage
-/// buffers per shader stage; under WebGPU's default limit of 8, two).
-pub const TENSORS_PER_DISPATCH: usize = kernel::SLOTS;
+/// Parameter tensors one fused dispatch updates at most (where an adapter allows 259 storage
+/// buffers per shader stage, as Vulkan and DX12 adapters do; under WebGPU's default limit of
+/// 8, two; on Metal's 31, fourteen).
+pub const TENSORS_PER_DISPATCH: usize = kernel::MAX_SLOTS;
 
 /// Parameter tensors one fused dispatch updates on `dev` (its storage-buffer limit decides).
 pub fn tensors_per_dispatch(dev: &Device) -> usize {
@@ -73,8 +77,10 @@ pub struct Optimizer {
     /// sums of squares.
     aux: Tensor,
     chunk: u32,
-    fill_params: Vec<Tensor>,
+    fill_param: Tensor,
     fill_grad: Tensor,
+    /// Parameter tensors per dispatch (the adapter's most, or less when asked).
+    per_dispatch: usize,
     /// Dynamic loss scaling: its rule and its device state (4): scale, clean steps since the
     /// last change, overflow in the last step, skipped steps.
     scaler: Option<(LossScaling, Tensor)>,
@@ -166,10 +172,9 @@ impl Optimizer {
         let chunk = clip::chunk_for(total);
         let aux = clip::aux_for(&dev, &entries, chunk)?;
         let dummy = |n: usize| Tensor::zeros(&dev, &[n]);
-        let fill_params = (0..kernel::SLOTS)
-            .map(|_| dummy(1))
-            .collect::<Result<Vec<_>>>()?;
+        let fill_param = dummy(1)?;
         let fill_grad = dummy(1)?;
+        let per_dispatch = kernel::slots_for(&dev);
         Ok(Optimizer {
             dev,
             cfg,
@@ -178,8 +183,9 @@ impl Optimizer {
             step: 0,
             aux,
             chunk,
-            fill_params,
+            fill_param,
             fill_grad,
+            per_dispatch,
             scaler: None,
         })
     }
@@ -284,6 +290,20 @@ impl Optimizer {
         Ok(())
     }
 
+    /// Parameter tensors one fused dispatch updates (and one clipping pass sums over): the
+    /// adapter's most ([`tensors_per_dispatch`]) unless lowered with
+    /// [`set_tensors_per_dispatch`](Self::set_tensors_per_dispatch).
+    pub fn tensors_per_dispatch(&self) -> usize {
+        self.per_dispatch
+    }
+
+    /// Update at most `n` tensors per dispatch (at least 1, at most the adapter's most). The
+    /// results are the same bits whatever `n`: each element's arithmetic does not depend on
+    /// which dispatch does it.
+    pub fn set_tensors_per_dispatch(&mut self, n: usize) {
+        self.per_dispatch = n.clamp(1, kernel::slots_for(&self.dev));
+    }
+
     /// The configuration.
     pub fn config(&self) -> &OptimConfig {
         &self.cfg
@@ -385,10 +405,8 @@ impl Optimizer {
         let t = self.step + 1;
         let lr = self.lr();
         let clip = self.cfg.max_grad_norm;
-        let fill_refs: Vec<&Storage> = self.fill_params.iter().map(|t| &*t.storage).collect();
-        let fill_arr: [&Storage; kernel::SLOTS] = std::array::from_fn(|i| fill_refs[i]);
         let fill = kernel::Fillers {
-            param: &fill_arr,
+            param: &self.fill_param.storage,
             grad: &self.fill_grad.storage,
         };
         // beta^(t - k): the bias corrections when k steps were skipped so far (loss scaling;
@@ -451,7 +469,7 @@ impl Optimizer {
                 .iter()
                 .filter(|(i, _)| self.entries[*i].bank == b)
                 .collect();
-            for chunk in mine.chunks(kernel::slots_for(&self.dev)) {
+            for chunk in mine.chunks(self.per_dispatch) {
                 let slots: Vec<kernel::Slot<'_>> = chunk
                     .iter()
                     .map(|x| make_slot(entries, x, lr, &beta1_t))
