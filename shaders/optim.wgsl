@@ -7,8 +7,9 @@
 // `slots[s].off`. The grid is the concatenation of every slot's workgroups: workgroup `w`
 // belongs to the last slot whose `wg0 <= w`, so a whole workgroup works on one tensor (the
 // branch in load/store picks the same binding for all of it). The SLOTS region is generated for
-// each slot count: as many as the adapter's storage-buffer limit allows (128 on Vulkan/DX12,
-// lavapipe too: one dispatch per pass for most models; 2 under WebGPU's default limits).
+// each slot count: on GPUs as many as the storage-buffer limit allows (up to 128: one dispatch
+// per pass for most models), 2 under WebGPU's default limits, at most 8 on CPU adapters (they
+// run every branch of the binding tree with lanes masked, so wider costs more there).
 //
 // On lavapipe (Mesa 22) a loop whose trip count or inner conditions are pure uniform values
 // makes the driver specialise and recompile the shader on every dispatch (inlined uniforms), so

@@ -814,7 +814,7 @@ fn one_dispatch_over_all_tensors_matches_one_per_tensor() {
         p.group = i % 2;
     }
     let groups = vec![(0.1, 1.0), (0.0, 0.5)];
-    let most = portagrad::optim::tensors_per_dispatch(&dev);
+    let most = portagrad::optim::TENSORS_PER_DISPATCH; // clamped to the adapter's limit
     let run = |cfg: OptimConfig, scaling: Option<LossScaling>, per: usize| {
         let (ts, mut opt) = gpu_setup(&dev, cfg, &groups, &ps);
         opt.set_tensors_per_dispatch(per);
@@ -837,9 +837,9 @@ fn one_dispatch_over_all_tensors_matches_one_per_tensor() {
         assert_eq!(run(cfg, scaling, 4), one, "{cfg:?}: 4 per dispatch");
         assert_eq!(run(cfg, scaling, most), one, "{cfg:?}: {most} per dispatch");
     }
-    // Dispatches per step on this adapter (its own device: the counters see only this).
+    // Dispatches per step as wide as this adapter binds (its own device: the counters see
+    // only this step).
     let own = portagrad::testing::device().unwrap();
-    let per = portagrad::optim::tensors_per_dispatch(&own);
     let ts: Vec<Tensor> = ps
         .iter()
         .map(|p| {
@@ -854,6 +854,8 @@ fn one_dispatch_over_all_tensors_matches_one_per_tensor() {
         .map(|(p, t)| (p.name.clone(), t.clone()))
         .collect();
     let mut opt = Optimizer::new(OptimConfig::adamw(0.01).clip_grad_norm(1.0), named).unwrap();
+    opt.set_tensors_per_dispatch(most);
+    let per = opt.tensors_per_dispatch();
     let grads = gpu_loss(&own, &ps, &ts).unwrap().backward().unwrap();
     opt.step(&grads).unwrap();
     own.sync().unwrap();

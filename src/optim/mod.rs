@@ -10,7 +10,8 @@
 //! - **Fused, multi-tensor.** The optimizer state (Adam's two moments, SGD's momentum) of
 //!   *all* parameters lives in flat buffers with an offset per tensor. One dispatch binds up
 //!   to [`tensors_per_dispatch`] parameter/gradient pairs (the adapter's storage-buffer limit
-//!   decides: 128 on Vulkan and DX12, lavapipe included; 2 under WebGPU's default limits)
+//!   decides: up to 128 on GPUs; 2 under WebGPU's default limits; 8 on CPU adapters, where a
+//!   wider dispatch measured slower)
 //!   plus the flat state, with a table of (offset, length, first workgroup, scalars) per
 //!   tensor, and updates every element of all of them: one dispatch per step for a model of
 //!   up to 128 tensors (a 10-layer GPT), and with clipping or loss scaling one sum-of-squares
@@ -47,7 +48,8 @@ use crate::tensor::{DType, Tensor};
 /// 8, two; on Metal's 31, fourteen).
 pub const TENSORS_PER_DISPATCH: usize = kernel::MAX_SLOTS;
 
-/// Parameter tensors one fused dispatch updates on `dev` (its storage-buffer limit decides).
+/// Parameter tensors one fused dispatch updates on `dev` by default (its storage-buffer limit
+/// decides; CPU adapters take at most 8, which measured faster there).
 pub fn tensors_per_dispatch(dev: &Device) -> usize {
     kernel::slots_for(dev)
 }
@@ -297,11 +299,12 @@ impl Optimizer {
         self.per_dispatch
     }
 
-    /// Update at most `n` tensors per dispatch (at least 1, at most the adapter's most). The
-    /// results are the same bits whatever `n`: each element's arithmetic does not depend on
-    /// which dispatch does it.
+    /// Update at most `n` tensors per dispatch (at least 1, at most what the adapter's
+    /// storage-buffer limit binds: 14 on lavapipe, where the default is 8). The results are the
+    /// same bits whatever `n`: each element's arithmetic does not depend on which dispatch
+    /// does it.
     pub fn set_tensors_per_dispatch(&mut self, n: usize) {
-        self.per_dispatch = n.clamp(1, kernel::slots_for(&self.dev));
+        self.per_dispatch = n.clamp(1, kernel::slots_limit(&self.dev));
     }
 
     /// The configuration.

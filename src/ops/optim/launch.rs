@@ -19,11 +19,25 @@ pub(crate) const SLOTS: usize = 8;
 pub(crate) const MAX_SLOTS: usize = 128;
 
 /// Slots a dispatch can take on `dev`: each binds a parameter and its gradient, besides m, v
-/// and aux: 2 under WebGPU's default limit of 8 storage buffers, 14 on Metal's 31,
-/// [`MAX_SLOTS`] where the limit is larger.
-pub(crate) fn slots_for(dev: &Device) -> usize {
+/// and aux: 2 under WebGPU's default limit of 8 storage buffers, 14 on Metal's 31 (and
+/// lavapipe's), [`MAX_SLOTS`] where the limit is larger.
+pub(crate) fn slots_limit(dev: &Device) -> usize {
     let max = dev.info().max_storage_buffers_per_stage as usize;
     (max.saturating_sub(3) / 2).clamp(1, MAX_SLOTS)
+}
+
+/// Slots a dispatch takes on `dev` by default: the limit on GPUs, where the branches that pick
+/// a slot's binding are uniform and cheap; at most [`SLOTS`] on CPU adapters, which run every
+/// branch with its lanes masked, so a wider dispatch costs more per element than the dispatches
+/// it saves (lavapipe, the shakespeare GPU preset's 76 tensors, AdamW with clipping: 13
+/// dispatches of 14 took 3.3-3.7 s per step, 21 of 8 2.2-2.6 s).
+pub(crate) fn slots_for(dev: &Device) -> usize {
+    let limit = slots_limit(dev);
+    if dev.info().is_cpu {
+        limit.min(SLOTS)
+    } else {
+        limit
+    }
 }
 
 /// Length of the slot table in the uniform of a module for `slots` slots (a few sizes, so the
@@ -332,7 +346,7 @@ fn bindings<'a>(slots: &[Slot<'a>], b: &Buffers<'a>) -> Vec<(&'a Storage, Access
 /// Slot table with each slot's first workgroup when a workgroup covers `per_wg` elements, and
 /// the workgroups of all.
 fn table(dev: &Device, slots: &[Slot<'_>], per_wg: u32) -> Result<(Head, Vec<SlotParams>, u32)> {
-    let most = slots_for(dev);
+    let most = slots_limit(dev);
     if slots.is_empty() || slots.len() > most {
         return Err(Error::InvalidArgument {
             op: "optimizer step",
