@@ -51,10 +51,10 @@ struct Optim {
     part_base: u32,  // sumsq: index of this dispatch's first partial sum; finalize: partial count
     max_norm: f32,   // clip_finalize: the norm to clip to
     t: u32,          // this step's number on the host (1, 2, ...), skipped steps included
-    ln_beta1: f32,   // Adam: ln(beta1), ln(beta2) (host f64), for the kernel's own bias corrections
-    ln_beta2: f32,
     _pad1: u32,
     _pad2: u32,
+    _pad3: u32,
+    _pad4: u32,
     bc2_back: array<vec4<f32>, 2>, // loss scaling: sqrt(1 - beta2^(t - k)), k < BACK (host f64)
     slots: array<Slot, SLOT_CAP>,
 }
@@ -218,18 +218,27 @@ fn adam_consts(sl: Slot) -> vec2<f32> {
     if u.clip != 2u { return vec2<f32>(sl.step_size, u.bc2_sqrt); }
     let k = u32(aux[2]);
     if k < BACK { return vec2<f32>(sl.step_back[k / 4u][k % 4u], u.bc2_back[k / 4u][k % 4u]); }
-    let t = f32(u.t - k);
-    return vec2<f32>(sl.lr / one_minus_exp(t * u.ln_beta1), sqrt(one_minus_exp(t * u.ln_beta2)));
+    let t = u.t - k;
+    let bc1 = u.omb1 * geometric_sum(u.beta1, t);
+    let bc2 = u.omb2 * geometric_sum(u.beta2, t);
+    return vec2<f32>(sl.lr / bc1, sqrt(bc2));
 }
 
-// 1 - e^x for x <= 0 without the cancellation of 1 - exp(x) near 0 (1 - 0.999^t is 1e-3 at
-// t = 1): -expm1(x) by Kahan's formula, as accurate as exp and log.
-fn one_minus_exp(x: f32) -> f32 {
-    let e = exp(x);
-    if e == 1.0 { return -x; }
-    let d = e - 1.0;
-    if d == -1.0 { return 1.0; }
-    return -(d * x / log(e));
+// 1 + b + ... + b^(t-1) for b in (0, 1), so that 1 - b^t = (1 - b) * sum without the
+// cancellation of 1 - pow(b, t) in f32 (1 - 0.999^t is 1e-3 at t = 1) and without relying on the
+// driver's exp/log near 1. Binary expansion of t, all terms positive: a few ulps per bit.
+fn geometric_sum(b: f32, t: u32) -> f32 {
+    var p = 1.0; // b^n
+    var s = 0.0; // 1 + ... + b^(n-1)
+    for (var i = 31i; i >= 0; i--) {
+        s = s * (1.0 + p); // n -> 2n
+        p = p * p;
+        if ((t >> u32(i)) & 1u) != 0u {
+            s = s + p; // n -> n + 1
+            p = p * b;
+        }
+    }
+    return s;
 }
 
 // SGD: the first applied step, when the momentum buffer starts as the gradient (skipped steps

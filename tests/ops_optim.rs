@@ -682,7 +682,7 @@ fn scaled_step(dev: &Device, ps: &[Param], ts: &[Tensor], opt: &mut Optimizer, o
 /// momentum step (PyTorch's GradScaler with fused Adam): `skips` overflows followed by clean
 /// steps give exactly the clean steps alone, started at the scale the overflows backed off to.
 /// Past the 8 skip counts whose constants the host passes, the kernel's f32 bias corrections
-/// stay within f32 roundoff of them.
+/// keep the parameters within a few ulps of them.
 #[test]
 fn skipped_steps_do_not_advance_the_step_count() {
     let dev = shared_device();
@@ -718,15 +718,18 @@ fn skipped_steps_do_not_advance_the_step_count() {
                 if skips <= 8 || matches!(cfg.algorithm, portagrad::optim::Algorithm::Sgd { .. }) {
                     assert_eq!(a, b, "{cfg:?}, {skips} skipped, clean step {step}");
                 } else {
-                    // f32 bias corrections: a few units of roundoff in step_size, carried
-                    // through at most 5 steps of size ~lr.
+                    // The kernel's f32 bias corrections (a few ulps from the host's f64
+                    // ones) carried through 5 steps of size ~lr: a few ulps of the parameters.
+                    let mut worst = 0f32;
                     for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
                         let (x, y) = (f32::from_bits(*x), f32::from_bits(*y));
                         assert!(
-                            (x - y).abs() <= 1e-6,
+                            (x - y).abs() <= 4.0 * f32::EPSILON * x.abs().max(1.0),
                             "{cfg:?}, {skips} skipped: {x} vs {y}"
                         );
+                        worst = worst.max((x - y).abs());
                     }
+                    eprintln!("{skips} skipped, clean step {step}: worst difference {worst:.2e}");
                 }
             }
             let (s1, k1) = opt.loss_scale().unwrap().unwrap();

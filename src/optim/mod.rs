@@ -198,7 +198,8 @@ impl Optimizer {
     /// fused Adam): the device subtracts its count of skipped steps from the step number, no
     /// readback. The host passes its f64 bias corrections for the first 8 skipped steps of a
     /// run (bit-exact with an unscaled run of the applied steps); after that the kernel
-    /// computes them in f32, as fused Adam does. Checkpoints keep the scale, its growth
+    /// computes them in f32, as fused Adam does (within a few ulps: a geometric sum, no
+    /// cancellation). Checkpoints keep the scale, its growth
     /// tracker and the skipped count ([`crate::io::checkpoint`]): enable loss scaling before
     /// loading one.
     pub fn enable_loss_scaling(&mut self, s: LossScaling) -> Result<()> {
@@ -461,8 +462,6 @@ impl Optimizer {
                     eps: eps as f32,
                     bc2_sqrt: (1.0 - beta2_t[0]).sqrt() as f32,
                     bc2_back: beta2_t.map(|b| (1.0 - b).sqrt() as f32),
-                    ln_beta1: beta1.ln() as f32,
-                    ln_beta2: beta2.ln() as f32,
                     decoupled: matches!(self.cfg.algorithm, Algorithm::AdamW { .. }),
                 }
             }

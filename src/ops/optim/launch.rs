@@ -210,10 +210,10 @@ struct Head {
     part_base: u32,
     max_norm: f32,
     t: u32,
-    ln_beta1: f32,
-    ln_beta2: f32,
     _pad1: u32,
     _pad2: u32,
+    _pad3: u32,
+    _pad4: u32,
     bc2_back: [f32; BACK],
 }
 const _: () = assert!(std::mem::size_of::<Head>() == 112);
@@ -303,9 +303,6 @@ pub(crate) enum Rule {
         bc2_sqrt: f32,
         /// Loss scaling: `bc2_sqrt` when `k` steps were skipped so far (index k < [`BACK`]).
         bc2_back: [f32; BACK],
-        /// ln(beta1), ln(beta2) from the f64 betas, for the kernel's f32 bias corrections.
-        ln_beta1: f32,
-        ln_beta2: f32,
         decoupled: bool,
     },
 }
@@ -431,13 +428,9 @@ pub(crate) fn update(
             eps,
             bc2_sqrt,
             bc2_back,
-            ln_beta1,
-            ln_beta2,
             decoupled,
         } => {
             p.bc2_back = bc2_back;
-            p.ln_beta1 = ln_beta1;
-            p.ln_beta2 = ln_beta2;
             p.beta1 = beta1;
             p.omb1 = one_minus_beta1;
             p.beta2 = beta2;
