@@ -130,7 +130,7 @@ pub struct GeneratedModule {
 }
 
 /// The modules generated at run time: the optimizer for each slot count below the file's
-/// (WebGPU's default limits take 2); the straight-line attention kernels for CPU adapters for
+/// (WebGPU's default limits take 2) and some above (up to 128); the straight-line attention kernels for CPU adapters for
 /// head sizes with each row-per-lane setting; the GPU attention modules (D built in) with the
 /// staged-block rows `BC` the launcher picks for each head size.
 #[doc(hidden)]
@@ -142,6 +142,7 @@ pub fn generated_shader_sources() -> Vec<GeneratedModule> {
         constants,
     };
     let mut out: Vec<GeneratedModule> = (1..ops::optim::launch::SLOTS)
+        .chain([9, 14, 33, 77, ops::optim::launch::MAX_SLOTS])
         .map(|n| {
             let src = ops::optim::launch::source_for(n);
             module(format!("optim_{n}slots"), src, vec![])

@@ -402,7 +402,9 @@ fn no_grad_do<R>(f: impl FnOnce() -> R) -> R {
 
 /// One optimisation step on a batch: forward, loss, backward, fused update. Records the work
 /// and submits it without waiting; returns the loss and metric tensors (read them only when
-/// needed: reading waits for the GPU).
+/// needed: reading waits for the GPU). With loss scaling on the optimizer
+/// ([`Optimizer::enable_loss_scaling`]) the backward runs on the scaled loss; the returned loss
+/// is unscaled.
 pub fn train_step(
     model: &dyn Module,
     opt: &mut Optimizer,
@@ -411,7 +413,7 @@ pub fn train_step(
 ) -> Result<(Tensor, Tensor)> {
     let out = model.forward(&batch.x)?;
     let (loss, metric) = loss_and_metric(targets, &out, &batch.y)?;
-    let grads = loss.backward()?;
+    let grads = opt.scale_loss(&loss)?.backward()?;
     opt.step(&grads)?;
     Ok((loss.detach(), metric))
 }

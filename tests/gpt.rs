@@ -2,7 +2,9 @@
 //! scripts/make_gpt2_golden.py in float64): logits, loss, every gradient, 8 AdamW steps.
 //! The same golden values are also matched through the `gpt2` example's task functions
 //! (`models::lm`: score, grad written to a file, finetune). Plus: overfitting a tiny batch,
-//! reproducible seeded generation, loader errors.
+//! reproducible seeded generation, loader errors. Mixed precision against the float64 values
+//! and against PyTorch's CPU autocast in bf16 and f16 (autocast.safetensors, made by
+//! scripts/make_autocast_golden.py).
 //!
 //! The golden tests run twice: on the shared device, and on one that plans with bindings of
 //! [`SPLIT_BYTES`], so the tiny model's (67, 32) embedding is held in 3 uneven row chunks and
@@ -61,8 +63,11 @@ struct Golden {
 
 impl Golden {
     fn load() -> Golden {
+        Self::load_file("golden.safetensors")
+    }
+    fn load_file(file: &str) -> Golden {
         Golden {
-            bytes: std::fs::read(golden_dir().join("golden.safetensors")).expect("golden file"),
+            bytes: std::fs::read(golden_dir().join(file)).expect("golden file"),
         }
     }
     fn f64s(&self, name: &str) -> (Vec<usize>, Vec<f64>) {
@@ -75,6 +80,11 @@ impl Golden {
                 .data()
                 .chunks_exact(8)
                 .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+                .collect(),
+            safetensors::Dtype::F32 => t
+                .data()
+                .chunks_exact(4)
+                .map(|b| f64::from(f32::from_le_bytes(b.try_into().unwrap())))
                 .collect(),
             safetensors::Dtype::I64 => t
                 .data()
@@ -698,6 +708,82 @@ fn mixed_precision_loss_and_gradients_near_pytorch() {
     assert!(half.set_precision(Precision::Mixed(DType::BF16)).is_err());
     let mut m = load_on(&dev);
     assert!(m.set_precision(Precision::Mixed(DType::F32)).is_err());
+}
+
+/// Mixed precision against PyTorch autocast itself (tests/golden/tiny_gpt2/autocast.safetensors,
+/// made by scripts/make_autocast_golden.py: CPU autocast in bf16 and in f16 on the golden model
+/// and batch). Autocast rounds more than we do (the matmul outputs, the attention operands and
+/// GELU are 16-bit there; we round only the projections' operands), so the two are compared
+/// through the exact value: each is within the previous test's bound of the f64 golden values
+/// (loss 4 units of the type's roundoff relative, each gradient 12 units of its scale; checked
+/// here for autocast too, so the fixture is what it claims), hence within twice that of each
+/// other: loss 8 units, gradients 24 units of their scale.
+#[test]
+fn mixed_precision_loss_and_gradients_near_pytorch_autocast() {
+    use portagrad::{DType, Precision};
+    let dev = shared_device();
+    let g = Golden::load();
+    let auto = Golden::load_file("autocast.safetensors");
+    let (b, t, _, inp, tgt) = batch(&g);
+    let x = Tensor::from_u32(&dev, &inp, &[b, t - 1]).unwrap();
+    let y = Tensor::from_u32(&dev, &tgt, &[b, t - 1]).unwrap();
+    let (_, exact_loss) = g.f64s("loss");
+    for (d, name, unit) in [
+        (DType::BF16, "bf16", 2f64.powi(-8)),
+        (DType::F16, "f16", 2f64.powi(-11)),
+    ] {
+        let (_, auto_loss) = auto.f64s(&format!("{name}.loss"));
+        assert!(
+            (auto_loss[0] - exact_loss[0]).abs() <= 4.0 * unit * exact_loss[0],
+            "{name}: autocast loss {} vs exact {}",
+            auto_loss[0],
+            exact_loss[0]
+        );
+        let mut model = load_on(&dev);
+        model.set_precision(Precision::Mixed(d)).unwrap();
+        let loss = model.loss(&x, &y, false).unwrap();
+        let l = f64::from(loss.item().unwrap());
+        assert!(
+            (l - auto_loss[0]).abs() <= 8.0 * unit * auto_loss[0],
+            "{name}: loss {l} vs autocast {}",
+            auto_loss[0]
+        );
+        let grads = loss.backward().unwrap();
+        let (mut worst, mut worst_auto, mut checked) = (0.0f64, 0.0f64, 0);
+        let max_err = |a: &[f64], b: &[f64]| {
+            a.iter()
+                .zip(b)
+                .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
+        };
+        for (pname, p) in model.parameters() {
+            let gp = grads
+                .get(&p)
+                .unwrap_or_else(|| panic!("no gradient for {pname}"));
+            let got: Vec<f64> = gp.to_vec().unwrap().iter().map(|&v| f64::from(v)).collect();
+            let (shape, want) = auto.f64s(&format!("{name}.grad.{pname}"));
+            assert_eq!(shape, p.shape(), "{pname}");
+            let (_, exact) = g.f64s(&format!("grad.{pname}"));
+            let scale = exact.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            let auto_err = max_err(&want, &exact);
+            assert!(
+                auto_err <= 12.0 * unit * scale,
+                "{name} {pname}: the autocast fixture is {auto_err:.3e} from exact, scale {scale:.3e}"
+            );
+            let err = max_err(&got, &want);
+            assert!(
+                err <= 24.0 * unit * scale,
+                "{name} {pname}: {err:.3e} from autocast, scale {scale:.3e}"
+            );
+            worst = worst.max(err / scale / unit);
+            worst_auto = worst_auto.max(auto_err / scale / unit);
+            checked += 1;
+        }
+        assert_eq!(checked, 2 + 12 * 2 + 2, "every parameter checked");
+        eprintln!(
+            "{name}: loss {l} vs autocast {} (exact {}); worst gradient {worst:.2} units of its scale from autocast (autocast from exact: {worst_auto:.2})",
+            auto_loss[0], exact_loss[0]
+        );
+    }
 }
 
 /// `lm::finetune` in mixed precision (the `gpt2 finetune --precision` path): 8 AdamW steps on

@@ -666,3 +666,216 @@ fn loss_scaling_skips_overflowing_steps_and_backs_off() {
     };
     assert!(opt.enable_loss_scaling(bad).is_err());
 }
+
+/// One loss-scaled step; an overflowing one when `overflow` (the loss times f32::MAX: every
+/// scaled gradient is infinite).
+fn scaled_step(dev: &Device, ps: &[Param], ts: &[Tensor], opt: &mut Optimizer, overflow: bool) {
+    let mut loss = gpu_loss(dev, ps, ts).unwrap();
+    if overflow {
+        loss = loss.mul_scalar(f32::MAX).unwrap();
+    }
+    let grads = opt.scale_loss(&loss).unwrap().backward().unwrap();
+    opt.step(&grads).unwrap();
+}
+
+/// A skipped (overflowing) step does not advance Adam's bias correction nor SGD's first
+/// momentum step (PyTorch's GradScaler with fused Adam): `skips` overflows followed by clean
+/// steps give exactly the clean steps alone, started at the scale the overflows backed off to.
+/// Past the 8 skip counts whose constants the host passes, the kernel's f32 bias corrections
+/// keep the parameters within a few ulps of them.
+#[test]
+fn skipped_steps_do_not_advance_the_step_count() {
+    let dev = shared_device();
+    let ps = params(&[&[5, 7], &[13]], 902);
+    for cfg in [
+        OptimConfig::adam(0.01),
+        OptimConfig::adamw(0.01)
+            .weight_decay(0.1)
+            .clip_grad_norm(0.5),
+        OptimConfig::sgd(0.05).momentum(0.9),
+    ] {
+        for skips in [1usize, 3, 11] {
+            let scaling = LossScaling {
+                init_scale: 2f32.powi(20),
+                growth_interval: 2,
+                ..LossScaling::default()
+            };
+            let (ts, mut opt) = gpu_setup(&dev, cfg, &vec![(0.0, 1.0)], &ps);
+            opt.enable_loss_scaling(scaling).unwrap();
+            for _ in 0..skips {
+                scaled_step(&dev, &ps, &ts, &mut opt, true);
+            }
+            let clean = LossScaling {
+                init_scale: 2f32.powi(20 - skips as i32),
+                ..scaling
+            };
+            let (ts2, mut opt2) = gpu_setup(&dev, cfg, &vec![(0.0, 1.0)], &ps);
+            opt2.enable_loss_scaling(clean).unwrap();
+            for step in 0..5 {
+                scaled_step(&dev, &ps, &ts, &mut opt, false);
+                scaled_step(&dev, &ps, &ts2, &mut opt2, false);
+                let (a, b) = (bits(&ts), bits(&ts2));
+                if skips <= 8 || matches!(cfg.algorithm, portagrad::optim::Algorithm::Sgd { .. }) {
+                    assert_eq!(a, b, "{cfg:?}, {skips} skipped, clean step {step}");
+                } else {
+                    // The kernel's f32 bias corrections (a few ulps from the host's f64
+                    // ones) carried through 5 steps of size ~lr: a few ulps of the parameters.
+                    let mut worst = 0f32;
+                    for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
+                        let (x, y) = (f32::from_bits(*x), f32::from_bits(*y));
+                        assert!(
+                            (x - y).abs() <= 4.0 * f32::EPSILON * x.abs().max(1.0),
+                            "{cfg:?}, {skips} skipped: {x} vs {y}"
+                        );
+                        worst = worst.max((x - y).abs());
+                    }
+                    eprintln!("{skips} skipped, clean step {step}: worst difference {worst:.2e}");
+                }
+            }
+            let (s1, k1) = opt.loss_scale().unwrap().unwrap();
+            let (s2, k2) = opt2.loss_scale().unwrap().unwrap();
+            assert_eq!((s1, k1), (s2, k2 + skips as u64), "{cfg:?}");
+        }
+    }
+}
+
+/// A checkpoint keeps the loss scale, its growth tracker and the skipped count: a run resumed
+/// from it (after overflows) is bit-exact with the straight run. A file without them (from an
+/// optimizer without loss scaling, as older files) still loads; a file with them does not load
+/// into an optimizer without loss scaling.
+#[test]
+fn loss_scaling_state_survives_a_checkpoint() {
+    use portagrad::io::checkpoint;
+    let dev = shared_device();
+    let ps = params(&[&[5, 7], &[13]], 903);
+    let cfg = OptimConfig::adamw(0.01).weight_decay(0.1);
+    let scaling = LossScaling {
+        init_scale: 2f32.powi(20),
+        growth_interval: 3,
+        ..LossScaling::default()
+    };
+    // Overflow at steps 1, 2 and 6: the scale backs off, grows, backs off again.
+    let overflow = |i: usize| [0, 1, 5].contains(&i);
+    let named = |ts: &[Tensor]| -> Vec<(String, Tensor)> {
+        ps.iter()
+            .zip(ts)
+            .map(|(p, t)| (p.name.clone(), t.clone()))
+            .collect()
+    };
+    let dir = std::env::temp_dir().join(format!("portagrad-optim-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ckpt.safetensors");
+    let (ts, mut opt) = gpu_setup(&dev, cfg, &vec![(0.0, 1.0)], &ps);
+    opt.enable_loss_scaling(scaling).unwrap();
+    for i in 0..10 {
+        if i == 4 {
+            checkpoint::save_params(&path, &named(&ts), Some(&opt)).unwrap();
+        }
+        scaled_step(&dev, &ps, &ts, &mut opt, overflow(i));
+    }
+    let straight = (bits(&ts), opt.loss_scale().unwrap());
+    assert_eq!(straight.1.unwrap().1, 3, "three steps skipped");
+
+    let (ts2, mut opt2) = gpu_setup(&dev, cfg, &vec![(0.0, 1.0)], &ps);
+    opt2.enable_loss_scaling(scaling).unwrap();
+    let info = checkpoint::load_params(&path, &named(&ts2), Some(&mut opt2)).unwrap();
+    assert_eq!(info.step, 4);
+    for i in 4..10 {
+        scaled_step(&dev, &ps, &ts2, &mut opt2, overflow(i));
+    }
+    assert_eq!((bits(&ts2), opt2.loss_scale().unwrap()), straight);
+
+    // Into an optimizer without loss scaling: an error, nothing changed.
+    let (ts3, mut opt3) = gpu_setup(&dev, cfg, &vec![(0.0, 1.0)], &ps);
+    let before = bits(&ts3);
+    let e = checkpoint::load_params(&path, &named(&ts3), Some(&mut opt3)).unwrap_err();
+    assert!(e.to_string().contains("loss scal"), "{e}");
+    assert_eq!(bits(&ts3), before);
+
+    // A file without loss-scaling state (written without it, like older files) loads into an
+    // optimizer with loss scaling, which keeps its own state.
+    let plain_path = dir.join("plain.safetensors");
+    checkpoint::save_params(&plain_path, &named(&ts3), Some(&opt3)).unwrap();
+    let (ts4, mut opt4) = gpu_setup(&dev, cfg, &vec![(0.0, 1.0)], &ps);
+    opt4.enable_loss_scaling(scaling).unwrap();
+    checkpoint::load_params(&plain_path, &named(&ts4), Some(&mut opt4)).unwrap();
+    assert_eq!(opt4.loss_scale().unwrap(), Some((2f32.powi(20), 0)));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Multi-tensor apply: one dispatch over all 21 tensors gives the same bits as one dispatch
+/// per tensor (and as 4 per dispatch), for AdamW with groups and clipping, Adam with loss
+/// scaling (an overflow included) and SGD with momentum; and the step takes 1 update dispatch
+/// (3 with the norm pass) where the adapter binds that many buffers.
+#[test]
+fn one_dispatch_over_all_tensors_matches_one_per_tensor() {
+    let dev = shared_device();
+    let shapes: Vec<Vec<usize>> = (0..21).map(|i| vec![1 + (i * 37) % 300]).collect();
+    let shape_refs: Vec<&[usize]> = shapes.iter().map(|s| s.as_slice()).collect();
+    let mut ps = params(&shape_refs, 904);
+    for (i, p) in ps.iter_mut().enumerate() {
+        p.group = i % 2;
+    }
+    let groups = vec![(0.1, 1.0), (0.0, 0.5)];
+    let most = portagrad::optim::TENSORS_PER_DISPATCH; // clamped to the adapter's limit
+    let run = |cfg: OptimConfig, scaling: Option<LossScaling>, per: usize| {
+        let (ts, mut opt) = gpu_setup(&dev, cfg, &groups, &ps);
+        opt.set_tensors_per_dispatch(per);
+        if let Some(s) = scaling {
+            opt.enable_loss_scaling(s).unwrap();
+        }
+        let mut out = Vec::new();
+        for step in 0..4 {
+            scaled_step(&dev, &ps, &ts, &mut opt, scaling.is_some() && step == 1);
+            out.push(bits(&ts));
+        }
+        out
+    };
+    for (cfg, scaling) in [
+        (OptimConfig::adamw(0.01).clip_grad_norm(0.5), None),
+        (OptimConfig::adam(0.01), Some(LossScaling::default())),
+        (OptimConfig::sgd(0.05).momentum(0.9).nesterov(true), None),
+    ] {
+        let one = run(cfg, scaling, 1);
+        assert_eq!(run(cfg, scaling, 4), one, "{cfg:?}: 4 per dispatch");
+        assert_eq!(run(cfg, scaling, most), one, "{cfg:?}: {most} per dispatch");
+    }
+    // Dispatches per step as wide as this adapter binds (its own device: the counters see
+    // only this step).
+    let own = portagrad::testing::device().unwrap();
+    let ts: Vec<Tensor> = ps
+        .iter()
+        .map(|p| {
+            Tensor::from_slice(&own, &p.init, &p.shape)
+                .unwrap()
+                .with_grad()
+        })
+        .collect();
+    let named = ps
+        .iter()
+        .zip(&ts)
+        .map(|(p, t)| (p.name.clone(), t.clone()))
+        .collect();
+    let mut opt = Optimizer::new(OptimConfig::adamw(0.01).clip_grad_norm(1.0), named).unwrap();
+    opt.set_tensors_per_dispatch(most);
+    let per = opt.tensors_per_dispatch();
+    let grads = gpu_loss(&own, &ps, &ts).unwrap().backward().unwrap();
+    opt.step(&grads).unwrap();
+    own.sync().unwrap();
+    own.reset_stats();
+    opt.step(&grads).unwrap();
+    let passes = 21usize.div_ceil(per);
+    assert_eq!(
+        own.stats().dispatches as usize,
+        2 * passes + 1,
+        "{per} per dispatch"
+    );
+    // 21 parameters, 21 gradients, m, v, aux.
+    if own.info().max_storage_buffers_per_stage >= 45 {
+        assert_eq!(
+            own.stats().dispatches,
+            3,
+            "one sum-of-squares pass, finalize, one update"
+        );
+    }
+}

@@ -417,3 +417,91 @@ fn linear_gradients_match_cpu() {
         );
     }
 }
+
+/// A dense layer in mixed precision is the f32 layer of its operands rounded to 16 bits (the
+/// matmul accumulates in f32, so only the order of the sums differs), and its gradients reach
+/// the f32 master weight in f32.
+#[test]
+fn mixed_precision_linear_is_the_f32_layer_of_rounded_operands() {
+    use portagrad::testing::assert_close;
+    use portagrad::{DType, Precision};
+    let dev = shared_device();
+    let (rows, k, n) = (9, 13, 6);
+    let xv = random_vec(rows * k, -2.0, 2.0, 21);
+    let wv = random_vec(k * n, -1.0, 1.0, 22);
+    let bv = random_vec(n, -0.5, 0.5, 23);
+    for d in [DType::BF16, DType::F16] {
+        let x = Tensor::from_slice(&dev, &xv, &[rows, k]).unwrap();
+        let w = Tensor::from_slice(&dev, &wv, &[k, n]).unwrap().with_grad();
+        let b = Tensor::from_slice(&dev, &bv, &[n]).unwrap().with_grad();
+        let lin = Linear::from_parts(w.clone(), Some(b.clone()))
+            .unwrap()
+            .activation(Activation::Relu)
+            .with_precision(Precision::Mixed(d))
+            .unwrap();
+        assert_eq!(lin.precision(), Precision::Mixed(d));
+        let y = lin.forward(&x).unwrap();
+        assert_eq!(y.dtype(), DType::F32);
+        // The rounded operands (the conversion kernels are bit-exact: tests/ops_convert.rs).
+        let round = |t: &Tensor| t.to_dtype(d).unwrap().to_vec().unwrap();
+        let (xr, wr) = (round(&x), round(&w));
+        let mut want = vec![0.0f64; rows * n];
+        for r in 0..rows {
+            for j in 0..n {
+                let z = f64::from(bv[j])
+                    + (0..k)
+                        .map(|i| f64::from(xr[r * k + i]) * f64::from(wr[i * n + j]))
+                        .sum::<f64>();
+                want[r * n + j] = z.max(0.0);
+            }
+        }
+        // f32 accumulation of 13 exact products of size <= 2: a few units of f32 roundoff.
+        assert_close(&format!("{d:?}"), &y.to_vec().unwrap(), &want, 1e-5, 1e-5);
+        let grads = y.sum().unwrap().backward().unwrap();
+        let gw = grads.get(&w).unwrap();
+        assert_eq!((gw.dtype(), gw.shape()), (DType::F32, &[k, n][..]));
+        assert_eq!(grads.get(&b).unwrap().dtype(), DType::F32);
+    }
+    // Only 16-bit operand types, and only over f32 master weights.
+    let w = Tensor::from_slice(&dev, &wv, &[k, n]).unwrap();
+    let lin = Linear::from_parts(w.clone(), None).unwrap();
+    assert!(lin.with_precision(Precision::Mixed(DType::F32)).is_err());
+    let w16 = Linear::from_parts(w.to_dtype(DType::F16).unwrap(), None).unwrap();
+    assert!(w16.with_precision(Precision::Mixed(DType::BF16)).is_err());
+}
+
+/// `fit` trains an MLP in mixed precision (bf16; f16 with dynamic loss scaling, the backward
+/// on the scaled loss) as well as the f32 test above asks of f32.
+#[test]
+fn fit_learns_in_mixed_precision() {
+    use portagrad::optim::LossScaling;
+    use portagrad::{DType, Precision};
+    let dev = shared_device();
+    let data = binary_data(200, 6, 11);
+    for d in [DType::BF16, DType::F16] {
+        let model =
+            nn::mlp_in(&dev, &[6, 16, 1], Activation::Relu, 3, Precision::Mixed(d)).unwrap();
+        let mut opt = Optimizer::adam(model.parameters(), 0.02).unwrap();
+        if d == DType::F16 {
+            opt.enable_loss_scaling(LossScaling::default()).unwrap();
+        }
+        let cfg = FitConfig {
+            validation_split: 0.25,
+            ..quiet(8, 16)
+        };
+        let h = fit(&model, &mut opt, &data, &cfg).unwrap();
+        let (first, last) = (&h.epochs[0], &h.epochs[7]);
+        assert!(last.loss < first.loss, "{d:?}: {h:?}");
+        assert!(last.metric > 0.9, "{d:?}: train accuracy {}", last.metric);
+        assert!(
+            last.val_metric.unwrap() > 0.85,
+            "{d:?}: val accuracy {:?}",
+            last.val_metric
+        );
+        if d == DType::F16 {
+            // The loss is unscaled in the history; the scale never overflowed here.
+            let (scale, skipped) = opt.loss_scale().unwrap().unwrap();
+            assert_eq!((scale, skipped), (65536.0, 0));
+        }
+    }
+}

@@ -9,6 +9,12 @@
 //!   model with dropout ([`save_params_with_dropout`]) `dropout_seed` and `dropout_calls`:
 //!   where its stream of masks stands, so a resumed run draws the masks the straight run would.
 //!   Files without them (older ones, or saved without dropout state) still load.
+//!   With loss scaling on ([`Optimizer::enable_loss_scaling`]) also `loss_scale`,
+//!   `loss_scale_growth_tracker` (clean steps since the scale last changed) and
+//!   `loss_scale_skipped` (overflowing steps skipped, which Adam's device step count leaves
+//!   out), so a resumed f16 run is bit-exact; a file without them loads and the scale keeps
+//!   its current state (`init_scale` in a fresh optimizer). Loading a file with a loss scale
+//!   into an optimizer without loss scaling is an error (its gradients would not be unscaled).
 //!
 //! Writes are atomic: the bytes go to a temporary file in the same directory, which is fsynced
 //! and then renamed over the target (and the directory fsynced), so a failed or interrupted
@@ -134,6 +140,12 @@ fn write(
             "optimizer".into(),
             opt.config().algorithm.name().to_string(),
         );
+        if let Some((scale, clean, skipped)) = opt.export_scaling()? {
+            // f32 Display round-trips exactly.
+            meta.insert("loss_scale".into(), scale.to_string());
+            meta.insert("loss_scale_growth_tracker".into(), clean.to_string());
+            meta.insert("loss_scale_skipped".into(), skipped.to_string());
+        }
         for (name, v, shape) in opt.export_state()? {
             host.push((
                 format!("{OPTIM_PREFIX}{name}"),
@@ -195,6 +207,27 @@ pub fn load_params(
         }
     };
     let saved_opt = meta.get("optimizer").cloned();
+    // All three or none (older files, or a run without loss scaling).
+    let scaling = match (
+        meta.get("loss_scale"),
+        number("loss_scale_growth_tracker")?,
+        number("loss_scale_skipped")?,
+    ) {
+        (Some(s), Some(clean), Some(skipped)) => {
+            let scale = s
+                .parse::<f32>()
+                .map_err(|_| bad(path, format!("loss_scale {s:?} is not a number")))?;
+            Some((scale, clean, skipped))
+        }
+        (None, None, None) => None,
+        _ => {
+            return Err(bad(
+                path,
+                "holds only some of loss_scale, loss_scale_growth_tracker and loss_scale_skipped"
+                    .into(),
+            ));
+        }
+    };
 
     // Everything is checked before anything is written.
     let fetch = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
@@ -262,6 +295,10 @@ pub fn load_params(
             m.insert(name, v);
         }
         opt_state = Some(m);
+        if let Some((scale, clean, skipped)) = scaling {
+            opt.check_scaling(scale, clean, skipped)
+                .map_err(|e| bad(path, e.to_string()))?;
+        }
     }
 
     for ((_, t), v) in params.iter().zip(values) {
@@ -275,6 +312,9 @@ pub fn load_params(
                 .cloned()
                 .ok_or_else(|| bad(path, format!("optimizer state {name} is missing")))
         })?;
+        if let Some((scale, clean, skipped)) = scaling {
+            opt.import_scaling(scale, clean, skipped)?;
+        }
     }
     Ok(CheckpointInfo {
         step,

@@ -6,7 +6,7 @@ use super::Module;
 use crate::error::{Error, Result};
 use crate::ops::matmul::{Activation, WeightLayout};
 use crate::runtime::Device;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Precision, Tensor};
 
 /// How a dense layer's weights are drawn (biases start at zero).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -51,6 +51,7 @@ pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
     act: Activation,
+    precision: Precision,
 }
 
 impl Linear {
@@ -93,6 +94,7 @@ impl Linear {
             weight,
             bias,
             act: Activation::None,
+            precision: Precision::F32,
         })
     }
 
@@ -117,6 +119,7 @@ impl Linear {
             weight,
             bias,
             act: Activation::None,
+            precision: Precision::F32,
         })
     }
 
@@ -124,6 +127,38 @@ impl Linear {
     pub fn activation(mut self, act: Activation) -> Self {
         self.act = act;
         self
+    }
+
+    /// Compute in `precision` (as `Gpt::set_precision` does): with [`Precision::Mixed`] the
+    /// input and the weight are cast to 16 bits on the way into the matmul, which accumulates
+    /// in f32; the bias add, the activation and the output stay f32, and the f32 weight stays
+    /// the master copy the optimizer updates (its gradient comes back through the cast in f32).
+    pub fn with_precision(mut self, precision: Precision) -> Result<Self> {
+        if let Precision::Mixed(d) = precision {
+            if !d.is_half() {
+                return Err(Error::DType {
+                    op: "Linear::with_precision",
+                    expected: "f16 or bf16 operands",
+                    got: d.name(),
+                });
+            }
+            if self.weight.dtype() != DType::F32 {
+                return Err(Error::InvalidArgument {
+                    op: "Linear::with_precision",
+                    message: format!(
+                        "mixed precision keeps f32 master weights; this layer holds {} weights",
+                        self.weight.dtype().name()
+                    ),
+                });
+            }
+        }
+        self.precision = precision;
+        Ok(self)
+    }
+
+    /// The precision of the matmul.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The weight, (in, out).
@@ -140,12 +175,14 @@ impl Linear {
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // `Tensor::linear` records its own backward (ops/matmul/grad.rs).
-        x.linear(
-            &self.weight,
-            self.bias.as_ref(),
-            WeightLayout::InOut,
-            self.act,
-        )
+        let b = self.bias.as_ref();
+        match self.precision {
+            Precision::Mixed(d) => {
+                x.to_dtype(d)?
+                    .linear(&self.weight.to_dtype(d)?, b, WeightLayout::InOut, self.act)
+            }
+            Precision::F32 => x.linear(&self.weight, b, WeightLayout::InOut, self.act),
+        }
     }
 
     fn parameters(&self) -> Vec<(String, Tensor)> {

@@ -148,6 +148,17 @@ impl Module for Sequential {
 /// Glorot-uniform weights (Keras's `Dense` default) and zero biases; layer `i` is seeded with
 /// `seed + i`.
 pub fn mlp(dev: &Device, sizes: &[usize], hidden: Activation, seed: u64) -> Result<Sequential> {
+    mlp_in(dev, sizes, hidden, seed, crate::tensor::Precision::F32)
+}
+
+/// [`mlp`] whose dense layers compute in `precision` ([`Linear::with_precision`]).
+pub fn mlp_in(
+    dev: &Device,
+    sizes: &[usize],
+    hidden: Activation,
+    seed: u64,
+    precision: crate::tensor::Precision,
+) -> Result<Sequential> {
     if sizes.len() < 2 {
         return Err(crate::Error::InvalidArgument {
             op: "mlp",
@@ -158,7 +169,8 @@ pub fn mlp(dev: &Device, sizes: &[usize], hidden: Activation, seed: u64) -> Resu
     for (i, w) in sizes.windows(2).enumerate() {
         let last = i + 2 == sizes.len();
         let layer = Linear::new(dev, w[0], w[1], seed.wrapping_add(i as u64))?
-            .activation(if last { Activation::None } else { hidden });
+            .activation(if last { Activation::None } else { hidden })
+            .with_precision(precision)?;
         s.push(layer);
     }
     Ok(s)

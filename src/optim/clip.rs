@@ -20,10 +20,11 @@ pub(super) fn chunk_for(total: u64) -> u32 {
 }
 
 /// The clipping scratch buffer for `entries` summed in chunks of `chunk`:
-/// (2 + partials): clip coefficient, global norm, partial sums of squares.
+/// (3 + partials): clip coefficient, global norm, skipped steps (loss scaling), partial sums of
+/// squares.
 pub(super) fn aux_for(dev: &Device, entries: &[Entry], chunk: u32) -> Result<Tensor> {
     let lens: Vec<u32> = entries.iter().map(|e| e.len).collect();
-    Tensor::zeros(dev, &[2 + kernel::partials(&lens, chunk) as usize])
+    Tensor::zeros(dev, &[3 + kernel::partials(&lens, chunk) as usize])
 }
 
 impl Optimizer {
@@ -46,7 +47,7 @@ impl Optimizer {
         &self,
         live: &[(usize, Tensor)],
         lr: f64,
-        beta1_t: f64,
+        beta1_t: &[f64; kernel::BACK],
         fill: kernel::Fillers<'_>,
         max_norm: Option<f64>,
         scale: Option<(&Tensor, &super::LossScaling)>,
@@ -59,7 +60,7 @@ impl Optimizer {
             aux: &self.aux.storage,
         };
         let mut parts = 0u32;
-        for chunk in live.chunks(kernel::slots_for(&self.dev)) {
+        for chunk in live.chunks(self.per_dispatch) {
             let slots: Vec<kernel::Slot<'_>> = chunk
                 .iter()
                 .map(|x| make_slot(&self.entries, x, lr, beta1_t))

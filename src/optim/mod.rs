@@ -7,11 +7,15 @@
 //!   read-write and overwrites it, so after [`Optimizer::step`] every holder of the tensor
 //!   (the model, the optimizer, a user's copy) sees the new values. Nothing is reallocated and
 //!   the tensors keep their identity, so the next `backward()` keys gradients the same way.
-//! - **Fused.** The optimizer state (Adam's two moments, SGD's momentum) of *all* parameters
-//!   lives in flat buffers with an offset per tensor. One dispatch binds up to
-//!   [`TENSORS_PER_DISPATCH`] parameter/gradient pairs plus the flat state and updates every
-//!   element of all of them; a model with more tensors takes `ceil(tensors / 8)` dispatches
-//!   (the seed MLP's six tensors: one dispatch per step).
+//! - **Fused, multi-tensor.** The optimizer state (Adam's two moments, SGD's momentum) of
+//!   *all* parameters lives in flat buffers with an offset per tensor. One dispatch binds up
+//!   to [`tensors_per_dispatch`] parameter/gradient pairs (the adapter's storage-buffer limit
+//!   decides: up to 128 on GPUs; 2 under WebGPU's default limits; 8 on CPU adapters, where a
+//!   wider dispatch measured slower)
+//!   plus the flat state, with a table of (offset, length, first workgroup, scalars) per
+//!   tensor, and updates every element of all of them: one dispatch per step for a model of
+//!   up to 128 tensors (a 10-layer GPT), and with clipping or loss scaling one sum-of-squares
+//!   pass and one finalising workgroup before it.
 //! - **No readback.** Gradient clipping computes the global norm on the device (partial sums of
 //!   squares, one finalising workgroup) and the update kernels read the coefficient from there.
 //!   The step counter, bias corrections and schedule are host values passed as uniforms.
@@ -36,14 +40,16 @@ use self::state::{Bank, Entry, make_slot};
 use crate::autograd::Gradients;
 use crate::error::{Error, Result};
 use crate::ops::optim::launch as kernel;
-use crate::runtime::{Device, Storage};
+use crate::runtime::Device;
 use crate::tensor::{DType, Tensor};
 
-/// Parameter tensors one fused dispatch updates at most (where an adapter allows 19 storage
-/// buffers per shader stage; under WebGPU's default limit of 8, two).
-pub const TENSORS_PER_DISPATCH: usize = kernel::SLOTS;
+/// Parameter tensors one fused dispatch updates at most (where an adapter allows 259 storage
+/// buffers per shader stage, as Vulkan and DX12 adapters do; under WebGPU's default limit of
+/// 8, two; on Metal's 31, fourteen).
+pub const TENSORS_PER_DISPATCH: usize = kernel::MAX_SLOTS;
 
-/// Parameter tensors one fused dispatch updates on `dev` (its storage-buffer limit decides).
+/// Parameter tensors one fused dispatch updates on `dev` by default (its storage-buffer limit
+/// decides; CPU adapters take at most 8, which measured faster there).
 pub fn tensors_per_dispatch(dev: &Device) -> usize {
     kernel::slots_for(dev)
 }
@@ -69,11 +75,14 @@ pub struct Optimizer {
     entries: Vec<Entry>,
     banks: Vec<Bank>,
     step: u64,
-    /// (2 + partials): clip coefficient, global norm, partial sums of squares.
+    /// (3 + partials): clip coefficient, global norm, skipped steps (loss scaling), partial
+    /// sums of squares.
     aux: Tensor,
     chunk: u32,
-    fill_params: Vec<Tensor>,
+    fill_param: Tensor,
     fill_grad: Tensor,
+    /// Parameter tensors per dispatch (the adapter's most, or less when asked).
+    per_dispatch: usize,
     /// Dynamic loss scaling: its rule and its device state (4): scale, clean steps since the
     /// last change, overflow in the last step, skipped steps.
     scaler: Option<(LossScaling, Tensor)>,
@@ -165,10 +174,9 @@ impl Optimizer {
         let chunk = clip::chunk_for(total);
         let aux = clip::aux_for(&dev, &entries, chunk)?;
         let dummy = |n: usize| Tensor::zeros(&dev, &[n]);
-        let fill_params = (0..kernel::SLOTS)
-            .map(|_| dummy(1))
-            .collect::<Result<Vec<_>>>()?;
+        let fill_param = dummy(1)?;
         let fill_grad = dummy(1)?;
+        let per_dispatch = kernel::slots_for(&dev);
         Ok(Optimizer {
             dev,
             cfg,
@@ -177,17 +185,23 @@ impl Optimizer {
             step: 0,
             aux,
             chunk,
-            fill_params,
+            fill_param,
             fill_grad,
+            per_dispatch,
             scaler: None,
         })
     }
 
     /// Turn on dynamic loss scaling (see [`LossScaling`]): from now on pass
-    /// [`scale_loss`](Self::scale_loss)`(&loss)` to the backward. A skipped step still counts
-    /// towards Adam's bias correction (computed on the host; PyTorch's fused Adam does not
-    /// count it), and checkpoints do not keep the scale: a resumed run starts again from
-    /// `init_scale`.
+    /// [`scale_loss`](Self::scale_loss)`(&loss)` to the backward. A skipped step does not count
+    /// towards Adam's bias correction nor SGD's first momentum step (PyTorch's GradScaler with
+    /// fused Adam): the device subtracts its count of skipped steps from the step number, no
+    /// readback. The host passes its f64 bias corrections for the first 8 skipped steps of a
+    /// run (bit-exact with an unscaled run of the applied steps); after that the kernel
+    /// computes them in f32, as fused Adam does (within a few ulps: a geometric sum, no
+    /// cancellation). Checkpoints keep the scale, its growth
+    /// tracker and the skipped count ([`crate::io::checkpoint`]): enable loss scaling before
+    /// loading one.
     pub fn enable_loss_scaling(&mut self, s: LossScaling) -> Result<()> {
         let ok = s.init_scale.is_finite()
             && s.init_scale > 0.0
@@ -228,6 +242,70 @@ impl Optimizer {
             }
             None => Ok(None),
         }
+    }
+
+    /// The loss-scaling state for checkpoints: (scale, clean steps since the last change,
+    /// skipped steps); `None` without loss scaling. Reads back.
+    pub(crate) fn export_scaling(&self) -> Result<Option<(f32, u64, u64)>> {
+        match &self.scaler {
+            Some((_, state)) => {
+                let v = state.to_vec()?;
+                Ok(Some((v[0], v[1] as u64, v[3] as u64)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Restore [`export_scaling`](Self::export_scaling)'s state (checked first by
+    /// [`check_scaling`](Self::check_scaling)).
+    pub(crate) fn import_scaling(&mut self, scale: f32, clean: u64, skipped: u64) -> Result<()> {
+        self.check_scaling(scale, clean, skipped)?;
+        if let Some((_, state)) = &mut self.scaler {
+            *state =
+                Tensor::from_slice(&self.dev, &[scale, clean as f32, 0.0, skipped as f32], &[4])?;
+        }
+        Ok(())
+    }
+
+    /// Whether [`import_scaling`](Self::import_scaling) would take this state: loss scaling on,
+    /// a finite positive scale, counts the device keeps exactly.
+    pub(crate) fn check_scaling(&self, scale: f32, clean: u64, skipped: u64) -> Result<()> {
+        let Some((rule, _)) = &self.scaler else {
+            return Err(Error::InvalidArgument {
+                op: "checkpoint",
+                message: "holds a loss scale, the optimizer has no loss scaling: enable it (Optimizer::enable_loss_scaling) before loading".into(),
+            });
+        };
+        // Counts are kept as f32 on the device: exact below 2^24.
+        let ok = scale.is_finite()
+            && scale > 0.0
+            && clean < u64::from(rule.growth_interval)
+            && skipped < 1 << 24;
+        if !ok {
+            return Err(Error::InvalidArgument {
+                op: "checkpoint",
+                message: format!(
+                    "loss scale {scale}, growth tracker {clean}, skipped {skipped}: needs a finite scale > 0, a tracker below the growth interval {} and a count below 2^24",
+                    rule.growth_interval
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Parameter tensors one fused dispatch updates (and one clipping pass sums over): the
+    /// adapter's most ([`tensors_per_dispatch`]) unless lowered with
+    /// [`set_tensors_per_dispatch`](Self::set_tensors_per_dispatch).
+    pub fn tensors_per_dispatch(&self) -> usize {
+        self.per_dispatch
+    }
+
+    /// Update at most `n` tensors per dispatch (at least 1, at most what the adapter's
+    /// storage-buffer limit binds: 14 on lavapipe, where the default is 8). The results are the
+    /// same bits whatever `n`: each element's arithmetic does not depend on which dispatch
+    /// does it.
+    pub fn set_tensors_per_dispatch(&mut self, n: usize) {
+        self.per_dispatch = n.clamp(1, kernel::slots_limit(&self.dev));
     }
 
     /// The configuration.
@@ -331,21 +409,32 @@ impl Optimizer {
         let t = self.step + 1;
         let lr = self.lr();
         let clip = self.cfg.max_grad_norm;
-        let fill_refs: Vec<&Storage> = self.fill_params.iter().map(|t| &*t.storage).collect();
-        let fill_arr: [&Storage; kernel::SLOTS] = std::array::from_fn(|i| fill_refs[i]);
         let fill = kernel::Fillers {
-            param: &fill_arr,
+            param: &self.fill_param.storage,
             grad: &self.fill_grad.storage,
         };
-        let (beta1_t, beta2_t) = match self.cfg.algorithm {
-            Algorithm::Adam { beta1, beta2, .. } | Algorithm::AdamW { beta1, beta2, .. } => {
-                (beta1.powf(t as f64), beta2.powf(t as f64))
-            }
-            Algorithm::Sgd { .. } => (0.0, 0.0),
-        };
+        // beta^(t - k): the bias corrections when k steps were skipped so far (loss scaling;
+        // the kernel picks k on the device). k = 0 is the only one used without loss scaling.
+        let (beta1_t, beta2_t): ([f64; kernel::BACK], [f64; kernel::BACK]) =
+            match self.cfg.algorithm {
+                Algorithm::Adam { beta1, beta2, .. } | Algorithm::AdamW { beta1, beta2, .. } => {
+                    let pow = |b: f64, k: usize| {
+                        if t > k as u64 {
+                            b.powf((t - k as u64) as f64)
+                        } else {
+                            0.0 // no such step: never read
+                        }
+                    };
+                    (
+                        std::array::from_fn(|k| pow(beta1, k)),
+                        std::array::from_fn(|k| pow(beta2, k)),
+                    )
+                }
+                Algorithm::Sgd { .. } => ([0.0; kernel::BACK], [0.0; kernel::BACK]),
+            };
         let scale = self.scaler.as_ref().map(|(s, state)| (state, s));
         if clip.is_some() || scale.is_some() {
-            self.record_norm(&live, lr, beta1_t, fill, clip, scale)?;
+            self.record_norm(&live, lr, &beta1_t, fill, clip, scale)?;
         }
         let mode = match (&self.scaler, clip) {
             (Some(_), _) => kernel::GradMode::Scaled,
@@ -371,7 +460,8 @@ impl Optimizer {
                     beta2: beta2 as f32,
                     one_minus_beta2: (1.0 - beta2) as f32,
                     eps: eps as f32,
-                    bc2_sqrt: (1.0 - beta2_t).sqrt() as f32,
+                    bc2_sqrt: (1.0 - beta2_t[0]).sqrt() as f32,
+                    bc2_back: beta2_t.map(|b| (1.0 - b).sqrt() as f32),
                     decoupled: matches!(self.cfg.algorithm, Algorithm::AdamW { .. }),
                 }
             }
@@ -381,10 +471,10 @@ impl Optimizer {
                 .iter()
                 .filter(|(i, _)| self.entries[*i].bank == b)
                 .collect();
-            for chunk in mine.chunks(kernel::slots_for(&self.dev)) {
+            for chunk in mine.chunks(self.per_dispatch) {
                 let slots: Vec<kernel::Slot<'_>> = chunk
                     .iter()
-                    .map(|x| make_slot(entries, x, lr, beta1_t))
+                    .map(|x| make_slot(entries, x, lr, &beta1_t))
                     .collect();
                 let bufs = kernel::Buffers {
                     fill,
@@ -392,7 +482,7 @@ impl Optimizer {
                     v: &bank.v.storage,
                     aux: &self.aux.storage,
                 };
-                kernel::update(&self.dev, rule, &slots, &bufs, mode)?;
+                kernel::update(&self.dev, t, rule, &slots, &bufs, mode)?;
             }
         }
         self.step = t;

@@ -82,14 +82,16 @@ pub(super) fn assign(
 }
 
 /// The kernel's view of one live parameter: buffers and this step's scalars (f64 on the host).
+/// `beta1_t[k]` is beta1^(t - k), Adam's bias correction when `k` steps were skipped (0 for SGD).
 pub(super) fn make_slot<'a>(
     entries: &'a [Entry],
     (i, g): &'a (usize, Tensor),
     lr: f64,
-    beta1_t: f64,
+    beta1_t: &[f64; kernel::BACK],
 ) -> kernel::Slot<'a> {
     let e = &entries[*i];
     let lr_e = lr * e.lr_scale;
+    let step_back = beta1_t.map(|b| (lr_e / (1.0 - b)) as f32);
     kernel::Slot {
         param: &e.param.storage,
         grad: &g.storage,
@@ -97,8 +99,9 @@ pub(super) fn make_slot<'a>(
         len: e.len,
         lr: lr_e as f32,
         wd: e.wd as f32,
-        step_size: (lr_e / (1.0 - beta1_t)) as f32,
+        step_size: step_back[0],
         decay: (1.0 - lr_e * e.wd) as f32,
+        step_back,
     }
 }
 

@@ -1,5 +1,6 @@
-//! Launcher for `shaders/optim.wgsl`: fused SGD / Adam / AdamW updates over up to [`SLOTS`]
-//! parameter tensors per dispatch, and the two passes of global-norm gradient clipping.
+//! Launcher for `shaders/optim.wgsl`: fused SGD / Adam / AdamW updates over many parameter
+//! tensors per dispatch (multi-tensor apply), and the two passes of global-norm gradient
+//! clipping.
 
 use crate::error::{Error, Result};
 use crate::ops::codegen::{self, Wgsl};
@@ -9,19 +10,48 @@ use crate::wgsl;
 
 pub(crate) const SHADER: Shader = shader("optim", include_str!("../../../shaders/optim.wgsl"));
 
-/// Parameter tensors one dispatch updates at most (`SLOTS` in the WGSL).
+/// Slots of the checked-in file (`optim.wgsl` as the generator writes it for 8 tensors).
 pub(crate) const SLOTS: usize = 8;
 
+/// Parameter tensors one dispatch updates at most, where the adapter's storage-buffer limit
+/// allows (Vulkan and DX12 adapters, lavapipe included): one dispatch for a GPT of up to 10
+/// layers. The slot table is a uniform of 112 + 64 * 128 bytes.
+pub(crate) const MAX_SLOTS: usize = 128;
+
 /// Slots a dispatch can take on `dev`: each binds a parameter and its gradient, besides m, v
-/// and aux, so 8 where an adapter allows 19 storage buffers per stage and 2 under WebGPU's
-/// default limit of 8.
-pub(crate) fn slots_for(dev: &Device) -> usize {
+/// and aux: 2 under WebGPU's default limit of 8 storage buffers, 14 on Metal's 31 (and
+/// lavapipe's), [`MAX_SLOTS`] where the limit is larger.
+pub(crate) fn slots_limit(dev: &Device) -> usize {
     let max = dev.info().max_storage_buffers_per_stage as usize;
-    (max.saturating_sub(3) / 2).clamp(1, SLOTS)
+    (max.saturating_sub(3) / 2).clamp(1, MAX_SLOTS)
 }
 
-/// The module for `slots` slots: `optim.wgsl` with its SLOTS region regenerated (only the
-/// bindings a slot count uses, numbered consecutively).
+/// Slots a dispatch takes on `dev` by default: the limit on GPUs, where the branches that pick
+/// a slot's binding are uniform and cheap; at most [`SLOTS`] on CPU adapters, which run every
+/// branch with its lanes masked, so a wider dispatch costs more per element than the dispatches
+/// it saves (lavapipe, the shakespeare GPU preset's 76 tensors, AdamW with clipping: 13
+/// dispatches of 14 took 3.3-3.7 s per step, 21 of 8 2.2-2.6 s).
+pub(crate) fn slots_for(dev: &Device) -> usize {
+    let limit = slots_limit(dev);
+    if dev.info().is_cpu {
+        limit.min(SLOTS)
+    } else {
+        limit
+    }
+}
+
+/// Length of the slot table in the uniform of a module for `slots` slots (a few sizes, so the
+/// host struct is one of three types).
+fn capacity(slots: usize) -> usize {
+    match slots {
+        0..=8 => 8,
+        9..=32 => 32,
+        _ => MAX_SLOTS,
+    }
+}
+
+/// The module for `slots` slots (a dispatch binds exactly its tensors): `optim.wgsl` with its
+/// SLOTS region regenerated.
 fn shader_for(slots: usize) -> &'static Shader {
     if slots == SLOTS {
         return &SHADER;
@@ -51,8 +81,8 @@ fn slot_region(n: usize) -> String {
         "{BEGIN} {}",
         codegen::header("ops::optim::launch::slot_region").trim_start_matches("// ")
     ));
-    o.line("// (Also generated at run time for fewer slots: WebGPU's default limit is 8 storage buffers per");
-    o.line("// stage, 2 slots there.)");
+    o.line("// (Generated at run time for each slot count a dispatch binds: up to 2 under WebGPU's default");
+    o.line("// limit of 8 storage buffers per stage, up to 128 where the adapter allows.)");
     for i in 0..n {
         wgsl!(
             o,
@@ -79,43 +109,71 @@ fn slot_region(n: usize) -> String {
     );
     wgsl!(
         o,
-        "@group(0) @binding({}) var<storage, read_write> aux: array<f32>; // (2 + partials): clip coefficient, norm, partial sums",
+        "@group(0) @binding({}) var<storage, read_write> aux: array<f32>; // (3 + partials): clip coefficient, norm, skipped steps, partial sums",
         2 * n + 3
     );
     o.blank();
-    o.line("// Binding of slot s. With NSLOTS = k the k-th test is constant true, so the chain is k long");
-    o.line("// (CPU adapters run every branch of a chain with lanes masked: shorter is faster).");
-    for (head, each, last) in [
-        (
-            "fn load_p(s: u32, j: u32) -> f32 {",
-            "return p{i}[j];",
-            "    return p{i}[j];",
-        ),
-        (
-            "fn store_p(s: u32, j: u32, x: f32) {",
-            "p{i}[j] = x; return;",
-            "    p{i}[j] = x;",
-        ),
-        (
-            "fn load_g(s: u32, j: u32) -> f32 {",
-            "return g{i}[j];",
-            "    return g{i}[j];",
-        ),
+    let cap = capacity(n);
+    wgsl!(
+        o,
+        "const SLOT_CAP: u32 = {cap}u; // length of the slot table in the uniform"
+    );
+    o.blank();
+    o.line("// The slot that owns workgroup w: a binary search over the table's wg0 (ascending; unused");
+    o.line("// entries hold 0xffffffff and never match). Straight-line on purpose: a loop over uniform");
+    o.line(
+        "// values makes lavapipe (Mesa 22) specialise and recompile the shader on every dispatch.",
+    );
+    o.line("fn slot_of(w: u32) -> u32 {");
+    o.line("    var s = 0u;");
+    let mut step = cap / 2;
+    while step > 0 {
+        wgsl!(
+            o,
+            "    if w >= u.slots[s + {step}u].wg0 {{ s += {step}u; }}"
+        );
+        step /= 2;
+    }
+    o.line("    return s;");
+    o.line("}");
+    o.blank();
+    o.line("// Binding of slot s: a binary tree of branches on s, as deep as log2(slots) (s is the same");
+    o.line("// for a whole workgroup, so each branch is uniform).");
+    for (head, leaf) in [
+        ("fn load_p(s: u32, j: u32) -> f32 {", "return p{i}[j];"),
+        ("fn store_p(s: u32, j: u32, x: f32) {", "p{i}[j] = x;"),
+        ("fn load_g(s: u32, j: u32) -> f32 {", "return g{i}[j];"),
     ] {
         o.line(head);
-        for i in 0..n - 1 {
-            let body = each.replace("{i}", &i.to_string());
-            wgsl!(o, "    if NSLOTS == {}u || s == {i}u {{ {body} }}", i + 1);
-        }
-        o.line(&last.replace("{i}", &(n - 1).to_string()));
+        slot_tree(&mut o, 0, n, 1, leaf);
         o.line("}");
         o.blank();
     }
     o.line(END);
     o.finish()
 }
+
+/// Branches on `s` in [lo, hi) down to one `leaf` per slot, at `depth` levels of indent.
+fn slot_tree(o: &mut Wgsl, lo: usize, hi: usize, depth: usize, leaf: &str) {
+    let pad = "    ".repeat(depth);
+    if hi - lo == 1 {
+        o.line(&format!("{pad}{}", leaf.replace("{i}", &lo.to_string())));
+        return;
+    }
+    let mid = lo + (hi - lo).div_ceil(2);
+    o.line(&format!("{pad}if s < {mid}u {{"));
+    slot_tree(o, lo, mid, depth + 1, leaf);
+    o.line(&format!("{pad}}} else {{"));
+    slot_tree(o, mid, hi, depth + 1, leaf);
+    o.line(&format!("{pad}}}"));
+}
+
 /// Invocations per workgroup (`WG` in the WGSL).
 pub(crate) const WG: u32 = 256;
+
+/// Skipped-step counts (loss scaling) for which the host passes Adam's bias-correction constants
+/// (`BACK` in the WGSL); past that the kernel computes them in f32.
+pub(crate) const BACK: usize = 8;
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -128,12 +186,14 @@ struct SlotParams {
     wd: f32,
     step_size: f32,
     decay: f32,
+    step_back: [f32; BACK],
 }
-const _: () = assert!(std::mem::size_of::<SlotParams>() == 32);
+const _: () = assert!(std::mem::size_of::<SlotParams>() == 64);
 
+/// The uniform of a dispatch but its slot table (`Optim` in the WGSL, up to `slots`).
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
+struct Head {
     nslots: u32,
     total_wg: u32,
     clip: u32,
@@ -149,10 +209,66 @@ struct Params {
     chunk: u32,
     part_base: u32,
     max_norm: f32,
-    _pad: u32,
-    slots: [SlotParams; SLOTS],
+    t: u32,
+    _pad1: u32,
+    _pad2: u32,
+    _pad3: u32,
+    _pad4: u32,
+    bc2_back: [f32; BACK],
 }
-const _: () = assert!(std::mem::size_of::<Params>() == 64 + 32 * SLOTS);
+const _: () = assert!(std::mem::size_of::<Head>() == 112);
+
+/// The whole uniform: the head and a slot table of `N` entries.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Params<const N: usize> {
+    head: Head,
+    slots: [SlotParams; N],
+}
+const _: () = assert!(std::mem::size_of::<Params<MAX_SLOTS>>() == 112 + 64 * MAX_SLOTS);
+// SAFETY: repr(C) of a 112-byte Pod head and an array of a 64-byte Pod struct (both multiples
+// of 16): no padding for any N, every bit pattern valid, zero a valid value.
+unsafe impl<const N: usize> bytemuck::Zeroable for Params<N> {}
+unsafe impl<const N: usize> bytemuck::Pod for Params<N> {}
+
+/// Record `entry` of the module for `bound` slots with `head` and the slot `table`.
+fn record(
+    dev: &Device,
+    entry: &str,
+    bound: usize,
+    head: Head,
+    table: &[SlotParams],
+    b: &[(&Storage, Access)],
+    groups: [u32; 3],
+) -> Result<()> {
+    fn go<const N: usize>(
+        dev: &Device,
+        shader: &Shader,
+        entry: &str,
+        head: Head,
+        table: &[SlotParams],
+        b: &[(&Storage, Access)],
+        groups: [u32; 3],
+    ) -> Result<()> {
+        // Unused entries never own a workgroup (slot_of's search compares against them).
+        let unused = SlotParams {
+            wg0: u32::MAX,
+            ..SlotParams::default()
+        };
+        let mut p = Params::<N> {
+            head,
+            slots: [unused; N],
+        };
+        p.slots[..table.len()].copy_from_slice(table);
+        dev.dispatch(shader, entry, &[], &p, b, groups)
+    }
+    let shader = shader_for(bound);
+    match capacity(bound) {
+        8 => go::<8>(dev, shader, entry, head, table, b, groups),
+        32 => go::<32>(dev, shader, entry, head, table, b, groups),
+        _ => go::<MAX_SLOTS>(dev, shader, entry, head, table, b, groups),
+    }
+}
 
 /// One parameter tensor in a dispatch.
 pub(crate) struct Slot<'a> {
@@ -165,6 +281,8 @@ pub(crate) struct Slot<'a> {
     pub wd: f32,
     pub step_size: f32,
     pub decay: f32,
+    /// Loss scaling: `step_size` when `k` steps were skipped so far (index k < [`BACK`]).
+    pub step_back: [f32; BACK],
 }
 
 /// The update rule of one step, with every scalar already computed on the host.
@@ -183,14 +301,17 @@ pub(crate) enum Rule {
         one_minus_beta2: f32,
         eps: f32,
         bc2_sqrt: f32,
+        /// Loss scaling: `bc2_sqrt` when `k` steps were skipped so far (index k < [`BACK`]).
+        bc2_back: [f32; BACK],
         decoupled: bool,
     },
 }
 
-/// Buffers bound in place of slots a dispatch does not use (the layout has all of them).
+/// Buffers bound as slot 0 of the finalising passes, which read no parameter (clipping) or
+/// only the loss-scale state.
 #[derive(Clone, Copy)]
 pub(crate) struct Fillers<'a> {
-    pub param: &'a [&'a Storage; SLOTS],
+    pub param: &'a Storage,
     pub grad: &'a Storage,
 }
 
@@ -201,51 +322,38 @@ pub(crate) struct Buffers<'a> {
     pub m: &'a Storage,
     /// (state elements) flat second moment.
     pub v: &'a Storage,
-    /// (2 + partials) clip coefficient, norm, partial sums.
+    /// (3 + partials) clip coefficient, norm, skipped steps (loss scaling), partial sums.
     pub aux: &'a Storage,
 }
 
-fn bindings<'a>(n: usize, slots: &[Slot<'a>], b: &Buffers<'a>) -> Vec<(&'a Storage, Access)> {
-    let (fill, m, v, aux) = (&b.fill, b.m, b.v, b.aux);
-    let mut b = Vec::with_capacity(2 * n + 3);
-    for i in 0..n {
-        // p_i: (len_i) parameter, updated in place
-        b.push((
-            slots.get(i).map_or(fill.param[i], |s| s.param),
-            Access::ReadWrite,
-        ));
-    }
-    for i in 0..n {
-        // g_i: (len_i) gradient
-        b.push((slots.get(i).map_or(fill.grad, |s| s.grad), Access::Read));
-    }
-    // m, v: (state elements) flat; aux: (2 + partials)
-    b.push((m, Access::ReadWrite));
-    b.push((v, Access::ReadWrite));
-    b.push((aux, Access::ReadWrite));
-    b
+/// The bindings of a dispatch over exactly `slots`.
+fn bindings<'a>(slots: &[Slot<'a>], b: &Buffers<'a>) -> Vec<(&'a Storage, Access)> {
+    let mut out = Vec::with_capacity(2 * slots.len() + 3);
+    // p_i: (len_i) parameter, updated in place
+    out.extend(slots.iter().map(|s| (s.param, Access::ReadWrite)));
+    // g_i: (len_i) gradient
+    out.extend(slots.iter().map(|s| (s.grad, Access::Read)));
+    // m, v: (state elements) flat; aux: (3 + partials)
+    out.push((b.m, Access::ReadWrite));
+    out.push((b.v, Access::ReadWrite));
+    out.push((b.aux, Access::ReadWrite));
+    out
 }
 
-/// Slot table with each slot's first workgroup when a workgroup covers `per_wg` elements.
-fn table(dev: &Device, slots: &[Slot<'_>], per_wg: u32) -> Result<(Params, u32)> {
-    let most = slots_for(dev);
+/// Slot table with each slot's first workgroup when a workgroup covers `per_wg` elements, and
+/// the workgroups of all.
+fn table(dev: &Device, slots: &[Slot<'_>], per_wg: u32) -> Result<(Head, Vec<SlotParams>, u32)> {
+    let most = slots_limit(dev);
     if slots.is_empty() || slots.len() > most {
         return Err(Error::InvalidArgument {
             op: "optimizer step",
             message: format!("a dispatch takes 1..={most} tensors, got {}", slots.len()),
         });
     }
-    let mut p = Params {
-        nslots: slots.len() as u32,
-        ..Params::default()
-    };
-    // Unused slots never own a workgroup (the WGSL's slot_of compares against every slot).
-    for sl in &mut p.slots {
-        sl.wg0 = u32::MAX;
-    }
+    let mut t = Vec::with_capacity(slots.len());
     let mut wg = 0u32;
-    for (i, s) in slots.iter().enumerate() {
-        p.slots[i] = SlotParams {
+    for s in slots {
+        t.push(SlotParams {
             off: s.off,
             len: s.len,
             wg0: wg,
@@ -254,13 +362,18 @@ fn table(dev: &Device, slots: &[Slot<'_>], per_wg: u32) -> Result<(Params, u32)>
             wd: s.wd,
             step_size: s.step_size,
             decay: s.decay,
-        };
+            step_back: s.step_back,
+        });
         wg = wg
             .checked_add(s.len.div_ceil(per_wg).max(1))
             .ok_or_else(|| Error::Gpu("optimizer step: grid overflows u32".into()))?;
     }
-    p.total_wg = wg;
-    Ok((p, wg))
+    let head = Head {
+        nslots: slots.len() as u32,
+        total_wg: wg,
+        ..Head::default()
+    };
+    Ok((head, t, wg))
 }
 
 /// How the update kernels treat the gradients.
@@ -274,15 +387,21 @@ pub(crate) enum GradMode {
     Scaled,
 }
 
-/// Record one fused update of `slots`.
+/// Record one fused update of `slots` at host step `t` (1, 2, ...).
 pub(crate) fn update(
     dev: &Device,
+    t: u64,
     rule: Rule,
     slots: &[Slot<'_>],
     bufs: &Buffers<'_>,
     mode: GradMode,
 ) -> Result<()> {
-    let (mut p, groups) = table(dev, slots, WG)?;
+    let (mut p, t_slots, groups) = table(dev, slots, WG)?;
+    // Past u32 the device count would wrap; a step count that large is not a real run.
+    p.t = u32::try_from(t).map_err(|_| Error::InvalidArgument {
+        op: "optimizer step",
+        message: format!("step {t} is past u32"),
+    })?;
     p.clip = match mode {
         GradMode::Plain => 0,
         GradMode::Clipped => 1,
@@ -308,8 +427,10 @@ pub(crate) fn update(
             one_minus_beta2,
             eps,
             bc2_sqrt,
+            bc2_back,
             decoupled,
         } => {
+            p.bc2_back = bc2_back;
             p.beta1 = beta1;
             p.omb1 = one_minus_beta1;
             p.beta2 = beta2;
@@ -320,17 +441,9 @@ pub(crate) fn update(
             "adam"
         }
     };
-    let n = slots_for(dev);
-    let b = bindings(n, slots, bufs);
-    let nslots = [("NSLOTS", slots.len() as f64)];
-    dev.dispatch(
-        shader_for(n),
-        entry,
-        &nslots,
-        &p,
-        &b,
-        grid_1d(u64::from(groups))?,
-    )
+    let b = bindings(slots, bufs);
+    let grid = grid_1d(u64::from(groups))?;
+    record(dev, entry, slots.len(), p, &t_slots, &b, grid)
 }
 
 /// Partial sums of squares a [`sumsq`] pass over `lens` writes with `chunk` elements per workgroup.
@@ -338,7 +451,7 @@ pub(crate) fn partials(lens: &[u32], chunk: u32) -> u32 {
     lens.iter().map(|l| l.div_ceil(chunk).max(1)).sum()
 }
 
-/// Clipping pass 1: partial sums of squares of the slots' gradients into aux[2 + part_base ..].
+/// Clipping pass 1: partial sums of squares of the slots' gradients into aux[3 + part_base ..].
 /// Returns the partials written.
 pub(crate) fn sumsq(
     dev: &Device,
@@ -347,20 +460,12 @@ pub(crate) fn sumsq(
     chunk: u32,
     part_base: u32,
 ) -> Result<u32> {
-    let (mut p, groups) = table(dev, slots, chunk)?;
+    let (mut p, t_slots, groups) = table(dev, slots, chunk)?;
     p.chunk = chunk;
     p.part_base = part_base;
-    let n = slots_for(dev);
-    let b = bindings(n, slots, bufs);
-    let nslots = [("NSLOTS", slots.len() as f64)];
-    dev.dispatch(
-        shader_for(n),
-        "sumsq",
-        &nslots,
-        &p,
-        &b,
-        grid_1d(u64::from(groups))?,
-    )?;
+    let b = bindings(slots, bufs);
+    let grid = grid_1d(u64::from(groups))?;
+    record(dev, "sumsq", slots.len(), p, &t_slots, &b, grid)?;
     Ok(groups)
 }
 
@@ -371,14 +476,13 @@ pub(crate) fn clip_finalize(
     parts: u32,
     max_norm: f32,
 ) -> Result<()> {
-    let p = Params {
+    let p = Head {
         part_base: parts,
         max_norm,
-        ..Params::default()
+        ..Head::default()
     };
-    let n = slots_for(dev);
-    let b = bindings(n, &[], bufs);
-    dev.dispatch(shader_for(n), "clip_finalize", &[], &p, &b, [1, 1, 1])
+    let b = bindings(&[fill_slot(bufs.fill.param, bufs)], bufs);
+    record(dev, "clip_finalize", 1, p, &[], &b, [1, 1, 1])
 }
 
 /// The loss-scaling rule's constants (`torch.amp.GradScaler`'s names).
@@ -399,27 +503,32 @@ pub(crate) fn scale_finalize(
     scale: &Storage,
     rule: &ScaleRule,
 ) -> Result<()> {
-    let p = Params {
+    let p = Head {
         part_base: parts,
         max_norm: rule.max_norm,
         beta1: rule.growth_factor,
         beta2: rule.backoff_factor,
         omb2: rule.growth_interval,
-        ..Params::default()
+        ..Head::default()
     };
-    let n = slots_for(dev);
-    let slot = Slot {
-        param: scale,
+    let b = bindings(&[fill_slot(scale, bufs)], bufs);
+    record(dev, "scale_finalize", 1, p, &[], &b, [1, 1, 1])
+}
+
+/// Slot 0 of a finalising pass: `param` (the loss-scale state, or a placeholder) and a
+/// placeholder gradient.
+fn fill_slot<'a>(param: &'a Storage, bufs: &Buffers<'a>) -> Slot<'a> {
+    Slot {
+        param,
         grad: bufs.fill.grad,
         off: 0,
-        len: 4,
+        len: 0,
         lr: 0.0,
         wd: 0.0,
         step_size: 0.0,
         decay: 0.0,
-    };
-    let b = bindings(n, std::slice::from_ref(&slot), bufs);
-    dev.dispatch(shader_for(n), "scale_finalize", &[], &p, &b, [1, 1, 1])
+        step_back: [0.0; BACK],
+    }
 }
 
 #[cfg(test)]
