@@ -577,3 +577,214 @@ fn gradients_through_half_operands() {
         );
     }
 }
+
+/// Tensor cores (`coop`, `coop64`, `coop128`: f16 operands on cooperative matrices, f32
+/// accumulation). Where the adapter lists cooperative matrices, every form against the f64
+/// product of the stored f16 values on awkward shapes (edges of both tile sizes, odd row
+/// strides that take the element-wise staging, K not a multiple of the staged depth,
+/// transposes, batches with broadcast, the fused epilogue), with the f32 tolerance. Where it
+/// does not (lavapipe), forcing the kernel must be an error that says so, not a fallback; with
+/// `PORTAGRAD_REQUIRE_COOP=1` (the GPU check script) an adapter without them fails the test.
+#[test]
+fn cooperative_matrix_kernels() {
+    let _serial = serial();
+    let dev = shared_device();
+    let require = std::env::var("PORTAGRAD_REQUIRE_COOP").is_ok_and(|v| v == "1");
+    let f16 = |v: &[f32], shape: &[usize]| half_operand(v, shape, DType::F16);
+    if dev.info().coop_f16_size().is_none() {
+        assert!(
+            !require,
+            "PORTAGRAD_REQUIRE_COOP=1 but adapter {} lists no usable cooperative matrices ({:?})",
+            dev.info().name,
+            dev.info().cooperative_matrices
+        );
+        let (a, _) = f16(&random_vec(17 * 9, -1.0, 1.0, 140), &[17, 9]);
+        let (b, _) = f16(&random_vec(9 * 13, -1.0, 1.0, 141), &[9, 13]);
+        let (bt, _) = f16(&random_vec(9 * 13, -1.0, 1.0, 142), &[13, 9]);
+        for kernel in ["coop", "coop64", "coop128"] {
+            let _kernel = force(kernel);
+            for r in [
+                a.matmul(&b),
+                a.matmul_t(&bt, false, true),
+                a.linear(&b, None, WeightLayout::InOut, Activation::None),
+            ] {
+                let msg = match r {
+                    Err(Error::InvalidArgument { message, .. }) => message,
+                    other => panic!(
+                        "{kernel} on {}: expected an error, got {other:?}",
+                        dev.info().name
+                    ),
+                };
+                assert!(
+                    msg.contains("no cooperative matrices") && msg.contains(&dev.info().name),
+                    "{kernel}: {msg}"
+                );
+            }
+        }
+        return;
+    }
+    // (batch A, batch B, M, K, N, trans A, trans B)
+    let cases: [(&[usize], &[usize], usize, usize, usize, bool, bool); 9] = [
+        (&[], &[], 1, 1, 1, false, false),
+        (&[], &[], 17, 9, 13, false, false), // odd K: element-wise staging
+        (&[], &[], 65, 34, 130, false, false), // one past a 64 tile, whole words
+        (&[], &[], 129, 70, 257, false, false), // past the 128 tile in M and N
+        (&[], &[], 37, 45, 29, false, true),
+        (&[], &[], 44, 36, 52, true, false),
+        (&[], &[], 45, 37, 29, true, true),
+        (&[2, 3], &[3], 9, 11, 6, false, false), // batched, B broadcast
+        (&[], &[], 70, 301, 66, false, false),   // K over many staged steps
+    ];
+    for (i, (ba, bb, m, k, n, ta, tb)) in cases.into_iter().enumerate() {
+        let mut sa = ba.to_vec();
+        sa.extend(if ta { [k, m] } else { [m, k] });
+        let mut sb = bb.to_vec();
+        sb.extend(if tb { [n, k] } else { [k, n] });
+        let (a, a_stored) = f16(
+            &random_vec(sa.iter().product(), -1.0, 1.0, 150 + i as u64),
+            &sa,
+        );
+        let (b, b_stored) = f16(
+            &random_vec(sb.iter().product(), -1.0, 1.0, 160 + i as u64),
+            &sb,
+        );
+        let (want_shape, want) = reference(&a_stored, &sa, &b_stored, &sb, ta, tb);
+        let (rtol, atol) = tol(k);
+        for kernel in ["coop64", "coop128", "auto"] {
+            let _kernel = force(kernel);
+            let (c, ran) = a
+                .matmul_t_with_entry(&b, ta, tb)
+                .unwrap_or_else(|e| panic!("{kernel} {sa:?}·{sb:?}: {e}"));
+            if kernel != "auto" || m > 4 {
+                assert_eq!(ran, Some("mm_coop"), "{kernel} {sa:?}·{sb:?}");
+            }
+            assert_eq!(c.shape(), want_shape.as_slice());
+            let what = format!("{kernel} {sa:?} ta {ta} · {sb:?} tb {tb}");
+            assert_close(&what, &c.to_vec().unwrap(), &want, rtol, atol);
+        }
+    }
+    // The fused epilogue: bias and GELU after the tensor-core product.
+    let (m, k, n) = (33, 40, 70);
+    let (x, xs) = f16(&random_vec(m * k, -1.0, 1.0, 170), &[m, k]);
+    let (w, ws) = f16(&random_vec(n * k, -1.0, 1.0, 171), &[n, k]);
+    let bv = random_vec(n, -1.0, 1.0, 172);
+    let bias = upload(&bv, &[n]);
+    let (_, xw) = reference(&xs, &[m, k], &ws, &[n, k], false, true);
+    let want = epilogue(&xw, n, Some(&bv), Activation::Gelu);
+    let _kernel = force("coop");
+    let y = x
+        .linear(&w, Some(&bias), WeightLayout::OutIn, Activation::Gelu)
+        .unwrap();
+    let (rtol, atol) = tol(k);
+    assert_close(
+        "coop linear + bias + gelu",
+        &y.to_vec().unwrap(),
+        &want,
+        rtol,
+        atol,
+    );
+    // Other dtypes are refused by name, not rounded to f16.
+    let bf = x.to_dtype(DType::BF16).unwrap();
+    let e = bf.matmul_t(&w, false, true);
+    assert!(
+        matches!(&e, Err(Error::InvalidArgument { message, .. }) if message.contains("f16 operands")),
+        "{e:?}"
+    );
+}
+
+/// Autotuning (on here whatever the adapter, with a cache directory of the test's own): the
+/// first product of a shape class measures the candidates and saves the choice per adapter;
+/// later products of the class, in this process or after reloading the file, run one dispatch;
+/// a corrupt file is ignored and rewritten; a forced kernel is still the one that runs; off,
+/// nothing is measured or written. Results equal the reference throughout.
+#[test]
+fn autotune_measures_once_and_caches_per_adapter() {
+    use portagrad::testing::{
+        MATMUL_AUTOTUNE_FILE, configure_matmul_autotune, reset_matmul_autotune,
+    };
+    let _serial = serial();
+    struct Restore;
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            reset_matmul_autotune();
+        }
+    }
+    let _restore = Restore;
+    let dev = own_device();
+    let dir = std::env::temp_dir().join(format!("portagrad-autotune-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let file = dir.join(MATMUL_AUTOTUNE_FILE);
+    // Two shapes of one class (M, N, K rounded up to powers of two: 128, 128, 64).
+    let operands = |m: usize, k: usize, n: usize, seed: u64| {
+        let av = random_vec(m * k, -1.0, 1.0, seed);
+        let bv = random_vec(k * n, -1.0, 1.0, seed + 1);
+        let a = Tensor::from_slice(&dev, &av, &[m, k]).unwrap();
+        let b = Tensor::from_slice(&dev, &bv, &[k, n]).unwrap();
+        (
+            a,
+            b,
+            reference(&av, &[m, k], &bv, &[k, n], false, false).1,
+            k,
+        )
+    };
+    let first = operands(70, 50, 90, 180);
+    let second = operands(72, 60, 100, 182);
+    // Dispatches of one product, checked against the reference.
+    let run = |(a, b, want, k): &(Tensor, Tensor, Vec<f64>, usize)| {
+        dev.sync().unwrap();
+        let before = dev.stats().dispatches;
+        let c = a.matmul(b).unwrap();
+        let n = dev.stats().dispatches - before;
+        let (rtol, atol) = tol(*k);
+        assert_close("autotuned product", &c.to_vec().unwrap(), want, rtol, atol);
+        n
+    };
+    let adapter = |text: &str| -> usize {
+        let v: serde_json::Value = serde_json::from_str(text).expect("the cache is JSON");
+        v["adapters"].as_object().map_or(0, |a| {
+            a.iter()
+                .filter(|(k, _)| k.contains(&dev.info().name))
+                .map(|(_, c)| c.as_object().map_or(0, |c| c.len()))
+                .sum()
+        })
+    };
+
+    configure_matmul_autotune(true, Some(dir.clone()));
+    assert!(
+        run(&first) > 3,
+        "the first product of a class measures its candidates"
+    );
+    let text = std::fs::read_to_string(&file).expect("the choice is saved");
+    assert_eq!(adapter(&text), 1, "{text}");
+    assert_eq!(run(&second), 1, "same class: the kept choice");
+    configure_matmul_autotune(true, Some(dir.clone())); // a new process, the same file
+    assert_eq!(run(&second), 1, "the choice loaded from the file");
+    {
+        // Not a candidate on any adapter kind but GPUs' (so not what was measured here).
+        let _kernel = force("tiled4");
+        let (c, ran) = second
+            .0
+            .matmul_t_with_entry(&second.1, false, false)
+            .unwrap();
+        assert_eq!(ran, Some("mm_tiled_v4"), "a forced kernel still runs");
+        assert_close(
+            "forced",
+            &c.to_vec().unwrap(),
+            &second.2,
+            tol(60).0,
+            tol(60).1,
+        );
+    }
+
+    std::fs::write(&file, "{\"version\": 1, \"adapters\": {").unwrap();
+    configure_matmul_autotune(true, Some(dir.clone()));
+    assert!(run(&first) > 3, "a corrupt file is ignored: measured again");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(adapter(&text), 1, "and rewritten: {text}");
+
+    let off = dir.join("off");
+    configure_matmul_autotune(false, Some(off.clone()));
+    assert_eq!(run(&first), 1, "off: the rule, nothing measured");
+    assert!(!off.exists(), "off: nothing written");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -34,7 +34,7 @@ use super::Activation;
 use crate::error::{Error, Result};
 use crate::ops::shader;
 use crate::runtime::{Access, Device, Shader, grid_1d};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 pub(crate) const SHADER: Shader = shader("matmul", include_str!("../../../shaders/matmul.wgsl"));
 /// Compiled only when the device has subgroups.
@@ -107,11 +107,16 @@ pub(crate) enum Kernel {
     /// Tests: the rows kernel with the GPU workgroup shape (true) or the CPU one (false)
     /// whatever the adapter.
     RowsShape(bool),
+    /// Tensor cores (`coop.rs`): f16 operands on cooperative matrices, f32 accumulation;
+    /// 128 x 128 tiles (`Some(true)`), 64 x 64 (`Some(false)`) or as [`wide_pays`] says.
+    /// An error on an adapter without cooperative matrices or for other dtypes.
+    Coop(Option<bool>),
 }
 
 impl Kernel {
-    /// Parse a kernel name: `tiled`, `subgroup`, `rows` (or `gemv`), and for tests `tiled4`,
-    /// `tiled8`, `wide`, `split3`, `gemv_gpu`, `subgroup8`, `subgroup16`, `rows_gpu`, `rows_cpu`.
+    /// Parse a kernel name: `tiled`, `subgroup`, `rows` (or `gemv`), `coop` (tensor cores), and
+    /// for tests `tiled4`, `tiled8`, `wide`, `split3`, `gemv_gpu`, `subgroup8`, `subgroup16`,
+    /// `rows_gpu`, `rows_cpu`, `coop64`, `coop128`.
     pub(crate) fn parse(name: &str) -> Option<Kernel> {
         match name {
             "tiled" => Some(Kernel::Tiled),
@@ -126,6 +131,9 @@ impl Kernel {
             "subgroup16" => Some(Kernel::SubgroupEntry(16)),
             "rows_gpu" => Some(Kernel::RowsShape(true)),
             "rows_cpu" => Some(Kernel::RowsShape(false)),
+            "coop" => Some(Kernel::Coop(None)),
+            "coop64" => Some(Kernel::Coop(Some(false))),
+            "coop128" => Some(Kernel::Coop(Some(true))),
             _ => None,
         }
     }
@@ -203,6 +211,44 @@ pub(crate) fn choose(dev: &Device, m: usize, _n: usize, _k: usize) -> Kernel {
     } else {
         Kernel::Tiled
     }
+}
+
+/// Whether the rule takes the tensor-core kernel: the device has cooperative matrices, both
+/// operands are f16, and M is past the GEMV shapes (one or a few rows waste a 16-row matrix).
+pub(crate) fn coop_default(dev: &Device, a: DType, b: DType, m: usize) -> bool {
+    dev.info().coop_f16_size().is_some() && a == DType::F16 && b == DType::F16 && m > 4
+}
+
+/// The error for the cooperative kernel where it cannot run.
+fn coop_unavailable(dev: &Device, a: DType, b: DType) -> Option<Error> {
+    let info = dev.info();
+    if info.coop_f16_size().is_none() {
+        let listed = if info.cooperative_matrices.is_empty() {
+            "none".to_string()
+        } else {
+            format!("{:?}", info.cooperative_matrices)
+        };
+        return Some(Error::InvalidArgument {
+            op: "matmul",
+            message: format!(
+                "the cooperative-matrix (tensor-core) kernel needs an adapter with cooperative \
+                 matrices (f16 16x16x16 or 8x8x8 with f32 accumulators, plus subgroups and \
+                 shader-f16); adapter {} ({}) has no cooperative matrices (usable configurations: {listed})",
+                info.name, info.backend
+            ),
+        });
+    }
+    if a != DType::F16 || b != DType::F16 {
+        return Some(Error::InvalidArgument {
+            op: "matmul",
+            message: format!(
+                "the cooperative-matrix kernel takes f16 operands; got {} x {}",
+                a.name(),
+                b.name()
+            ),
+        });
+    }
+    None
 }
 
 /// Whether the 128 x 128 tiles of `mm_wide_v4` beat the 64 x 64 ones of `mm_tiled_v4`: only
@@ -351,6 +397,24 @@ pub(crate) fn gemm(g: &Gemm, kernel: Option<Kernel>) -> Result<Option<&'static s
     let mut constants = crate::ops::Constants::<4>::new();
     let (shader, entry, bm, bn, wg_per_tile): (&Shader, &'static str, usize, usize, usize) =
         match kernel {
+            Kernel::Coop(wide) => {
+                if let Some(e) = coop_unavailable(dev, g.a.dtype, g.b.dtype) {
+                    return Err(e);
+                }
+                let s = dev.info().coop_f16_size().expect("checked above");
+                let wide = wide.unwrap_or_else(|| wide_pays(batch, g.m, g.n));
+                let v = super::coop::Variant {
+                    s,
+                    wide,
+                    trans_a: g.trans_a,
+                    trans_b: g.trans_b,
+                };
+                // Four subgroups of the largest size the adapter may run.
+                let sg = dev.info().subgroup_sizes.map_or(32, |(_, hi)| hi);
+                constants.push("WG", f64::from(4 * sg));
+                let tile = v.tile() as usize;
+                (super::coop::module(v), "mm_coop", tile, tile, 1)
+            }
             Kernel::Subgroup | Kernel::SubgroupEntry(_) => {
                 let s = match kernel {
                     Kernel::SubgroupEntry(s) if dev.has_subgroups() => s,
@@ -456,8 +520,13 @@ pub(crate) fn gemm(g: &Gemm, kernel: Option<Kernel>) -> Result<Option<&'static s
         bsa,
         bsb,
     };
-    // 16-bit operands: the same kernel, reading packed halves.
-    let shader = super::half::module(shader, g.a.dtype, g.b.dtype);
+    // 16-bit operands: the same kernel, reading packed halves (the cooperative module reads
+    // them itself).
+    let shader = if matches!(kernel, Kernel::Coop(_)) {
+        shader
+    } else {
+        super::half::module(shader, g.a.dtype, g.b.dtype)
+    };
     // Without a bias the bias binding is unused; A stands in for it.
     let bias = g.bias.unwrap_or(g.a);
     // a: (batch.., M, K) or (batch.., K, M); b: (batch.., K, N) or (batch.., N, K);

@@ -3,6 +3,8 @@
 //! copied. Which kernel runs is decided per adapter and shape in `launch.rs`.
 
 use crate::error::{Error, Result};
+pub(crate) mod autotune;
+pub(crate) mod coop;
 pub(crate) mod generate;
 pub(crate) mod grad;
 pub(crate) mod half;
@@ -371,6 +373,7 @@ impl Tensor {
 }
 
 /// A checked product, ready to record.
+#[derive(Clone)]
 struct Job<'a> {
     a: &'a Tensor,
     b: &'a Tensor,
@@ -390,13 +393,29 @@ struct Job<'a> {
 /// slice of K, summed, with the bias and activation applied after the sum.
 /// The kernel is the adapter's rule unless a test forces one (`crate::ops::overrides`).
 fn execute(op: &'static str, j: Job) -> Result<(Tensor, Option<&'static str>)> {
-    let kernel = crate::ops::overrides::matmul();
+    // A forced kernel wins; else the measured choice for this shape class where autotuning
+    // is on, else the rule (`None`).
+    let kernel = match crate::ops::overrides::matmul() {
+        Some(k) => Some(k),
+        None => autotune::choose(&j)?,
+    };
+    execute_with(op, j, kernel)
+}
+
+/// [`execute`] with `kernel` (`None`: the rule in `launch.rs`).
+fn execute_with(
+    op: &'static str,
+    j: Job,
+    kernel: Option<Kernel>,
+) -> Result<(Tensor, Option<&'static str>)> {
     let dev = &j.a.dev;
     let batch: usize = j.batch.dims.iter().product();
     // Split-K in one dispatch: chosen on GPUs for few tiles and a long K, or forced by tests.
     let vec4 = mm::vec4_ok(j.m, j.n, j.k, j.trans_a, j.trans_b);
     let split = match kernel {
         None => mm::split_k(!dev.info().is_cpu, batch, j.m, j.n, j.k, vec4),
+        // The cooperative kernel reads any alignment, so only the tile count and K matter.
+        Some(Kernel::Coop(_)) => mm::split_k(!dev.info().is_cpu, batch, j.m, j.n, j.k, true),
         Some(Kernel::Split(s)) if j.k > 1 && j.m > 0 && j.n > 0 && batch > 0 => {
             let depth =
                 j.k.div_ceil(s)
@@ -439,6 +458,10 @@ fn execute(op: &'static str, j: Job) -> Result<(Tensor, Option<&'static str>)> {
         let mut part_shape = vec![slices];
         part_shape.extend_from_slice(&j.out_shape);
         let parts = Tensor::empty(dev, op, &part_shape, DType::F32)?;
+        let slice_kernel = match kernel {
+            Some(Kernel::Coop(w)) => Kernel::Coop(w),
+            _ => Kernel::Tiled,
+        };
         let ran = record(
             &parts,
             0,
@@ -446,7 +469,7 @@ fn execute(op: &'static str, j: Job) -> Result<(Tensor, Option<&'static str>)> {
             (slices, ks),
             None,
             Activation::None,
-            Some(Kernel::Tiled),
+            Some(slice_kernel),
         )?;
         let y = Tensor::empty(dev, op, &j.out_shape, DType::F32)?;
         mm::sum_slices(&parts, &y, j.bias, j.act, slices, j.n)?;
