@@ -1,5 +1,7 @@
 //! `cargo run --release --example bench -- matmul`: GFLOP/s of `matmul` on this adapter, for
-//! square sizes, GPT-2 layer shapes, the decode GEMV and the transposed forms.
+//! square sizes, GPT-2 layer shapes, the decode GEMV and the transposed forms; then f32, f16
+//! (portable kernels) and f16 (tensor cores, where the adapter has cooperative matrices) side
+//! by side.
 //!
 //! Each case is compiled and run once first (warm-up); then batches of back-to-back runs are
 //! timed up to and including the final `dev.sync()`, and the best batch is reported (other
@@ -186,8 +188,51 @@ pub fn run(dev: &Device) -> Result<()> {
     ] {
         product(dev, case, 1024, 1024, 1024, ta, tb)?;
     }
+    precisions(dev)?;
     if !dev.info().is_cpu {
         variants(dev)?;
+    }
+    Ok(())
+}
+
+/// f32, f16 through the portable kernels (unpacked to f32 on load) and f16 on tensor cores
+/// (cooperative matrices), side by side per shape: GFLOP/s and the entry point that ran.
+fn precisions(dev: &Device) -> Result<()> {
+    let coop = dev.info().coop_f16_size();
+    println!(
+        "\n| shape | M x K x N | f32 GFLOP/s (kernel) | f16 portable GFLOP/s (kernel) | f16 cooperative GFLOP/s |"
+    );
+    println!("|---|---|---|---|---|");
+    // 4096³ only where it takes milliseconds: on a CPU adapter one run takes seconds.
+    let mut shapes: Vec<(&str, usize, usize, usize)> = [256, 512, 1024, 2048]
+        .into_iter()
+        .map(|s| ("square", s, s, s))
+        .collect();
+    if !dev.info().is_cpu {
+        shapes.push(("square", 4096, 4096, 4096));
+    }
+    shapes.extend([
+        ("GPT-2 MLP up", 1024, 768, 3072),
+        ("awkward", 1000, 1000, 1000),
+    ]);
+    for (case, m, k, n) in shapes {
+        let flop = 2.0 * (m * k * n) as f64;
+        let a = Tensor::rand_uniform(dev, &[m, k], -1.0, 1.0, 1)?;
+        let b = Tensor::rand_uniform(dev, &[k, n], -1.0, 1.0, 2)?;
+        let (a16, b16) = (a.to_dtype(DType::F16)?, b.to_dtype(DType::F16)?);
+        let cell = |x: &Tensor, y: &Tensor, kernel: &str| -> Result<String> {
+            let _kernel = force_kernel(Family::Matmul, kernel)?;
+            let (_, ran) = x.matmul_t_with_entry(y, false, false)?;
+            let (wall, _) = time(dev, || x.matmul(y).map(drop))?;
+            Ok(format!("{:.1} ({})", flop / wall / 1e9, ran.unwrap_or("-")))
+        };
+        let f32_cell = cell(&a, &b, "auto")?;
+        let f16_cell = cell(&a16, &b16, "portable")?;
+        let coop_cell = match coop {
+            Some(_) => cell(&a16, &b16, "coop")?,
+            None => "n/a: adapter has no cooperative matrices".to_string(),
+        };
+        println!("| {case} | {m} x {k} x {n} | {f32_cell} | {f16_cell} | {coop_cell} |");
     }
     Ok(())
 }

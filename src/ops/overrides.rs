@@ -19,7 +19,8 @@ use crate::ops::rows::RowKernel;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Family {
     /// `matmul`, `matmul_t`, `linear` and their backward: `tiled`, `subgroup`, `rows`, `coop`
-    /// (tensor cores: an error where the adapter has no cooperative matrices), and the test
+    /// (tensor cores: an error where the adapter has no cooperative matrices), `portable` (the
+    /// rule without tensor cores or autotuning), and the test
     /// shapes `tiled4`, `tiled8`, `wide`, `split3`, `gemv_gpu`, `subgroup8`, `subgroup16`,
     /// `rows_gpu`, `rows_cpu`, `coop64`, `coop128`.
     Matmul,

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::error::{Error, Result};
 pub use adapter::{CooperativeMatrix, DeviceInfo, DeviceOptions};
 pub use batch::Stats;
+pub(crate) use batch::uncounted;
 pub(crate) use pipeline::Shader;
 pub(crate) use pool::BufKind;
 use pool::{FreeBuf, Pool, size_class};

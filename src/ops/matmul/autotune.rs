@@ -18,7 +18,9 @@
 //!
 //! The candidates are kernels that are each tested against the f64 reference, so a choice
 //! changes results only within their accuracy; a kernel forced by a test
-//! (`testing::force_kernel`, `PORTAGRAD_KERNELS`) is never replaced. Timings are wall time
+//! (`testing::force_kernel`, `PORTAGRAD_KERNELS`) is never replaced. The measuring runs stay
+//! out of `Device::stats()` (they are not the caller's work), so dispatch counts do not depend
+//! on whether a class was measured before. Off in a browser (timing needs a blocking sync). Timings are wall time
 //! around a sync rather than GPU timestamps (the runtime records every op into one compute
 //! pass), so launch overhead counts too, which is what a caller pays.
 
@@ -80,6 +82,10 @@ fn fresh_state() -> State {
 
 /// Whether autotuning is on: `PORTAGRAD_AUTOTUNE` `0` / `1`, else on for GPUs only.
 pub(crate) fn enabled(env: Option<&str>, is_cpu: bool) -> bool {
+    // A browser cannot block on the GPU, which timing needs.
+    if cfg!(target_arch = "wasm32") {
+        return false;
+    }
     match env.map(str::trim) {
         Some("0") | Some("off") | Some("false") => false,
         Some("1") | Some("on") | Some("true") => true,
@@ -177,7 +183,7 @@ pub(super) fn choose(j: &Job) -> Result<Option<Kernel>> {
         enabled(st.enabled_env.as_deref(), dev.info().is_cpu)
     };
     let batch: usize = j.batch.dims.iter().product();
-    if !on || j.m == 0 || j.n == 0 || batch == 0 {
+    if !on || j.m == 0 || j.n == 0 || j.k == 0 || batch == 0 {
         return Ok(rule(dev, j));
     }
     let cands = candidates(dev, j);
@@ -190,7 +196,7 @@ pub(super) fn choose(j: &Job) -> Result<Option<Kernel>> {
     {
         return Ok(k);
     }
-    let best = measure(j, &cands)?;
+    let best = crate::runtime::uncounted(|| measure(j, &cands))?;
     record(&adapter, &class, best.0);
     Ok(best.1)
 }

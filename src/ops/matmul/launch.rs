@@ -111,12 +111,16 @@ pub(crate) enum Kernel {
     /// 128 x 128 tiles (`Some(true)`), 64 x 64 (`Some(false)`) or as [`wide_pays`] says.
     /// An error on an adapter without cooperative matrices or for other dtypes.
     Coop(Option<bool>),
+    /// The rule without the tensor-core kernel or autotuning: what an adapter without
+    /// cooperative matrices runs (benchmarks compare the two).
+    Portable,
 }
 
 impl Kernel {
     /// Parse a kernel name: `tiled`, `subgroup`, `rows` (or `gemv`), `coop` (tensor cores), and
-    /// for tests `tiled4`, `tiled8`, `wide`, `split3`, `gemv_gpu`, `subgroup8`, `subgroup16`,
-    /// `rows_gpu`, `rows_cpu`, `coop64`, `coop128`.
+    /// `portable` (the rule without tensor cores or autotuning), and for tests `tiled4`,
+    /// `tiled8`, `wide`, `split3`, `gemv_gpu`, `subgroup8`, `subgroup16`, `rows_gpu`,
+    /// `rows_cpu`, `coop64`, `coop128`.
     pub(crate) fn parse(name: &str) -> Option<Kernel> {
         match name {
             "tiled" => Some(Kernel::Tiled),
@@ -134,6 +138,7 @@ impl Kernel {
             "coop" => Some(Kernel::Coop(None)),
             "coop64" => Some(Kernel::Coop(Some(false))),
             "coop128" => Some(Kernel::Coop(Some(true))),
+            "portable" => Some(Kernel::Portable),
             _ => None,
         }
     }
@@ -364,7 +369,10 @@ pub(crate) fn gemm(g: &Gemm, kernel: Option<Kernel>) -> Result<Option<&'static s
     if g.m == 0 || g.n == 0 || batch == 0 {
         return Ok(None);
     }
-    let kernel = kernel.unwrap_or_else(|| choose(dev, g.m, g.n, g.k));
+    let kernel = match kernel {
+        None | Some(Kernel::Portable) => choose(dev, g.m, g.n, g.k),
+        Some(k) => k,
+    };
     debug_assert!(
         g.k0 + g.kc <= g.k && (if g.slices > 1 { g.ks } else { g.kc }) <= MAX_K_PER_DISPATCH
     );
@@ -475,7 +483,8 @@ pub(crate) fn gemm(g: &Gemm, kernel: Option<Kernel>) -> Result<Option<&'static s
                 let bn = if g.trans_b { 8 } else { 128 };
                 (&SHADER, "mm_gemv_v4", g.m, bn, 1)
             }
-            Kernel::Rows | Kernel::RowsShape(_) | Kernel::Gemv => {
+            // (`Portable` was resolved to the rule's kernel above.)
+            Kernel::Rows | Kernel::RowsShape(_) | Kernel::Gemv | Kernel::Portable => {
                 let rb = g.m.min(4);
                 let gpu = match kernel {
                     Kernel::RowsShape(gpu) => gpu,

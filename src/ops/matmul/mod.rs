@@ -396,6 +396,7 @@ fn execute(op: &'static str, j: Job) -> Result<(Tensor, Option<&'static str>)> {
     // A forced kernel wins; else the measured choice for this shape class where autotuning
     // is on, else the rule (`None`).
     let kernel = match crate::ops::overrides::matmul() {
+        Some(Kernel::Portable) => None,
         Some(k) => Some(k),
         None => autotune::choose(&j)?,
     };
