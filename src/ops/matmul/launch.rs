@@ -4,8 +4,11 @@
 //! # Which kernel runs (the rule)
 //!
 //! No single kernel is fast everywhere (see docs/ARCHITECTURE.md and the figures below), so [`choose`]
-//! picks one per adapter and shape:
+//! picks one per adapter and shape (on GPUs `autotune.rs` measures these candidates instead):
 //!
+//! 0. Both operands f16, M > 4, and the adapter lists cooperative matrices
+//!    ([`coop_default`]) → [`Kernel::Coop`], tensor cores (`coop.rs`); not measured on a GPU
+//!    yet, so the autotune compares it with the portable kernels per shape class.
 //! 1. `M <= 4` on a GPU → [`Kernel::Gemv`]: K split over each workgroup's invocations so that
 //!    many loads are in flight, partial sums added in workgroup memory.
 //!    `M <= 4`, or `M <= 16` on a software adapter → [`Kernel::Rows`] with one register row
