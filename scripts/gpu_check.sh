@@ -25,8 +25,9 @@ built_at=$(cat .bins/built_at)
 tar xJf .bins/bins.tar.xz -C /tmp
 B=/tmp/bins
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-# Matmul autotune choices come back with the logs.
-export PORTAGRAD_CACHE_DIR=${PORTAGRAD_CACHE_DIR:-$OUT}
+# Matmul autotune choices: measured afresh on each bare machine (the bench's kernel column
+# shows what was chosen); not in $OUT, which brings back 8 files at most.
+export PORTAGRAD_CACHE_DIR=${PORTAGRAD_CACHE_DIR:-/tmp/portagrad-cache}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 what=${1:-tests bench shakespeare torch gpt2}
 summary=""
