@@ -45,8 +45,9 @@ impl Variant {
         if self.wide { 128 } else { 64 }
     }
 
-    fn index(self) -> usize {
-        usize::from(self.s == 16)
+    fn index(self, emulated: bool) -> usize {
+        usize::from(emulated) << 4
+            | usize::from(self.s == 16)
             | usize::from(self.wide) << 1
             | usize::from(self.trans_a) << 2
             | usize::from(self.trans_b) << 3
@@ -83,9 +84,10 @@ impl Variant {
     }
 }
 
-/// The compiled-once module of `v`.
-pub(crate) fn module(v: Variant) -> &'static Shader {
-    crate::ops::generated_shader("matmul_coop", v.index(), || source(v))
+/// The compiled-once module of `v`; `emulated`: the same kernel with scalar code in place of
+/// the cooperative-matrix operations ([`source_for`]).
+pub(crate) fn module(v: Variant, emulated: bool) -> &'static Shader {
+    crate::ops::generated_shader("matmul_coop", v.index(emulated), || source_for(v, emulated))
 }
 
 /// The text of `matmul.wgsl` from the line starting with `from` through the end of the function
@@ -101,6 +103,17 @@ fn slice_of_matmul(from: &str, to: &str) -> &'static str {
 
 /// WGSL of variant `v`.
 pub(crate) fn source(v: Variant) -> String {
+    source_for(v, false)
+}
+
+/// WGSL of variant `v`; with `emulated`, every cooperative-matrix operation is replaced by
+/// plain code with the documented semantics (each invocation holds whole matrices in private
+/// arrays; `coopLoadT` reads row-major, `coopLoad` column-major, the multiply-add sums over K),
+/// and the staged tiles are f32 (f16 values are exact in f32). Everything else, the staging,
+/// the strides and offsets, the bounds, the subgroup split and the epilogue, is the same
+/// text, so tests on an adapter without cooperative matrices (lavapipe) check all of the
+/// kernel but the matrix instructions themselves.
+pub(crate) fn source_for(v: Variant, emulated: bool) -> String {
     let s = v.s;
     let bm = v.tile();
     let bn = v.tile();
@@ -114,6 +127,8 @@ pub(crate) fn source(v: Variant) -> String {
     let (b_rows, b_cols) = if v.trans_b { (bn, BK) } else { (BK, bn) };
     let (la, lb) = (a_cols + PAD, b_cols + PAD);
     let mat = format!("coop_mat{s}x{s}");
+    // The staged tiles' element type.
+    let el = if emulated { "f32" } else { "f16" };
 
     let mut o = Wgsl::new();
     wgsl!(
@@ -122,8 +137,12 @@ pub(crate) fn source(v: Variant) -> String {
         v.name()
     );
     o.line("// matrices, f16 operands (packed two per u32), f32 accumulation and output.");
-    o.line("enable f16;");
-    o.line("enable wgpu_cooperative_matrix;");
+    if emulated {
+        o.line("// EMULATED: scalar code in place of the cooperative-matrix operations (tests).");
+    } else {
+        o.line("enable f16;");
+        o.line("enable wgpu_cooperative_matrix;");
+    }
     o.blank();
     o.line("override WG: u32 = 128u; // invocations: 4 x the adapter's largest subgroup size");
     wgsl!(o, "const S: u32 = {s}u;");
@@ -145,12 +164,12 @@ pub(crate) fn source(v: Variant) -> String {
     o.blank();
     wgsl!(
         o,
-        "var<workgroup> sa: array<f16, {}>; // A tile, {a_rows} rows of {a_cols} (+ {PAD} pad)",
+        "var<workgroup> sa: array<{el}, {}>; // A tile, {a_rows} rows of {a_cols} (+ {PAD} pad)",
         a_rows * la
     );
     wgsl!(
         o,
-        "var<workgroup> sb: array<f16, {}>; // B tile, {b_rows} rows of {b_cols} (+ {PAD} pad)",
+        "var<workgroup> sb: array<{el}, {}>; // B tile, {b_rows} rows of {b_cols} (+ {PAD} pad)",
         b_rows * lb
     );
     o.line("var<workgroup> sc: array<f32, 4u * S * S>; // one accumulator per subgroup, row-major");
@@ -192,8 +211,8 @@ pub(crate) fn source(v: Variant) -> String {
         );
         o.line("                if col + 1u >= cl { v.y = 0.0; }");
         o.line("            }");
-        wgsl!(o, "            {dst}[r * {ld}u + col] = f16(v.x);");
-        wgsl!(o, "            {dst}[r * {ld}u + col + 1u] = f16(v.y);");
+        wgsl!(o, "            {dst}[r * {ld}u + col] = {el}(v.x);");
+        wgsl!(o, "            {dst}[r * {ld}u + col + 1u] = {el}(v.y);");
         o.line("        }");
         o.line("    } else {");
         wgsl!(
@@ -210,7 +229,7 @@ pub(crate) fn source(v: Variant) -> String {
             "                v = unpack2x16float({x}1[g / 2u])[g % 2u];"
         );
         o.line("            }");
-        wgsl!(o, "            {dst}[r * {ld}u + col] = f16(v);");
+        wgsl!(o, "            {dst}[r * {ld}u + col] = {el}(v);");
         o.line("        }");
         o.line("    }");
         o.line("}");
@@ -240,7 +259,11 @@ pub(crate) fn source(v: Variant) -> String {
     wgsl!(o, "    let wn = ((warp / 2u) % 2u) * {}u;", bn / 2);
     for i in 0..fm {
         for j in 0..fn_ {
-            wgsl!(o, "    var acc{i}_{j} = {mat}<f32, C>();");
+            if emulated {
+                wgsl!(o, "    var acc{i}_{j}: MatC;");
+            } else {
+                wgsl!(o, "    var acc{i}_{j} = {mat}<f32, C>();");
+            }
         }
     }
     o.line("    for (var k0 = 0u; k0 < t.kc; k0 += BK) {");
@@ -264,10 +287,15 @@ pub(crate) fn source(v: Variant) -> String {
         } else {
             ("coopLoadT", format!("(wm + {}u) * LA + kk", i * s))
         };
-        wgsl!(
-            o,
-            "            let fa{i} = {load}<{mat}<f16, A>>(&sa[{at}], LA);"
-        );
+        if emulated {
+            let rm = load == "coopLoadT";
+            wgsl!(o, "            let fa{i} = Frag({at}, LA, {rm});");
+        } else {
+            wgsl!(
+                o,
+                "            let fa{i} = {load}<{mat}<f16, A>>(&sa[{at}], LA);"
+            );
+        }
     }
     for j in 0..fn_ {
         let (load, at) = if v.trans_b {
@@ -275,17 +303,26 @@ pub(crate) fn source(v: Variant) -> String {
         } else {
             ("coopLoadT", format!("kk * LB + wn + {}u", j * s))
         };
-        wgsl!(
-            o,
-            "            let fb{j} = {load}<{mat}<f16, B>>(&sb[{at}], LB);"
-        );
+        if emulated {
+            let rm = load == "coopLoadT";
+            wgsl!(o, "            let fb{j} = Frag({at}, LB, {rm});");
+        } else {
+            wgsl!(
+                o,
+                "            let fb{j} = {load}<{mat}<f16, B>>(&sb[{at}], LB);"
+            );
+        }
     }
     for i in 0..fm {
         for j in 0..fn_ {
-            wgsl!(
-                o,
-                "            acc{i}_{j} = coopMultiplyAdd(fa{i}, fb{j}, acc{i}_{j});"
-            );
+            if emulated {
+                wgsl!(o, "            em_mma(&acc{i}_{j}, fa{i}, fb{j});");
+            } else {
+                wgsl!(
+                    o,
+                    "            acc{i}_{j} = coopMultiplyAdd(fa{i}, fb{j}, acc{i}_{j});"
+                );
+            }
         }
     }
     o.line("        }");
@@ -295,7 +332,11 @@ pub(crate) fn source(v: Variant) -> String {
     for i in 0..fm {
         for j in 0..fn_ {
             o.line("    workgroupBarrier();");
-            wgsl!(o, "    coopStoreT(acc{i}_{j}, &sc[sc0], S);");
+            if emulated {
+                wgsl!(o, "    em_store(&acc{i}_{j}, sc0);");
+            } else {
+                wgsl!(o, "    coopStoreT(acc{i}_{j}, &sc[sc0], S);");
+            }
             o.line("    workgroupBarrier();");
             o.line("    if live && first {");
             o.line("        for (var e = lane; e < S * S; e += sgs) {");
@@ -307,13 +348,53 @@ pub(crate) fn source(v: Variant) -> String {
         }
     }
     o.line("}");
+    if emulated {
+        emulation(&mut o, s);
+    }
     o.finish()
 }
 
-/// Every variant's (name, source), for the shader validation test.
+/// The scalar stand-ins for the cooperative-matrix operations. A loaded fragment is where it
+/// lies in the staged tile (the tile does not change before the next barrier); each invocation
+/// holds whole accumulators, passed by pointer (matrices passed by value, or unrolled loops,
+/// made lavapipe's compiler take minutes). Loops run S² times per call and the sums over K are
+/// unrolled: lavapipe ends an invocation after 65,535 loop iterations, which the test shapes
+/// stay under with the 64 x 64 tiles.
+fn emulation(o: &mut Wgsl, s: u32) {
+    o.blank();
+    o.line("// ---- emulation of the cooperative-matrix operations ----");
+    o.line(
+        "struct Frag { b: u32, st: u32, rm: bool } // first element, stride, row-major (coopLoadT)",
+    );
+    wgsl!(
+        o,
+        "alias MatC = array<f32, {}>; // (r, n) at r * S + n",
+        s * s
+    );
+    // coopLoadT (row-major): element (r, c) at b + r * st + c; coopLoad: at b + c * st + r.
+    o.line("fn ea(f: Frag, r: u32, k: u32) -> f32 { return sa[select(f.b + k * f.st + r, f.b + r * f.st + k, f.rm)]; }");
+    o.line("fn eb(f: Frag, k: u32, n: u32) -> f32 { return sb[select(f.b + n * f.st + k, f.b + k * f.st + n, f.rm)]; }");
+    // Lavapipe's compiler inlines every call: keep the bodies loops, the sums over K unrolled.
+    o.line("fn em_mma(c: ptr<function, MatC>, a: Frag, b: Frag) {");
+    o.line("    for (var e = 0u; e < S * S; e++) {");
+    o.line("        let r = e / S; let n = e % S;");
+    let terms: Vec<String> = (0..s)
+        .map(|k| format!("ea(a, r, {k}u) * eb(b, {k}u, n)"))
+        .collect();
+    wgsl!(o, "        (*c)[e] += {};", terms.join(" + "));
+    o.line("    }");
+    o.line("}");
+    o.line("fn em_store(m: ptr<function, MatC>, b: u32) {");
+    o.line("    for (var e = 0u; e < S * S; e++) { sc[b + e] = (*m)[e]; }");
+    o.line("}");
+}
+
+/// Every variant's (name, source), emulated ones too, for the shader validation test.
 pub(crate) fn all_sources() -> Vec<(String, String)> {
-    Variant::all()
-        .into_iter()
-        .map(|v| (v.name(), source(v)))
-        .collect()
+    let mut out = Vec::new();
+    for v in Variant::all() {
+        out.push((v.name(), source(v)));
+        out.push((format!("{}_emulated", v.name()), source_for(v, true)));
+    }
+    out
 }

@@ -114,6 +114,10 @@ pub(crate) enum Kernel {
     /// 128 x 128 tiles (`Some(true)`), 64 x 64 (`Some(false)`) or as [`wide_pays`] says.
     /// An error on an adapter without cooperative matrices or for other dtypes.
     Coop(Option<bool>),
+    /// Tests: the cooperative kernel of matrix size S (16 or 8) and 128 x 128 tiles (true) or
+    /// 64 x 64, with scalar code in place of the matrix operations (`coop::source_for`), on any
+    /// adapter with subgroups: checks its staging, layouts, bounds and epilogue on lavapipe.
+    CoopEmulated(u32, bool),
     /// The rule without the tensor-core kernel or autotuning: what an adapter without
     /// cooperative matrices runs (benchmarks compare the two).
     Portable,
@@ -123,7 +127,8 @@ impl Kernel {
     /// Parse a kernel name: `tiled`, `subgroup`, `rows` (or `gemv`), `coop` (tensor cores), and
     /// `portable` (the rule without tensor cores or autotuning), and for tests `tiled4`,
     /// `tiled8`, `wide`, `split3`, `gemv_gpu`, `subgroup8`, `subgroup16`, `rows_gpu`,
-    /// `rows_cpu`, `coop64`, `coop128`.
+    /// `rows_cpu`, `coop64`, `coop128`, `coop_emu16`, `coop_emu16_wide`, `coop_emu8`,
+    /// `coop_emu8_wide`.
     pub(crate) fn parse(name: &str) -> Option<Kernel> {
         match name {
             "tiled" => Some(Kernel::Tiled),
@@ -142,6 +147,10 @@ impl Kernel {
             "coop64" => Some(Kernel::Coop(Some(false))),
             "coop128" => Some(Kernel::Coop(Some(true))),
             "portable" => Some(Kernel::Portable),
+            "coop_emu16" => Some(Kernel::CoopEmulated(16, false)),
+            "coop_emu16_wide" => Some(Kernel::CoopEmulated(16, true)),
+            "coop_emu8" => Some(Kernel::CoopEmulated(8, false)),
+            "coop_emu8_wide" => Some(Kernel::CoopEmulated(8, true)),
             _ => None,
         }
     }
@@ -247,16 +256,20 @@ fn coop_unavailable(dev: &Device, a: DType, b: DType) -> Option<Error> {
         });
     }
     if a != DType::F16 || b != DType::F16 {
-        return Some(Error::InvalidArgument {
-            op: "matmul",
-            message: format!(
-                "the cooperative-matrix kernel takes f16 operands; got {} x {}",
-                a.name(),
-                b.name()
-            ),
-        });
+        return Some(coop_dtype_error(a, b));
     }
     None
+}
+
+fn coop_dtype_error(a: DType, b: DType) -> Error {
+    Error::InvalidArgument {
+        op: "matmul",
+        message: format!(
+            "the cooperative-matrix kernel takes f16 operands; got {} x {}",
+            a.name(),
+            b.name()
+        ),
+    }
 }
 
 /// Whether the 128 x 128 tiles of `mm_wide_v4` beat the 64 x 64 ones of `mm_tiled_v4`: only
@@ -408,12 +421,29 @@ pub(crate) fn gemm(g: &Gemm, kernel: Option<Kernel>) -> Result<Option<&'static s
     let mut constants = crate::ops::Constants::<4>::new();
     let (shader, entry, bm, bn, wg_per_tile): (&Shader, &'static str, usize, usize, usize) =
         match kernel {
-            Kernel::Coop(wide) => {
-                if let Some(e) = coop_unavailable(dev, g.a.dtype, g.b.dtype) {
-                    return Err(e);
-                }
-                let s = dev.info().coop_f16_size().expect("checked above");
-                let wide = wide.unwrap_or_else(|| wide_pays(batch, g.m, g.n));
+            Kernel::Coop(_) | Kernel::CoopEmulated(..) => {
+                let (s, wide, emulated) = match kernel {
+                    Kernel::CoopEmulated(s, wide) => {
+                        if !dev.has_subgroups() {
+                            return Err(Error::InvalidArgument {
+                                op: "matmul",
+                                message: "the emulated cooperative kernel needs subgroups".into(),
+                            });
+                        }
+                        if g.a.dtype != DType::F16 || g.b.dtype != DType::F16 {
+                            return Err(coop_dtype_error(g.a.dtype, g.b.dtype));
+                        }
+                        (s, wide, true)
+                    }
+                    Kernel::Coop(wide) => {
+                        if let Some(e) = coop_unavailable(dev, g.a.dtype, g.b.dtype) {
+                            return Err(e);
+                        }
+                        let s = dev.info().coop_f16_size().expect("checked above");
+                        (s, wide.unwrap_or_else(|| wide_pays(batch, g.m, g.n)), false)
+                    }
+                    _ => unreachable!("matched above"),
+                };
                 let v = super::coop::Variant {
                     s,
                     wide,
@@ -424,7 +454,7 @@ pub(crate) fn gemm(g: &Gemm, kernel: Option<Kernel>) -> Result<Option<&'static s
                 let sg = dev.info().subgroup_sizes.map_or(32, |(_, hi)| hi);
                 constants.push("WG", f64::from(4 * sg));
                 let tile = v.tile() as usize;
-                (super::coop::module(v), "mm_coop", tile, tile, 1)
+                (super::coop::module(v, emulated), "mm_coop", tile, tile, 1)
             }
             Kernel::Subgroup | Kernel::SubgroupEntry(_) => {
                 let s = match kernel {
@@ -534,7 +564,7 @@ pub(crate) fn gemm(g: &Gemm, kernel: Option<Kernel>) -> Result<Option<&'static s
     };
     // 16-bit operands: the same kernel, reading packed halves (the cooperative module reads
     // them itself).
-    let shader = if matches!(kernel, Kernel::Coop(_)) {
+    let shader = if matches!(kernel, Kernel::Coop(_) | Kernel::CoopEmulated(..)) {
         shader
     } else {
         super::half::module(shader, g.a.dtype, g.b.dtype)
