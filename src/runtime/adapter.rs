@@ -397,7 +397,7 @@ impl Device {
             })
             .collect();
         let probe = coop_f16_size(&coop);
-        let use_coop = probe.is_some()
+        let mut use_coop = probe.is_some()
             && !opts.webgpu_default_limits
             && features.contains(wanted)
             && adapter
@@ -407,12 +407,12 @@ impl Device {
         if use_coop {
             features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
         }
-        let (device, queue) = adapter
-            .request_device(&wgpu::DeviceDescriptor {
+        let request = |features: wgpu::Features, coop: bool| {
+            adapter.request_device(&wgpu::DeviceDescriptor {
                 label: Some("portagrad"),
                 required_features: features,
                 required_limits: limits.clone(),
-                experimental_features: if use_coop {
+                experimental_features: if coop {
                     // SAFETY: wgpu asks callers of experimental features to accept that their
                     // implementation may have bugs; only the cooperative matmul kernel uses
                     // them, and it is tested against the f64 reference where it runs.
@@ -423,11 +423,18 @@ impl Device {
                 memory_hints: wgpu::MemoryHints::Performance,
                 trace: wgpu::Trace::Off,
             })
-            .await
-            .map_err(|e| Error::RequestDevice {
-                adapter: ai.name.clone(),
-                message: e.to_string(),
-            })?;
+        };
+        let mut opened = request(features, use_coop).await;
+        if opened.is_err() && use_coop {
+            // An experimental feature must not cost the device: open it without.
+            use_coop = false;
+            features.remove(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
+            opened = request(features, false).await;
+        }
+        let (device, queue) = opened.map_err(|e| Error::RequestDevice {
+            adapter: ai.name.clone(),
+            message: e.to_string(),
+        })?;
 
         let errors: Arc<Mutex<Vec<wgpu::Error>>> = Arc::default();
         let sink = errors.clone();
