@@ -234,6 +234,48 @@ fn precisions(dev: &Device) -> Result<()> {
         };
         println!("| {case} | {m} x {k} x {n} | {f32_cell} | {f16_cell} | {coop_cell} |");
     }
+    if coop.is_some() {
+        coop_variants(dev)?;
+    }
+    Ok(())
+}
+
+/// Tensor cores: each tile size and the portable f16 kernels, forced, on the model's product
+/// forms (plain, Aᵀ·B weight gradient, A·Bᵀ input gradient), for checking the autotune's picks.
+fn coop_variants(dev: &Device) -> Result<()> {
+    println!("\n| f16 kernel | M x K x N | entry | GFLOP/s | ms |");
+    println!("|---|---|---|---|---|");
+    let shapes = [
+        (4096, 4096, 4096, false, false),
+        (1024, 1024, 1024, false, false),
+        (16384, 384, 1152, false, false),
+        (16384, 1152, 384, false, true),
+        (384, 16384, 1152, true, false),
+        (1000, 1000, 1000, false, false),
+    ];
+    for (m, k, n, ta, tb) in shapes {
+        let sa = if ta { [k, m] } else { [m, k] };
+        let sb = if tb { [n, k] } else { [k, n] };
+        let a = Tensor::rand_uniform(dev, &sa, -1.0, 1.0, 1)?.to_dtype(DType::F16)?;
+        let b = Tensor::rand_uniform(dev, &sb, -1.0, 1.0, 2)?.to_dtype(DType::F16)?;
+        for kernel in ["coop64", "coop128", "portable", "auto"] {
+            let _kernel = force_kernel(Family::Matmul, kernel)?;
+            let (_, ran) = a.matmul_t_with_entry(&b, ta, tb)?;
+            let (wall, _) = time(dev, || a.matmul_t(&b, ta, tb).map(drop))?;
+            let t = match (ta, tb) {
+                (true, true) => "ᵀ·ᵀ",
+                (true, false) => "ᵀ·",
+                (false, true) => "·ᵀ",
+                _ => "",
+            };
+            println!(
+                "| {kernel} | {m} x {k} x {n} {t} | {} | {:.1} | {:.3} |",
+                ran.unwrap_or("-"),
+                2.0 * (m * k * n) as f64 / wall / 1e9,
+                wall * 1e3
+            );
+        }
+    }
     Ok(())
 }
 
