@@ -1,9 +1,10 @@
 //! Matmul kernel choice measured on the adapter at hand, not guessed.
 //!
 //! For a shape class (M, N, K each rounded up to a power of two, the operand dtypes, the
-//! transposes, batched or not) the candidate kernels run once each (a warm-up run, then the
-//! best of 3 timed batches, wall time around `Device::sync`; the first batch also flushes
-//! nothing of the caller's, which is synced before), the fastest is kept for the process and
+//! transposes, batched or not) the candidate kernels run on the product's own operands (a
+//! warm-up run, then the best of 3 timed batches, wall time around `Device::sync`; the
+//! caller's pending work is synced first, so none of it is timed), the fastest is kept for the
+//! process and
 //! saved per adapter (name, driver, backend) in `matmul_autotune.json` in the cache directory:
 //! `$PORTAGRAD_CACHE_DIR`, else `$XDG_CACHE_HOME/portagrad`, else `~/.cache/portagrad`. The
 //! file is written atomically (a temporary file renamed over it); a file that does not parse
