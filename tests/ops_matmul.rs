@@ -833,3 +833,61 @@ fn autotune_measures_once_and_caches_per_adapter() {
     assert!(saved().as_deref() == Some("rows"), "off: nothing written");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `matmul_t_as(.., F16)`: the result in f16, within one f16 rounding of the f64 product of
+/// the stored operands. The cooperative kernels (on tensor cores where the adapter has them,
+/// emulated on every adapter with subgroups) write it in their epilogue for an even N: one
+/// dispatch; an odd N, and the portable kernels, convert the f32 result: two. The gradient
+/// flows back through the f16 result to f32 parameters.
+#[test]
+fn f16_output() {
+    let _serial = serial();
+    let dev = shared_device();
+    let mut kernels = vec!["portable"];
+    if dev.info().coop_f16_size().is_some() {
+        kernels.extend(["coop64", "coop128"]);
+    }
+    if dev.has_subgroups() {
+        kernels.extend(["coop_emu16", "coop_emu8"]);
+    }
+    let round16 = |v: &[f64]| -> Vec<f64> {
+        let f: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+        let t = Tensor::from_slice_as(&dev, &f, &[f.len()], DType::F16).unwrap();
+        t.to_vec().unwrap().iter().map(|&x| x as f64).collect()
+    };
+    for (m, k, n, seed) in [(33, 40, 70, 190), (17, 9, 13, 192), (2, 70, 8, 194)] {
+        let av = random_vec(m * k, -1.0, 1.0, seed);
+        let bv = random_vec(n * k, -1.0, 1.0, seed + 1);
+        let gv = random_vec(m * n, -1.0, 1.0, seed + 2);
+        let a32 = Tensor::from_slice(&dev, &av, &[m, k]).unwrap().with_grad();
+        let (b, bs) = half_operand(&bv, &[n, k], DType::F16);
+        let (g, gs) = half_operand(&gv, &[m, n], DType::F16);
+        let a = a32.to_dtype(DType::F16).unwrap();
+        let as_ = a.to_vec().unwrap();
+        let (_, want) = reference(&as_, &[m, k], &bs, &[n, k], false, true);
+        let (_, want_da) = reference(&gs, &[m, n], &bs, &[n, k], false, false);
+        for &kernel in &kernels {
+            let _kernel = force(kernel);
+            dev.sync().unwrap();
+            let before = dev.stats().dispatches;
+            let (y, ran) = a
+                .matmul_t_as_with_entry(&b, false, true, DType::F16)
+                .unwrap();
+            let dispatches = dev.stats().dispatches - before;
+            let what = format!("{kernel} ({ran:?}) {m} x {k} x {n} to f16");
+            assert_eq!(y.dtype(), DType::F16, "{what}");
+            let fused = kernel != "portable" && n % 2 == 0;
+            assert_eq!(dispatches, if fused { 1 } else { 2 }, "{what}");
+            // Within one f16 rounding of the exact value (the f32 sum may round across it).
+            assert_close(&what, &y.to_vec().unwrap(), &round16(&want), 1e-3, 1e-4);
+            let grads = y.backward_with(&g).unwrap();
+            let da = grads.get(&a32).unwrap();
+            assert_eq!(da.dtype(), DType::F32);
+            let what = format!("{kernel} {m} x {k} x {n}: dA through the f16 result");
+            assert_close(&what, &da.to_vec().unwrap(), &round16(&want_da), 1e-3, 1e-4);
+        }
+    }
+    let x = Tensor::from_slice(&dev, &[1.0; 4], &[2, 2]).unwrap();
+    let e = x.matmul_t_as(&x, false, false, DType::BF16);
+    assert!(matches!(e, Err(Error::DType { .. })), "{e:?}");
+}

@@ -124,8 +124,8 @@ fn cooperative_matrix_kernels_validate_and_translate() {
         .into_iter()
         .filter(|m| m.source.contains("enable wgpu_cooperative_matrix"))
         .collect();
-    // 2 sizes x 2 tiles x 4 transpose pairs.
-    assert_eq!(coop.len(), 16);
+    // 2 sizes x 2 tiles x 4 transpose pairs, and 2 sizes x 2 tiles with the f16 output.
+    assert_eq!(coop.len(), 20);
     for m in &coop {
         let constants = m.constants.iter().cloned().collect();
         check_with(&m.name, &m.source, &constants, true)

@@ -129,8 +129,13 @@ fn class(j: &Job) -> String {
     } else {
         ""
     };
+    let out = if j.out == crate::tensor::DType::F32 {
+        String::new()
+    } else {
+        format!("_to_{}", j.out.name())
+    };
     format!(
-        "m{}_n{}_k{}_{}x{}_{t}{batched}",
+        "m{}_n{}_k{}_{}x{}_{t}{batched}{out}",
         bucket(j.m),
         bucket(j.n),
         bucket(j.k),

@@ -37,6 +37,9 @@ pub(crate) struct Variant {
     pub wide: bool,
     pub trans_a: bool,
     pub trans_b: bool,
+    /// C written as packed f16 (two per u32, rounded to nearest even as `to_dtype`), for an
+    /// even N (so no word straddles two invocations' outputs).
+    pub out_f16: bool,
 }
 
 impl Variant {
@@ -51,15 +54,17 @@ impl Variant {
             | usize::from(self.wide) << 1
             | usize::from(self.trans_a) << 2
             | usize::from(self.trans_b) << 3
+            | usize::from(self.out_f16) << 5
     }
 
     fn name(self) -> String {
         format!(
-            "matmul_coop{}{}{}{}",
+            "matmul_coop{}{}{}{}{}",
             self.s,
             if self.wide { "_wide" } else { "" },
             if self.trans_a { "_ta" } else { "" },
-            if self.trans_b { "_tb" } else { "" }
+            if self.trans_b { "_tb" } else { "" },
+            if self.out_f16 { "_out_f16" } else { "" }
         )
     }
 
@@ -75,9 +80,22 @@ impl Variant {
                             wide,
                             trans_a,
                             trans_b,
+                            out_f16: false,
                         });
                     }
                 }
+            }
+        }
+        // The f16 output shares everything but the epilogue: one variant per size and tile.
+        for s in [16, 8] {
+            for wide in [false, true] {
+                out.push(Variant {
+                    s,
+                    wide,
+                    trans_a: false,
+                    trans_b: true,
+                    out_f16: true,
+                });
             }
         }
         out
@@ -98,6 +116,14 @@ fn slice_of_matmul(from: &str, to: &str) -> &'static str {
     let start = src.find(from).expect("matmul.wgsl has the helper");
     let t = start + src[start..].find(to).expect("matmul.wgsl has the helper");
     let end = t + src[t..].find("\n}\n").expect("closing brace") + 3;
+    &src[start..end]
+}
+
+/// The text of `convert.wgsl`'s function starting with `from`, through its closing brace.
+fn slice_of_convert(from: &str) -> &'static str {
+    let src = crate::ops::convert::launch::SHADER.source;
+    let start = src.find(from).expect("convert.wgsl has the function");
+    let end = start + src[start..].find("\n}\n").expect("closing brace") + 2;
     &src[start..end]
 }
 
@@ -161,6 +187,9 @@ pub(crate) fn source_for(v: Variant, emulated: bool) -> String {
         "@group(0) @binding(3) var<storage, read> bias: array<f32>;   // (N), read when flags & 1",
     );
     o.line("@group(0) @binding(4) var<storage, read_write> c: array<f32>; // C: (batch.., M, N)");
+    if v.out_f16 {
+        o.line("@group(0) @binding(4) var<storage, read_write> ch: array<u32>; // C as f16 pairs: (batch.., M, N), N even");
+    }
     o.blank();
     wgsl!(
         o,
@@ -176,6 +205,22 @@ pub(crate) fn source_for(v: Variant, emulated: bool) -> String {
     o.blank();
     o.line(slice_of_matmul("struct Tile {", "fn flat_id("));
     o.blank();
+    if v.out_f16 {
+        o.line("// Bias and activation on one output, as `put` does, without the store.");
+        o.line("fn epi(col: u32, v: f32) -> f32 {");
+        o.line("    var x = v;");
+        o.line("    if (p.flags & 1u) != 0u { x += bias[col]; }");
+        o.line("    let act = (p.flags >> 1u) & 3u;");
+        o.line("    if act == 1u { x = max(x, 0.0); } else if act == 2u { x = gelu_f(x); }");
+        o.line("    return x;");
+        o.line("}");
+        o.blank();
+        o.line(
+            "// f32 bits to f16 bits, round to nearest even (the conversion kernels' own code).",
+        );
+        o.line(slice_of_convert("fn f32_to_f16("));
+        o.blank();
+    }
     // The stager: `rows` x `cols` elements of an operand whose rows are `so` elements apart,
     // starting at element `g0`, valid where row < `rl` and col < `cl`, into `dst` at row
     // stride `ld`.
@@ -339,10 +384,23 @@ pub(crate) fn source_for(v: Variant, emulated: bool) -> String {
             }
             o.line("    workgroupBarrier();");
             o.line("    if live && first {");
-            o.line("        for (var e = lane; e < S * S; e += sgs) {");
+            if v.out_f16 {
+                // Adjacent pairs (even column first): one word each, N even.
+                o.line("        for (var e = 2u * lane; e < S * S; e += 2u * sgs) {");
+            } else {
+                o.line("        for (var e = lane; e < S * S; e += sgs) {");
+            }
             wgsl!(o, "            let row = t.m0 + wm + {}u + e / S;", i * s);
             wgsl!(o, "            let col = t.n0 + wn + {}u + e % S;", j * s);
-            o.line("            if row < p.m && col < p.n { put(t.co + row * p.n + col, col, sc[sc0 + e]); }");
+            if v.out_f16 {
+                o.line("            if row < p.m && col < p.n {");
+                o.line("                let lo = f32_to_f16(bitcast<u32>(epi(col, sc[sc0 + e])));");
+                o.line("                let hi = f32_to_f16(bitcast<u32>(epi(col + 1u, sc[sc0 + e + 1u])));");
+                o.line("                ch[(t.co + row * p.n + col) / 2u] = lo | (hi << 16u);");
+                o.line("            }");
+            } else {
+                o.line("            if row < p.m && col < p.n { put(t.co + row * p.n + col, col, sc[sc0 + e]); }");
+            }
             o.line("        }");
             o.line("    }");
         }

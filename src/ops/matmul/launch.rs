@@ -202,6 +202,8 @@ pub(crate) struct Gemm<'a> {
     pub trans_b: bool,
     pub batch: Batch,
     pub act: Activation,
+    /// `out` is f16 (packed pairs; N even): only the cooperative kernels write it.
+    pub out_f16: bool,
 }
 
 /// The adapter's subgroup size when it is fixed at one the subgroup kernel has an entry for.
@@ -389,6 +391,13 @@ pub(crate) fn gemm(g: &Gemm, kernel: Option<Kernel>) -> Result<Option<&'static s
         None | Some(Kernel::Portable) => choose(dev, g.m, g.n, g.k),
         Some(k) => k,
     };
+    if g.out_f16 && (!matches!(kernel, Kernel::Coop(_) | Kernel::CoopEmulated(..)) || g.n % 2 == 1)
+    {
+        return Err(Error::InvalidArgument {
+            op: "matmul",
+            message: "an f16 output is written by the cooperative kernels, for an even N".into(),
+        });
+    }
     debug_assert!(
         g.k0 + g.kc <= g.k && (if g.slices > 1 { g.ks } else { g.kc }) <= MAX_K_PER_DISPATCH
     );
@@ -449,6 +458,7 @@ pub(crate) fn gemm(g: &Gemm, kernel: Option<Kernel>) -> Result<Option<&'static s
                     wide,
                     trans_a: g.trans_a,
                     trans_b: g.trans_b,
+                    out_f16: g.out_f16,
                 };
                 // Four subgroups of the largest size the adapter may run.
                 let sg = dev.info().subgroup_sizes.map_or(32, |(_, hi)| hi);
