@@ -1,7 +1,10 @@
 """cuBLAS (through PyTorch) on the shapes of `cargo run --release --example bench -- matmul`,
 for comparison on the same GPU in the same call. f32 with TF32 off is the like-for-like
-figure (portagrad's kernels are plain f32 FMA); TF32 on is shown for what the tensor cores add,
-and f16 inputs (f32 accumulation) for the cooperative-matrix kernels of `bench -- coop`.
+figure for portagrad's f32 kernels (plain f32 FMA); TF32 on is shown for what the tensor cores
+add, and f16 inputs (f32 accumulation) for portagrad's cooperative-matrix (tensor-core) kernels
+in the f16 columns of `bench -- matmul`.
+
+Run: python scripts/torch_matmul_ref.py (needs a CUDA GPU; scripts/gpu_check.sh matmul runs it).
 """
 import torch
 

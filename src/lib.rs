@@ -100,7 +100,7 @@ pub use ops::attention::{
 pub use ops::matmul::{Activation, WeightLayout};
 pub use ops::rope::{Rope, RopeConfig, RopeScaling};
 pub use ops::swiglu::{swiglu, swiglu2};
-pub use runtime::{Device, DeviceInfo, DeviceOptions, Stats};
+pub use runtime::{CooperativeMatrix, Device, DeviceInfo, DeviceOptions, Stats};
 pub use tensor::{DType, Precision, Tensor};
 
 /// WGSL sources of every kernel, by family name (used by the shader validation test).
@@ -165,6 +165,10 @@ pub fn generated_shader_sources() -> Vec<GeneratedModule> {
     }
     for (name, src) in ops::matmul::half::all_sources() {
         out.push(module(name, src, vec![]));
+    }
+    // The tensor-core kernels, with the workgroup an NVIDIA adapter gets (4 x 32 lanes).
+    for (name, src) in ops::matmul::coop::all_sources() {
+        out.push(module(name, src, vec![("WG".into(), 128.0)]));
     }
     out
 }

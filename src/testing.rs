@@ -178,9 +178,29 @@ impl Drop for KernelGuard {
     }
 }
 
+/// Forget the matmul autotune choices this process made or loaded and read
+/// `PORTAGRAD_AUTOTUNE` / the cache directory from the environment again.
+#[doc(hidden)]
+pub fn reset_matmul_autotune() {
+    crate::ops::matmul::autotune::reset();
+}
+
+/// Turn matmul autotuning on or off and set its cache directory (`None`: no file) for the
+/// process, as `PORTAGRAD_AUTOTUNE` and `PORTAGRAD_CACHE_DIR` would, with the choices
+/// forgotten; [`reset_matmul_autotune`] goes back to the environment.
+#[doc(hidden)]
+pub fn configure_matmul_autotune(on: bool, cache_dir: Option<std::path::PathBuf>) {
+    crate::ops::matmul::autotune::configure(on, cache_dir);
+}
+
+/// The file matmul autotuning keeps its choices in, inside the cache directory.
+#[doc(hidden)]
+pub const MATMUL_AUTOTUNE_FILE: &str = crate::ops::matmul::autotune::FILE;
+
 /// Force the kernel `family` runs on the calling thread until the guard drops: `"auto"` (or
 /// `"default"`) for the adapter's rule, else a kernel name of that family (see [`Family`]).
-/// A kernel the device cannot run falls back to the rule. Wins over `PORTAGRAD_KERNELS`
+/// A kernel the device cannot run falls back to the rule, except the matmul's `coop`
+/// (tensor cores), which is an error naming the adapter where it has no cooperative matrices. Wins over `PORTAGRAD_KERNELS`
 /// (`family=name,...`, for a whole process). For tests and benchmarks.
 #[doc(hidden)]
 pub fn force_kernel(family: Family, name: &str) -> Result<KernelGuard> {

@@ -577,3 +577,317 @@ fn gradients_through_half_operands() {
         );
     }
 }
+
+/// Tensor cores (`coop`, `coop64`, `coop128`: f16 operands on cooperative matrices, f32
+/// accumulation). Where the adapter lists cooperative matrices, every form against the f64
+/// product of the stored f16 values on awkward shapes (edges of both tile sizes, odd row
+/// strides that take the element-wise staging, K not a multiple of the staged depth,
+/// transposes, batches with broadcast, the fused epilogue), with the f32 tolerance. Where it
+/// does not (lavapipe), forcing the kernel must be an error that says so, not a fallback; with
+/// `PORTAGRAD_REQUIRE_COOP=1` (the GPU check script) an adapter without them fails the test.
+/// On every adapter with subgroups the same kernels with scalar stand-ins for the matrix
+/// operations (`coop_emu16`, `coop_emu8`: both matrix sizes, 64 x 64 tiles; the 128 x 128
+/// tiles are the same code with other constants, and their emulation would pass lavapipe's
+/// loop limit) run the same cases, so the staging,
+/// layouts, bounds and epilogue are checked in CI too.
+#[test]
+fn cooperative_matrix_kernels() {
+    let _serial = serial();
+    let dev = shared_device();
+    let require = std::env::var("PORTAGRAD_REQUIRE_COOP").is_ok_and(|v| v == "1");
+    let f16 = |v: &[f32], shape: &[usize]| half_operand(v, shape, DType::F16);
+    let mut kernels: Vec<&str> = Vec::new();
+    if dev.info().coop_f16_size().is_some() {
+        kernels.extend(["coop64", "coop128", "auto"]);
+        // The rule (autotuning off) takes the tensor cores for f16 x f16 past GEMV rows.
+        portagrad::testing::configure_matmul_autotune(false, None);
+        let (a, _) = f16(&random_vec(40 * 24, -1.0, 1.0, 143), &[40, 24]);
+        let (b, _) = f16(&random_vec(24 * 8, -1.0, 1.0, 144), &[24, 8]);
+        let ran = a.matmul_t_with_entry(&b, false, false).map(|r| r.1);
+        portagrad::testing::reset_matmul_autotune();
+        assert_eq!(ran.unwrap(), Some("mm_coop"));
+    } else {
+        assert!(
+            !require,
+            "PORTAGRAD_REQUIRE_COOP=1 but adapter {} lists no usable cooperative matrices ({:?})",
+            dev.info().name,
+            dev.info().cooperative_matrices
+        );
+        let (a, _) = f16(&random_vec(17 * 9, -1.0, 1.0, 140), &[17, 9]);
+        let (b, _) = f16(&random_vec(9 * 13, -1.0, 1.0, 141), &[9, 13]);
+        let (bt, _) = f16(&random_vec(9 * 13, -1.0, 1.0, 142), &[13, 9]);
+        for kernel in ["coop", "coop64", "coop128"] {
+            let _kernel = force(kernel);
+            for r in [
+                a.matmul(&b),
+                a.matmul_t(&bt, false, true),
+                a.linear(&b, None, WeightLayout::InOut, Activation::None),
+            ] {
+                let msg = match r {
+                    Err(Error::InvalidArgument { message, .. }) => message,
+                    other => panic!(
+                        "{kernel} on {}: expected an error, got {other:?}",
+                        dev.info().name
+                    ),
+                };
+                assert!(
+                    msg.contains("no cooperative matrices") && msg.contains(&dev.info().name),
+                    "{kernel}: {msg}"
+                );
+            }
+        }
+    }
+    if dev.has_subgroups() {
+        kernels.extend(["coop_emu16", "coop_emu8"]);
+    }
+    assert!(
+        !kernels.is_empty(),
+        "no cooperative kernel of any kind runs on {}",
+        dev.info().name
+    );
+    // (batch A, batch B, M, K, N, trans A, trans B)
+    type Case = (
+        &'static [usize],
+        &'static [usize],
+        usize,
+        usize,
+        usize,
+        bool,
+        bool,
+    );
+    let cases: [Case; 9] = [
+        (&[], &[], 1, 1, 1, false, false),
+        (&[], &[], 17, 9, 13, false, false), // odd K: element-wise staging
+        (&[], &[], 65, 34, 130, false, false), // one past a 64 tile, whole words
+        (&[], &[], 129, 70, 257, false, false), // past the 128 tile in M and N
+        (&[], &[], 37, 45, 29, false, true),
+        (&[], &[], 44, 36, 52, true, false),
+        (&[], &[], 45, 37, 29, true, true),
+        (&[2, 3], &[3], 9, 11, 6, false, false), // batched, B broadcast
+        (&[], &[], 70, 301, 66, false, false),   // K over many staged steps
+    ];
+    for (i, (ba, bb, m, k, n, ta, tb)) in cases.into_iter().enumerate() {
+        let mut sa = ba.to_vec();
+        sa.extend(if ta { [k, m] } else { [m, k] });
+        let mut sb = bb.to_vec();
+        sb.extend(if tb { [n, k] } else { [k, n] });
+        let (a, a_stored) = f16(
+            &random_vec(sa.iter().product(), -1.0, 1.0, 150 + i as u64),
+            &sa,
+        );
+        let (b, b_stored) = f16(
+            &random_vec(sb.iter().product(), -1.0, 1.0, 160 + i as u64),
+            &sb,
+        );
+        let (want_shape, want) = reference(&a_stored, &sa, &b_stored, &sb, ta, tb);
+        let (rtol, atol) = tol(k);
+        for &kernel in &kernels {
+            let _kernel = force(kernel);
+            let (c, ran) = a
+                .matmul_t_with_entry(&b, ta, tb)
+                .unwrap_or_else(|e| panic!("{kernel} {sa:?}·{sb:?}: {e}"));
+            // `auto` may be measured slower than the portable kernels on a GPU (autotune).
+            if kernel != "auto" {
+                assert_eq!(ran, Some("mm_coop"), "{kernel} {sa:?}·{sb:?}");
+            }
+            assert_eq!(c.shape(), want_shape.as_slice());
+            let what = format!("{kernel} {sa:?} ta {ta} · {sb:?} tb {tb}");
+            assert_close(&what, &c.to_vec().unwrap(), &want, rtol, atol);
+        }
+    }
+    // The fused epilogue: bias and GELU after the tensor-core product.
+    let (m, k, n) = (33, 40, 70);
+    let (x, xs) = f16(&random_vec(m * k, -1.0, 1.0, 170), &[m, k]);
+    let (w, ws) = f16(&random_vec(n * k, -1.0, 1.0, 171), &[n, k]);
+    let bv = random_vec(n, -1.0, 1.0, 172);
+    let bias = upload(&bv, &[n]);
+    let (_, xw) = reference(&xs, &[m, k], &ws, &[n, k], false, true);
+    let want = epilogue(&xw, n, Some(&bv), Activation::Gelu);
+    let (rtol, atol) = tol(k);
+    let bf = x.to_dtype(DType::BF16).unwrap();
+    for &kernel in &kernels {
+        let _kernel = force(if kernel == "auto" { "coop" } else { kernel });
+        let y = x
+            .linear(&w, Some(&bias), WeightLayout::OutIn, Activation::Gelu)
+            .unwrap();
+        let what = format!("{kernel} linear + bias + gelu");
+        assert_close(&what, &y.to_vec().unwrap(), &want, rtol, atol);
+        // Other dtypes are refused by name, not rounded to f16.
+        let e = bf.matmul_t(&w, false, true);
+        assert!(
+            matches!(&e, Err(Error::InvalidArgument { message, .. }) if message.contains("f16 operands")),
+            "{kernel}: {e:?}"
+        );
+    }
+}
+
+/// Autotuning (on here whatever the adapter, with a cache directory of the test's own): the
+/// first product of a shape class measures the candidates and saves the choice for this
+/// adapter; later products of the class take the kept choice without measuring (nothing is
+/// written again); a choice in the file is what runs after loading it; a corrupt file is
+/// ignored, measured again and rewritten; a forced kernel still runs; off, the rule runs and
+/// nothing is written. Results equal the reference throughout.
+#[test]
+fn autotune_measures_once_and_caches_per_adapter() {
+    use portagrad::testing::{
+        MATMUL_AUTOTUNE_FILE, configure_matmul_autotune, reset_matmul_autotune,
+    };
+    let _serial = serial();
+    struct Restore;
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            reset_matmul_autotune();
+        }
+    }
+    let _restore = Restore;
+    let dev = own_device();
+    let dir = std::env::temp_dir().join(format!("portagrad-autotune-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let file = dir.join(MATMUL_AUTOTUNE_FILE);
+    let info = dev.info();
+    let adapter = format!("{} | {} | {}", info.name, info.driver, info.backend);
+    // Two shapes of one class: M, N, K rounded up to powers of two are 128, 128, 64.
+    let class = "m128_n128_k64_f32xf32_nn";
+    let operands = |m: usize, k: usize, n: usize, seed: u64| {
+        let av = random_vec(m * k, -1.0, 1.0, seed);
+        let bv = random_vec(k * n, -1.0, 1.0, seed + 1);
+        let a = Tensor::from_slice(&dev, &av, &[m, k]).unwrap();
+        let b = Tensor::from_slice(&dev, &bv, &[k, n]).unwrap();
+        (
+            a,
+            b,
+            reference(&av, &[m, k], &bv, &[k, n], false, false).1,
+            k,
+        )
+    };
+    let first = operands(70, 50, 90, 180);
+    let second = operands(72, 60, 100, 182);
+    // The entry point of one product, checked against the reference.
+    let run = |(a, b, want, k): &(Tensor, Tensor, Vec<f64>, usize)| {
+        let (c, ran) = a.matmul_t_with_entry(b, false, false).unwrap();
+        let (rtol, atol) = tol(*k);
+        assert_close("autotuned product", &c.to_vec().unwrap(), want, rtol, atol);
+        ran.expect("a kernel ran")
+    };
+    let saved = || -> Option<String> {
+        let text = std::fs::read_to_string(&file).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).expect("the cache is JSON");
+        Some(v["adapters"][&adapter][class].as_str()?.to_string())
+    };
+    let write_choice = |kernel: &str| {
+        let v = serde_json::json!({"version": 1, "adapters": {&adapter: {class: kernel}}});
+        std::fs::write(&file, v.to_string()).unwrap();
+    };
+
+    // The rule's kernel (what runs with autotuning off).
+    let rule = {
+        let _kernel = force("portable");
+        run(&first)
+    };
+    configure_matmul_autotune(true, Some(dir.clone()));
+    dev.reset_stats();
+    run(&first);
+    assert_eq!(
+        dev.stats().dispatches,
+        1,
+        "measuring is not counted as the caller's work"
+    );
+    assert!(
+        saved().is_some(),
+        "the choice is saved for this adapter and class"
+    );
+    std::fs::remove_file(&file).unwrap();
+    run(&second);
+    assert!(
+        !file.exists(),
+        "same class: the kept choice, nothing measured or written"
+    );
+
+    // A choice in the file is what runs: the rows kernel, a candidate everywhere and not the
+    // rule's for this shape on lavapipe or a GPU.
+    write_choice("rows");
+    configure_matmul_autotune(true, Some(dir.clone()));
+    let loaded = run(&second);
+    if !rule.starts_with("mm_rows") {
+        assert!(
+            loaded.starts_with("mm_rows"),
+            "the choice loaded from the file: {loaded}"
+        );
+    }
+    {
+        let _kernel = force("tiled4");
+        assert_eq!(run(&second), "mm_tiled_v4", "a forced kernel still runs");
+    }
+
+    std::fs::write(&file, "{\"version\": 1, \"adapters\": {").unwrap();
+    configure_matmul_autotune(true, Some(dir.clone()));
+    run(&first);
+    assert!(
+        saved().is_some(),
+        "a corrupt file is ignored, measured again and rewritten"
+    );
+
+    write_choice("rows");
+    configure_matmul_autotune(false, Some(dir.clone()));
+    assert_eq!(run(&first), rule, "off: the rule, not the file's choice");
+    assert!(saved().as_deref() == Some("rows"), "off: nothing written");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `matmul_t_as(.., F16)`: the result in f16, within one f16 rounding of the f64 product of
+/// the stored operands. The cooperative kernels (on tensor cores where the adapter has them,
+/// emulated on every adapter with subgroups) write it in their epilogue for an even N: one
+/// dispatch; an odd N, and the portable kernels, convert the f32 result: two. The gradient
+/// flows back through the f16 result to f32 parameters.
+#[test]
+fn f16_output() {
+    let _serial = serial();
+    let dev = shared_device();
+    let mut kernels = vec!["portable"];
+    if dev.info().coop_f16_size().is_some() {
+        kernels.extend(["coop64", "coop128"]);
+    }
+    if dev.has_subgroups() {
+        kernels.extend(["coop_emu16", "coop_emu8"]);
+    }
+    let round16 = |v: &[f64]| -> Vec<f64> {
+        let f: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+        let t = Tensor::from_slice_as(&dev, &f, &[f.len()], DType::F16).unwrap();
+        t.to_vec().unwrap().iter().map(|&x| x as f64).collect()
+    };
+    for (m, k, n, seed) in [(33, 40, 70, 190), (17, 9, 13, 192), (2, 70, 8, 194)] {
+        let av = random_vec(m * k, -1.0, 1.0, seed);
+        let bv = random_vec(n * k, -1.0, 1.0, seed + 1);
+        let gv = random_vec(m * n, -1.0, 1.0, seed + 2);
+        let a32 = Tensor::from_slice(&dev, &av, &[m, k]).unwrap().with_grad();
+        let (b, bs) = half_operand(&bv, &[n, k], DType::F16);
+        let (g, gs) = half_operand(&gv, &[m, n], DType::F16);
+        let a = a32.to_dtype(DType::F16).unwrap();
+        let as_ = a.to_vec().unwrap();
+        let (_, want) = reference(&as_, &[m, k], &bs, &[n, k], false, true);
+        let (_, want_da) = reference(&gs, &[m, n], &bs, &[n, k], false, false);
+        for &kernel in &kernels {
+            let _kernel = force(kernel);
+            dev.sync().unwrap();
+            let before = dev.stats().dispatches;
+            let (y, ran) = a
+                .matmul_t_as_with_entry(&b, false, true, DType::F16)
+                .unwrap();
+            let dispatches = dev.stats().dispatches - before;
+            let what = format!("{kernel} ({ran:?}) {m} x {k} x {n} to f16");
+            assert_eq!(y.dtype(), DType::F16, "{what}");
+            let fused = kernel != "portable" && n % 2 == 0;
+            assert_eq!(dispatches, if fused { 1 } else { 2 }, "{what}");
+            // Within one f16 rounding of the exact value (the f32 sum may round across it).
+            assert_close(&what, &y.to_vec().unwrap(), &round16(&want), 1e-3, 1e-4);
+            let grads = y.backward_with(&g).unwrap();
+            let da = grads.get(&a32).unwrap();
+            assert_eq!(da.dtype(), DType::F32);
+            let what = format!("{kernel} {m} x {k} x {n}: dA through the f16 result");
+            assert_close(&what, &da.to_vec().unwrap(), &round16(&want_da), 1e-3, 1e-4);
+        }
+    }
+    let x = Tensor::from_slice(&dev, &[1.0; 4], &[2, 2]).unwrap();
+    let e = x.matmul_t_as(&x, false, false, DType::BF16);
+    assert!(matches!(e, Err(Error::DType { .. })), "{e:?}");
+}

@@ -35,6 +35,11 @@ fn check_with(
     if src.contains("enable f16") {
         caps |= Capabilities::SHADER_FLOAT16;
     }
+    // Tensor-core kernels: wgpu's experimental cooperative matrices (native Vulkan and Metal).
+    let coop = src.contains("enable wgpu_cooperative_matrix");
+    if coop {
+        caps |= Capabilities::COOPERATIVE_MATRIX;
+    }
     let info = Validator::new(ValidationFlags::all(), caps)
         .validate(&module)
         .map_err(|e| e.emit_to_string(src))?;
@@ -44,6 +49,25 @@ fn check_with(
 
     spv::write_vec(&module, &info, &spv::Options::default(), None)
         .map_err(|e| format!("SPIR-V: {e}"))?;
+    // Metal's simdgroup matrices are 8 x 8 only, and naga 30 has no HLSL for cooperative
+    // matrices (its writer leaves them unimplemented; wgpu offers them on Vulkan and Metal).
+    if coop {
+        if src.contains("coop_mat16x16") {
+            return Ok(());
+        }
+        let msl_opts = msl::Options {
+            lang_version: (2, 4),
+            fake_missing_bindings: true,
+            ..Default::default()
+        };
+        let (msl, _) =
+            msl::write_string(&module, &info, &msl_opts, &msl::PipelineOptions::default())
+                .map_err(|e| format!("MSL: {e}"))?;
+        if !msl.contains("simdgroup_multiply_accumulate") {
+            return Err("MSL without simdgroup_multiply_accumulate".into());
+        }
+        return Ok(());
+    }
 
     let msl_opts = msl::Options {
         lang_version: (2, 4),
@@ -89,6 +113,57 @@ fn every_shader_validates_and_translates_to_all_backends() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// The tensor-core kernels (lavapipe has no cooperative matrices, so this is their only check
+/// in CI): every variant validates with naga's cooperative-matrix capability and translates to
+/// SPIR-V with `CooperativeMatrixKHR` (Vulkan), the 8 x 8 ones to MSL simdgroup matrices.
+#[test]
+fn cooperative_matrix_kernels_validate_and_translate() {
+    let coop: Vec<_> = portagrad::generated_shader_sources()
+        .into_iter()
+        .filter(|m| m.source.contains("enable wgpu_cooperative_matrix"))
+        .collect();
+    // 2 sizes x 2 tiles x 4 transpose pairs, and 2 sizes x 2 tiles with the f16 output.
+    assert_eq!(coop.len(), 20);
+    for m in &coop {
+        let constants = m.constants.iter().cloned().collect();
+        check_with(&m.name, &m.source, &constants, true)
+            .unwrap_or_else(|e| panic!("{}: {e}", m.name));
+        // The SPIR-V really uses the extension (not a scalar fallback).
+        let module = naga::front::wgsl::parse_str(&m.source).unwrap();
+        let caps = Capabilities::COOPERATIVE_MATRIX
+            | Capabilities::SHADER_FLOAT16
+            | Capabilities::SHADER_FLOAT16_IN_FLOAT32
+            | Capabilities::SUBGROUP;
+        let info = Validator::new(ValidationFlags::all(), caps)
+            .validate(&module)
+            .unwrap();
+        let (module, info) =
+            naga::back::pipeline_constants::process_overrides(&module, &info, None, &constants)
+                .unwrap();
+        let words = spv::write_vec(&module, &info, &spv::Options::default(), None).unwrap();
+        // OpCapability CooperativeMatrixKHR (6022) and OpCooperativeMatrixMulAddKHR (4459).
+        let op = |code: u32, operand: Option<u32>| {
+            words
+                .windows(2)
+                .any(|w| (w[0] & 0xffff) == code && operand.is_none_or(|o| w[1] == o))
+        };
+        assert!(
+            op(17, Some(6022)),
+            "{}: no CooperativeMatrixKHR capability",
+            m.name
+        );
+        assert!(op(4459, None), "{}: no cooperative multiply-add", m.name);
+    }
+    // Without the capability the same source is rejected: the check above is not vacuous.
+    let module = naga::front::wgsl::parse_str(&coop[0].source).unwrap();
+    let no_coop = Capabilities::SHADER_FLOAT16 | Capabilities::SUBGROUP;
+    assert!(
+        Validator::new(ValidationFlags::all(), no_coop)
+            .validate(&module)
+            .is_err()
+    );
 }
 
 #[test]

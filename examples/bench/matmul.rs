@@ -1,5 +1,7 @@
 //! `cargo run --release --example bench -- matmul`: GFLOP/s of `matmul` on this adapter, for
-//! square sizes, GPT-2 layer shapes, the decode GEMV and the transposed forms.
+//! square sizes, GPT-2 layer shapes, the decode GEMV and the transposed forms; then f32, f16
+//! (portable kernels) and f16 (tensor cores, where the adapter has cooperative matrices) side
+//! by side.
 //!
 //! Each case is compiled and run once first (warm-up); then batches of back-to-back runs are
 //! timed up to and including the final `dev.sync()`, and the best batch is reported (other
@@ -186,8 +188,93 @@ pub fn run(dev: &Device) -> Result<()> {
     ] {
         product(dev, case, 1024, 1024, 1024, ta, tb)?;
     }
+    precisions(dev)?;
     if !dev.info().is_cpu {
         variants(dev)?;
+    }
+    Ok(())
+}
+
+/// f32, f16 through the portable kernels (unpacked to f32 on load) and f16 on tensor cores
+/// (cooperative matrices), side by side per shape: GFLOP/s and the entry point that ran.
+fn precisions(dev: &Device) -> Result<()> {
+    let coop = dev.info().coop_f16_size();
+    println!(
+        "\n| shape | M x K x N | f32 GFLOP/s (kernel) | f16 portable GFLOP/s (kernel) | f16 cooperative GFLOP/s |"
+    );
+    println!("|---|---|---|---|---|");
+    // 4096³ only where it takes milliseconds: on a CPU adapter one run takes seconds.
+    let mut shapes: Vec<(&str, usize, usize, usize)> = [256, 512, 1024, 2048]
+        .into_iter()
+        .map(|s| ("square", s, s, s))
+        .collect();
+    if !dev.info().is_cpu {
+        shapes.push(("square", 4096, 4096, 4096));
+    }
+    shapes.extend([
+        ("GPT-2 MLP up", 1024, 768, 3072),
+        ("awkward", 1000, 1000, 1000),
+    ]);
+    for (case, m, k, n) in shapes {
+        let flop = 2.0 * (m * k * n) as f64;
+        let a = Tensor::rand_uniform(dev, &[m, k], -1.0, 1.0, 1)?;
+        let b = Tensor::rand_uniform(dev, &[k, n], -1.0, 1.0, 2)?;
+        let (a16, b16) = (a.to_dtype(DType::F16)?, b.to_dtype(DType::F16)?);
+        let cell = |x: &Tensor, y: &Tensor, kernel: &str| -> Result<String> {
+            let _kernel = force_kernel(Family::Matmul, kernel)?;
+            let (_, ran) = x.matmul_t_with_entry(y, false, false)?;
+            let (wall, _) = time(dev, || x.matmul(y).map(drop))?;
+            Ok(format!("{:.1} ({})", flop / wall / 1e9, ran.unwrap_or("-")))
+        };
+        let f32_cell = cell(&a, &b, "auto")?;
+        let f16_cell = cell(&a16, &b16, "portable")?;
+        let coop_cell = match coop {
+            Some(_) => cell(&a16, &b16, "coop")?,
+            None => "n/a: adapter has no cooperative matrices".to_string(),
+        };
+        println!("| {case} | {m} x {k} x {n} | {f32_cell} | {f16_cell} | {coop_cell} |");
+    }
+    if coop.is_some() {
+        coop_variants(dev)?;
+    }
+    Ok(())
+}
+
+/// Tensor cores: each tile size and the portable f16 kernels, forced, on the model's product
+/// forms (plain, Aᵀ·B weight gradient, A·Bᵀ input gradient), for checking the autotune's picks.
+fn coop_variants(dev: &Device) -> Result<()> {
+    println!("\n| f16 kernel | M x K x N | entry | GFLOP/s | ms |");
+    println!("|---|---|---|---|---|");
+    let shapes = [
+        (4096, 4096, 4096, false, false),
+        (1024, 1024, 1024, false, false),
+        (16384, 384, 1152, false, false),
+        (16384, 1152, 384, false, true),
+        (384, 16384, 1152, true, false),
+        (1000, 1000, 1000, false, false),
+    ];
+    for (m, k, n, ta, tb) in shapes {
+        let sa = if ta { [k, m] } else { [m, k] };
+        let sb = if tb { [n, k] } else { [k, n] };
+        let a = Tensor::rand_uniform(dev, &sa, -1.0, 1.0, 1)?.to_dtype(DType::F16)?;
+        let b = Tensor::rand_uniform(dev, &sb, -1.0, 1.0, 2)?.to_dtype(DType::F16)?;
+        for kernel in ["coop64", "coop128", "portable", "auto"] {
+            let _kernel = force_kernel(Family::Matmul, kernel)?;
+            let (_, ran) = a.matmul_t_with_entry(&b, ta, tb)?;
+            let (wall, _) = time(dev, || a.matmul_t(&b, ta, tb).map(drop))?;
+            let t = match (ta, tb) {
+                (true, true) => "ᵀ·ᵀ",
+                (true, false) => "ᵀ·",
+                (false, true) => "·ᵀ",
+                _ => "",
+            };
+            println!(
+                "| {kernel} | {m} x {k} x {n} {t} | {} | {:.1} | {:.3} |",
+                ran.unwrap_or("-"),
+                2.0 * (m * k * n) as f64 / wall / 1e9,
+                wall * 1e3
+            );
+        }
     }
     Ok(())
 }

@@ -18,9 +18,11 @@ use crate::ops::rows::RowKernel;
 /// The op families whose kernel a test can force.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Family {
-    /// `matmul`, `matmul_t`, `linear` and their backward: `tiled`, `subgroup`, `rows`, and the
-    /// test shapes `tiled4`, `tiled8`, `wide`, `split3`, `gemv_gpu`, `subgroup8`, `subgroup16`,
-    /// `rows_gpu`, `rows_cpu`.
+    /// `matmul`, `matmul_t`, `linear` and their backward: `tiled`, `subgroup`, `rows`, `coop`
+    /// (tensor cores: an error where the adapter has no cooperative matrices), `portable` (the
+    /// rule without tensor cores or autotuning), and the test
+    /// shapes `tiled4`, `tiled8`, `wide`, `split3`, `gemv_gpu`, `subgroup8`, `subgroup16`,
+    /// `rows_gpu`, `rows_cpu`, `coop64`, `coop128`.
     Matmul,
     /// Fused attention and decode: `portable` or `tiled`.
     Attention,
@@ -136,7 +138,7 @@ pub(crate) fn force(op: &'static str, f: Family, name: &str) -> Result<Previous>
     let mut next = prev;
     if !apply(&mut next, f, name) {
         let expected = match f {
-            Family::Matmul => "auto, tiled, subgroup or rows",
+            Family::Matmul => "auto, tiled, subgroup, rows or coop",
             Family::Attention => "auto (or default), portable or tiled",
             Family::Rows => "auto, workgroup, subgroup or invocation",
         };

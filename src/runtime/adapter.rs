@@ -94,6 +94,50 @@ pub struct DeviceInfo {
     pub max_storage_buffers_per_stage: u32,
     /// Subgroup size range when the SUBGROUP feature is available.
     pub subgroup_sizes: Option<(u32, u32)>,
+    /// The cooperative-matrix (tensor-core) configurations the adapter lists, when the device
+    /// was opened with wgpu's experimental cooperative matrices; empty otherwise.
+    pub cooperative_matrices: Vec<CooperativeMatrix>,
+}
+
+/// One cooperative-matrix configuration: `C (m x n) += A (m x k) · B (k x n)` per subgroup,
+/// A and B of type `ab`, C of type `cr` (`"f16"`, `"f32"`, `"i32"`, `"u32"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CooperativeMatrix {
+    /// Rows of A and C.
+    pub m: u32,
+    /// Columns of B and C.
+    pub n: u32,
+    /// Columns of A, rows of B.
+    pub k: u32,
+    /// Element type of A and B.
+    pub ab: &'static str,
+    /// Element type of C (the accumulator and result).
+    pub cr: &'static str,
+}
+
+impl DeviceInfo {
+    /// The square size (16 or 8) of the configuration the cooperative matmul kernel uses:
+    /// f16 operands with f32 accumulators, 16 x 16 x 16 preferred (NVIDIA, AMD on Vulkan)
+    /// over 8 x 8 x 8 (Apple's simdgroup matrices). `None` when the adapter lists neither.
+    pub fn coop_f16_size(&self) -> Option<u32> {
+        coop_f16_size(&self.cooperative_matrices)
+    }
+}
+
+fn coop_f16_size(list: &[CooperativeMatrix]) -> Option<u32> {
+    [16, 8].into_iter().find(|&s| {
+        list.iter()
+            .any(|c| (c.m, c.n, c.k) == (s, s, s) && c.ab == "f16" && c.cr == "f32")
+    })
+}
+
+fn scalar_name(t: wgpu::CooperativeScalarType) -> &'static str {
+    match t {
+        wgpu::CooperativeScalarType::F32 => "f32",
+        wgpu::CooperativeScalarType::F16 => "f16",
+        wgpu::CooperativeScalarType::I32 => "i32",
+        wgpu::CooperativeScalarType::U32 => "u32",
+    }
 }
 
 impl std::fmt::Display for DeviceInfo {
@@ -116,6 +160,9 @@ impl std::fmt::Display for DeviceInfo {
         )?;
         if let Some((lo, hi)) = self.subgroup_sizes {
             write!(f, ", subgroups {lo}..{hi}")?;
+        }
+        if let Some(s) = self.coop_f16_size() {
+            write!(f, ", cooperative matrices f16 {s}x{s}x{s} -> f32")?;
         }
         Ok(())
     }
@@ -334,21 +381,60 @@ impl Device {
             adapter.limits()
         };
         let wanted = wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16;
-        let features = adapter.features() & wanted;
-        let (device, queue) = adapter
-            .request_device(&wgpu::DeviceDescriptor {
+        let mut features = adapter.features() & wanted;
+        // Tensor cores: only where the cooperative matmul kernel can run (it stages f16 tiles
+        // in workgroup memory and finds its subgroup through subgroup built-ins) and the
+        // adapter lists a configuration it uses. `PORTAGRAD_COOP=0` opens the device without.
+        let coop: Vec<CooperativeMatrix> = adapter
+            .cooperative_matrix_properties()
+            .iter()
+            .map(|c| CooperativeMatrix {
+                m: c.m_size,
+                n: c.n_size,
+                k: c.k_size,
+                ab: scalar_name(c.ab_type),
+                cr: scalar_name(c.cr_type),
+            })
+            .collect();
+        let probe = coop_f16_size(&coop);
+        let mut use_coop = probe.is_some()
+            && !opts.webgpu_default_limits
+            && features.contains(wanted)
+            && adapter
+                .features()
+                .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+            && std::env::var("PORTAGRAD_COOP").map_or(true, |v| v != "0");
+        if use_coop {
+            features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+        }
+        let request = |features: wgpu::Features, coop: bool| {
+            adapter.request_device(&wgpu::DeviceDescriptor {
                 label: Some("portagrad"),
                 required_features: features,
                 required_limits: limits.clone(),
-                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                experimental_features: if coop {
+                    // SAFETY: wgpu asks callers of experimental features to accept that their
+                    // implementation may have bugs; only the cooperative matmul kernel uses
+                    // them, and it is tested against the f64 reference where it runs.
+                    unsafe { wgpu::ExperimentalFeatures::enabled() }
+                } else {
+                    wgpu::ExperimentalFeatures::disabled()
+                },
                 memory_hints: wgpu::MemoryHints::Performance,
                 trace: wgpu::Trace::Off,
             })
-            .await
-            .map_err(|e| Error::RequestDevice {
-                adapter: ai.name.clone(),
-                message: e.to_string(),
-            })?;
+        };
+        let mut opened = request(features, use_coop).await;
+        if opened.is_err() && use_coop {
+            // An experimental feature must not cost the device: open it without.
+            use_coop = false;
+            features.remove(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
+            opened = request(features, false).await;
+        }
+        let (device, queue) = opened.map_err(|e| Error::RequestDevice {
+            adapter: ai.name.clone(),
+            message: e.to_string(),
+        })?;
 
         let errors: Arc<Mutex<Vec<wgpu::Error>>> = Arc::default();
         let sink = errors.clone();
@@ -382,6 +468,7 @@ impl Device {
             max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,
             max_storage_buffers_per_stage: limits.max_storage_buffers_per_shader_stage,
             subgroup_sizes,
+            cooperative_matrices: if use_coop { coop } else { Vec::new() },
         };
         Ok(Device {
             inner: Arc::new(Inner {

@@ -8,6 +8,20 @@ use super::pipeline::Shader;
 use super::{Access, Device, Storage, lock};
 use crate::error::{Error, Result};
 
+thread_local! {
+    /// Set while the library measures its own kernels (matmul autotuning): that work is not
+    /// the caller's, so it stays out of the dispatch and submit counters.
+    static UNCOUNTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run `f` with its dispatches and submits on this thread left out of [`Stats`].
+pub(crate) fn uncounted<R>(f: impl FnOnce() -> R) -> R {
+    let prev = UNCOUNTED.replace(true);
+    let r = f();
+    UNCOUNTED.set(prev);
+    r
+}
+
 /// Bytes of one uniform-ring chunk (the WebGPU minimum for a uniform binding).
 const UNIFORM_CHUNK: u64 = 64 * 1024;
 
@@ -107,7 +121,9 @@ impl Device {
         b.dispatches = 0;
         let idx = self.inner.queue.submit([encoder.finish()]);
         self.inner.epoch.fetch_add(1, Ordering::Relaxed);
-        self.inner.submits.fetch_add(1, Ordering::Relaxed);
+        if !UNCOUNTED.get() {
+            self.inner.submits.fetch_add(1, Ordering::Relaxed);
+        }
         self.take_errors()?;
         Ok(Some(idx))
     }
@@ -243,7 +259,9 @@ impl Device {
         pass.set_bind_group(0, &bg, &[(off % UNIFORM_CHUNK) as u32]);
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
         b.dispatches += 1;
-        inner.dispatches.fetch_add(1, Ordering::Relaxed);
+        if !UNCOUNTED.get() {
+            inner.dispatches.fetch_add(1, Ordering::Relaxed);
+        }
         if b.dispatches >= inner.max_batch {
             self.flush_locked(&mut b)?;
         }

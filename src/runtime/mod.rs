@@ -13,8 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
-pub use adapter::{DeviceInfo, DeviceOptions};
+pub use adapter::{CooperativeMatrix, DeviceInfo, DeviceOptions};
 pub use batch::Stats;
+pub(crate) use batch::uncounted;
 pub(crate) use pipeline::Shader;
 pub(crate) use pool::BufKind;
 use pool::{FreeBuf, Pool, size_class};

@@ -4,8 +4,11 @@
 //! # Which kernel runs (the rule)
 //!
 //! No single kernel is fast everywhere (see docs/ARCHITECTURE.md and the figures below), so [`choose`]
-//! picks one per adapter and shape:
+//! picks one per adapter and shape (on GPUs `autotune.rs` measures these candidates instead):
 //!
+//! 0. Both operands f16, M > 4, and the adapter lists cooperative matrices
+//!    ([`coop_default`]) → [`Kernel::Coop`], tensor cores (`coop.rs`); not measured on a GPU
+//!    yet, so the autotune compares it with the portable kernels per shape class.
 //! 1. `M <= 4` on a GPU → [`Kernel::Gemv`]: K split over each workgroup's invocations so that
 //!    many loads are in flight, partial sums added in workgroup memory.
 //!    `M <= 4`, or `M <= 16` on a software adapter → [`Kernel::Rows`] with one register row
@@ -34,7 +37,7 @@ use super::Activation;
 use crate::error::{Error, Result};
 use crate::ops::shader;
 use crate::runtime::{Access, Device, Shader, grid_1d};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 pub(crate) const SHADER: Shader = shader("matmul", include_str!("../../../shaders/matmul.wgsl"));
 /// Compiled only when the device has subgroups.
@@ -107,11 +110,25 @@ pub(crate) enum Kernel {
     /// Tests: the rows kernel with the GPU workgroup shape (true) or the CPU one (false)
     /// whatever the adapter.
     RowsShape(bool),
+    /// Tensor cores (`coop.rs`): f16 operands on cooperative matrices, f32 accumulation;
+    /// 128 x 128 tiles (`Some(true)`), 64 x 64 (`Some(false)`) or as [`wide_pays`] says.
+    /// An error on an adapter without cooperative matrices or for other dtypes.
+    Coop(Option<bool>),
+    /// Tests: the cooperative kernel of matrix size S (16 or 8) and 128 x 128 tiles (true) or
+    /// 64 x 64, with scalar code in place of the matrix operations (`coop::source_for`), on any
+    /// adapter with subgroups: checks its staging, layouts, bounds and epilogue on lavapipe.
+    CoopEmulated(u32, bool),
+    /// The rule without the tensor-core kernel or autotuning: what an adapter without
+    /// cooperative matrices runs (benchmarks compare the two).
+    Portable,
 }
 
 impl Kernel {
-    /// Parse a kernel name: `tiled`, `subgroup`, `rows` (or `gemv`), and for tests `tiled4`,
-    /// `tiled8`, `wide`, `split3`, `gemv_gpu`, `subgroup8`, `subgroup16`, `rows_gpu`, `rows_cpu`.
+    /// Parse a kernel name: `tiled`, `subgroup`, `rows` (or `gemv`), `coop` (tensor cores), and
+    /// `portable` (the rule without tensor cores or autotuning), and for tests `tiled4`,
+    /// `tiled8`, `wide`, `split3`, `gemv_gpu`, `subgroup8`, `subgroup16`, `rows_gpu`,
+    /// `rows_cpu`, `coop64`, `coop128`, `coop_emu16`, `coop_emu16_wide`, `coop_emu8`,
+    /// `coop_emu8_wide`.
     pub(crate) fn parse(name: &str) -> Option<Kernel> {
         match name {
             "tiled" => Some(Kernel::Tiled),
@@ -126,6 +143,14 @@ impl Kernel {
             "subgroup16" => Some(Kernel::SubgroupEntry(16)),
             "rows_gpu" => Some(Kernel::RowsShape(true)),
             "rows_cpu" => Some(Kernel::RowsShape(false)),
+            "coop" => Some(Kernel::Coop(None)),
+            "coop64" => Some(Kernel::Coop(Some(false))),
+            "coop128" => Some(Kernel::Coop(Some(true))),
+            "portable" => Some(Kernel::Portable),
+            "coop_emu16" => Some(Kernel::CoopEmulated(16, false)),
+            "coop_emu16_wide" => Some(Kernel::CoopEmulated(16, true)),
+            "coop_emu8" => Some(Kernel::CoopEmulated(8, false)),
+            "coop_emu8_wide" => Some(Kernel::CoopEmulated(8, true)),
             _ => None,
         }
     }
@@ -177,6 +202,8 @@ pub(crate) struct Gemm<'a> {
     pub trans_b: bool,
     pub batch: Batch,
     pub act: Activation,
+    /// `out` is f16 (packed pairs; N even): only the cooperative kernels write it.
+    pub out_f16: bool,
 }
 
 /// The adapter's subgroup size when it is fixed at one the subgroup kernel has an entry for.
@@ -202,6 +229,48 @@ pub(crate) fn choose(dev: &Device, m: usize, _n: usize, _k: usize) -> Kernel {
         }
     } else {
         Kernel::Tiled
+    }
+}
+
+/// Whether the rule takes the tensor-core kernel: the device has cooperative matrices, both
+/// operands are f16, and M is past the GEMV shapes (one or a few rows waste a 16-row matrix).
+pub(crate) fn coop_default(dev: &Device, a: DType, b: DType, m: usize) -> bool {
+    dev.info().coop_f16_size().is_some() && a == DType::F16 && b == DType::F16 && m > 4
+}
+
+/// The error for the cooperative kernel where it cannot run.
+fn coop_unavailable(dev: &Device, a: DType, b: DType) -> Option<Error> {
+    let info = dev.info();
+    if info.coop_f16_size().is_none() {
+        let listed = if info.cooperative_matrices.is_empty() {
+            "none".to_string()
+        } else {
+            format!("{:?}", info.cooperative_matrices)
+        };
+        return Some(Error::InvalidArgument {
+            op: "matmul",
+            message: format!(
+                "the cooperative-matrix (tensor-core) kernel needs an adapter with cooperative \
+                 matrices (f16 16x16x16 or 8x8x8 with f32 accumulators, plus subgroups and \
+                 shader-f16); adapter {} ({}) has no cooperative matrices (usable configurations: {listed})",
+                info.name, info.backend
+            ),
+        });
+    }
+    if a != DType::F16 || b != DType::F16 {
+        return Some(coop_dtype_error(a, b));
+    }
+    None
+}
+
+fn coop_dtype_error(a: DType, b: DType) -> Error {
+    Error::InvalidArgument {
+        op: "matmul",
+        message: format!(
+            "the cooperative-matrix kernel takes f16 operands; got {} x {}",
+            a.name(),
+            b.name()
+        ),
     }
 }
 
@@ -318,7 +387,17 @@ pub(crate) fn gemm(g: &Gemm, kernel: Option<Kernel>) -> Result<Option<&'static s
     if g.m == 0 || g.n == 0 || batch == 0 {
         return Ok(None);
     }
-    let kernel = kernel.unwrap_or_else(|| choose(dev, g.m, g.n, g.k));
+    let kernel = match kernel {
+        None | Some(Kernel::Portable) => choose(dev, g.m, g.n, g.k),
+        Some(k) => k,
+    };
+    if g.out_f16 && (!matches!(kernel, Kernel::Coop(_) | Kernel::CoopEmulated(..)) || g.n % 2 == 1)
+    {
+        return Err(Error::InvalidArgument {
+            op: "matmul",
+            message: "an f16 output is written by the cooperative kernels, for an even N".into(),
+        });
+    }
     debug_assert!(
         g.k0 + g.kc <= g.k && (if g.slices > 1 { g.ks } else { g.kc }) <= MAX_K_PER_DISPATCH
     );
@@ -351,6 +430,42 @@ pub(crate) fn gemm(g: &Gemm, kernel: Option<Kernel>) -> Result<Option<&'static s
     let mut constants = crate::ops::Constants::<4>::new();
     let (shader, entry, bm, bn, wg_per_tile): (&Shader, &'static str, usize, usize, usize) =
         match kernel {
+            Kernel::Coop(_) | Kernel::CoopEmulated(..) => {
+                let (s, wide, emulated) = match kernel {
+                    Kernel::CoopEmulated(s, wide) => {
+                        if !dev.has_subgroups() {
+                            return Err(Error::InvalidArgument {
+                                op: "matmul",
+                                message: "the emulated cooperative kernel needs subgroups".into(),
+                            });
+                        }
+                        if g.a.dtype != DType::F16 || g.b.dtype != DType::F16 {
+                            return Err(coop_dtype_error(g.a.dtype, g.b.dtype));
+                        }
+                        (s, wide, true)
+                    }
+                    Kernel::Coop(wide) => {
+                        if let Some(e) = coop_unavailable(dev, g.a.dtype, g.b.dtype) {
+                            return Err(e);
+                        }
+                        let s = dev.info().coop_f16_size().expect("checked above");
+                        (s, wide.unwrap_or_else(|| wide_pays(batch, g.m, g.n)), false)
+                    }
+                    _ => unreachable!("matched above"),
+                };
+                let v = super::coop::Variant {
+                    s,
+                    wide,
+                    trans_a: g.trans_a,
+                    trans_b: g.trans_b,
+                    out_f16: g.out_f16,
+                };
+                // Four subgroups of the largest size the adapter may run.
+                let sg = dev.info().subgroup_sizes.map_or(32, |(_, hi)| hi);
+                constants.push("WG", f64::from(4 * sg));
+                let tile = v.tile() as usize;
+                (super::coop::module(v, emulated), "mm_coop", tile, tile, 1)
+            }
             Kernel::Subgroup | Kernel::SubgroupEntry(_) => {
                 let s = match kernel {
                     Kernel::SubgroupEntry(s) if dev.has_subgroups() => s,
@@ -411,7 +526,8 @@ pub(crate) fn gemm(g: &Gemm, kernel: Option<Kernel>) -> Result<Option<&'static s
                 let bn = if g.trans_b { 8 } else { 128 };
                 (&SHADER, "mm_gemv_v4", g.m, bn, 1)
             }
-            Kernel::Rows | Kernel::RowsShape(_) | Kernel::Gemv => {
+            // (`Portable` was resolved to the rule's kernel above.)
+            Kernel::Rows | Kernel::RowsShape(_) | Kernel::Gemv | Kernel::Portable => {
                 let rb = g.m.min(4);
                 let gpu = match kernel {
                     Kernel::RowsShape(gpu) => gpu,
@@ -456,8 +572,13 @@ pub(crate) fn gemm(g: &Gemm, kernel: Option<Kernel>) -> Result<Option<&'static s
         bsa,
         bsb,
     };
-    // 16-bit operands: the same kernel, reading packed halves.
-    let shader = super::half::module(shader, g.a.dtype, g.b.dtype);
+    // 16-bit operands: the same kernel, reading packed halves (the cooperative module reads
+    // them itself).
+    let shader = if matches!(kernel, Kernel::Coop(_) | Kernel::CoopEmulated(..)) {
+        shader
+    } else {
+        super::half::module(shader, g.a.dtype, g.b.dtype)
+    };
     // Without a bias the bias binding is unused; A stands in for it.
     let bias = g.bias.unwrap_or(g.a);
     // a: (batch.., M, K) or (batch.., K, M); b: (batch.., K, N) or (batch.., N, K);

@@ -3,6 +3,8 @@
 //! copied. Which kernel runs is decided per adapter and shape in `launch.rs`.
 
 use crate::error::{Error, Result};
+pub(crate) mod autotune;
+pub(crate) mod coop;
 pub(crate) mod generate;
 pub(crate) mod grad;
 pub(crate) mod half;
@@ -254,6 +256,62 @@ impl Tensor {
         })
     }
 
+    /// [`matmul_t`](Self::matmul_t) with the result in `dtype`: f32, or f16 for a
+    /// mixed-precision forward. On tensor cores (f16 operands where the adapter has
+    /// cooperative matrices) with an even N, the kernel writes the f16 result itself (rounded
+    /// to nearest even, as [`to_dtype`](Self::to_dtype)), so no conversion runs; elsewhere the
+    /// f32 result is converted. The gradient flows back through the f16 output to each
+    /// operand in its dtype.
+    ///
+    /// Errors as [`matmul_t`](Self::matmul_t), and for a `dtype` other than f32 or f16.
+    pub fn matmul_t_as(
+        &self,
+        b: &Tensor,
+        trans_a: bool,
+        trans_b: bool,
+        dtype: DType,
+    ) -> Result<Tensor> {
+        Ok(self.matmul_t_as_with_entry(b, trans_a, trans_b, dtype)?.0)
+    }
+
+    /// [`matmul_t_as`](Self::matmul_t_as), also returning the entry point that ran. For tests.
+    #[doc(hidden)]
+    pub fn matmul_t_as_with_entry(
+        &self,
+        b: &Tensor,
+        trans_a: bool,
+        trans_b: bool,
+        dtype: DType,
+    ) -> Result<(Tensor, Option<&'static str>)> {
+        const OP: &str = "matmul_t_as";
+        if dtype != DType::F32 && dtype != DType::F16 {
+            return Err(Error::DType {
+                op: OP,
+                expected: "f32 or f16",
+                got: dtype.name(),
+            });
+        }
+        let p = plan(OP, self, b, trans_a, trans_b)?;
+        let (out, ran) = execute(
+            OP,
+            Job {
+                a: self,
+                b,
+                bias: None,
+                out_shape: p.out_shape,
+                m: p.m,
+                n: p.n,
+                k: p.k,
+                trans_a,
+                trans_b,
+                batch: p.batch,
+                act: Activation::None,
+                out: dtype,
+            },
+        )?;
+        Ok((grad::record_matmul(out, self, b, trans_a, trans_b), ran))
+    }
+
     /// [`matmul_t`](Self::matmul_t) without recording a gradient, also returning the entry
     /// point that ran (`None` where the product took no matmul kernel, e.g. K = 0). The kernel
     /// is the adapter's choice or the one `testing::force_kernel(Family::Matmul, ..)` forces.
@@ -290,6 +348,7 @@ impl Tensor {
                 trans_b,
                 batch: p.batch,
                 act: Activation::None,
+                out: DType::F32,
             },
         )
     }
@@ -365,12 +424,14 @@ impl Tensor {
                 sb: Vec::new(),
             },
             act,
+            out: DType::F32,
         };
         Ok(execute(OP, job)?.0)
     }
 }
 
 /// A checked product, ready to record.
+#[derive(Clone)]
 struct Job<'a> {
     a: &'a Tensor,
     b: &'a Tensor,
@@ -383,6 +444,9 @@ struct Job<'a> {
     trans_b: bool,
     batch: Batch,
     act: Activation,
+    /// The result's dtype: f32, or f16 (written by the cooperative kernels where they run and
+    /// N is even; else the f32 result converted).
+    out: DType,
 }
 
 /// Record the product: one dispatch; on GPUs with split-K ([`mm::split_k`]) two (the slices,
@@ -390,13 +454,30 @@ struct Job<'a> {
 /// slice of K, summed, with the bias and activation applied after the sum.
 /// The kernel is the adapter's rule unless a test forces one (`crate::ops::overrides`).
 fn execute(op: &'static str, j: Job) -> Result<(Tensor, Option<&'static str>)> {
-    let kernel = crate::ops::overrides::matmul();
+    // A forced kernel wins; else the measured choice for this shape class where autotuning
+    // is on, else the rule (`None`).
+    let kernel = match crate::ops::overrides::matmul() {
+        Some(Kernel::Portable) => None,
+        Some(k) => Some(k),
+        None => autotune::choose(&j)?,
+    };
+    execute_with(op, j, kernel)
+}
+
+/// [`execute`] with `kernel` (`None`: the rule in `launch.rs`).
+fn execute_with(
+    op: &'static str,
+    j: Job,
+    kernel: Option<Kernel>,
+) -> Result<(Tensor, Option<&'static str>)> {
     let dev = &j.a.dev;
     let batch: usize = j.batch.dims.iter().product();
     // Split-K in one dispatch: chosen on GPUs for few tiles and a long K, or forced by tests.
     let vec4 = mm::vec4_ok(j.m, j.n, j.k, j.trans_a, j.trans_b);
     let split = match kernel {
         None => mm::split_k(!dev.info().is_cpu, batch, j.m, j.n, j.k, vec4),
+        // The cooperative kernel reads any alignment, so only the tile count and K matter.
+        Some(Kernel::Coop(_)) => mm::split_k(!dev.info().is_cpu, batch, j.m, j.n, j.k, true),
         Some(Kernel::Split(s)) if j.k > 1 && j.m > 0 && j.n > 0 && batch > 0 => {
             let depth =
                 j.k.div_ceil(s)
@@ -431,14 +512,51 @@ fn execute(op: &'static str, j: Job) -> Result<(Tensor, Option<&'static str>)> {
                 trans_b: j.trans_b,
                 batch: j.batch.clone(),
                 act,
+                out_f16: false,
             },
             kernel,
         )
     };
+    // An f16 result straight from the tensor-core epilogue: one dispatch, no conversion.
+    let coop = matches!(kernel, Some(Kernel::Coop(_) | Kernel::CoopEmulated(..)));
+    if j.out == DType::F16
+        && coop
+        && split.is_none()
+        && j.n.is_multiple_of(2)
+        && j.k <= mm::MAX_K_PER_DISPATCH
+    {
+        let y = Tensor::empty(dev, op, &j.out_shape, DType::F16)?;
+        let ran = mm::gemm(
+            &Gemm {
+                a: j.a,
+                b: j.b,
+                out: &y,
+                bias: j.bias,
+                m: j.m,
+                n: j.n,
+                k: j.k,
+                k0: 0,
+                kc: j.k,
+                slices: 1,
+                ks: j.k,
+                trans_a: j.trans_a,
+                trans_b: j.trans_b,
+                batch: j.batch.clone(),
+                act: j.act,
+                out_f16: true,
+            },
+            kernel,
+        )?;
+        return Ok((y, ran));
+    }
     if let Some((slices, ks)) = split {
         let mut part_shape = vec![slices];
         part_shape.extend_from_slice(&j.out_shape);
         let parts = Tensor::empty(dev, op, &part_shape, DType::F32)?;
+        let slice_kernel = match kernel {
+            Some(Kernel::Coop(w)) => Kernel::Coop(w),
+            _ => Kernel::Tiled,
+        };
         let ran = record(
             &parts,
             0,
@@ -446,11 +564,11 @@ fn execute(op: &'static str, j: Job) -> Result<(Tensor, Option<&'static str>)> {
             (slices, ks),
             None,
             Activation::None,
-            Some(Kernel::Tiled),
+            Some(slice_kernel),
         )?;
         let y = Tensor::empty(dev, op, &j.out_shape, DType::F32)?;
         mm::sum_slices(&parts, &y, j.bias, j.act, slices, j.n)?;
-        return Ok((y, ran));
+        return Ok((to_out(y, j.out)?, ran));
     }
     let slice = mm::MAX_K_PER_DISPATCH;
     let slices = j.k.div_ceil(slice).max(1);
@@ -486,5 +604,14 @@ fn execute(op: &'static str, j: Job) -> Result<(Tensor, Option<&'static str>)> {
             Activation::Gelu => y.gelu()?,
         };
     }
-    Ok((y, ran))
+    Ok((to_out(y, j.out)?, ran))
+}
+
+/// The f32 result in the dtype asked for (not recorded: the product is recorded as a whole).
+fn to_out(y: Tensor, out: DType) -> Result<Tensor> {
+    if out == DType::F32 {
+        Ok(y)
+    } else {
+        y.to_dtype(out)
+    }
 }
