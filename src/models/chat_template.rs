@@ -350,8 +350,8 @@ fn write_json(
 /// `strftime_now(format)`: the current time (UTC; transformers uses the local time) formatted
 /// with the strftime directives templates use.
 fn strftime_now(format: String) -> std::result::Result<Value, minijinja::Error> {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
+    let secs = crate::time::SystemTime::now()
+        .duration_since(crate::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     strftime(&format, secs)

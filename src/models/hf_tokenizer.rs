@@ -86,11 +86,17 @@ impl std::fmt::Debug for HfTokenizer {
 }
 
 /// A special token in tokenizer_config.json: a string, an AddedToken object or null.
-fn token_text(v: Option<&serde_json::Value>) -> Option<String> {
-    match v? {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
-        _ => None,
+fn token_text(cfg: &serde_json::Value, name: &str, path: &Path) -> Result<Option<String>> {
+    match cfg.get(name) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+        Some(v) => match v.get("content").and_then(|c| c.as_str()) {
+            Some(s) => Ok(Some(s.to_string())),
+            None => Err(bad(
+                path,
+                format!("{name} is {v}, not a token (a string or {{\"content\": ...}})"),
+            )),
+        },
     }
 }
 
@@ -214,8 +220,9 @@ impl HfTokenizer {
         {
             return Err(bad(p, "expected a JSON object"));
         }
-        let mut bos_token = token_text(cfg.get("bos_token"));
-        let mut eos_token = token_text(cfg.get("eos_token"));
+        let cfg_path = config.map(|c| c.1).unwrap_or(source);
+        let mut bos_token = token_text(&cfg, "bos_token", cfg_path)?;
+        let mut eos_token = token_text(&cfg, "eos_token", cfg_path)?;
         if config.is_none() && tok.token_to_id(super::END_OF_TEXT).is_some() {
             // A bare GPT-2-style tokenizer: <|endoftext|> is both (as in GPT-2's own config).
             bos_token = Some(super::END_OF_TEXT.into());
@@ -226,7 +233,7 @@ impl HfTokenizer {
             let text = match name {
                 "bos_token" => bos_token.clone(),
                 "eos_token" => eos_token.clone(),
-                _ => token_text(cfg.get(name)),
+                _ => token_text(&cfg, name, cfg_path)?,
             };
             if let Some(t) = text {
                 if tok.token_to_id(&t).is_none() {
@@ -243,14 +250,23 @@ impl HfTokenizer {
         // The template: tokenizer_config.json's chat_template (a string, or a list of named
         // templates: "default"), else chat_template.jinja.
         let template_source = match cfg.get("chat_template") {
+            None | Some(serde_json::Value::Null) => jinja,
             Some(serde_json::Value::String(s)) => Some(s.clone()),
-            Some(serde_json::Value::Array(list)) => list
-                .iter()
-                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
-                .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
-            _ => None,
-        }
-        .or(jinja);
+            Some(serde_json::Value::Array(list)) => Some(
+                list.iter()
+                    .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                    .and_then(|t| t.get("template")?.as_str().map(str::to_string))
+                    .ok_or_else(|| bad(cfg_path, "chat_template: no template named \"default\""))?,
+            ),
+            Some(v) => {
+                return Err(bad(
+                    cfg_path,
+                    format!(
+                        "chat_template is {v}, not a template (a string or a list of {{\"name\", \"template\"}})"
+                    ),
+                ));
+            }
+        };
         let template = template_source
             .as_deref()
             .map(|s| ChatTemplate::new(s, special.clone()))
