@@ -402,3 +402,36 @@ fn bad_ids_messages_and_templates_are_clear_errors() {
         .unwrap_err();
     assert!(err.to_string().contains("chat template failed"), "{err}");
 }
+
+#[test]
+fn template_from_chat_template_jinja_or_a_named_list() {
+    // transformers 5 saves the template as chat_template.jinja beside tokenizer_config.json;
+    // older configs may hold a list of named templates.
+    let src = dir("smollm2");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("tokenizer_config.json")).unwrap())
+            .unwrap();
+    let template = cfg["chat_template"].as_str().unwrap().to_string();
+    let msgs = [ChatMessage::new("user", "Hi 你好")];
+    let want = load("smollm2").apply_chat_template(&msgs, true).unwrap();
+
+    let d = tmp("jinja");
+    std::fs::copy(src.join("tokenizer.json"), d.join("tokenizer.json")).unwrap();
+    let mut c = cfg.clone();
+    c.as_object_mut().unwrap().remove("chat_template");
+    std::fs::write(d.join("tokenizer_config.json"), c.to_string()).unwrap();
+    std::fs::write(d.join("chat_template.jinja"), &template).unwrap();
+    let tok = HfTokenizer::from_dir(&d).unwrap();
+    assert_eq!(tok.apply_chat_template(&msgs, true).unwrap(), want);
+    assert_eq!(tok.stop_token_ids(), load("smollm2").stop_token_ids());
+
+    let mut c = cfg.clone();
+    c["chat_template"] = serde_json::json!([
+        {"name": "tool_use", "template": "unused"},
+        {"name": "default", "template": template},
+    ]);
+    let json = std::fs::read_to_string(src.join("tokenizer.json")).unwrap();
+    let tok = HfTokenizer::from_strings(&json, Some(&c.to_string())).unwrap();
+    assert_eq!(tok.apply_chat_template(&msgs, true).unwrap(), want);
+    std::fs::remove_dir_all(&d).ok();
+}
