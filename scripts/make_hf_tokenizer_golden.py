@@ -33,7 +33,10 @@ and, from transformers' AutoTokenizer on the written directory:
           (apply_chat_template(tokenize=True, ...): the text encoded without added specials)}]
   chat_errors: [{"messages_json", "error"}] (templates that raise_exception)
 The script checks that transformers' encode/decode agree with `tokenizers` on every text.
-The chat templates are the models' published ones, written in below.
+The chat templates are the models' published ones (the `chat_template` of the tokenizer_config.json
+of meta-llama/Meta-Llama-3-8B-Instruct, meta-llama/Llama-3.2-1B-Instruct, Qwen/Qwen2.5-0.5B-Instruct,
+HuggingFaceTB/SmolLM2-135M-Instruct, TinyLlama/TinyLlama-1.1B-Chat-v1.0 and
+meta-llama/Llama-2-7b-chat-hf on the Hugging Face Hub), written in below.
 
 GPT-2's real tokenizer (data/gpt2-tokenizer, vocab.json + merges.txt) is covered by
 tests/golden/gpt2_tokenizer.json from scripts/make_tokenizer_golden.py.
