@@ -81,12 +81,12 @@ pub mod rng;
 mod runtime;
 mod tensor;
 pub mod testing;
-/// `Instant` that also works in a browser (std's panics on wasm32-unknown-unknown).
+/// `Instant` and `SystemTime` that also work in a browser (std's panic on wasm32-unknown-unknown).
 pub(crate) mod time {
     #[cfg(not(target_arch = "wasm32"))]
-    pub use std::time::Instant;
+    pub use std::time::{Instant, SystemTime, UNIX_EPOCH};
     #[cfg(target_arch = "wasm32")]
-    pub use web_time::Instant;
+    pub use web_time::{Instant, SystemTime, UNIX_EPOCH};
 }
 pub mod train;
 
