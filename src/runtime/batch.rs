@@ -119,7 +119,12 @@ impl Device {
         }
         b.uniforms.clear();
         b.dispatches = 0;
-        let idx = self.inner.queue.submit([encoder.finish()]);
+        // `submit` runs wgpu-core's maintain too; racing a waiter whose wait timed out makes
+        // wgpu-core 30.0.2 panic (fixed upstream after 30.0.2), so it takes the poll lock.
+        let idx = {
+            let _one_at_a_time = lock(&self.inner.poll);
+            self.inner.queue.submit([encoder.finish()])
+        };
         self.inner.epoch.fetch_add(1, Ordering::Relaxed);
         if !UNCOUNTED.get() {
             self.inner.submits.fetch_add(1, Ordering::Relaxed);

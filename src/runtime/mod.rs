@@ -102,8 +102,8 @@ struct Inner {
     layouts: Mutex<std::collections::HashMap<pipeline::LayoutKey, Arc<wgpu::BindGroupLayout>>>,
     errors: Arc<Mutex<Vec<wgpu::Error>>>,
     lost: Arc<Mutex<Option<String>>>,
-    /// Serialises `device.poll`: wgpu-core 30 can panic when two threads wait at once and one
-    /// times out.
+    /// Serialises `device.poll` and `queue.submit`: wgpu-core 30.0.2 can panic when a wait that
+    /// timed out races another thread's maintain (a second wait, or the one inside submit).
     poll: Mutex<()>,
     epoch: AtomicU64,
     next_buf_id: AtomicU64,

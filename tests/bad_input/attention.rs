@@ -29,7 +29,7 @@ fn attention_and_head_shapes() {
                 true,
             ),
             "Shape",
-            &["same"],
+            &["k [1, 1, 3, 4]", "(B, Hkv, T, D)"],
         )
     });
     for dim in [0usize, 3, 6, 1024] {
