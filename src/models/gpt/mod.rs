@@ -604,11 +604,51 @@ impl Gpt {
 
     /// The final hidden states (B, T, C), after ln_f, for checked ids (B, T).
     fn hidden(&self, ids: &Tensor, train: bool) -> Result<Tensor> {
-        let mut x = self.embed(ids, 0, train)?; // (B, T, C)
-        for blk in &self.blocks {
-            x = self.block(blk, x, train, Attn::Full)?;
+        let x = self.embed(ids, 0, train)?; // (B, T, C)
+        self.trunk(x, train, None)
+    }
+
+    /// Every block on the embeddings x (B, T, C), then ln_f -> (B, T, C). With `caches`
+    /// (one per layer, and whether this call prefills them) attention reads and fills them.
+    ///
+    /// Each residual add is fused with the LayerNorm that follows it (the block's ln_2, the
+    /// next block's ln_1, or ln_f after the last block): one kernel writes the residual stream
+    /// and its normalised copy, and the backward adds the stream's gradient inside the
+    /// LayerNorm backward kernel.
+    fn trunk(
+        &self,
+        x: Tensor,
+        train: bool,
+        mut caches: Option<(&mut [KvCache], bool)>,
+    ) -> Result<Tensor> {
+        if let Some((c, _)) = &caches
+            && c.len() != self.blocks.len()
+        {
+            return Err(Error::InvalidArgument {
+                op: "Gpt (KV caches)",
+                message: format!("{} caches for {} layers", c.len(), self.blocks.len()),
+            });
         }
-        x.layer_norm(&self.ln_f_w, &self.ln_f_b, self.cfg.ln_eps)
+        let eps = self.cfg.ln_eps;
+        let first = &self.blocks[0]; // n_layer >= 1 (validated)
+        let mut h = x.layer_norm(&first.ln_1_w, &first.ln_1_b, eps)?;
+        let mut x = x;
+        for (i, blk) in self.blocks.iter().enumerate() {
+            let attn = match caches.as_mut() {
+                None => Attn::Full,
+                Some((c, true)) => {
+                    c[i].reset();
+                    Attn::Prefill(&mut c[i])
+                }
+                Some((c, false)) => Attn::Decode(&mut c[i]),
+            };
+            let (w, b) = match self.blocks.get(i + 1) {
+                Some(next) => (&next.ln_1_w, &next.ln_1_b),
+                None => (&self.ln_f_w, &self.ln_f_b),
+            };
+            (x, h) = self.block(blk, x, &h, train, attn, (w, b))?;
+        }
+        Ok(h)
     }
 
     fn check_ids(&self, op: &'static str, ids: &Tensor) -> Result<(usize, usize)> {
@@ -680,11 +720,21 @@ impl Gpt {
         Ok(tok.expect("at least one chunk"))
     }
 
-    /// One Transformer block on x (B, T, C); `attn` says where keys and values come from.
-    fn block(&self, blk: &Block, x: Tensor, train: bool, attn: Attn<'_>) -> Result<Tensor> {
-        let h = x.layer_norm(&blk.ln_1_w, &blk.ln_1_b, self.cfg.ln_eps)?;
+    /// One Transformer block on the residual stream x (B, T, C) and its ln_1 output h; `attn`
+    /// says where keys and values come from. Returns the new stream and its normalisation by
+    /// `next_ln` (gamma, beta): the next block's ln_1, or ln_f.
+    fn block(
+        &self,
+        blk: &Block,
+        x: Tensor,
+        h: &Tensor,
+        train: bool,
+        attn: Attn<'_>,
+        next_ln: (&Tensor, &Tensor),
+    ) -> Result<(Tensor, Tensor)> {
+        let eps = self.cfg.ln_eps;
         let qkv = self.dense(
-            &h,
+            h,
             &blk.c_attn_w,
             Some(&blk.c_attn_b),
             WeightLayout::InOut,
@@ -711,8 +761,7 @@ impl Gpt {
             WeightLayout::InOut,
             Activation::None,
         )?;
-        let x = x.add(&self.dropout(y, train)?)?;
-        let h = x.layer_norm(&blk.ln_2_w, &blk.ln_2_b, self.cfg.ln_eps)?;
+        let (x, h) = x.add_layer_norm(&self.dropout(y, train)?, &blk.ln_2_w, &blk.ln_2_b, eps)?;
         let h = self.dense(
             &h,
             &blk.c_fc_w,
@@ -727,13 +776,7 @@ impl Gpt {
             WeightLayout::InOut,
             Activation::None,
         )?; // (B, T, C)
-        x.add(&self.dropout(h, train)?)
-    }
-
-    /// Final LayerNorm and the tied lm_head: x (..., C) -> logits (..., V) = ln_f(x) · wteᵀ.
-    fn head(&self, x: &Tensor) -> Result<Tensor> {
-        let x = x.layer_norm(&self.ln_f_w, &self.ln_f_b, self.cfg.ln_eps)?;
-        self.lm_head(&x)
+        x.add_layer_norm(&self.dropout(h, train)?, next_ln.0, next_ln.1, eps)
     }
 
     /// The tied lm_head on normalised x (..., C) -> (..., V): x · wteᵀ, or with row chunks the
@@ -850,27 +893,22 @@ impl CausalLm for Gpt {
         let flat: Vec<u32> = ids.concat();
         let ids = Tensor::from_u32(&self.dev, &flat, &[b, t])?;
         self.check_ids("Gpt::prefill", &ids)?;
-        let mut x = self.embed(&ids, 0, false)?; // (B, T, C)
-        for (blk, cache) in self.blocks.iter().zip(caches.iter_mut()) {
-            cache.reset();
-            x = self.block(blk, x, false, Attn::Prefill(cache))?;
-        }
-        // Only the last position of each sequence goes through the head.
+        let x = self.embed(&ids, 0, false)?; // (B, T, C)
+        let x = self.trunk(x, false, Some((&mut caches[..], true)))?; // (B, T, C) after ln_f
+        // Only the last position of each sequence goes through the lm_head.
         let c = self.cfg.n_embd;
         let last: Vec<u32> = (0..b).map(|i| (i * t + t - 1) as u32).collect();
         let last = Tensor::from_u32(&self.dev, &last, &[b])?;
         let x = x.reshape(&[b * t, c])?.gather_rows(&last)?; // (B, C)
-        self.head(&x)?.to_vec()
+        self.lm_head(&x)?.to_vec()
     }
 
     fn decode_step(&self, ids: &[u32], pos: usize, caches: &mut Vec<KvCache>) -> Result<Vec<f32>> {
         let b = ids.len();
         let ids = Tensor::from_u32(&self.dev, ids, &[b, 1])?;
-        let mut x = self.embed(&ids, pos, false)?; // (B, 1, C)
-        for (blk, cache) in self.blocks.iter().zip(caches.iter_mut()) {
-            x = self.block(blk, x, false, Attn::Decode(cache))?;
-        }
-        self.head(&x)?.to_vec() // (B, 1, V)
+        let x = self.embed(&ids, pos, false)?; // (B, 1, C)
+        let x = self.trunk(x, false, Some((&mut caches[..], false)))?;
+        self.lm_head(&x)?.to_vec() // (B, 1, V)
     }
 
     fn last_logits(&self, ids: &[u32]) -> Result<Vec<f32>> {
