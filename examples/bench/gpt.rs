@@ -1,5 +1,6 @@
-//! GPT training steps at the shakespeare example's two presets: tokens/s, ms/step and the
-//! runtime's counts per step (AdamW with clipping, as the example trains).
+//! GPT training steps at the shakespeare example's two presets and one with GPT-2's vocabulary:
+//! tokens/s, ms/step and the runtime's counts per step (AdamW with clipping, as the example
+//! trains).
 
 use std::time::Instant;
 
@@ -7,18 +8,28 @@ use portagrad::models::{Gpt, GptConfig};
 use portagrad::optim::{OptimConfig, Optimizer, decay_groups};
 use portagrad::{Device, Result, Tensor};
 
+/// The presets: `cpu` and `gpu` (the shakespeare example's), and `cpu-v50257`, the cpu preset
+/// with GPT-2's vocabulary, where the lm_head and the loss dominate the step.
+const PRESETS: [&str; 3] = ["cpu", "cpu-v50257", "gpu"];
+
 fn preset(name: &str, is_cpu: bool) -> (GptConfig, usize, usize) {
-    let (l, h, c, t, b, steps) = if name == "gpu" {
-        (6, 6, 384, 256, 64, if is_cpu { 2 } else { 10 })
-    } else {
-        (4, 4, 128, 128, 16, 5)
+    let (l, h, c, t, b, steps) = match name {
+        "gpu" => (6, 6, 384, 256, 64, if is_cpu { 2 } else { 10 }),
+        "cpu-v50257" => (4, 4, 128, 128, 16, 2),
+        _ => (4, 4, 128, 128, 16, 5),
     };
+    let vocab = if name == "cpu-v50257" { 50257 } else { 65 };
+    // BENCH_GPT_BATCH=n overrides the batch (counts per step at a preset's widths, quickly).
+    let b = std::env::var("BENCH_GPT_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(b);
     let cfg = GptConfig {
         n_layer: l,
         n_head: h,
         n_embd: c,
         block_size: t,
-        vocab_size: 65,
+        vocab_size: vocab,
         dropout: 0.0,
         ln_eps: 1e-5,
     };
@@ -26,12 +37,18 @@ fn preset(name: &str, is_cpu: bool) -> (GptConfig, usize, usize) {
 }
 
 pub fn run(dev: &Device) -> Result<()> {
-    println!("\n## gpt training step (char-level, vocab 65)");
+    // BENCH_GPT_PRESETS=cpu,gpu picks presets (all by default; gpu takes minutes on lavapipe).
+    let only = std::env::var("BENCH_GPT_PRESETS").unwrap_or_default();
+    let presets: Vec<&str> = PRESETS
+        .into_iter()
+        .filter(|p| only.is_empty() || only.split(',').any(|o| o == *p))
+        .collect();
+    println!("\n## gpt training step");
     println!(
-        "| preset | params | batch x block | steps timed | ms/step | tokens/s | dispatches/step | submits/step | readbacks/step | peak MiB |"
+        "| preset | vocab | params | batch x block | steps timed | ms/step | tokens/s | dispatches/step | submits/step | readbacks/step | peak MiB |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
-    for name in ["cpu", "gpu"] {
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for name in presets {
         let (cfg, b, steps) = preset(name, dev.info().is_cpu);
         let t = cfg.block_size;
         let model = Gpt::new(dev, cfg.clone(), 1)?;
@@ -39,7 +56,8 @@ pub fn run(dev: &Device) -> Result<()> {
             OptimConfig::adamw(1e-3).clip_grad_norm(1.0),
             decay_groups(model.parameters(), 0.1),
         )?;
-        let ids: Vec<u32> = (0..b * (t + 1)).map(|i| ((i * 7919) % 65) as u32).collect();
+        let v = cfg.vocab_size;
+        let ids: Vec<u32> = (0..b * (t + 1)).map(|i| ((i * 7919) % v) as u32).collect();
         let x: Vec<u32> = (0..b)
             .flat_map(|r| ids[r * (t + 1)..r * (t + 1) + t].to_vec())
             .collect();
@@ -68,7 +86,8 @@ pub fn run(dev: &Device) -> Result<()> {
         let s = t0.elapsed().as_secs_f64() / steps as f64;
         let st = dev.stats();
         println!(
-            "| {name} | {:.2}M | {b} x {t} | {steps} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.1} |",
+            "| {name} | {} | {:.2}M | {b} x {t} | {steps} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.1} |",
+            cfg.vocab_size,
             cfg.num_params() as f64 / 1e6,
             s * 1e3,
             (b * t) as f64 / s,

@@ -28,6 +28,9 @@ enum Attn<'a> {
     Decode(&'a mut KvCache),
 }
 
+/// Bytes of logits one chunk of the fused lm_head + loss makes ([`Gpt::loss`] with V > C).
+const LCE_CHUNK_BYTES: u64 = 32 << 20;
+
 /// The Hugging Face name of the token embedding.
 const WTE: &str = "transformer.wte.weight";
 
@@ -801,11 +804,29 @@ impl Gpt {
     /// Mean cross-entropy of next-token prediction: logits of `ids` (B, T) against `targets`
     /// (B, T). When the (B·T, V) logits would pass [`Device::plan_binding_bytes`], they are
     /// made and scored a chunk of positions at a time, each chunk's mean weighted by its share
-    /// of the positions: the same mean, without a tensor past the limit.
+    /// of the positions: the same mean, without a tensor past the limit. A vocabulary wider
+    /// than the model (V > C; f32, the embedding in one binding) takes the fused lm_head +
+    /// cross-entropy instead ([`Tensor::linear_cross_entropy`]), which never makes the
+    /// (B·T, V) logits at all.
     pub fn loss(&self, ids: &Tensor, targets: &Tensor, train: bool) -> Result<Tensor> {
         let (b, t) = self.check_ids("Gpt::loss", ids)?;
         let (n, c) = (b * t, self.cfg.n_embd);
         let x = self.hidden(ids, train)?; // (B, T, C)
+        let v = self.cfg.vocab_size;
+        if v > c
+            && self.precision == Precision::F32
+            && let [wte] = &self.wte[..]
+            && wte.dtype() == DType::F32
+        {
+            // A vocabulary wider than the model: the lm_head and the loss fused, so no
+            // (B·T, V) logits (nor their gradient) exist, only one chunk of LCE_CHUNK_BYTES.
+            let bytes = LCE_CHUNK_BYTES.min(self.dev.plan_binding_bytes());
+            let rows = (bytes / (v as u64 * 4)).max(1) as usize;
+            targets.expect_shape("Gpt::loss", &[b, t])?;
+            return x
+                .reshape(&[n, c])?
+                .linear_cross_entropy(wte, &targets.reshape(&[n])?, rows);
+        }
         let chunks: Vec<Range<usize>> = self.position_chunks(n).collect();
         if chunks.len() <= 1 {
             return self.lm_head(&x)?.cross_entropy(targets, None);
