@@ -28,7 +28,8 @@ enum Attn<'a> {
     Decode(&'a mut KvCache),
 }
 
-/// Bytes of logits one chunk of the fused lm_head + loss makes ([`Gpt::loss`] with V > C).
+/// Bytes of logits one chunk of the fused lm_head + loss makes at least ([`Gpt::loss`] with
+/// V > C).
 const LCE_CHUNK_BYTES: u64 = 32 << 20;
 
 /// The Hugging Face name of the token embedding.
@@ -819,9 +820,14 @@ impl Gpt {
             && wte.dtype() == DType::F32
         {
             // A vocabulary wider than the model: the lm_head and the loss fused, so no
-            // (B·T, V) logits (nor their gradient) exist, only one chunk of LCE_CHUNK_BYTES.
-            let bytes = LCE_CHUNK_BYTES.min(self.dev.plan_binding_bytes());
-            let rows = (bytes / (v as u64 * 4)).max(1) as usize;
+            // (B·T, V) logits (nor their gradient) exist, only a chunk at a time: at least
+            // LCE_CHUNK_BYTES and 6·C positions (each chunk adds a (V, C) product into dW,
+            // then under a tenth of its ~5 passes over its logits), within one binding.
+            let row = v as u64 * 4;
+            let rows = (LCE_CHUNK_BYTES / row)
+                .max(6 * c as u64)
+                .min(self.dev.plan_binding_bytes() / row)
+                .max(1) as usize;
             targets.expect_shape("Gpt::loss", &[b, t])?;
             return x
                 .reshape(&[n, c])?
