@@ -165,3 +165,57 @@ fn parts(dev: &Device) -> Result<()> {
     println!("| all dense-layer products | {:.2} | |", total * 1e3);
     Ok(())
 }
+
+/// `bench -- fusions`: the residual add + LayerNorm of a GPT block, fused against the add then
+/// the LayerNorm, forward and backward (with the stream's gradient from its other use), at the
+/// cpu and gpu presets' (B·T, C); the two alternate and each keeps its best of 7.
+pub fn fusions(dev: &Device) -> Result<()> {
+    println!("\n## fused residual add + LayerNorm (forward + backward, best of 7)");
+    println!("| (rows, C) | fused ms | add, then layer_norm ms | dispatches fused / unfused |");
+    println!("|---|---|---|---|");
+    for (rows, c) in [(2048, 128), (16384, 384)] {
+        let x = Tensor::rand_normal(dev, &[rows, c], 0.0, 1.0, 1)?.with_grad();
+        let r = Tensor::rand_normal(dev, &[rows, c], 0.0, 1.0, 2)?.with_grad();
+        let gamma = Tensor::ones(dev, &[c])?.with_grad();
+        let beta = Tensor::zeros(dev, &[c])?.with_grad();
+        let gs = Tensor::rand_normal(dev, &[rows, c], 0.0, 1.0, 3)?;
+        let gy = Tensor::rand_normal(dev, &[rows, c], 0.0, 1.0, 4)?;
+        // One step: the forward, then the backward of sum·gs + y·gy (sum has a second use).
+        let step = |fused: bool| -> Result<(f64, u64)> {
+            dev.sync()?;
+            dev.reset_stats();
+            let t0 = Instant::now();
+            let (s, y) = if fused {
+                x.add_layer_norm(&r, &gamma, &beta, 1e-5)?
+            } else {
+                let s = x.add(&r)?;
+                let y = s.layer_norm(&gamma, &beta, 1e-5)?;
+                (s, y)
+            };
+            let out = s.mul(&gs)?.add(&y.mul(&gy)?)?;
+            let seed = Tensor::ones(dev, &[rows, c])?;
+            let g = out.backward_with(&seed)?;
+            drop(g);
+            dev.sync()?;
+            Ok((t0.elapsed().as_secs_f64(), dev.stats().dispatches))
+        };
+        step(true)?;
+        step(false)?;
+        let (mut best, mut dispatches) = ([f64::MAX; 2], [0u64; 2]);
+        for _ in 0..7 {
+            for (i, fused) in [true, false].into_iter().enumerate() {
+                let (s, d) = step(fused)?;
+                best[i] = best[i].min(s);
+                dispatches[i] = d;
+            }
+        }
+        println!(
+            "| ({rows}, {c}) | {:.2} | {:.2} | {} / {} |",
+            best[0] * 1e3,
+            best[1] * 1e3,
+            dispatches[0],
+            dispatches[1]
+        );
+    }
+    Ok(())
+}

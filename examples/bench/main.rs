@@ -34,6 +34,9 @@ fn main() -> Result<()> {
     if want("gpt") {
         gpt::run(&dev)?;
     }
+    if want("fusions") {
+        gpt::fusions(&dev)?;
+    }
     Ok(())
 }
 
