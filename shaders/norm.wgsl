@@ -232,6 +232,175 @@ fn layernorm_backward_dx_inv4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(nu
     }
 }
 
+// ---- Residual add + LayerNorm ----
+// sum = x + res and y = LayerNorm(sum) in one pass over the row (the transformer's
+// `x = x + f(x); h = ln(x)`), saving mean and rstd of sum. Its backward for sum adds the
+// gradient that reached sum from its other use (the next residual add) to LayerNorm's dx, so
+// neither the forward add nor the backward accumulation is a dispatch of its own. The
+// arithmetic after the add is the LayerNorm kernels' above, operation for operation.
+
+@group(0) @binding(7) var<storage, read> lres: array<f32>;          // (rows, C) forward: the residual branch; backward: the gradient of sum from its other use
+@group(0) @binding(8) var<storage, read_write> lsum: array<f32>;    // (rows, C) x + res
+
+@compute @workgroup_size(WG)
+fn add_layernorm_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = wid.y * nwg.x + wid.x;
+    if r >= lp.rows { return; }
+    let base = r * lp.cols;
+    let inv_c = 1.0 / f32(lp.cols);
+    var s = 0.0;
+    for (var c = lid; c < lp.cols; c += WG) {
+        let v = lx[base + c] + lres[base + c];
+        lsum[base + c] = v;
+        s += v;
+    }
+    let mean = reduce2(vec2<f32>(s, 0.0), lid).x * inv_c;
+    var q = 0.0;
+    for (var c = lid; c < lp.cols; c += WG) {
+        let d = lsum[base + c] - mean;
+        q += d * d;
+    }
+    let variance = reduce2(vec2<f32>(q, 0.0), lid).x * inv_c;
+    let rstd = 1.0 / sqrt(variance + lp.eps);
+    for (var c = lid; c < lp.cols; c += WG) {
+        ly[base + c] = (lsum[base + c] - mean) * rstd * lgamma[c] + lbeta[c];
+    }
+    if lid == 0u {
+        lmean[r] = mean;
+        lrstd[r] = rstd;
+    }
+}
+
+// dsum = LayerNorm's dx + the gradient from sum's other use (lres).
+@compute @workgroup_size(WG)
+fn layernorm_backward_dx_add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = wid.y * nwg.x + wid.x;
+    if r >= lp.rows { return; }
+    let base = r * lp.cols;
+    let mean = dmean[r];
+    let rstd = drstd[r];
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var c = lid; c < lp.cols; c += WG) {
+        let h = dg[base + c] * lgamma[c];
+        let xhat = (lx[base + c] - mean) * rstd;
+        acc += vec2<f32>(h, h * xhat);
+    }
+    let m = reduce2(acc, lid) * (1.0 / f32(lp.cols));
+    for (var c = lid; c < lp.cols; c += WG) {
+        let h = dg[base + c] * lgamma[c];
+        let xhat = (lx[base + c] - mean) * rstd;
+        ddx[base + c] = rstd * (h - m.x - xhat * m.y) + lres[base + c];
+    }
+}
+
+@compute @workgroup_size(WG_ROWS)
+fn add_layernorm_forward_inv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = row_inv(wid, nwg, lid);
+    if r >= lp.rows { return; }
+    let base = r * lp.cols;
+    let end = base + lp.cols;
+    let inv_c = 1.0 / f32(lp.cols);
+    let x0 = lx[base] + lres[base];
+    var s = 0.0;
+    for (var i = base; i < end; i++) {
+        let v = lx[i] + lres[i];
+        lsum[i] = v;
+        s += v - x0;
+    }
+    let mean = x0 + s * inv_c;
+    var q = 0.0;
+    for (var i = base; i < end; i++) {
+        let d = lsum[i] - mean;
+        q += d * d;
+    }
+    let rstd = 1.0 / sqrt(q * inv_c + lp.eps);
+    for (var i = base; i < end; i++) {
+        let c = i - base;
+        ly[i] = (lsum[i] - mean) * rstd * lgamma[c] + lbeta[c];
+    }
+    lmean[r] = mean;
+    lrstd[r] = rstd;
+}
+
+@compute @workgroup_size(WG_ROWS)
+fn layernorm_backward_dx_add_inv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = row_inv(wid, nwg, lid);
+    if r >= lp.rows { return; }
+    let base = r * lp.cols;
+    let end = base + lp.cols;
+    let mean = dmean[r];
+    let rstd = drstd[r];
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var i = base; i < end; i++) {
+        let h = dg[i] * lgamma[i - base];
+        let xhat = (lx[i] - mean) * rstd;
+        acc += vec2<f32>(h, h * xhat);
+    }
+    let m = acc * (1.0 / f32(lp.cols));
+    for (var i = base; i < end; i++) {
+        let h = dg[i] * lgamma[i - base];
+        let xhat = (lx[i] - mean) * rstd;
+        ddx[i] = rstd * (h - m.x - xhat * m.y) + lres[i];
+    }
+}
+
+@group(0) @binding(7) var<storage, read> lres4: array<vec4<f32>>;          // (rows, C / 4)
+@group(0) @binding(8) var<storage, read_write> lsum4: array<vec4<f32>>;    // (rows, C / 4)
+
+@compute @workgroup_size(WG_ROWS)
+fn add_layernorm_forward_inv4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = row_inv(wid, nwg, lid);
+    if r >= lp.rows { return; }
+    let base = r * (lp.cols / 4u);
+    let end = base + lp.cols / 4u;
+    let inv_c = 1.0 / f32(lp.cols);
+    let x0 = lx4[base].x + lres4[base].x;
+    var s = vec4<f32>(0.0);
+    for (var i = base; i < end; i++) {
+        let v = lx4[i] + lres4[i];
+        lsum4[i] = v;
+        s += v - x0;
+    }
+    let mean = x0 + hsum(s) * inv_c;
+    var q = vec4<f32>(0.0);
+    for (var i = base; i < end; i++) {
+        let d = lsum4[i] - mean;
+        q += d * d;
+    }
+    let rstd = 1.0 / sqrt(hsum(q) * inv_c + lp.eps);
+    for (var i = base; i < end; i++) {
+        let c = i - base;
+        ly4[i] = (lsum4[i] - mean) * rstd * lgamma4[c] + lbeta4[c];
+    }
+    lmean[r] = mean;
+    lrstd[r] = rstd;
+}
+
+@compute @workgroup_size(WG_ROWS)
+fn layernorm_backward_dx_add_inv4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = row_inv(wid, nwg, lid);
+    if r >= lp.rows { return; }
+    let base = r * (lp.cols / 4u);
+    let end = base + lp.cols / 4u;
+    let mean = dmean[r];
+    let rstd = drstd[r];
+    var sh = vec4<f32>(0.0);
+    var shx = vec4<f32>(0.0);
+    for (var i = base; i < end; i++) {
+        let h = dg4[i] * lgamma4[i - base];
+        sh += h;
+        shx += h * ((lx4[i] - mean) * rstd);
+    }
+    let inv_c = 1.0 / f32(lp.cols);
+    let mh = hsum(sh) * inv_c;
+    let mhx = hsum(shx) * inv_c;
+    for (var i = base; i < end; i++) {
+        let h = dg4[i] * lgamma4[i - base];
+        let xhat = (lx4[i] - mean) * rstd;
+        ddx4[i] = rstd * (h - mh - xhat * mhx) + lres4[i];
+    }
+}
+
 // backward: dgamma, dbeta partials
 @group(0) @binding(2) var<storage, read> pmean: array<f32>;           // (rows)
 @group(0) @binding(3) var<storage, read> prstd: array<f32>;           // (rows)

@@ -99,3 +99,71 @@ fn layernorm_backward_dx_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_
         }
     }
 }
+
+// ---- Residual add + LayerNorm (see norm.wgsl) ----
+
+@group(0) @binding(7) var<storage, read> lres: array<f32>;          // (rows, C) forward: the residual branch; backward: the gradient of sum from its other use
+@group(0) @binding(8) var<storage, read_write> lsum: array<f32>;    // (rows, C) x + res
+
+@compute @workgroup_size(WG_ROWS)
+fn add_layernorm_forward_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(subgroup_id) sg: u32, @builtin(num_subgroups) nsg: u32,
+        @builtin(subgroup_invocation_id) lane: u32, @builtin(subgroup_size) sgs: u32) {
+    let r0 = (wid.y * nwg.x + wid.x) * SG_ROWS;
+    let inv_c = 1.0 / f32(lp.cols);
+    for (var k = sg; k < SG_ROWS; k += nsg) {
+        let r = r0 + k;
+        if r >= lp.rows { break; }
+        let base = r * lp.cols;
+        let end = base + lp.cols;
+        var s = 0.0;
+        for (var i = base + lane; i < end; i += sgs) {
+            let v = lx[i] + lres[i];
+            lsum[i] = v;
+            s += v;
+        }
+        let mean = subgroupAdd(s) * inv_c;
+        var q = 0.0;
+        for (var i = base + lane; i < end; i += sgs) {
+            let d = lsum[i] - mean;
+            q += d * d;
+        }
+        let rstd = 1.0 / sqrt(subgroupAdd(q) * inv_c + lp.eps);
+        for (var i = base + lane; i < end; i += sgs) {
+            let c = i - base;
+            ly[i] = (lsum[i] - mean) * rstd * lgamma[c] + lbeta[c];
+        }
+        if lane == 0u {
+            lmean[r] = mean;
+            lrstd[r] = rstd;
+        }
+    }
+}
+
+@compute @workgroup_size(WG_ROWS)
+fn layernorm_backward_dx_add_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(subgroup_id) sg: u32, @builtin(num_subgroups) nsg: u32,
+        @builtin(subgroup_invocation_id) lane: u32, @builtin(subgroup_size) sgs: u32) {
+    let r0 = (wid.y * nwg.x + wid.x) * SG_ROWS;
+    let inv_c = 1.0 / f32(lp.cols);
+    for (var k = sg; k < SG_ROWS; k += nsg) {
+        let r = r0 + k;
+        if r >= lp.rows { break; }
+        let base = r * lp.cols;
+        let end = base + lp.cols;
+        let mean = dmean[r];
+        let rstd = drstd[r];
+        var acc = vec2<f32>(0.0, 0.0);
+        for (var i = base + lane; i < end; i += sgs) {
+            let h = dg[i] * lgamma[i - base];
+            let xhat = (lx[i] - mean) * rstd;
+            acc += vec2<f32>(h, h * xhat);
+        }
+        let m = subgroupAdd(acc) * inv_c;
+        for (var i = base + lane; i < end; i += sgs) {
+            let h = dg[i] * lgamma[i - base];
+            let xhat = (lx[i] - mean) * rstd;
+            ddx[i] = rstd * (h - m.x - xhat * m.y) + lres[i];
+        }
+    }
+}

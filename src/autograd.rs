@@ -12,11 +12,24 @@ use crate::tensor::{Tensor, fresh_id};
 /// Maps the gradient of an op's output to the gradients of its inputs (`None`: no gradient).
 pub(crate) type BackwardFn = Box<dyn Fn(&Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync>;
 
+/// A backward that also takes the gradient already accumulated for one of its inputs (removed
+/// from the pending sum, `None` when nothing reached it yet) and returns that input's gradient
+/// with it included: a fused kernel adds it instead of a separate accumulation dispatch.
+pub(crate) type AbsorbingBackwardFn =
+    Box<dyn Fn(&Tensor, Option<&Tensor>) -> Result<Vec<Option<Tensor>>> + Send + Sync>;
+
+/// How a node maps its output gradient back.
+pub(crate) enum Backward {
+    Plain(BackwardFn),
+    /// The input at this index has its pending gradient handed to the closure.
+    Absorbing(usize, AbsorbingBackwardFn),
+}
+
 /// One recorded op.
 pub(crate) struct Node {
     pub op: &'static str,
     pub inputs: Vec<Tensor>,
-    pub backward: BackwardFn,
+    pub backward: Backward,
 }
 
 thread_local! {
@@ -112,11 +125,28 @@ impl Tensor {
 
     /// Attach a node to a freshly computed `out` when any input requires a gradient.
     pub(crate) fn record(
-        mut self,
+        self,
         op: &'static str,
         inputs: &[&Tensor],
         backward: BackwardFn,
     ) -> Tensor {
+        self.record_node(op, inputs, Backward::Plain(backward))
+    }
+
+    /// [`record`](Self::record) with a backward that absorbs the gradient already pending for
+    /// `inputs[absorb]` (any gradient reaching it later is added as usual, so the sum is the
+    /// same whatever the order).
+    pub(crate) fn record_absorbing(
+        self,
+        op: &'static str,
+        inputs: &[&Tensor],
+        absorb: usize,
+        backward: AbsorbingBackwardFn,
+    ) -> Tensor {
+        self.record_node(op, inputs, Backward::Absorbing(absorb, backward))
+    }
+
+    fn record_node(mut self, op: &'static str, inputs: &[&Tensor], backward: Backward) -> Tensor {
         if Self::should_record(inputs) {
             self.requires_grad = true;
             self.node = Some(Arc::new(Node {
@@ -168,7 +198,20 @@ impl Tensor {
                 out.insert(t, g);
                 continue;
             };
-            let grads = (node.backward)(&g)?;
+            let grads = match &node.backward {
+                Backward::Plain(f) => f(&g)?,
+                Backward::Absorbing(i, f) => {
+                    let prev = node.inputs.get(*i).and_then(|t| pending.remove(&t.id));
+                    let mut grads = f(&g, prev.as_ref())?;
+                    // A closure that gives the input no gradient must not drop what it took.
+                    if let Some(slot) = grads.get_mut(*i)
+                        && slot.is_none()
+                    {
+                        *slot = prev;
+                    }
+                    grads
+                }
+            };
             for (inp, gi) in node.inputs.iter().zip(grads) {
                 let Some(gi) = gi else { continue };
                 if !inp.requires_grad {

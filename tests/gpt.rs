@@ -829,3 +829,63 @@ fn mixed_precision_finetune_follows_f32() {
         assert!(losses[7] < losses[0], "{d:?} trains: {losses:?}");
     }
 }
+
+/// A vocabulary wider than the model (V > C) takes the fused lm_head + loss: chunks of
+/// logits, never the (B·T, V) logits. On a device that plans 64 KiB bindings (so 5 positions
+/// of logits a chunk, 13 chunks), the loss and every gradient equal the plain composition's
+/// (logits, then cross-entropy) on an unsplit device, and the step's peak memory stays below
+/// the size of the logits it never makes.
+#[test]
+fn a_wide_vocabulary_loss_never_holds_its_logits() {
+    let (v, c, b, t) = (3001, 4, 4, 16);
+    let cfg = GptConfig {
+        n_layer: 1,
+        n_head: 1,
+        n_embd: c,
+        block_size: t,
+        vocab_size: v,
+        dropout: 0.0,
+        ln_eps: 1e-5,
+    };
+    let ids: Vec<u32> = (0..b * t).map(|i| ((i * 7919 + 11) % v) as u32).collect();
+    let tgt: Vec<u32> = (0..b * t).map(|i| ((i * 104_729 + 5) % v) as u32).collect();
+    let run = |dev: &Device, fused: bool| {
+        let model = Gpt::new(dev, cfg.clone(), 3).unwrap();
+        // The embedding (48 KB) is one binding on both devices: only the loss differs.
+        assert_eq!(model.parameters()[0].0, "transformer.wte.weight");
+        let x = Tensor::from_u32(dev, &ids, &[b, t]).unwrap();
+        let y = Tensor::from_u32(dev, &tgt, &[b, t]).unwrap();
+        dev.sync().unwrap();
+        dev.reset_stats();
+        let loss = if fused {
+            model.loss(&x, &y, true).unwrap()
+        } else {
+            model
+                .forward(&x, true)
+                .unwrap()
+                .cross_entropy(&y, None)
+                .unwrap()
+        };
+        let grads = loss.backward().unwrap();
+        let peak = dev.stats().peak_bytes;
+        let values: Vec<(String, Vec<f32>)> = model
+            .parameters()
+            .into_iter()
+            .map(|(n, p)| (n, grads.get(&p).unwrap().to_vec().unwrap()))
+            .collect();
+        (loss.item().unwrap(), values, peak)
+    };
+    let dev = Device::with_options(DeviceOptions::new().plan_binding_bytes(64 << 10)).unwrap();
+    let (loss, grads, peak) = run(&dev, true);
+    let (want_loss, want_grads, _) = run(&shared_device(), false);
+    assert_close("loss", &[loss], &[f64::from(want_loss)], 1e-5, 1e-6);
+    for ((name, got), (_, want)) in grads.iter().zip(&want_grads) {
+        let want: Vec<f64> = want.iter().map(|&w| f64::from(w)).collect();
+        assert_close(name, got, &want, 1e-3, 1e-6);
+    }
+    let logits = (b * t * v * 4) as u64;
+    assert!(
+        peak < logits,
+        "peak {peak} bytes during the step, logits would be {logits}"
+    );
+}

@@ -624,3 +624,118 @@ fn elementwise_means_in_each_form() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The lm_head fused with the loss: linear_cross_entropy
+
+/// f64 loss and gradients (dx (N, C), dw (V, C)) of `cross_entropy(x · wᵀ, t)`.
+fn lce_ref(x: &[f64], w: &[f64], c: usize, t: &[u32]) -> (f64, Vec<f64>, Vec<f64>) {
+    let (n, v) = (x.len() / c, w.len() / c);
+    let mut z = vec![0.0; n * v];
+    for i in 0..n {
+        for j in 0..v {
+            z[i * v + j] = (0..c).map(|k| x[i * c + k] * w[j * c + k]).sum();
+        }
+    }
+    let (loss, dz) = r::cross_entropy(&z, v, t, None);
+    let (mut dx, mut dw) = (vec![0.0; n * c], vec![0.0; v * c]);
+    for i in 0..n {
+        for j in 0..v {
+            let g = dz[i * v + j];
+            for k in 0..c {
+                dx[i * c + k] += g * w[j * c + k];
+                dw[j * c + k] += g * x[i * c + k];
+            }
+        }
+    }
+    (loss, dx, dw)
+}
+
+#[test]
+fn linear_cross_entropy_matches_the_composition_for_any_chunking() {
+    let dev = shared_device();
+    // (N, C, V): V > C and V < C, C and V not multiples of 4, N past a 64-row workgroup.
+    for (n, c, v) in [(1, 3, 7), (13, 5, 67), (130, 33, 9), (70, 16, 257)] {
+        let xs = random_vec(n * c, -1.5, 1.5, (n * c) as u64);
+        let ws = random_vec(v * c, -1.5, 1.5, (v * c + 1) as u64);
+        let t = ids(n, v, (n + v) as u64);
+        let (wl, wdx, wdw) = lce_ref(&f64s(&xs), &f64s(&ws), c, &t);
+        for chunk in [1, 3, 64, n, n + 5] {
+            let x = up(&dev, &xs, &[n, c]).with_grad();
+            let w = up(&dev, &ws, &[v, c]).with_grad();
+            let tt = Tensor::from_u32(&dev, &t, &[n]).unwrap();
+            let what = format!("linear_cross_entropy ({n}, {c}) x ({v}, {c}), chunks of {chunk}");
+            let loss = x.linear_cross_entropy(&w, &tt, chunk).unwrap();
+            assert_close(&what, &loss.to_vec().unwrap(), &[wl], 1e-5, 1e-5);
+            // An upstream gradient of 2.5: the backward scales by it.
+            let g = loss
+                .backward_with(&Tensor::from_slice(&dev, &[2.5], &[]).unwrap())
+                .unwrap();
+            let scaled = |d: &[f64]| d.iter().map(|v| v * 2.5).collect::<Vec<_>>();
+            let got = |p: &Tensor| g.get(p).unwrap().to_vec().unwrap();
+            assert_close(&format!("{what} dx"), &got(&x), &scaled(&wdx), 1e-4, 1e-5);
+            assert_close(&format!("{what} dw"), &got(&w), &scaled(&wdw), 1e-4, 1e-5);
+            // Without recording: the same loss, and no gradient work.
+            let plain = portagrad::inference(|| x.linear_cross_entropy(&w, &tt, chunk)).unwrap();
+            assert_close(
+                &format!("{what} no grad"),
+                &plain.to_vec().unwrap(),
+                &[wl],
+                1e-5,
+                1e-5,
+            );
+        }
+    }
+}
+
+#[test]
+fn linear_cross_entropy_gradients_match_finite_differences() {
+    let t = vec![4u32, 0, 6, 6, 2];
+    for chunk in [2, 5] {
+        check_grad(
+            &format!("linear_cross_entropy chunks of {chunk}"),
+            &[inp(&[5, 3], -1.5, 1.5), inp(&[7, 3], -1.5, 1.5)],
+            &|x| {
+                let tt = Tensor::from_u32(x[0].device(), &t, &[5])?;
+                x[0].linear_cross_entropy(&x[1], &tt, chunk)
+            },
+            &|x| vec![lce_ref(&x[0], &x[1], 3, &t).0],
+            &|x, g| {
+                let (_, dx, dw) = lce_ref(&x[0], &x[1], 3, &t);
+                vec![
+                    dx.iter().map(|v| v * g[0]).collect(),
+                    dw.iter().map(|v| v * g[0]).collect(),
+                ]
+            },
+            1e-5,
+            1e-4,
+        );
+    }
+}
+
+#[test]
+fn linear_cross_entropy_bad_inputs_are_errors() {
+    let dev = shared_device();
+    let x = Tensor::zeros(&dev, &[4, 3]).unwrap();
+    let w = Tensor::zeros(&dev, &[7, 3]).unwrap();
+    let t = Tensor::from_u32(&dev, &[0, 1, 2, 3], &[4]).unwrap();
+    let text = |r: Result<Tensor>| r.unwrap_err().to_string();
+    let w4 = Tensor::zeros(&dev, &[7, 4]).unwrap();
+    let e = text(x.linear_cross_entropy(&w4, &t, 2));
+    assert!(
+        e.contains("linear_cross_entropy") && e.contains("[7, 4]"),
+        "{e}"
+    );
+    let t3 = Tensor::from_u32(&dev, &[0, 1, 2], &[3]).unwrap();
+    assert!(text(x.linear_cross_entropy(&w, &t3, 2)).contains("linear_cross_entropy"));
+    assert!(text(x.linear_cross_entropy(&w, &t, 0)).contains("chunk_rows"));
+    let bad = Tensor::from_u32(&dev, &[0, 1, 9, 3], &[4]).unwrap();
+    for chunk in [2, 4] {
+        let e = text(x.linear_cross_entropy(&w, &bad, chunk));
+        assert!(e.contains("target 9 at position 2"), "{e}");
+    }
+    assert!(matches!(
+        t.linear_cross_entropy(&w, &t, 2),
+        Err(Error::DType { .. })
+    ));
+}

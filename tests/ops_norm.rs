@@ -6,7 +6,7 @@ mod common;
 
 use common::{FORMS, ROW_SHAPES, bits, check_grad, constant, f64s, force, inp, up};
 use portagrad::testing::reference::norm as r;
-use portagrad::testing::{assert_close, random_vec, shared_device};
+use portagrad::testing::{GradCheck, assert_close, random_vec, shared_device};
 use portagrad::{Error, Result, Tensor};
 
 const EPS: f64 = 1e-5;
@@ -152,6 +152,208 @@ fn layer_norm_bad_inputs_are_errors_naming_op_and_shapes() {
         })
     ));
 }
+// ---------------------------------------------------------------------------------------------
+// Residual add + LayerNorm (one kernel each way)
+
+/// f64 `(sum, LayerNorm(sum))` for `sum = x + res`: the unfused composition. With `f32_sum`
+/// the sum is rounded to f32 once, as the composition's f32 tensor holds it (with 3 columns
+/// around 50 that rounding alone moves a normalised value by ~1e-4); finite differences need
+/// the exact f64 sum.
+fn add_ln_ref(
+    x: &[f64],
+    res: &[f64],
+    gamma: &[f64],
+    beta: &[f64],
+    f32_sum: bool,
+) -> (Vec<f64>, Vec<f64>) {
+    let sum: Vec<f64> = x
+        .iter()
+        .zip(res)
+        .map(|(&a, &b)| match f32_sum {
+            true => f64::from(a as f32 + b as f32),
+            false => a + b,
+        })
+        .collect();
+    let y = r::layer_norm(&sum, gamma, beta, EPS);
+    (sum, y)
+}
+
+#[test]
+fn add_layer_norm_gradients_match_finite_differences() {
+    // out = sum + y * w: sum has a use besides the LayerNorm that the backward must add in
+    // (the next residual add of a Transformer). C = 1, 7, 333; a rank-3 input; 130 rows.
+    let shapes: &[&[usize]] = &[&[3, 1], &[5, 7], &[3, 333], &[2, 3, 7], &[130, 7], &[6]];
+    for &shape in shapes {
+        let c = *shape.last().unwrap();
+        GradCheck::new(&format!("add_layer_norm {shape:?}"), &shared_device())
+            .input(shape, -2.0, 2.0)
+            .input(shape, -2.0, 2.0)
+            .input(&[c], 0.5, 1.5)
+            .input(&[c], -0.5, 0.5)
+            .constant(shape, -1.0, 1.0)
+            .tolerances(1e-4, 2e-3)
+            .assert(
+                &|t| {
+                    let (sum, y) = t[0].add_layer_norm(&t[1], &t[2], &t[3], EPS as f32)?;
+                    sum.add(&y.mul(&t[4])?)
+                },
+                &|x| {
+                    let (sum, y) = add_ln_ref(&x[0], &x[1], &x[2], &x[3], false);
+                    (0..sum.len()).map(|i| sum[i] + y[i] * x[4][i]).collect()
+                },
+            );
+    }
+}
+
+/// Forward (sum and y) and backward (x, res, gamma, beta) of `add_layer_norm` in `form` on
+/// (rows, cols) against the f64 composition; `other` also gives `sum` a second use.
+/// `wide`: x around 50 with spread 3 (a large common mean tests the two-pass variance);
+/// otherwise x has spread 1 about a ramp of 4 per column, so that among a million rows of
+/// three columns none is so nearly constant that f32 LayerNorm itself (fused or not) loses
+/// 1e-3 of its values.
+fn add_layer_norm_case(
+    dev: &portagrad::Device,
+    form: &str,
+    (rows, cols): (usize, usize),
+    other: bool,
+    wide: bool,
+) {
+    let _g = force(dev, form, cols);
+    let seed = (rows * 31 + cols) as u64;
+    let x: Vec<f32> = random_vec(rows * cols, -1.0, 1.0, seed)
+        .iter()
+        .enumerate()
+        .map(|(i, v)| match wide {
+            true => v * 3.0 + 50.0,
+            false => v + 4.0 * (i % cols) as f32,
+        })
+        .collect();
+    let res = random_vec(rows * cols, -2.0, 2.0, seed + 1);
+    let gamma = random_vec(cols, 0.5, 1.5, seed + 2);
+    let beta = random_vec(cols, -0.5, 0.5, seed + 3);
+    let gy = random_vec(rows * cols, -1.0, 1.0, seed + 4);
+    let gs = random_vec(rows * cols, -1.0, 1.0, seed + 5);
+    let xt = up(dev, &x, &[rows, cols]).with_grad();
+    let rt = up(dev, &res, &[rows, cols]).with_grad();
+    let gt = up(dev, &gamma, &[cols]).with_grad();
+    let bt = up(dev, &beta, &[cols]).with_grad();
+    let (sum, y) = xt.add_layer_norm(&rt, &gt, &bt, EPS as f32).unwrap();
+    let (wsum, wy) = add_ln_ref(&f64s(&x), &f64s(&res), &f64s(&gamma), &f64s(&beta), true);
+    let what = format!("{form} add_layer_norm ({rows}, {cols}) other use {other}");
+    assert_close(
+        &format!("{what} sum"),
+        &sum.to_vec().unwrap(),
+        &wsum,
+        1e-6,
+        1e-6,
+    );
+    assert_close(&format!("{what} y"), &y.to_vec().unwrap(), &wy, 1e-4, 1e-4);
+    // loss = sum(y * gy) (+ sum(sum * gs)); with the second use, sum's node comes after y's
+    // in the backward order only through this add, which runs first: the fused kernel adds gs.
+    let gyt = up(dev, &gy, &[rows, cols]);
+    let loss = if other {
+        let gst = up(dev, &gs, &[rows, cols]);
+        sum.mul(&gst)
+            .unwrap()
+            .add(&y.mul(&gyt).unwrap())
+            .unwrap()
+            .sum()
+            .unwrap()
+    } else {
+        y.mul(&gyt).unwrap().sum().unwrap()
+    };
+    let grads = loss.backward().unwrap();
+    let (mut wdx, wdg, wdb) = r::layer_norm_backward(&wsum, &f64s(&gamma), &f64s(&gy), EPS);
+    if other {
+        wdx.iter_mut()
+            .zip(&gs)
+            .for_each(|(d, &g)| *d += f64::from(g));
+    }
+    let get = |t: &Tensor| grads.get(t).unwrap().to_vec().unwrap();
+    assert_close(&format!("{what} dx"), &get(&xt), &wdx, 1e-3, 1e-3);
+    assert_close(&format!("{what} dres"), &get(&rt), &wdx, 1e-3, 1e-3);
+    let tol = 1e-4 * rows as f64;
+    assert_close(&format!("{what} dgamma"), &get(&gt), &wdg, 1e-3, tol);
+    assert_close(&format!("{what} dbeta"), &get(&bt), &wdb, 1e-4, tol);
+}
+
+#[test]
+fn add_layer_norm_forward_and_backward_in_every_form() {
+    let dev = shared_device();
+    for form in FORMS {
+        for &(rows, cols) in ROW_SHAPES.iter() {
+            for other in [false, true] {
+                add_layer_norm_case(&dev, form, (rows, cols), other, true);
+            }
+        }
+    }
+}
+
+#[test]
+fn add_layer_norm_rows_past_one_grid_dimension() {
+    // Rows one workgroup past 65,535 workgroups of each form (1, 8 and 64 rows per workgroup),
+    // C = 3 (no vec4 path): the grid folds into 2-D.
+    let dev = shared_device();
+    for (form, per_wg) in [("workgroup", 1), ("subgroup", 8), ("invocation", 64)] {
+        add_layer_norm_case(&dev, form, (65_536 * per_wg + 3, 3), true, false);
+    }
+}
+
+#[test]
+fn add_layer_norm_is_one_dispatch_each_way() {
+    // A device of its own: its counters see this test's dispatches only.
+    let dev = portagrad::testing::device().unwrap();
+    let x = Tensor::rand_normal(&dev, &[37, 65], 0.0, 1.0, 1)
+        .unwrap()
+        .with_grad();
+    let res = Tensor::rand_normal(&dev, &[37, 65], 0.0, 1.0, 2)
+        .unwrap()
+        .with_grad();
+    let gamma = Tensor::ones(&dev, &[65]).unwrap();
+    let beta = Tensor::zeros(&dev, &[65]).unwrap();
+    dev.sync().unwrap();
+    dev.reset_stats();
+    let (sum, y) = x.add_layer_norm(&res, &gamma, &beta, 1e-5).unwrap();
+    assert_eq!(dev.stats().dispatches, 1, "forward");
+    // sum's other use is added inside the LayerNorm backward kernel: with gamma and beta
+    // constant the backward of the fused op is that one kernel (the add's own backward and
+    // the seed are the other dispatches counted here).
+    let out = sum.add(&y).unwrap();
+    let seed = Tensor::ones(&dev, &[37, 65]).unwrap();
+    dev.sync().unwrap();
+    dev.reset_stats();
+    let g = out.backward_with(&seed).unwrap();
+    assert_eq!(dev.stats().dispatches, 1, "backward");
+    assert!(g.get(&x).is_some() && g.get(&res).is_some());
+}
+
+#[test]
+fn add_layer_norm_bad_inputs_are_errors() {
+    let dev = shared_device();
+    let x = Tensor::zeros(&dev, &[3, 4]).unwrap();
+    let g4 = Tensor::ones(&dev, &[4]).unwrap();
+    let r5 = Tensor::zeros(&dev, &[3, 5]).unwrap();
+    let e = x
+        .add_layer_norm(&r5, &g4, &g4, 1e-5)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("add_layer_norm") && e.contains("[3, 5]"), "{e}");
+    let g5 = Tensor::ones(&dev, &[5]).unwrap();
+    let e = x
+        .add_layer_norm(&x, &g5, &g4, 1e-5)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("add_layer_norm") && e.contains("[5]"), "{e}");
+    let ids = Tensor::from_u32(&dev, &[0; 12], &[3, 4]).unwrap();
+    assert!(matches!(
+        x.add_layer_norm(&ids, &g4, &g4, 1e-5),
+        Err(Error::DType {
+            op: "add_layer_norm",
+            ..
+        })
+    ));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Dropout
 

@@ -1,5 +1,6 @@
-//! GPT training steps at the shakespeare example's two presets: tokens/s, ms/step and the
-//! runtime's counts per step (AdamW with clipping, as the example trains).
+//! GPT training steps at the shakespeare example's two presets and one with GPT-2's vocabulary:
+//! tokens/s, ms/step and the runtime's counts per step (AdamW with clipping, as the example
+//! trains).
 
 use std::time::Instant;
 
@@ -7,18 +8,28 @@ use portagrad::models::{Gpt, GptConfig};
 use portagrad::optim::{OptimConfig, Optimizer, decay_groups};
 use portagrad::{Device, Result, Tensor};
 
+/// The presets: `cpu` and `gpu` (the shakespeare example's), and `cpu-v50257`, the cpu preset
+/// with GPT-2's vocabulary, where the lm_head and the loss dominate the step.
+const PRESETS: [&str; 3] = ["cpu", "cpu-v50257", "gpu"];
+
 fn preset(name: &str, is_cpu: bool) -> (GptConfig, usize, usize) {
-    let (l, h, c, t, b, steps) = if name == "gpu" {
-        (6, 6, 384, 256, 64, if is_cpu { 2 } else { 10 })
-    } else {
-        (4, 4, 128, 128, 16, 5)
+    let (l, h, c, t, b, steps) = match name {
+        "gpu" => (6, 6, 384, 256, 64, if is_cpu { 2 } else { 10 }),
+        "cpu-v50257" => (4, 4, 128, 128, 16, 2),
+        _ => (4, 4, 128, 128, 16, 5),
     };
+    let vocab = if name == "cpu-v50257" { 50257 } else { 65 };
+    // BENCH_GPT_BATCH=n overrides the batch (counts per step at a preset's widths, quickly).
+    let b = std::env::var("BENCH_GPT_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(b);
     let cfg = GptConfig {
         n_layer: l,
         n_head: h,
         n_embd: c,
         block_size: t,
-        vocab_size: 65,
+        vocab_size: vocab,
         dropout: 0.0,
         ln_eps: 1e-5,
     };
@@ -26,12 +37,18 @@ fn preset(name: &str, is_cpu: bool) -> (GptConfig, usize, usize) {
 }
 
 pub fn run(dev: &Device) -> Result<()> {
-    println!("\n## gpt training step (char-level, vocab 65)");
+    // BENCH_GPT_PRESETS=cpu,gpu picks presets (all by default; gpu takes minutes on lavapipe).
+    let only = std::env::var("BENCH_GPT_PRESETS").unwrap_or_default();
+    let presets: Vec<&str> = PRESETS
+        .into_iter()
+        .filter(|p| only.is_empty() || only.split(',').any(|o| o == *p))
+        .collect();
+    println!("\n## gpt training step");
     println!(
-        "| preset | params | batch x block | steps timed | ms/step | tokens/s | dispatches/step | submits/step | readbacks/step | peak MiB |"
+        "| preset | vocab | params | batch x block | steps timed | ms/step | tokens/s | dispatches/step | submits/step | readbacks/step | peak MiB |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
-    for name in ["cpu", "gpu"] {
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for name in presets {
         let (cfg, b, steps) = preset(name, dev.info().is_cpu);
         let t = cfg.block_size;
         let model = Gpt::new(dev, cfg.clone(), 1)?;
@@ -39,7 +56,8 @@ pub fn run(dev: &Device) -> Result<()> {
             OptimConfig::adamw(1e-3).clip_grad_norm(1.0),
             decay_groups(model.parameters(), 0.1),
         )?;
-        let ids: Vec<u32> = (0..b * (t + 1)).map(|i| ((i * 7919) % 65) as u32).collect();
+        let v = cfg.vocab_size;
+        let ids: Vec<u32> = (0..b * (t + 1)).map(|i| ((i * 7919) % v) as u32).collect();
         let x: Vec<u32> = (0..b)
             .flat_map(|r| ids[r * (t + 1)..r * (t + 1) + t].to_vec())
             .collect();
@@ -68,7 +86,8 @@ pub fn run(dev: &Device) -> Result<()> {
         let s = t0.elapsed().as_secs_f64() / steps as f64;
         let st = dev.stats();
         println!(
-            "| {name} | {:.2}M | {b} x {t} | {steps} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.1} |",
+            "| {name} | {} | {:.2}M | {b} x {t} | {steps} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.1} |",
+            cfg.vocab_size,
             cfg.num_params() as f64 / 1e6,
             s * 1e3,
             (b * t) as f64 / s,
@@ -144,5 +163,59 @@ fn parts(dev: &Device) -> Result<()> {
         println!("| {what} | {:.2} | {:.0} |", s * 1e3, flop / s / 1e9);
     }
     println!("| all dense-layer products | {:.2} | |", total * 1e3);
+    Ok(())
+}
+
+/// `bench -- fusions`: the residual add + LayerNorm of a GPT block, fused against the add then
+/// the LayerNorm, forward and backward (with the stream's gradient from its other use), at the
+/// cpu and gpu presets' (B·T, C); the two alternate and each keeps its best of 7.
+pub fn fusions(dev: &Device) -> Result<()> {
+    println!("\n## fused residual add + LayerNorm (forward + backward, best of 7)");
+    println!("| (rows, C) | fused ms | add, then layer_norm ms | dispatches fused / unfused |");
+    println!("|---|---|---|---|");
+    for (rows, c) in [(2048, 128), (16384, 384)] {
+        let x = Tensor::rand_normal(dev, &[rows, c], 0.0, 1.0, 1)?.with_grad();
+        let r = Tensor::rand_normal(dev, &[rows, c], 0.0, 1.0, 2)?.with_grad();
+        let gamma = Tensor::ones(dev, &[c])?.with_grad();
+        let beta = Tensor::zeros(dev, &[c])?.with_grad();
+        let gs = Tensor::rand_normal(dev, &[rows, c], 0.0, 1.0, 3)?;
+        let gy = Tensor::rand_normal(dev, &[rows, c], 0.0, 1.0, 4)?;
+        // One step: the forward, then the backward of sum·gs + y·gy (sum has a second use).
+        let step = |fused: bool| -> Result<(f64, u64)> {
+            dev.sync()?;
+            dev.reset_stats();
+            let t0 = Instant::now();
+            let (s, y) = if fused {
+                x.add_layer_norm(&r, &gamma, &beta, 1e-5)?
+            } else {
+                let s = x.add(&r)?;
+                let y = s.layer_norm(&gamma, &beta, 1e-5)?;
+                (s, y)
+            };
+            let out = s.mul(&gs)?.add(&y.mul(&gy)?)?;
+            let seed = Tensor::ones(dev, &[rows, c])?;
+            let g = out.backward_with(&seed)?;
+            drop(g);
+            dev.sync()?;
+            Ok((t0.elapsed().as_secs_f64(), dev.stats().dispatches))
+        };
+        step(true)?;
+        step(false)?;
+        let (mut best, mut dispatches) = ([f64::MAX; 2], [0u64; 2]);
+        for _ in 0..7 {
+            for (i, fused) in [true, false].into_iter().enumerate() {
+                let (s, d) = step(fused)?;
+                best[i] = best[i].min(s);
+                dispatches[i] = d;
+            }
+        }
+        println!(
+            "| ({rows}, {c}) | {:.2} | {:.2} | {} / {} |",
+            best[0] * 1e3,
+            best[1] * 1e3,
+            dispatches[0],
+            dispatches[1]
+        );
+    }
     Ok(())
 }

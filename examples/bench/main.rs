@@ -37,6 +37,9 @@ fn main() -> Result<()> {
     if want("gpt") {
         gpt::run(&dev)?;
     }
+    if want("fusions") {
+        gpt::fusions(&dev)?;
+    }
     Ok(())
 }
 

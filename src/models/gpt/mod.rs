@@ -28,6 +28,10 @@ enum Attn<'a> {
     Decode(&'a mut KvCache),
 }
 
+/// Bytes of logits one chunk of the fused lm_head + loss makes at least ([`Gpt::loss`] with
+/// V > C).
+const LCE_CHUNK_BYTES: u64 = 32 << 20;
+
 /// The Hugging Face name of the token embedding.
 const WTE: &str = "transformer.wte.weight";
 
@@ -604,11 +608,51 @@ impl Gpt {
 
     /// The final hidden states (B, T, C), after ln_f, for checked ids (B, T).
     fn hidden(&self, ids: &Tensor, train: bool) -> Result<Tensor> {
-        let mut x = self.embed(ids, 0, train)?; // (B, T, C)
-        for blk in &self.blocks {
-            x = self.block(blk, x, train, Attn::Full)?;
+        let x = self.embed(ids, 0, train)?; // (B, T, C)
+        self.trunk(x, train, None)
+    }
+
+    /// Every block on the embeddings x (B, T, C), then ln_f -> (B, T, C). With `caches`
+    /// (one per layer, and whether this call prefills them) attention reads and fills them.
+    ///
+    /// Each residual add is fused with the LayerNorm that follows it (the block's ln_2, the
+    /// next block's ln_1, or ln_f after the last block): one kernel writes the residual stream
+    /// and its normalised copy, and the backward adds the stream's gradient inside the
+    /// LayerNorm backward kernel.
+    fn trunk(
+        &self,
+        x: Tensor,
+        train: bool,
+        mut caches: Option<(&mut [KvCache], bool)>,
+    ) -> Result<Tensor> {
+        if let Some((c, _)) = &caches
+            && c.len() != self.blocks.len()
+        {
+            return Err(Error::InvalidArgument {
+                op: "Gpt (KV caches)",
+                message: format!("{} caches for {} layers", c.len(), self.blocks.len()),
+            });
         }
-        x.layer_norm(&self.ln_f_w, &self.ln_f_b, self.cfg.ln_eps)
+        let eps = self.cfg.ln_eps;
+        let first = &self.blocks[0]; // n_layer >= 1 (validated)
+        let mut h = x.layer_norm(&first.ln_1_w, &first.ln_1_b, eps)?;
+        let mut x = x;
+        for (i, blk) in self.blocks.iter().enumerate() {
+            let attn = match caches.as_mut() {
+                None => Attn::Full,
+                Some((c, true)) => {
+                    c[i].reset();
+                    Attn::Prefill(&mut c[i])
+                }
+                Some((c, false)) => Attn::Decode(&mut c[i]),
+            };
+            let (w, b) = match self.blocks.get(i + 1) {
+                Some(next) => (&next.ln_1_w, &next.ln_1_b),
+                None => (&self.ln_f_w, &self.ln_f_b),
+            };
+            (x, h) = self.block(blk, x, &h, train, attn, (w, b))?;
+        }
+        Ok(h)
     }
 
     fn check_ids(&self, op: &'static str, ids: &Tensor) -> Result<(usize, usize)> {
@@ -680,11 +724,21 @@ impl Gpt {
         Ok(tok.expect("at least one chunk"))
     }
 
-    /// One Transformer block on x (B, T, C); `attn` says where keys and values come from.
-    fn block(&self, blk: &Block, x: Tensor, train: bool, attn: Attn<'_>) -> Result<Tensor> {
-        let h = x.layer_norm(&blk.ln_1_w, &blk.ln_1_b, self.cfg.ln_eps)?;
+    /// One Transformer block on the residual stream x (B, T, C) and its ln_1 output h; `attn`
+    /// says where keys and values come from. Returns the new stream and its normalisation by
+    /// `next_ln` (gamma, beta): the next block's ln_1, or ln_f.
+    fn block(
+        &self,
+        blk: &Block,
+        x: Tensor,
+        h: &Tensor,
+        train: bool,
+        attn: Attn<'_>,
+        next_ln: (&Tensor, &Tensor),
+    ) -> Result<(Tensor, Tensor)> {
+        let eps = self.cfg.ln_eps;
         let qkv = self.dense(
-            &h,
+            h,
             &blk.c_attn_w,
             Some(&blk.c_attn_b),
             WeightLayout::InOut,
@@ -711,8 +765,7 @@ impl Gpt {
             WeightLayout::InOut,
             Activation::None,
         )?;
-        let x = x.add(&self.dropout(y, train)?)?;
-        let h = x.layer_norm(&blk.ln_2_w, &blk.ln_2_b, self.cfg.ln_eps)?;
+        let (x, h) = x.add_layer_norm(&self.dropout(y, train)?, &blk.ln_2_w, &blk.ln_2_b, eps)?;
         let h = self.dense(
             &h,
             &blk.c_fc_w,
@@ -727,13 +780,7 @@ impl Gpt {
             WeightLayout::InOut,
             Activation::None,
         )?; // (B, T, C)
-        x.add(&self.dropout(h, train)?)
-    }
-
-    /// Final LayerNorm and the tied lm_head: x (..., C) -> logits (..., V) = ln_f(x) · wteᵀ.
-    fn head(&self, x: &Tensor) -> Result<Tensor> {
-        let x = x.layer_norm(&self.ln_f_w, &self.ln_f_b, self.cfg.ln_eps)?;
-        self.lm_head(&x)
+        x.add_layer_norm(&self.dropout(h, train)?, next_ln.0, next_ln.1, eps)
     }
 
     /// The tied lm_head on normalised x (..., C) -> (..., V): x · wteᵀ, or with row chunks the
@@ -758,11 +805,34 @@ impl Gpt {
     /// Mean cross-entropy of next-token prediction: logits of `ids` (B, T) against `targets`
     /// (B, T). When the (B·T, V) logits would pass [`Device::plan_binding_bytes`], they are
     /// made and scored a chunk of positions at a time, each chunk's mean weighted by its share
-    /// of the positions: the same mean, without a tensor past the limit.
+    /// of the positions: the same mean, without a tensor past the limit. A vocabulary wider
+    /// than the model (V > C; f32, the embedding in one binding) takes the fused lm_head +
+    /// cross-entropy instead ([`Tensor::linear_cross_entropy`]), which never makes the
+    /// (B·T, V) logits at all.
     pub fn loss(&self, ids: &Tensor, targets: &Tensor, train: bool) -> Result<Tensor> {
         let (b, t) = self.check_ids("Gpt::loss", ids)?;
         let (n, c) = (b * t, self.cfg.n_embd);
         let x = self.hidden(ids, train)?; // (B, T, C)
+        let v = self.cfg.vocab_size;
+        if v > c
+            && self.precision == Precision::F32
+            && let [wte] = &self.wte[..]
+            && wte.dtype() == DType::F32
+        {
+            // A vocabulary wider than the model: the lm_head and the loss fused, so no
+            // (B·T, V) logits (nor their gradient) exist, only a chunk at a time: at least
+            // LCE_CHUNK_BYTES and 6·C positions (each chunk adds a (V, C) product into dW,
+            // then under a tenth of its ~5 passes over its logits), within one binding.
+            let row = v as u64 * 4;
+            let rows = (LCE_CHUNK_BYTES / row)
+                .max(6 * c as u64)
+                .min(self.dev.plan_binding_bytes() / row)
+                .max(1) as usize;
+            targets.expect_shape("Gpt::loss", &[b, t])?;
+            return x
+                .reshape(&[n, c])?
+                .linear_cross_entropy(wte, &targets.reshape(&[n])?, rows);
+        }
         let chunks: Vec<Range<usize>> = self.position_chunks(n).collect();
         if chunks.len() <= 1 {
             return self.lm_head(&x)?.cross_entropy(targets, None);
@@ -850,27 +920,22 @@ impl CausalLm for Gpt {
         let flat: Vec<u32> = ids.concat();
         let ids = Tensor::from_u32(&self.dev, &flat, &[b, t])?;
         self.check_ids("Gpt::prefill", &ids)?;
-        let mut x = self.embed(&ids, 0, false)?; // (B, T, C)
-        for (blk, cache) in self.blocks.iter().zip(caches.iter_mut()) {
-            cache.reset();
-            x = self.block(blk, x, false, Attn::Prefill(cache))?;
-        }
-        // Only the last position of each sequence goes through the head.
+        let x = self.embed(&ids, 0, false)?; // (B, T, C)
+        let x = self.trunk(x, false, Some((&mut caches[..], true)))?; // (B, T, C) after ln_f
+        // Only the last position of each sequence goes through the lm_head.
         let c = self.cfg.n_embd;
         let last: Vec<u32> = (0..b).map(|i| (i * t + t - 1) as u32).collect();
         let last = Tensor::from_u32(&self.dev, &last, &[b])?;
         let x = x.reshape(&[b * t, c])?.gather_rows(&last)?; // (B, C)
-        self.head(&x)?.to_vec()
+        self.lm_head(&x)?.to_vec()
     }
 
     fn decode_step(&self, ids: &[u32], pos: usize, caches: &mut Vec<KvCache>) -> Result<Vec<f32>> {
         let b = ids.len();
         let ids = Tensor::from_u32(&self.dev, ids, &[b, 1])?;
-        let mut x = self.embed(&ids, pos, false)?; // (B, 1, C)
-        for (blk, cache) in self.blocks.iter().zip(caches.iter_mut()) {
-            x = self.block(blk, x, false, Attn::Decode(cache))?;
-        }
-        self.head(&x)?.to_vec() // (B, 1, V)
+        let x = self.embed(&ids, pos, false)?; // (B, 1, C)
+        let x = self.trunk(x, false, Some((&mut caches[..], false)))?;
+        self.lm_head(&x)?.to_vec() // (B, 1, V)
     }
 
     fn last_logits(&self, ids: &[u32]) -> Result<Vec<f32>> {

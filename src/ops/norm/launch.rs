@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::ops::reduce::launch as reduce;
 use crate::ops::rows;
 use crate::ops::{elems_grid, shader};
-use crate::runtime::{Access, Shader};
+use crate::runtime::{Access, Shader, Storage};
 use crate::tensor::{DType, Tensor};
 
 pub(crate) const SHADER: Shader = shader("norm", include_str!("../../../shaders/norm.wgsl"));
@@ -67,24 +67,56 @@ pub(crate) fn layer_norm(
     beta: &Tensor,
     eps: f32,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    const OP: &str = "layer_norm";
-    x.expect_dtype(OP, DType::F32)?;
-    gamma.expect_dtype(OP, DType::F32)?;
-    beta.expect_dtype(OP, DType::F32)?;
-    x.same_device(OP, gamma)?;
-    x.same_device(OP, beta)?;
+    check_ln("layer_norm", x, gamma, beta, eps)?;
+    let (y, mean, rstd, _) = ln_forward(x, None, gamma, beta, eps)?;
+    Ok((y, mean, rstd))
+}
+
+/// `sum = x + res` and LayerNorm of it over the last axis, in one kernel, for `x`, `res`
+/// (..., C) and `gamma`, `beta` (C): returns (sum (..., C), y (..., C), mean (rows),
+/// rstd (rows)); mean and rstd are the sum's.
+pub(crate) fn add_layer_norm(
+    x: &Tensor,
+    res: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f32,
+) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+    const OP: &str = "add_layer_norm";
+    check_ln(OP, x, gamma, beta, eps)?;
+    res.expect_dtype(OP, DType::F32)?;
+    x.same_device(OP, res)?;
+    if res.shape != x.shape {
+        return Err(Error::Shape {
+            op: OP,
+            message: format!(
+                "x {:?} and the residual branch {:?} must have the same shape",
+                x.shape, res.shape
+            ),
+        });
+    }
+    let (y, mean, rstd, sum) = ln_forward(x, Some(res), gamma, beta, eps)?;
+    Ok((sum.expect("made with a residual"), y, mean, rstd))
+}
+
+fn check_ln(op: &'static str, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<()> {
+    x.expect_dtype(op, DType::F32)?;
+    gamma.expect_dtype(op, DType::F32)?;
+    beta.expect_dtype(op, DType::F32)?;
+    x.same_device(op, gamma)?;
+    x.same_device(op, beta)?;
     let cols = match x.shape.last() {
         Some(&c) if c > 0 => c,
         _ => {
             return Err(Error::Shape {
-                op: OP,
+                op,
                 message: format!("needs a non-empty last axis, got shape {:?}", x.shape),
             });
         }
     };
     if gamma.shape != [cols] || beta.shape != [cols] {
         return Err(Error::Shape {
-            op: OP,
+            op,
             message: format!(
                 "gamma {:?} and beta {:?} must both be ({cols},) for input {:?}",
                 gamma.shape, beta.shape, x.shape
@@ -93,74 +125,128 @@ pub(crate) fn layer_norm(
     }
     if !(eps.is_finite() && eps >= 0.0) {
         return Err(Error::InvalidArgument {
-            op: OP,
+            op,
             message: format!("eps {eps} must be finite and >= 0"),
         });
     }
+    Ok(())
+}
+
+/// The LayerNorm forward of checked operands, of `x + res` when `res` is given (then also
+/// returning the sum): (y, mean, rstd, sum).
+fn ln_forward(
+    x: &Tensor,
+    res: Option<&Tensor>,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f32,
+) -> Result<(Tensor, Tensor, Tensor, Option<Tensor>)> {
+    const OP: &str = "layer_norm";
+    let cols = gamma.numel();
     let rows = x.numel() / cols;
     let y = Tensor::empty(&x.dev, OP, &x.shape, DType::F32)?;
     let mean = Tensor::empty(&x.dev, OP, &[rows], DType::F32)?;
     let rstd = Tensor::empty(&x.dev, OP, &[rows], DType::F32)?;
-    let pl = rows::plan(
-        &x.dev,
-        &SHADER,
-        &SUBGROUP_SHADER,
-        &rows::row_entries!("layernorm_forward", vec4),
-        rows,
-        cols,
-    )?;
+    let entries = if res.is_some() {
+        rows::row_entries!("add_layernorm_forward", vec4)
+    } else {
+        rows::row_entries!("layernorm_forward", vec4)
+    };
+    let pl = rows::plan(&x.dev, &SHADER, &SUBGROUP_SHADER, &entries, rows, cols)?;
     // x: (rows, C), gamma, beta: (C) -> y: (rows, C), mean, rstd: (rows)
+    let b: [(&Storage, Access); 6] = [
+        (&x.storage, Access::Read),
+        (&gamma.storage, Access::Read),
+        (&beta.storage, Access::Read),
+        (&y.storage, Access::ReadWrite),
+        (&mean.storage, Access::ReadWrite),
+        (&rstd.storage, Access::ReadWrite),
+    ];
+    let sum = match res {
+        Some(_) => Some(Tensor::empty(&x.dev, OP, &x.shape, DType::F32)?),
+        None => None,
+    };
+    let b8;
+    let bufs: &[(&Storage, Access)] = match (res, &sum) {
+        // res: (rows, C) -> sum: (rows, C) = x + res, the rows LayerNorm normalises
+        (Some(res), Some(sum)) => {
+            b8 = [
+                b[0],
+                b[1],
+                b[2],
+                b[3],
+                b[4],
+                b[5],
+                (&*res.storage, Access::Read),
+                (&*sum.storage, Access::ReadWrite),
+            ];
+            &b8
+        }
+        _ => &b,
+    };
     x.dev.dispatch(
         pl.shader,
         pl.entry,
         &[],
         &ln_params(rows, cols, eps),
-        &[
-            (&x.storage, Access::Read),
-            (&gamma.storage, Access::Read),
-            (&beta.storage, Access::Read),
-            (&y.storage, Access::ReadWrite),
-            (&mean.storage, Access::ReadWrite),
-            (&rstd.storage, Access::ReadWrite),
-        ],
+        bufs,
         pl.grid,
     )?;
-    Ok((y, mean, rstd))
+    Ok((y, mean, rstd, sum))
 }
 
-/// Gradient of LayerNorm for `x` from the saved `mean`, `rstd` and the output gradient `g`.
+/// Gradient of LayerNorm for `x` from the saved `mean`, `rstd` and the output gradient `g`,
+/// plus `other` (same shape as x) when given: the gradient that reached x from its other
+/// uses, added in the same kernel.
 pub(crate) fn layer_norm_dx(
     x: &Tensor,
     gamma: &Tensor,
     mean: &Tensor,
     rstd: &Tensor,
     g: &Tensor,
+    other: Option<&Tensor>,
 ) -> Result<Tensor> {
     let cols = gamma.numel();
     let rows = x.numel() / cols;
     let dx = Tensor::empty(&x.dev, "layer_norm backward", &x.shape, DType::F32)?;
-    let pl = rows::plan(
-        &x.dev,
-        &SHADER,
-        &SUBGROUP_SHADER,
-        &rows::row_entries!("layernorm_backward_dx", vec4),
-        rows,
-        cols,
-    )?;
+    let entries = if other.is_some() {
+        rows::row_entries!("layernorm_backward_dx_add", vec4)
+    } else {
+        rows::row_entries!("layernorm_backward_dx", vec4)
+    };
+    let pl = rows::plan(&x.dev, &SHADER, &SUBGROUP_SHADER, &entries, rows, cols)?;
     // x: (rows, C), gamma: (C), mean, rstd: (rows), g: (rows, C) -> dx: (rows, C)
+    let b: [(&Storage, Access); 6] = [
+        (&x.storage, Access::Read),
+        (&gamma.storage, Access::Read),
+        (&mean.storage, Access::Read),
+        (&rstd.storage, Access::Read),
+        (&g.storage, Access::Read),
+        (&dx.storage, Access::ReadWrite),
+    ];
+    let b7;
+    let bufs: &[(&Storage, Access)] = match other {
+        // other: (rows, C), added to dx
+        Some(o) => {
+            b7 = [
+                b[0],
+                b[1],
+                b[2],
+                b[3],
+                b[4],
+                b[5],
+                (&*o.storage, Access::Read),
+            ];
+            &b7
+        }
+        None => &b,
+    };
     x.dev.dispatch(
         pl.shader,
         pl.entry,
         &[],
         &ln_params(rows, cols, 0.0),
-        &[
-            (&x.storage, Access::Read),
-            (&gamma.storage, Access::Read),
-            (&mean.storage, Access::Read),
-            (&rstd.storage, Access::Read),
-            (&g.storage, Access::Read),
-            (&dx.storage, Access::ReadWrite),
-        ],
+        bufs,
         pl.grid,
     )?;
     Ok(dx)

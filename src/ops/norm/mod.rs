@@ -7,7 +7,7 @@ pub(crate) mod launch;
 pub mod reference;
 
 use self::launch as nn;
-use crate::autograd::{BackwardFn, is_grad_enabled};
+use crate::autograd::{AbsorbingBackwardFn, BackwardFn, is_grad_enabled};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 
@@ -29,7 +29,7 @@ impl Tensor {
         let (xd, gd) = (self.detach(), gamma.detach());
         let back: BackwardFn = Box::new(move |g| {
             let dx = if need_dx {
-                Some(nn::layer_norm_dx(&xd, &gd, &mean, &rstd, g)?)
+                Some(nn::layer_norm_dx(&xd, &gd, &mean, &rstd, g, None)?)
             } else {
                 None
             };
@@ -42,6 +42,51 @@ impl Tensor {
             Ok(vec![dx, dgamma, dbeta])
         });
         Ok(y.record("layer_norm", &[self, gamma, beta], back))
+    }
+
+    /// The pre-LayerNorm residual step of a Transformer in one kernel: `sum = self + res` and
+    /// `sum.layer_norm(gamma, beta, eps)`, returned as `(sum, y)` (`self`, `res` (..., C) of
+    /// the same shape; `gamma`, `beta` (C)). The values are those of [`Tensor::add`] then
+    /// [`Tensor::layer_norm`]; the forward writes both in one pass, and the backward adds the
+    /// gradient that reached `sum` from its other uses (the next residual add) inside the
+    /// LayerNorm backward kernel instead of in a separate accumulation.
+    pub fn add_layer_norm(
+        &self,
+        res: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f32,
+    ) -> Result<(Tensor, Tensor)> {
+        let (sum, y, mean, rstd) = nn::add_layer_norm(self, res, gamma, beta, eps)?;
+        if !Tensor::should_record(&[self, res, gamma, beta]) {
+            return Ok((sum, y));
+        }
+        // sum's own node passes its (accumulated) gradient to both addends: no dispatch.
+        let sum = sum.record(
+            "add_layer_norm (sum)",
+            &[self, res],
+            Box::new(|g| Ok(vec![Some(g.clone()), Some(g.clone())])),
+        );
+        let need_dx = sum.requires_grad;
+        let need_params = gamma.requires_grad || beta.requires_grad;
+        let cols = gamma.numel();
+        let (sd, gd) = (sum.detach(), gamma.detach());
+        let back: AbsorbingBackwardFn = Box::new(move |g, other| {
+            let dsum = if need_dx {
+                Some(nn::layer_norm_dx(&sd, &gd, &mean, &rstd, g, other)?)
+            } else {
+                None
+            };
+            let (dgamma, dbeta) = if need_params {
+                let (a, b) = nn::layer_norm_dparams(&sd, &mean, &rstd, g, cols)?;
+                (Some(a), Some(b))
+            } else {
+                (None, None)
+            };
+            Ok(vec![dsum, dgamma, dbeta])
+        });
+        let y = y.record_absorbing("add_layer_norm", &[&sum, gamma, beta], 0, back);
+        Ok((sum, y))
     }
 
     /// Dropout: zeroes each element with probability `p` and scales the kept ones by
