@@ -72,7 +72,9 @@ def make(name, cls, cfg, seed):
     # (a gap far above f32 error means the f32 code must pick the same tokens).
     prompt = torch.randint(0, V, (1, 6), generator=torch.Generator().manual_seed(seed + 2))
     with torch.no_grad():
-        gen = ref.generate(prompt, max_new_tokens=12, do_sample=False, output_scores=True,
+        # An explicit mask: without one, generate masks prompt tokens equal to pad_token_id.
+        gen = ref.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12,
+                           do_sample=False, output_scores=True,
                            return_dict_in_generate=True, eos_token_id=None, pad_token_id=0)
     gaps = [s[0].topk(2).values for s in gen.scores]
     min_gap = min((g[0] - g[1]).item() for g in gaps)
