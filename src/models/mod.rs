@@ -1,11 +1,12 @@
 //! Models built from the library's ops: a GPT-2-architecture Transformer, its Hugging Face
-//! loader and saver, GPT-2's byte-level BPE tokenizer, a character tokenizer for small text
+//! loader and saver, the Llama family (Llama, Qwen2, Mistral) and its Hugging Face loader, GPT-2's byte-level BPE tokenizer, a character tokenizer for small text
 //! experiments, and the language-model tasks (score, gradients, fine-tuning) of the `gpt2`
 //! example.
 
 mod bpe;
 mod char_tokenizer;
 mod gpt;
+mod llama;
 pub mod lm;
 mod unicode_letters;
 
@@ -17,3 +18,6 @@ pub use gpt::io::{
     save_pretrained, save_tensors, write_atomic,
 };
 pub use gpt::{Gpt, GptConfig};
+pub use llama::{
+    DEFAULT_CONTEXT, Llama, LlamaConfig, LlamaFamily, load_llama, load_llama_with_context,
+};
