@@ -7,7 +7,9 @@
 use std::path::{Path, PathBuf};
 
 use portagrad::generate::{Sampler, SamplingConfig, generate_full_context};
-use portagrad::models::{Llama, LlamaConfig, LlamaFamily, load_llama, load_llama_with_context};
+use portagrad::models::{
+    Llama, LlamaConfig, LlamaFamily, load_llama, load_llama_with_context, save_llama,
+};
 use portagrad::optim::Optimizer;
 use portagrad::testing::{assert_close, shared_device};
 use portagrad::{Error, Tensor};
@@ -593,4 +595,45 @@ fn context_and_id_errors() {
         model.forward(&bad).is_err(),
         "id 131 past a vocabulary of 131"
     );
+}
+
+/// A trained model written by `save_llama` loads back to the same config and the same logits
+/// (the updated weights, not the file's first ones).
+#[test]
+fn save_after_training_loads_back() {
+    let dev = shared_device();
+    for name in MODELS {
+        let g = Golden::load(name);
+        let model = load_llama(&dev, &golden_dir(name)).unwrap();
+        let (b, t, _, inp, tgt) = batch(&g);
+        let x = Tensor::from_u32(&dev, &inp, &[b, t - 1]).unwrap();
+        let y = Tensor::from_u32(&dev, &tgt, &[b, t - 1]).unwrap();
+        let mut opt = Optimizer::adamw(model.parameters(), 1e-2, 0.1).unwrap();
+        let grads = model.loss(&x, &y).unwrap().backward().unwrap();
+        opt.step(&grads).unwrap();
+        let dir = scratch(name, "saved");
+        save_llama(&model, &dir).unwrap();
+        let back = load_llama(&dev, &dir).unwrap();
+        assert_eq!(back.config(), model.config(), "{name}");
+        let ids = g.u32s("prompt");
+        let trained = logits_of(&model, &ids);
+        assert_eq!(logits_of(&back, &ids), trained, "{name}");
+        let first = load_llama(&dev, &golden_dir(name)).unwrap();
+        assert_ne!(
+            logits_of(&first, &ids),
+            trained,
+            "{name}: the step changed the weights"
+        );
+        // A tied head is not written, as transformers saves it.
+        let names: Vec<String> = read_entries(&dir.join("model.safetensors"))
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(
+            names.contains(&"lm_head.weight".to_string()),
+            !model.config().tie_word_embeddings,
+            "{name}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

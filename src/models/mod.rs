@@ -19,5 +19,6 @@ pub use gpt::io::{
 };
 pub use gpt::{Gpt, GptConfig};
 pub use llama::{
-    DEFAULT_CONTEXT, Llama, LlamaConfig, LlamaFamily, load_llama, load_llama_with_context,
+    DEFAULT_CONTEXT, Llama, LlamaConfig, LlamaFamily, llama_config_json, load_llama,
+    load_llama_with_context, save_llama,
 };

@@ -1,7 +1,7 @@
 //! Hugging Face Llama-family directories: `config.json` + `model.safetensors`, or shards listed
 //! by `model.safetensors.index.json`. F32, F16 and BF16 tensors are read (upcast to f32 on the
 //! host). Every tensor is checked against the config: a missing, unexpected, duplicated or
-//! wrongly shaped tensor is an error naming it.
+//! wrongly shaped tensor is an error naming it. [`save_llama`] writes such a directory back.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -177,4 +177,73 @@ fn load_with(dev: &Device, dir: &Path, cfg: LlamaConfig, context: usize) -> Resu
         let v = to_f32(path, name, t.dtype(), t.data())?;
         Tensor::from_slice(dev, &v, shape)
     })
+}
+
+/// The `config.json` text for `cfg`, loadable by `transformers` (`AutoConfig`) for its
+/// `model_type`, and by [`LlamaConfig::from_json`].
+pub fn llama_config_json(cfg: &LlamaConfig) -> String {
+    use super::LlamaFamily;
+    let arch = match cfg.family {
+        LlamaFamily::Llama => "LlamaForCausalLM",
+        LlamaFamily::Qwen2 => "Qwen2ForCausalLM",
+        LlamaFamily::Mistral => "MistralForCausalLM",
+    };
+    // The f32 epsilon as its shortest decimal (1e-5, not 9.999999747378752e-6).
+    let eps: f64 = cfg.rms_norm_eps.to_string().parse().unwrap_or(1e-6);
+    let scaling = match cfg.rope_scaling {
+        None => serde_json::Value::Null,
+        Some(crate::RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        }) => serde_json::json!({
+            "rope_type": "llama3",
+            "factor": factor,
+            "low_freq_factor": low_freq_factor,
+            "high_freq_factor": high_freq_factor,
+            "original_max_position_embeddings": original_max_position_embeddings as u64,
+        }),
+    };
+    let mut v = serde_json::json!({
+        "architectures": [arch],
+        "model_type": cfg.family.model_type(),
+        "hidden_act": "silu",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_hidden_layers,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads,
+        "head_dim": cfg.head_dim,
+        "rms_norm_eps": eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_scaling": scaling,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+        "sliding_window": null,
+    });
+    let m = v.as_object_mut().expect("an object");
+    match cfg.family {
+        LlamaFamily::Qwen2 => {
+            m.insert("use_sliding_window".into(), false.into());
+        }
+        _ => {
+            m.insert("attention_bias".into(), cfg.attention_bias.into());
+            m.insert("mlp_bias".into(), false.into());
+        }
+    }
+    serde_json::to_string_pretty(&v).expect("a json! value serialises")
+}
+
+/// Write `model` as a Hugging Face directory (`config.json` + `model.safetensors`, f32, Hugging
+/// Face names; a tied lm_head is not written, as `transformers` saves it), each file written
+/// to a temporary name and renamed, so a failure leaves the previous files intact.
+pub fn save_llama(model: &Llama, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    crate::io::save_safetensors(&dir.join("model.safetensors"), &model.parameters())?;
+    crate::io::write_atomic(
+        &dir.join("config.json"),
+        llama_config_json(model.config()).as_bytes(),
+    )
 }

@@ -13,7 +13,7 @@ mod config;
 pub(crate) mod io;
 
 pub use config::{LlamaConfig, LlamaFamily};
-pub use io::{load_llama, load_llama_with_context};
+pub use io::{llama_config_json, load_llama, load_llama_with_context, save_llama};
 
 use crate::error::{Error, Result};
 use crate::generate::{self, CausalLm, Sampler};
