@@ -4,6 +4,7 @@
 mod attention;
 mod autograd;
 mod gpt;
+mod llama;
 mod matmul;
 mod train;
 
@@ -36,6 +37,9 @@ fn main() -> Result<()> {
     }
     if want("gpt") {
         gpt::run(&dev)?;
+    }
+    if want("llama") {
+        llama::run(&dev)?;
     }
     Ok(())
 }
