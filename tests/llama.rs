@@ -6,7 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
-use portagrad::generate::{Sampler, SamplingConfig, generate_full_context};
+use portagrad::generate::{
+    GenerateOptions, Sampler, SamplingConfig, generate_batch, generate_full_context,
+};
 use portagrad::models::{
     Llama, LlamaConfig, LlamaFamily, load_llama, load_llama_with_context, save_llama,
 };
@@ -635,5 +637,63 @@ fn save_after_training_loads_back() {
             "{name}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// Two sequences in one batch (B = 2 in the caches) give each one's single-sequence tokens.
+#[test]
+fn batched_generation_matches_single() {
+    let dev = shared_device();
+    for name in MODELS {
+        let g = Golden::load(name);
+        let model = load_llama(&dev, &golden_dir(name)).unwrap();
+        let prompt = g.u32s("prompt");
+        let want = g.u32s("greedy");
+        let other: Vec<u32> = prompt.iter().rev().copied().collect();
+        let alone = model
+            .generate(&other, want.len(), &mut greedy(), &mut |_| Ok(true))
+            .unwrap();
+        let opts = GenerateOptions {
+            max_new_tokens: want.len(),
+            ..Default::default()
+        };
+        let out = generate_batch(
+            &model,
+            &[prompt, other],
+            &opts,
+            &mut [greedy(), greedy()],
+            &mut |_, _| Ok(true),
+        )
+        .unwrap();
+        assert_eq!(out.tokens, vec![want, alone], "{name}");
+    }
+}
+
+/// Past the context the caches are rebuilt (rotary offsets restart from the kept tokens):
+/// rebuilding at every token is the uncached full-context generation, token for token.
+#[test]
+fn generation_past_the_context_matches_full_context() {
+    let dev = shared_device();
+    for name in MODELS {
+        let g = Golden::load(name);
+        let model = load_llama_with_context(&dev, &golden_dir(name), 9).unwrap();
+        let prompt = g.u32s("prompt");
+        let opts = GenerateOptions {
+            max_new_tokens: 10,
+            context_keep: Some(9),
+            ..Default::default()
+        };
+        let out = generate_batch(
+            &model,
+            std::slice::from_ref(&prompt),
+            &opts,
+            &mut [greedy()],
+            &mut |_, _| Ok(true),
+        )
+        .unwrap();
+        assert!(out.context_rebuilds > 0, "{name}: the context filled");
+        let full =
+            generate_full_context(&model, &prompt, 10, &mut greedy(), &mut |_| Ok(true)).unwrap();
+        assert_eq!(out.tokens[0], full, "{name}");
     }
 }
