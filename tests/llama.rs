@@ -102,6 +102,22 @@ fn configs_of_the_golden_models() {
     assert!(q.rope_scaling.is_none());
     assert!(q.tie_word_embeddings && q.qkv_bias() && !q.o_bias());
     assert_eq!(q.rms_norm_eps, 1e-6);
+    for cfg in [&l, &q] {
+        let listed: usize = Llama::parameter_shapes(cfg)
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum();
+        assert_eq!(listed, cfg.num_params(), "{:?}", cfg.family);
+    }
+    // SmolLM2-135M's sizes: transformers' LlamaForCausalLM(...).num_parameters() says 134515008.
+    let smol = LlamaConfig::from_json(
+        r#"{"model_type": "llama", "vocab_size": 49152, "hidden_size": 576,
+            "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+            "num_key_value_heads": 3, "max_position_embeddings": 8192,
+            "tie_word_embeddings": true}"#,
+    )
+    .unwrap();
+    assert_eq!(smol.num_params(), 134_515_008);
 }
 
 /// The tiny Llama's config.json edited by `edit`, parsed.

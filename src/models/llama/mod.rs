@@ -104,24 +104,14 @@ impl Llama {
         )];
         for i in 0..cfg.num_hidden_layers {
             let mut layer: Vec<(&str, Vec<usize>)> = vec![("input_layernorm.weight", vec![c])];
-            for (p, out) in [("q_proj", hd), ("k_proj", kvd), ("v_proj", kvd)] {
-                layer.push((
-                    match p {
-                        "q_proj" => "self_attn.q_proj.weight",
-                        "k_proj" => "self_attn.k_proj.weight",
-                        _ => "self_attn.v_proj.weight",
-                    },
-                    vec![out, c],
-                ));
+            for (w, b, out) in [
+                ("self_attn.q_proj.weight", "self_attn.q_proj.bias", hd),
+                ("self_attn.k_proj.weight", "self_attn.k_proj.bias", kvd),
+                ("self_attn.v_proj.weight", "self_attn.v_proj.bias", kvd),
+            ] {
+                layer.push((w, vec![out, c]));
                 if cfg.qkv_bias() {
-                    layer.push((
-                        match p {
-                            "q_proj" => "self_attn.q_proj.bias",
-                            "k_proj" => "self_attn.k_proj.bias",
-                            _ => "self_attn.v_proj.bias",
-                        },
-                        vec![out],
-                    ));
+                    layer.push((b, vec![out]));
                 }
             }
             layer.push(("self_attn.o_proj.weight", vec![c, hd]));
