@@ -10,11 +10,11 @@ use portagrad::generate::{
     GenerateOptions, Sampler, SamplingConfig, generate_batch, generate_full_context,
 };
 use portagrad::models::{
-    Llama, LlamaConfig, LlamaFamily, load_llama, load_llama_with_context, save_llama,
+    Llama, LlamaConfig, LlamaFamily, load_llama, load_llama_as, load_llama_with_context, save_llama,
 };
 use portagrad::optim::Optimizer;
 use portagrad::testing::{assert_close, shared_device};
-use portagrad::{Error, Tensor};
+use portagrad::{DType, Error, Tensor};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
@@ -711,5 +711,103 @@ fn generation_past_the_context_matches_full_context() {
         let full =
             generate_full_context(&model, &prompt, 10, &mut greedy(), &mut |_| Ok(true)).unwrap();
         assert_eq!(out.tokens[0], full, "{name}");
+    }
+}
+
+/// Entries with the weight matrices (those `Llama::is_weight_matrix` names) rounded to 16 bits:
+/// stored in `dtype` when `store_half`, else as f32 holding the rounded values.
+fn round_matrices(entries: &[Entry], dtype: DType, store_half: bool) -> Vec<Entry> {
+    let mut out = entries.to_vec();
+    for e in out.iter_mut().filter(|e| Llama::is_weight_matrix(&e.name)) {
+        let f: Vec<f32> = bytemuck::pod_collect_to_vec(&e.data);
+        let (bits, back): (Vec<u16>, Vec<f32>) = f
+            .iter()
+            .map(|&x| match dtype {
+                DType::F16 => {
+                    let y = half::f16::from_f32(x);
+                    (y.to_bits(), y.to_f32())
+                }
+                _ => {
+                    let y = half::bf16::from_f32(x);
+                    (y.to_bits(), y.to_f32())
+                }
+            })
+            .unzip();
+        if store_half {
+            e.dtype = if dtype == DType::F16 {
+                Dtype::F16
+            } else {
+                Dtype::BF16
+            };
+            e.data = bytemuck::cast_slice(&bits).to_vec();
+        } else {
+            e.data = bytemuck::cast_slice(&back).to_vec();
+        }
+    }
+    out
+}
+
+/// Weight matrices held in f16 / bf16: half their memory, the logits of the f32 model of the
+/// rounded weights (same values; only the matmul kernels differ, so 1e-4 as for the golden
+/// logits), its greedy tokens, and a file already in 16 bits uploaded as stored.
+#[test]
+fn sixteen_bit_weights_for_inference() {
+    let dev = shared_device();
+    for name in MODELS {
+        let entries = read_entries(&golden_dir(name).join("model.safetensors"));
+        let g = Golden::load(name);
+        let prompt = g.u32s("prompt");
+        let f32_model = load_llama(&dev, &golden_dir(name)).unwrap();
+        for dtype in [DType::F16, DType::BF16] {
+            let half = load_llama_as(&dev, &golden_dir(name), 64, dtype).unwrap();
+            assert_eq!(half.weight_dtype(), dtype);
+            let norms_and_biases: u64 = f32_model
+                .parameters()
+                .iter()
+                .filter(|(n, _)| !Llama::is_weight_matrix(n))
+                .map(|(_, t)| t.numel() as u64 * 4)
+                .sum();
+            assert_eq!(
+                half.parameter_bytes() - norms_and_biases,
+                (f32_model.parameter_bytes() - norms_and_biases) / 2,
+                "{name} {dtype:?}: matrices in half the bytes"
+            );
+            let dir = scratch(name, &format!("rounded-{dtype:?}"));
+            write_entries(
+                &dir.join("model.safetensors"),
+                &round_matrices(&entries, dtype, false),
+            );
+            let rounded = load_llama(&dev, &dir).unwrap();
+            let want: Vec<f64> = logits_of(&rounded, &prompt)
+                .iter()
+                .map(|&v| f64::from(v))
+                .collect();
+            let got = logits_of(&half, &prompt);
+            assert_close(&format!("{name} {dtype:?} logits"), &got, &want, 0.0, 1e-4);
+            // The rounding moves the logits past that tolerance: the comparison can tell.
+            let moved = logits_of(&f32_model, &prompt)
+                .iter()
+                .zip(&got)
+                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                moved > 1e-3,
+                "{name} {dtype:?}: rounding moved logits {moved}"
+            );
+            let a = rounded
+                .generate(&prompt, 8, &mut greedy(), &mut |_| Ok(true))
+                .unwrap();
+            let b = half
+                .generate(&prompt, 8, &mut greedy(), &mut |_| Ok(true))
+                .unwrap();
+            assert_eq!(a, b, "{name} {dtype:?} greedy");
+            // A file in 16 bits: the same bits on the device as rounding on load.
+            write_entries(
+                &dir.join("model.safetensors"),
+                &round_matrices(&entries, dtype, true),
+            );
+            let stored = load_llama_as(&dev, &dir, 64, dtype).unwrap();
+            assert_eq!(logits_of(&stored, &prompt), got, "{name} {dtype:?}");
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
     }
 }

@@ -19,6 +19,6 @@ pub use gpt::io::{
 };
 pub use gpt::{Gpt, GptConfig};
 pub use llama::{
-    DEFAULT_CONTEXT, Llama, LlamaConfig, LlamaFamily, llama_config_json, load_llama,
+    DEFAULT_CONTEXT, Llama, LlamaConfig, LlamaFamily, llama_config_json, load_llama, load_llama_as,
     load_llama_with_context, save_llama,
 };

@@ -1,7 +1,8 @@
 //! Hugging Face Llama-family directories: `config.json` + `model.safetensors`, or shards listed
 //! by `model.safetensors.index.json`. F32, F16 and BF16 tensors are read (upcast to f32 on the
-//! host). Every tensor is checked against the config: a missing, unexpected, duplicated or
-//! wrongly shaped tensor is an error naming it. [`save_llama`] writes such a directory back.
+//! host, or the weight matrices kept in 16 bits with [`load_llama_as`]). Every tensor is
+//! checked against the config: a missing, unexpected, duplicated or wrongly shaped tensor is an
+//! error naming it. [`save_llama`] writes such a directory back.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -10,7 +11,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use super::{DEFAULT_CONTEXT, Llama, LlamaConfig};
 use crate::error::{Error, Result};
-use crate::{Device, Tensor};
+use crate::{DType, Device, Tensor};
 
 fn bad(path: &Path, message: String) -> Error {
     Error::InvalidArgument {
@@ -91,17 +92,32 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 pub fn load_llama(dev: &Device, dir: &Path) -> Result<Llama> {
     let cfg = LlamaConfig::from_file(&dir.join("config.json"))?;
     let context = cfg.max_position_embeddings.min(DEFAULT_CONTEXT);
-    load_with(dev, dir, cfg, context)
+    load_with(dev, dir, cfg, context, DType::F32)
 }
 
 /// [`load_llama`] with rotary tables (the longest sequence the model will run) for
 /// `context` positions, 1 ..= `max_position_embeddings`.
 pub fn load_llama_with_context(dev: &Device, dir: &Path, context: usize) -> Result<Llama> {
     let cfg = LlamaConfig::from_file(&dir.join("config.json"))?;
-    load_with(dev, dir, cfg, context)
+    load_with(dev, dir, cfg, context, DType::F32)
 }
 
-fn load_with(dev: &Device, dir: &Path, cfg: LlamaConfig, context: usize) -> Result<Llama> {
+/// [`load_llama_with_context`] with the weight matrices, the embedding and the lm_head held in
+/// `dtype` (f32, f16 or bf16; see [`Llama::build_as`]): half the memory in 16 bits, for
+/// inference. A file tensor already in `dtype` is uploaded as stored; others are rounded to
+/// nearest on the host.
+pub fn load_llama_as(dev: &Device, dir: &Path, context: usize, dtype: DType) -> Result<Llama> {
+    let cfg = LlamaConfig::from_file(&dir.join("config.json"))?;
+    load_with(dev, dir, cfg, context, dtype)
+}
+
+fn load_with(
+    dev: &Device,
+    dir: &Path,
+    cfg: LlamaConfig,
+    context: usize,
+    dtype: DType,
+) -> Result<Llama> {
     let files = weight_files(dir)?;
     let blobs: Vec<Vec<u8>> = files
         .iter()
@@ -156,7 +172,7 @@ fn load_with(dev: &Device, dir: &Path, cfg: LlamaConfig, context: usize) -> Resu
         .iter()
         .map(|(n, s)| (n.as_str(), s.as_slice()))
         .collect();
-    Llama::build(dev, cfg.clone(), context, &mut |name, shape| {
+    Llama::build_as(dev, cfg.clone(), context, dtype, &mut |name, shape| {
         let file = *at
             .get(name)
             .ok_or_else(|| bad(dir, format!("tensor {name} (shape {shape:?}) is missing")))?;
@@ -174,8 +190,20 @@ fn load_with(dev: &Device, dir: &Path, cfg: LlamaConfig, context: usize) -> Resu
                 ),
             ));
         }
+        let want = if Llama::is_weight_matrix(name) {
+            dtype
+        } else {
+            DType::F32
+        };
+        let stored_as_wanted = matches!(
+            (t.dtype(), want),
+            (Dtype::F16, DType::F16) | (Dtype::BF16, DType::BF16)
+        );
+        if stored_as_wanted {
+            return Tensor::from_half_le_bytes(dev, "load_llama", t.data(), shape, want);
+        }
         let v = to_f32(path, name, t.dtype(), t.data())?;
-        Tensor::from_slice(dev, &v, shape)
+        Tensor::from_slice_as(dev, &v, shape, want)
     })
 }
 

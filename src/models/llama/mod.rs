@@ -13,11 +13,11 @@ mod config;
 pub(crate) mod io;
 
 pub use config::{LlamaConfig, LlamaFamily};
-pub use io::{llama_config_json, load_llama, load_llama_with_context, save_llama};
+pub use io::{llama_config_json, load_llama, load_llama_as, load_llama_with_context, save_llama};
 
 use crate::error::{Error, Result};
 use crate::generate::{self, CausalLm, Sampler};
-use crate::{Activation, Device, KvCache, Rope, Tensor, WeightLayout};
+use crate::{Activation, DType, Device, KvCache, Rope, Tensor, WeightLayout};
 
 /// The context a loaded model's rotary tables cover when none is asked for (a config's
 /// `max_position_embeddings` may be 131,072, whose tables would be large for nothing).
@@ -69,7 +69,8 @@ impl Layer {
     }
 }
 
-/// A Llama-family language model whose parameters live on the GPU (f32).
+/// A Llama-family language model whose parameters live on the GPU (f32; the weight matrices
+/// may be f16 / bf16 for inference, see [`load_llama_as`]).
 pub struct Llama {
     cfg: LlamaConfig,
     dev: Device,
@@ -78,6 +79,9 @@ pub struct Llama {
     norm: Tensor,            // (C)
     lm_head: Option<Tensor>, // (V, C); None when tied to `embed`
     rope: Rope,              // cos / sin for positions 0 .. context
+    /// The dtype of the projection matrices, the embedding and the lm_head (f32, or f16 /
+    /// bf16 for inference); norm gains and biases stay f32.
+    weight_dtype: DType,
 }
 
 impl std::fmt::Debug for Llama {
@@ -161,7 +165,37 @@ impl Llama {
         context: usize,
         make: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>,
     ) -> Result<Llama> {
+        Self::build_as(dev, cfg, context, DType::F32, make)
+    }
+
+    /// Whether parameter `name` is held in the model's weight dtype: the projection matrices,
+    /// the embedding and the lm_head (norm gains and biases stay f32).
+    pub fn is_weight_matrix(name: &str) -> bool {
+        name.ends_with("_proj.weight")
+            || name == "model.embed_tokens.weight"
+            || name == "lm_head.weight"
+    }
+
+    /// [`build`](Self::build) with the weight matrices (see
+    /// [`is_weight_matrix`](Self::is_weight_matrix)) in `weight_dtype` (f32, f16 or bf16):
+    /// `make` must return them in that dtype, every other parameter in f32. 16-bit weights
+    /// halve the memory for inference (matmuls unpack them and accumulate in f32); the
+    /// optimizers take f32 parameters only, so such a model is not trained.
+    pub fn build_as(
+        dev: &Device,
+        cfg: LlamaConfig,
+        context: usize,
+        weight_dtype: DType,
+        make: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>,
+    ) -> Result<Llama> {
         cfg.validate()?;
+        if !weight_dtype.is_float() {
+            return Err(Error::DType {
+                op: "Llama::build",
+                expected: "f32, f16 or bf16 weights",
+                got: weight_dtype.name(),
+            });
+        }
         if context == 0 || context > cfg.max_position_embeddings {
             return Err(Error::InvalidArgument {
                 op: "Llama::build",
@@ -173,7 +207,12 @@ impl Llama {
         }
         let mut params = std::collections::HashMap::new();
         for (name, shape) in Self::parameter_shapes(&cfg) {
-            let bytes = shape.iter().map(|&d| d as u64).product::<u64>() * 4;
+            let want = if Self::is_weight_matrix(&name) {
+                weight_dtype
+            } else {
+                DType::F32
+            };
+            let bytes = shape.iter().map(|&d| d as u64).product::<u64>() * want.size() as u64;
             dev.check_size("Llama::build", &shape, bytes)?;
             let t = make(&name, &shape)?;
             if t.shape() != shape {
@@ -182,7 +221,13 @@ impl Llama {
                     message: format!("{name}: expected {shape:?}, got {:?}", t.shape()),
                 });
             }
-            t.expect_dtype("Llama::build", crate::DType::F32)?;
+            if t.dtype() != want {
+                return Err(Error::DType {
+                    op: "Llama::build",
+                    expected: want.name(),
+                    got: t.dtype().name(),
+                });
+            }
             let t = if t.requires_grad() { t } else { t.with_grad() };
             params.insert(name, t);
         }
@@ -222,6 +267,7 @@ impl Llama {
             lm_head: (!cfg.tie_word_embeddings).then(|| take("lm_head.weight")),
             rope,
             cfg,
+            weight_dtype,
         })
     }
 
@@ -233,6 +279,19 @@ impl Llama {
     /// The device the parameters live on.
     pub fn device(&self) -> &Device {
         &self.dev
+    }
+
+    /// The dtype of the weight matrices, the embedding and the lm_head.
+    pub fn weight_dtype(&self) -> DType {
+        self.weight_dtype
+    }
+
+    /// Bytes the parameters occupy on the device.
+    pub fn parameter_bytes(&self) -> u64 {
+        self.parameters()
+            .iter()
+            .map(|(_, t)| (t.numel() * t.dtype().size()) as u64)
+            .sum()
     }
 
     /// Longest sequence (positions) the model runs: its rotary tables' length.
