@@ -761,6 +761,8 @@ fn sixteen_bit_weights_for_inference() {
         for dtype in [DType::F16, DType::BF16] {
             let half = load_llama_as(&dev, &golden_dir(name), 64, dtype).unwrap();
             assert_eq!(half.weight_dtype(), dtype);
+            let e = Optimizer::adamw(half.parameters(), 1e-3, 0.0).unwrap_err();
+            assert!(e.to_string().contains("f32"), "{name} {dtype:?}: {e}");
             let norms_and_biases: u64 = f32_model
                 .parameters()
                 .iter()
