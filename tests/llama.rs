@@ -584,6 +584,42 @@ fn loader_errors_name_the_tensor() {
             "model.norm.weight has dtype I32",
         ),
     ];
+    // What checkpoints carry besides the parameters is accepted: older rotary buffers, and a
+    // tied head saved anyway; a tied head of the wrong shape is not.
+    let mut entries = read_entries(&golden_dir("tiny_qwen2").join("model.safetensors"));
+    let embed = entries
+        .iter()
+        .find(|e| e.name == "model.embed_tokens.weight")
+        .unwrap()
+        .clone();
+    let mut inv = entries
+        .iter()
+        .find(|e| e.name == "model.norm.weight")
+        .unwrap()
+        .clone();
+    inv.name = "model.layers.0.self_attn.rotary_emb.inv_freq".into();
+    entries.push(inv);
+    entries.push(Entry {
+        name: "lm_head.weight".into(),
+        ..embed
+    });
+    let dir = scratch("tiny_qwen2", "extras");
+    write_entries(&dir.join("model.safetensors"), &entries);
+    let ids = Golden::load("tiny_qwen2").u32s("prompt");
+    let whole = load_llama(&dev, &golden_dir("tiny_qwen2")).unwrap();
+    assert_eq!(
+        logits_of(&load_llama(&dev, &dir).unwrap(), &ids),
+        logits_of(&whole, &ids)
+    );
+    entries.last_mut().unwrap().shape = vec![64, 97];
+    write_entries(&dir.join("model.safetensors"), &entries);
+    let e = load_llama(&dev, &dir).unwrap_err().to_string();
+    assert!(
+        e.contains("lm_head.weight has shape [64, 97] but config.json implies [97, 64]"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+
     for (model, tag, edit, needle) in cases {
         let mut entries = read_entries(&golden_dir(model).join("model.safetensors"));
         edit(&mut entries);

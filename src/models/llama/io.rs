@@ -168,6 +168,25 @@ fn load_with(
             ),
         ));
     }
+    // A tied head saved anyway must still be the embedding's shape.
+    if cfg.tie_word_embeddings
+        && let Some(&i) = at.get("lm_head.weight")
+    {
+        let t = sts[i]
+            .tensor("lm_head.weight")
+            .map_err(|e| bad(&files[i], format!("lm_head.weight: {e}")))?;
+        let want = [cfg.vocab_size, cfg.hidden_size];
+        if t.shape() != want {
+            return Err(bad(
+                &files[i],
+                format!(
+                    "tensor lm_head.weight has shape {:?} but config.json implies {want:?} \
+                     (tied to the embedding)",
+                    t.shape()
+                ),
+            ));
+        }
+    }
     let shapes: HashMap<&str, &[usize]> = expected
         .iter()
         .map(|(n, s)| (n.as_str(), s.as_slice()))
