@@ -4,6 +4,7 @@
 mod attention;
 mod autograd;
 mod gpt;
+mod llama;
 mod matmul;
 mod train;
 
@@ -39,6 +40,9 @@ fn main() -> Result<()> {
     }
     if want("fusions") {
         gpt::fusions(&dev)?;
+    }
+    if want("llama") {
+        llama::run(&dev)?;
     }
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! Models built from the library's ops: a GPT-2-architecture Transformer, its Hugging Face
-//! loader and saver, GPT-2's byte-level BPE tokenizer, Hugging Face `tokenizer.json` tokenizers
-//! with their chat templates, a character tokenizer for small text experiments, and the
-//! language-model tasks (score, gradients, fine-tuning) of the `gpt2` example.
+//! loader and saver, the Llama family (Llama, Qwen2, Mistral) and its Hugging Face loader,
+//! GPT-2's byte-level BPE tokenizer, Hugging Face `tokenizer.json` tokenizers with their chat
+//! templates, a character tokenizer for small text experiments, and the language-model tasks
+//! (score, gradients, fine-tuning) of the `gpt2` example.
 
 mod bpe;
 mod char_tokenizer;
@@ -9,6 +10,7 @@ mod chat_template;
 mod gpt;
 #[cfg(not(target_arch = "wasm32"))]
 mod hf_tokenizer;
+mod llama;
 pub mod lm;
 mod unicode_letters;
 
@@ -23,3 +25,7 @@ pub use gpt::io::{
 pub use gpt::{Gpt, GptConfig};
 #[cfg(not(target_arch = "wasm32"))]
 pub use hf_tokenizer::{HfDecodeStream, HfTokenizer};
+pub use llama::{
+    DEFAULT_CONTEXT, Llama, LlamaConfig, LlamaFamily, llama_config_json, load_llama, load_llama_as,
+    load_llama_with_context, save_llama,
+};
