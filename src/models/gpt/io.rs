@@ -14,8 +14,13 @@ pub use crate::io::write_atomic;
 use crate::{DType, Device, Tensor};
 
 fn bad(path: &Path, message: String) -> Error {
+    bad_in("gpt2 loader", path, message)
+}
+
+/// A loader's error about one file.
+pub(crate) fn bad_in(loader: &'static str, path: &Path, message: String) -> Error {
     Error::InvalidArgument {
-        op: "gpt2 loader",
+        op: loader,
         message: format!("{}: {message}", path.display()),
     }
 }
@@ -86,7 +91,13 @@ pub fn config_json(cfg: &GptConfig) -> String {
     serde_json::to_string_pretty(&v).expect("a json! value serialises")
 }
 
-fn to_f32(path: &Path, name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>> {
+fn to_f32(
+    loader: &'static str,
+    path: &Path,
+    name: &str,
+    dtype: Dtype,
+    data: &[u8],
+) -> Result<Vec<f32>> {
     Ok(match dtype {
         Dtype::F32 => data
             .chunks_exact(4)
@@ -101,12 +112,38 @@ fn to_f32(path: &Path, name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>
             .map(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16))
             .collect(),
         other => {
-            return Err(bad(
+            return Err(bad_in(
+                loader,
                 path,
                 format!("tensor {name} has dtype {other:?}; expected F32, F16 or BF16"),
             ));
         }
     })
+}
+
+/// Upload one safetensors tensor as `want`: 16-bit bytes already in that dtype go up as
+/// stored (no decode/encode round trip), anything else is decoded to f32 values first.
+/// Shared by the GPT-2 and Llama loaders.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn upload_stored(
+    dev: &Device,
+    loader: &'static str,
+    path: &Path,
+    name: &str,
+    stored: Dtype,
+    data: &[u8],
+    shape: &[usize],
+    want: DType,
+) -> Result<Tensor> {
+    let stored_as_wanted = matches!(
+        (stored, want),
+        (Dtype::F16, DType::F16) | (Dtype::BF16, DType::BF16)
+    );
+    if stored_as_wanted {
+        return Tensor::from_half_le_bytes(dev, loader, data, shape, want);
+    }
+    let v = to_f32(loader, path, name, stored, data)?;
+    Tensor::from_slice_as(dev, &v, shape, want)
 }
 
 fn f16_to_f32(h: u16) -> f32 {
@@ -193,15 +230,16 @@ pub fn load_pretrained_as(dev: &Device, dir: &Path, dtype: DType) -> Result<Gpt>
         } else {
             DType::F32
         };
-        let stored_as_wanted = matches!(
-            (t.dtype(), want),
-            (Dtype::F16, DType::F16) | (Dtype::BF16, DType::BF16)
-        );
-        if stored_as_wanted {
-            return Tensor::from_half_le_bytes(dev, "load_pretrained", data, shape, want);
-        }
-        let v = to_f32(&path, name, t.dtype(), data)?;
-        Tensor::from_slice_as(dev, &v, shape, want)
+        upload_stored(
+            dev,
+            "gpt2 loader",
+            &path,
+            name,
+            t.dtype(),
+            data,
+            shape,
+            want,
+        )
     })?;
     if let Some(lm) = names.get("lm_head.weight") {
         let t = st

@@ -7,40 +7,15 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
 
 use super::{DEFAULT_CONTEXT, Llama, LlamaConfig};
 use crate::error::{Error, Result};
-use crate::{DType, Device, Tensor};
+use crate::models::gpt::io::{bad_in, upload_stored};
+use crate::{DType, Device};
 
 fn bad(path: &Path, message: String) -> Error {
-    Error::InvalidArgument {
-        op: "llama loader",
-        message: format!("{}: {message}", path.display()),
-    }
-}
-
-fn to_f32(path: &Path, name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>> {
-    Ok(match dtype {
-        Dtype::F32 => data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        Dtype::F16 => data
-            .chunks_exact(2)
-            .map(|b| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
-            .collect(),
-        Dtype::BF16 => data
-            .chunks_exact(2)
-            .map(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16))
-            .collect(),
-        other => {
-            return Err(bad(
-                path,
-                format!("tensor {name} has dtype {other:?}; expected F32, F16 or BF16"),
-            ));
-        }
-    })
+    bad_in("llama loader", path, message)
 }
 
 /// The weight files of a directory: `model.safetensors`, else the shards named by
@@ -214,15 +189,16 @@ fn load_with(
         } else {
             DType::F32
         };
-        let stored_as_wanted = matches!(
-            (t.dtype(), want),
-            (Dtype::F16, DType::F16) | (Dtype::BF16, DType::BF16)
-        );
-        if stored_as_wanted {
-            return Tensor::from_half_le_bytes(dev, "load_llama", t.data(), shape, want);
-        }
-        let v = to_f32(path, name, t.dtype(), t.data())?;
-        Tensor::from_slice_as(dev, &v, shape, want)
+        upload_stored(
+            dev,
+            "llama loader",
+            path,
+            name,
+            t.dtype(),
+            t.data(),
+            shape,
+            want,
+        )
     })
 }
 
