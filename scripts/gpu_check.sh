@@ -9,6 +9,9 @@
 # PORTAGRAD_REQUIRE_COOP=1 (an adapter without cooperative matrices fails them instead of
 # passing on the error path), `bench matmul` (f32, f16 portable, f16 cooperative GFLOP/s) and
 # cuBLAS f32 / TF32 / f16 through PyTorch on the same shapes.
+# `scripts/gpu_check.sh gptstep` is the training-step comparison in one call: the shakespeare
+# gpu preset (6 x 384, batch 64 x 256) in PyTorch (eager f32, TF32, bf16 autocast, torch.compile)
+# and ours in f32, mixed bf16 and mixed f16.
 set -u
 if [ -d .gl ]; then
   for f in .gl/*.deb; do dpkg -x "$f" /; done
@@ -29,7 +32,7 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 # shows what was chosen); not in $OUT, which brings back 8 files at most.
 export PORTAGRAD_CACHE_DIR=${PORTAGRAD_CACHE_DIR:-/tmp/portagrad-cache}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-what=${1:-tests bench shakespeare torch gpt2}
+what=${1:-tests bench shakespeare torch gpt2 gptstep}
 summary=""
 if [[ $what == *tests* ]]; then
   for t in ${TESTS:-$(ls $B | grep -v "^ex_")}; do
@@ -60,6 +63,14 @@ if [[ $what == *shakespeare* ]]; then
 fi
 if [[ $what == *torch* ]]; then
   timeout 120 python3 scripts/torch_matmul_ref.py 2>&1 | tee "$OUT/torch.log"
+fi
+if [[ $what == *gptstep* ]]; then
+  timeout 300 python3 scripts/torch_gpt_step.py 2>&1 | tee "$OUT/gptstep.log"
+  for prec in f32 mixed mixed-f16; do
+    echo "=== portagrad --precision $prec" | tee -a "$OUT/gptstep.log"
+    timeout 180 $B/ex_shakespeare --preset gpu --steps 60 --eval-every 1000 --precision $prec \
+      --out /tmp/sh-$prec --svg /tmp/sh-$prec.svg 2>&1 | grep -E "model:|ms/step|tokens/s" | tail -4 | tee -a "$OUT/gptstep.log"
+  done
 fi
 if [[ $what == *gpt2* ]]; then
   # Real-size (random) gpt2-small: load, score against PyTorch, decode speed against HF.
