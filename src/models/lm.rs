@@ -525,3 +525,38 @@ impl TextTokenizer {
         }
     }
 }
+
+/// [`generate_batch`](crate::generate::generate_batch) that ends a sequence at any of `stops`
+/// (a tokenizer's end-of-text and end-of-turn ids, [`HfTokenizer::stop_token_ids`]): the stop
+/// token is neither output nor passed to `on_token`, and [`Generation::stopped`] says which
+/// sequences met one, as `opts.stop_token` does for a single id (which this ignores).
+///
+/// [`HfTokenizer::stop_token_ids`]: super::HfTokenizer::stop_token_ids
+/// [`Generation::stopped`]: crate::generate::Generation::stopped
+pub fn generate_until_stop<M: crate::generate::CausalLm + ?Sized>(
+    model: &M,
+    prompts: &[Vec<u32>],
+    opts: &crate::generate::GenerateOptions,
+    stops: &[u32],
+    samplers: &mut [crate::generate::Sampler],
+    on_token: &mut dyn FnMut(usize, u32) -> Result<bool>,
+) -> Result<crate::generate::Generation> {
+    let opts = crate::generate::GenerateOptions {
+        stop_token: None,
+        ..opts.clone()
+    };
+    let mut out =
+        crate::generate::generate_batch(model, prompts, &opts, samplers, &mut |i, id| {
+            if stops.contains(&id) {
+                return Ok(false);
+            }
+            on_token(i, id)
+        })?;
+    for (tokens, stopped) in out.tokens.iter_mut().zip(out.stopped.iter_mut()) {
+        if tokens.last().is_some_and(|id| stops.contains(id)) {
+            tokens.pop();
+            *stopped = true;
+        }
+    }
+    Ok(out)
+}
