@@ -202,7 +202,10 @@ fn ids_past_the_vocabulary_are_an_error() {
     let model = load_llama(&dev, &golden_dir("tiny_qwen2")).unwrap();
     let batch = IdBatch::from_rows(&[vec![1, 2, 97]]).unwrap();
     let e = lm::score(&model, &batch).unwrap_err().to_string();
-    assert!(e.contains("token id 97") && e.contains("vocabulary of 97"), "{e}");
+    assert!(
+        e.contains("token id 97") && e.contains("vocabulary of 97"),
+        "{e}"
+    );
 }
 
 fn greedy() -> Vec<Sampler> {
