@@ -268,15 +268,15 @@ fn tokenize(s: &ArgMatches) -> Result<()> {
 
 /// A model of either family.
 enum AnyLm {
-    Gpt(Gpt),
-    Llama(Llama),
+    Gpt(Box<Gpt>),
+    Llama(Box<Llama>),
 }
 
 impl AnyLm {
     fn lm(&self) -> &dyn LanguageModel {
         match self {
-            AnyLm::Gpt(m) => m,
-            AnyLm::Llama(m) => m,
+            AnyLm::Gpt(m) => m.as_ref(),
+            AnyLm::Llama(m) => m.as_ref(),
         }
     }
 
@@ -289,8 +289,12 @@ impl AnyLm {
         on_token: &mut dyn FnMut(usize, u32) -> Result<bool>,
     ) -> Result<Generation> {
         match self {
-            AnyLm::Gpt(m) => lm::generate_until_stop(m, prompts, opts, stops, samplers, on_token),
-            AnyLm::Llama(m) => lm::generate_until_stop(m, prompts, opts, stops, samplers, on_token),
+            AnyLm::Gpt(m) => {
+                lm::generate_until_stop(m.as_ref(), prompts, opts, stops, samplers, on_token)
+            }
+            AnyLm::Llama(m) => {
+                lm::generate_until_stop(m.as_ref(), prompts, opts, stops, samplers, on_token)
+            }
         }
     }
 }
@@ -308,9 +312,9 @@ fn open_model(m: &ArgMatches) -> Result<(PathBuf, AnyLm)> {
         })?;
     let t = Instant::now();
     let model = match v.get("model_type").and_then(|t| t.as_str()) {
-        Some("gpt2") => AnyLm::Gpt(load_pretrained(&dev, &dir)?),
+        Some("gpt2") => AnyLm::Gpt(Box::new(load_pretrained(&dev, &dir)?)),
         // load_llama names the supported types (and refuses the rest) itself.
-        _ => AnyLm::Llama(load_llama(&dev, &dir)?),
+        _ => AnyLm::Llama(Box::new(load_llama(&dev, &dir)?)),
     };
     let lm = model.lm();
     eprintln!(
@@ -330,7 +334,7 @@ fn open_model(m: &ArgMatches) -> Result<(PathBuf, AnyLm)> {
 
 /// The tokenizer of a model: Hugging Face's tokenizer.json, or GPT-2's BPE files.
 enum Tok {
-    Hf(HfTokenizer),
+    Hf(Box<HfTokenizer>),
     Text(TextTokenizer),
 }
 
@@ -361,7 +365,7 @@ impl Tok {
         let given = path_arg(m, "tokenizer");
         let tdir = given.as_deref().unwrap_or(dir);
         let tok = if tdir.join("tokenizer.json").exists() {
-            Tok::Hf(HfTokenizer::from_dir(tdir)?)
+            Tok::Hf(Box::new(HfTokenizer::from_dir(tdir)?))
         } else if let AnyLm::Gpt(_) = model {
             Tok::Text(TextTokenizer::for_model(dir, given.as_deref())?)
         } else {
