@@ -313,8 +313,17 @@ fn open_model(m: &ArgMatches) -> Result<(PathBuf, AnyLm)> {
     let t = Instant::now();
     let model = match v.get("model_type").and_then(|t| t.as_str()) {
         Some("gpt2") => AnyLm::Gpt(Box::new(load_pretrained(&dev, &dir)?)),
-        // load_llama names the supported types (and refuses the rest) itself.
-        _ => AnyLm::Llama(Box::new(load_llama(&dev, &dir)?)),
+        Some("llama" | "qwen2" | "mistral") => AnyLm::Llama(Box::new(load_llama(&dev, &dir)?)),
+        other => {
+            return Err(bad(
+                "lm",
+                format!(
+                    "{}: model_type {} is not supported (supported: \"gpt2\", \"llama\", \"qwen2\", \"mistral\")",
+                    config.display(),
+                    other.map_or("(missing)".to_string(), |t| format!("{t:?}"))
+                ),
+            ));
+        }
     };
     let lm = model.lm();
     eprintln!(
