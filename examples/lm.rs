@@ -386,25 +386,12 @@ impl Tok {
                 ),
             });
         };
-        let (have, vocab) = (tok.vocab_size(), model.lm().vocab_size());
-        if have > vocab {
-            return Err(Error::InvalidArgument {
-                op: "lm",
-                message: format!(
-                    "the tokenizer in {} has {have} tokens but the model's vocabulary has {vocab}: \
-                     they do not belong together (pass token ids instead, or the model's tokenizer)",
-                    tdir.display()
-                ),
-            });
-        }
+        let fits = match &tok {
+            Tok::Hf(t) => lm::check_tokenizer_fits(t, model.lm()),
+            Tok::Text(t) => t.check_fits(model.lm().vocab_size()),
+        };
+        fits.map_err(|e| bad("lm", format!("{}: {e}", tdir.display())))?;
         Ok(tok)
-    }
-
-    fn vocab_size(&self) -> usize {
-        match self {
-            Tok::Hf(t) => t.vocab_size(),
-            Tok::Text(t) => t.vocab_size(),
-        }
     }
 
     /// Ids of a prompt: with the BOS a Llama tokenizer adds.

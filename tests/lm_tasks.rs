@@ -273,3 +273,19 @@ fn greedy_generation_and_stop_tokens() {
         assert!(out.stopped[0], "{name}: stopped");
     }
 }
+
+/// A tokenizer of another model (the SmolLM2 fixture, 559 tokens) on tiny_llama (131): a clear
+/// error naming both sizes, where its ids would otherwise pass the embedding.
+#[test]
+fn a_tokenizer_larger_than_the_vocabulary_is_refused() {
+    let dev = shared_device();
+    let model = load_llama(&dev, &golden_dir("tiny_llama")).unwrap();
+    let tok =
+        portagrad::models::HfTokenizer::from_dir(&golden_dir("hf_tokenizers/smollm2")).unwrap();
+    let e = lm::check_tokenizer_fits(&tok, &model)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("559") && e.contains("131"), "{e}");
+    let qwen = load_llama(&dev, &golden_dir("tiny_qwen2")).unwrap();
+    assert!(lm::check_tokenizer_fits(&tok, &qwen).is_err());
+}

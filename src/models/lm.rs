@@ -560,3 +560,23 @@ pub fn generate_until_stop<M: crate::generate::CausalLm + ?Sized>(
     }
     Ok(out)
 }
+
+/// Error unless every id `tokenizer` makes is inside `model`'s vocabulary: a tokenizer from
+/// another model would feed ids past the embedding.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn check_tokenizer_fits(
+    tokenizer: &super::HfTokenizer,
+    model: &(impl LanguageModel + ?Sized),
+) -> Result<()> {
+    let (have, vocab) = (tokenizer.vocab_size(), model.vocab_size());
+    if have > vocab {
+        return Err(invalid(
+            "check_tokenizer_fits",
+            format!(
+                "the tokenizer has {have} tokens but the model's vocabulary has {vocab}: \
+                 they do not belong together (pass token ids instead, or the model's tokenizer)"
+            ),
+        ));
+    }
+    Ok(())
+}
