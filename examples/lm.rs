@@ -12,7 +12,8 @@
 //! lm score    --model DIR --ids FILE                            # {"loss": 4.2}
 //! lm grad     --model DIR --ids FILE --out FILE.safetensors     # {"loss": 4.2}
 //! lm finetune --model DIR --ids FILE --steps N [--lr 1e-3] [--weight-decay 0.1]
-//!             [--decay all|matrices] [--clip NORM] [--out DIR]  # {"losses": [...]}
+//!             [--decay all|matrices] [--clip NORM] [--no-dropout] [--out DIR]
+//!                                                               # {"losses": [...]}
 //! lm chat     --model DIR [--tokenizer DIR] [--system TEXT] [--max-new-tokens N] [--greedy]
 //! ```
 //!
@@ -182,6 +183,7 @@ fn cli() -> Command {
                 .arg(float("weight-decay", "decoupled weight decay").default_value("0.1"))
                 .arg(Arg::new("decay").long("decay").value_parser(["all", "matrices"]).default_value("all").help("decay every parameter (torch's default) or matrices only"))
                 .arg(float("clip", "clip gradients to this global norm (default: no clipping)"))
+                .arg(Arg::new("no-dropout").long("no-dropout").action(ArgAction::SetTrue).help("train GPT-2 with dropout off (Llama-family models have none)"))
                 .arg(Arg::new("out").long("out").value_name("DIR").help("write the fine-tuned model here (Hugging Face format)")),
         )
         .subcommand(sampling(
@@ -571,7 +573,7 @@ fn finetune(m: &ArgMatches) -> Result<()> {
             _ => DecayMode::All,
         },
         clip: m.get_one::<f64>("clip").copied(),
-        dropout: true,
+        dropout: !m.get_flag("no-dropout"),
     };
     let t = Instant::now();
     let losses = lm::finetune(model.lm(), &cfg, &mut |_| Ok(ids.clone()), &mut |s, l| {
