@@ -1,5 +1,5 @@
-//! Language-model tasks on a [`Gpt`], as the `gpt2` example runs them and the golden tests
-//! check them: the loss of a batch of ids under Hugging Face's `labels=input_ids` convention,
+//! Language-model tasks on any [`LanguageModel`] ([`Gpt`], [`Llama`]), as the `gpt2` and `lm`
+//! examples run them and the golden tests check them: the loss of a batch of ids under Hugging Face's `labels=input_ids` convention,
 //! its gradient for every parameter under Hugging Face names, AdamW fine-tuning, batches from
 //! JSON or text, and the tokenizer that goes with a model directory.
 
@@ -8,13 +8,85 @@ use std::path::Path;
 use super::bpe::BpeTokenizer;
 use super::char_tokenizer::CharTokenizer;
 use super::gpt::Gpt;
-use super::gpt::io::save_host_tensors;
-use crate::Tensor;
+use super::gpt::io::{HostTensor, save_host_tensors};
+use super::llama::Llama;
 use crate::error::{Error, Result};
 use crate::optim::{OptimConfig, Optimizer, ParamGroup, decay_groups};
+use crate::{Device, Tensor};
 
 fn invalid(op: &'static str, message: String) -> Error {
     Error::InvalidArgument { op, message }
+}
+
+/// What the tasks here need of a causal language model whose parameters carry Hugging Face
+/// names: [`Gpt`] (GPT-2) and [`Llama`] (Llama, Qwen2, Mistral) implement it.
+pub trait LanguageModel {
+    /// The device the parameters live on.
+    fn device(&self) -> &Device;
+    /// Vocabulary size V.
+    fn vocab_size(&self) -> usize;
+    /// Longest sequence in positions.
+    fn context(&self) -> usize;
+    /// Every trainable parameter under its Hugging Face name.
+    fn parameters(&self) -> Vec<(String, Tensor)>;
+    /// Mean cross-entropy of `targets` (B, T) under the logits of `ids` (B, T); `train` turns
+    /// dropout on where the model has any.
+    fn loss(&self, ids: &Tensor, targets: &Tensor, train: bool) -> Result<Tensor>;
+    /// Whether training runs f16 mixed precision (which needs dynamic loss scaling).
+    fn mixed_f16(&self) -> bool {
+        false
+    }
+    /// Gradients named as [`parameters`](Self::parameters) names them, as whole host tensors
+    /// in Hugging Face layouts (GPT-2 joins its wte row chunks).
+    fn host_gradients(&self, grads: &[(String, Tensor)]) -> Result<Vec<HostTensor>> {
+        grads
+            .iter()
+            .map(|(n, g)| Ok((n.clone(), g.shape().to_vec(), g.to_vec()?)))
+            .collect()
+    }
+}
+
+impl LanguageModel for Gpt {
+    fn device(&self) -> &Device {
+        Gpt::device(self)
+    }
+    fn vocab_size(&self) -> usize {
+        self.config().vocab_size
+    }
+    fn context(&self) -> usize {
+        self.config().block_size
+    }
+    fn parameters(&self) -> Vec<(String, Tensor)> {
+        Gpt::parameters(self)
+    }
+    fn loss(&self, ids: &Tensor, targets: &Tensor, train: bool) -> Result<Tensor> {
+        Gpt::loss(self, ids, targets, train)
+    }
+    fn mixed_f16(&self) -> bool {
+        self.precision() == crate::Precision::Mixed(crate::DType::F16)
+    }
+    fn host_gradients(&self, grads: &[(String, Tensor)]) -> Result<Vec<HostTensor>> {
+        Gpt::join_wte_chunks(grads)
+    }
+}
+
+/// Llama has no dropout: `train` changes nothing.
+impl LanguageModel for Llama {
+    fn device(&self) -> &Device {
+        Llama::device(self)
+    }
+    fn vocab_size(&self) -> usize {
+        self.config().vocab_size
+    }
+    fn context(&self) -> usize {
+        Llama::context(self)
+    }
+    fn parameters(&self) -> Vec<(String, Tensor)> {
+        Llama::parameters(self)
+    }
+    fn loss(&self, ids: &Tensor, targets: &Tensor, _train: bool) -> Result<Tensor> {
+        Llama::loss(self, ids, targets)
+    }
 }
 
 /// A batch of token ids, B sequences of T each (row-major).
@@ -122,14 +194,10 @@ impl IdBatch {
     }
 
     /// Check the batch fits `model`: every id below the vocabulary and T within the context.
-    pub fn check(&self, model: &Gpt) -> Result<()> {
+    pub fn check(&self, model: &(impl LanguageModel + ?Sized)) -> Result<()> {
         const OP: &str = "IdBatch";
-        let cfg = model.config();
-        if let Some(k) = self
-            .ids
-            .iter()
-            .position(|&id| id as usize >= cfg.vocab_size)
-        {
+        let (vocab_size, context) = (model.vocab_size(), model.context());
+        if let Some(k) = self.ids.iter().position(|&id| id as usize >= vocab_size) {
             return Err(invalid(
                 OP,
                 format!(
@@ -137,16 +205,16 @@ impl IdBatch {
                     self.ids[k],
                     k / self.len,
                     k % self.len,
-                    cfg.vocab_size
+                    vocab_size
                 ),
             ));
         }
-        if self.len > cfg.block_size {
+        if self.len > context {
             return Err(invalid(
                 OP,
                 format!(
                     "sequences of {} ids are longer than the model's context of {}",
-                    self.len, cfg.block_size
+                    self.len, context
                 ),
             ));
         }
@@ -158,7 +226,11 @@ impl IdBatch {
 /// convention: the logits of positions `0..T-1` against the ids at `1..T`, averaged over all
 /// B·(T-1) predictions. (The logits at those positions do not depend on the last id, so the
 /// model runs on the first T-1.) Needs T >= 2; `train` turns dropout on.
-pub fn lm_loss(model: &Gpt, batch: &IdBatch, train: bool) -> Result<Tensor> {
+pub fn lm_loss(
+    model: &(impl LanguageModel + ?Sized),
+    batch: &IdBatch,
+    train: bool,
+) -> Result<Tensor> {
     batch.check(model)?;
     let (b, t) = (batch.batch, batch.len);
     if t < 2 {
@@ -200,16 +272,20 @@ pub fn logits_chunks(model: &Gpt, batch: &IdBatch) -> Result<Vec<Tensor>> {
 }
 
 /// The [`lm_loss`] of `batch` in inference mode (no dropout, no graph).
-pub fn score(model: &Gpt, batch: &IdBatch) -> Result<f32> {
+pub fn score(model: &(impl LanguageModel + ?Sized), batch: &IdBatch) -> Result<f32> {
     let _g = crate::no_grad();
     lm_loss(model, batch, false)?.item()
 }
 
 /// The [`lm_loss`] of `batch` (no dropout) and its gradient for every parameter, under
-/// Hugging Face names in [`Gpt::parameters`] order. The tied `transformer.wte.weight` gets the
-/// sum of its two uses (embedding and lm_head), as in PyTorch; a wte held in row chunks has
-/// one gradient per chunk ([`Gpt::join_wte_chunks`] joins them).
-pub fn gradients(model: &Gpt, batch: &IdBatch) -> Result<(f32, Vec<(String, Tensor)>)> {
+/// Hugging Face names in [`LanguageModel::parameters`] order. A tied embedding (GPT-2's
+/// `transformer.wte.weight`, Qwen2's `model.embed_tokens.weight`) gets the sum of its two uses,
+/// as in PyTorch; GPT-2's wte held in row chunks has one gradient per chunk
+/// ([`LanguageModel::host_gradients`] joins them).
+pub fn gradients(
+    model: &(impl LanguageModel + ?Sized),
+    batch: &IdBatch,
+) -> Result<(f32, Vec<(String, Tensor)>)> {
     let loss = lm_loss(model, batch, false)?;
     let grads = loss.backward()?;
     let mut out = Vec::new();
@@ -225,10 +301,14 @@ pub fn gradients(model: &Gpt, batch: &IdBatch) -> Result<(f32, Vec<(String, Tens
 }
 
 /// [`gradients`] written to a safetensors file (f32, Hugging Face names and layouts, the
-/// whole (V, C) wte gradient even when the model holds wte in row chunks); returns the loss.
-pub fn save_gradients(model: &Gpt, batch: &IdBatch, path: &Path) -> Result<f32> {
+/// whole (V, C) embedding gradient even when GPT-2 holds wte in row chunks); returns the loss.
+pub fn save_gradients(
+    model: &(impl LanguageModel + ?Sized),
+    batch: &IdBatch,
+    path: &Path,
+) -> Result<f32> {
     let (loss, grads) = gradients(model, batch)?;
-    save_host_tensors(path, &Gpt::join_wte_chunks(&grads)?)?;
+    save_host_tensors(path, &model.host_gradients(&grads)?)?;
     Ok(loss)
 }
 
@@ -273,7 +353,10 @@ impl Default for FinetuneConfig {
 }
 
 /// The AdamW optimizer [`finetune`] uses for `model`.
-pub fn finetune_optimizer(model: &Gpt, cfg: &FinetuneConfig) -> Result<Optimizer> {
+pub fn finetune_optimizer(
+    model: &(impl LanguageModel + ?Sized),
+    cfg: &FinetuneConfig,
+) -> Result<Optimizer> {
     let mut oc = OptimConfig::adamw(cfg.lr)
         .betas(0.9, 0.999)
         .eps(1e-8)
@@ -287,7 +370,7 @@ pub fn finetune_optimizer(model: &Gpt, cfg: &FinetuneConfig) -> Result<Optimizer
     };
     let mut opt = Optimizer::with_groups(oc, groups)?;
     // f16 mixed precision trains with dynamic loss scaling (bf16 has f32's range).
-    if model.precision() == crate::Precision::Mixed(crate::DType::F16) {
+    if model.mixed_f16() {
         opt.enable_loss_scaling(crate::optim::LossScaling::default())?;
     }
     Ok(opt)
@@ -298,7 +381,7 @@ pub fn finetune_optimizer(model: &Gpt, cfg: &FinetuneConfig) -> Result<Optimizer
 /// each step; `on_step(s, loss)` sees each as it is known. A loss that is not finite is an
 /// error naming the step.
 pub fn finetune(
-    model: &Gpt,
+    model: &(impl LanguageModel + ?Sized),
     cfg: &FinetuneConfig,
     next_batch: &mut dyn FnMut(usize) -> Result<IdBatch>,
     on_step: &mut dyn FnMut(usize, f32),
@@ -441,4 +524,59 @@ impl TextTokenizer {
             TextTokenizer::Char(t) => Ok(t.decode(&[id])?.into_bytes()),
         }
     }
+}
+
+/// [`generate_batch`](crate::generate::generate_batch) that ends a sequence at any of `stops`
+/// (a tokenizer's end-of-text and end-of-turn ids, [`HfTokenizer::stop_token_ids`]): the stop
+/// token is neither output nor passed to `on_token`, and [`Generation::stopped`] says which
+/// sequences met one, as `opts.stop_token` does for a single id (which this ignores).
+///
+/// [`HfTokenizer::stop_token_ids`]: super::HfTokenizer::stop_token_ids
+/// [`Generation::stopped`]: crate::generate::Generation::stopped
+pub fn generate_until_stop<M: crate::generate::CausalLm + ?Sized>(
+    model: &M,
+    prompts: &[Vec<u32>],
+    opts: &crate::generate::GenerateOptions,
+    stops: &[u32],
+    samplers: &mut [crate::generate::Sampler],
+    on_token: &mut dyn FnMut(usize, u32) -> Result<bool>,
+) -> Result<crate::generate::Generation> {
+    let opts = crate::generate::GenerateOptions {
+        stop_token: None,
+        ..opts.clone()
+    };
+    let mut out =
+        crate::generate::generate_batch(model, prompts, &opts, samplers, &mut |i, id| {
+            if stops.contains(&id) {
+                return Ok(false);
+            }
+            on_token(i, id)
+        })?;
+    for (tokens, stopped) in out.tokens.iter_mut().zip(out.stopped.iter_mut()) {
+        if tokens.last().is_some_and(|id| stops.contains(id)) {
+            tokens.pop();
+            *stopped = true;
+        }
+    }
+    Ok(out)
+}
+
+/// Error unless every id `tokenizer` makes is inside `model`'s vocabulary: a tokenizer from
+/// another model would feed ids past the embedding.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn check_tokenizer_fits(
+    tokenizer: &super::HfTokenizer,
+    model: &(impl LanguageModel + ?Sized),
+) -> Result<()> {
+    let (have, vocab) = (tokenizer.vocab_size(), model.vocab_size());
+    if have > vocab {
+        return Err(invalid(
+            "check_tokenizer_fits",
+            format!(
+                "the tokenizer has {have} tokens but the model's vocabulary has {vocab}: \
+                 they do not belong together (pass token ids instead, or the model's tokenizer)"
+            ),
+        ));
+    }
+    Ok(())
 }
