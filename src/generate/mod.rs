@@ -11,6 +11,7 @@ pub mod sampling;
 
 pub use sampling::{Sampler, SamplingConfig};
 
+use crate::Tensor;
 use crate::error::{Error, Result};
 
 /// A causal language model the generation loop can drive.
@@ -102,6 +103,15 @@ impl Generation {
     pub fn decode_tokens_per_sec(&self) -> f64 {
         self.decode_tokens as f64 / self.decode_secs.max(1e-12)
     }
+}
+
+/// The last position of each of `b` sequences of `t` in `x` (B, T, C): (B, C). Prefill and
+/// `last_logits` send only these rows through the head, and only they come back to the host.
+pub(crate) fn last_positions(x: &Tensor, b: usize, t: usize) -> Result<Tensor> {
+    let c = x.shape()[x.shape().len() - 1];
+    let last: Vec<u32> = (0..b).map(|i| (i * t + t - 1) as u32).collect();
+    let last = Tensor::from_u32(x.device(), &last, &[b])?;
+    x.reshape(&[b * t, c])?.gather_rows(&last)
 }
 
 /// Continue `prompt` by up to `max_new` tokens, calling `on_token` with each new token as it

@@ -922,12 +922,7 @@ impl CausalLm for Gpt {
         self.check_ids("Gpt::prefill", &ids)?;
         let x = self.embed(&ids, 0, false)?; // (B, T, C)
         let x = self.trunk(x, false, Some((&mut caches[..], true)))?; // (B, T, C) after ln_f
-        // Only the last position of each sequence goes through the lm_head.
-        let c = self.cfg.n_embd;
-        let last: Vec<u32> = (0..b).map(|i| (i * t + t - 1) as u32).collect();
-        let last = Tensor::from_u32(&self.dev, &last, &[b])?;
-        let x = x.reshape(&[b * t, c])?.gather_rows(&last)?; // (B, C)
-        self.lm_head(&x)?.to_vec()
+        self.lm_head(&generate::last_positions(&x, b, t)?)?.to_vec() // (B, V)
     }
 
     fn decode_step(&self, ids: &[u32], pos: usize, caches: &mut Vec<KvCache>) -> Result<Vec<f32>> {
@@ -939,11 +934,8 @@ impl CausalLm for Gpt {
     }
 
     fn last_logits(&self, ids: &[u32]) -> Result<Vec<f32>> {
-        let (t, v) = (ids.len(), self.cfg.vocab_size);
+        let t = ids.len();
         let x = Tensor::from_u32(&self.dev, ids, &[1, t])?;
-        let logits = self.forward(&x, false)?.reshape(&[t, v])?; // (T, V)
-        // Only the last row comes back to the host.
-        let last = Tensor::from_u32(&self.dev, &[t as u32 - 1], &[1])?;
-        logits.gather_rows(&last)?.to_vec()
+        generate::last_positions(&self.forward(&x, false)?, 1, t)?.to_vec() // (1, V)
     }
 }

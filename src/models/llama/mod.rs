@@ -439,12 +439,7 @@ impl CausalLm for Llama {
             c.reset();
         }
         let x = self.cached(&ids, 0, caches)?; // (B, T, C)
-        // Only the last position of each sequence goes through the head.
-        let c = self.cfg.hidden_size;
-        let last: Vec<u32> = (0..b).map(|i| (i * t + t - 1) as u32).collect();
-        let last = Tensor::from_u32(&self.dev, &last, &[b])?;
-        let x = x.reshape(&[b * t, c])?.gather_rows(&last)?; // (B, C)
-        self.head(&x)?.to_vec()
+        self.head(&generate::last_positions(&x, b, t)?)?.to_vec() // (B, V)
     }
 
     fn decode_step(&self, ids: &[u32], pos: usize, caches: &mut Vec<KvCache>) -> Result<Vec<f32>> {
@@ -455,10 +450,8 @@ impl CausalLm for Llama {
     }
 
     fn last_logits(&self, ids: &[u32]) -> Result<Vec<f32>> {
-        let (t, v) = (ids.len(), self.cfg.vocab_size);
+        let t = ids.len();
         let x = Tensor::from_u32(&self.dev, ids, &[1, t])?;
-        let logits = self.forward(&x)?.reshape(&[t, v])?; // (T, V)
-        let last = Tensor::from_u32(&self.dev, &[t as u32 - 1], &[1])?;
-        logits.gather_rows(&last)?.to_vec()
+        generate::last_positions(&self.forward(&x)?, 1, t)?.to_vec() // (1, V)
     }
 }
